@@ -1,0 +1,42 @@
+# Pilothouse: every target sets up what it needs, so `make demo` and
+# `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/pilothouse/v1/*.proto)
+
+.PHONY: install gen lint test demo run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerate the Python stubs beside each .proto (committed).
+gen: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server clients tests
+	npx --yes @bufbuild/buf@1.75.0 lint
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) -m pilothouse.devstack demo
+
+run: $(STAMP)
+	$(PY) -m pilothouse.devstack run
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,45 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from pilothouse.v1 import tool_pb2 as _tool_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentConfig(_message.Message):
+    __slots__ = ("name", "description", "system_prompt", "model", "tools", "max_iterations", "tool_choice", "thinking", "compact_threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    system_prompt: str
+    model: str
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    max_iterations: int
+    tool_choice: str
+    thinking: bool
+    compact_threshold: int
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ...) -> None: ...
+
+class Agent(_message.Message):
+    __slots__ = ("config", "tools", "create_time", "source")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    config: AgentConfig
+    tools: _containers.RepeatedCompositeFieldContainer[_tool_pb2.Tool]
+    create_time: _timestamp_pb2.Timestamp
+    source: str
+    def __init__(self, config: _Optional[_Union[AgentConfig, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tool_pb2.Tool, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...

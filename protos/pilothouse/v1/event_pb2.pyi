@@ -1,0 +1,200 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from pilothouse.v1 import session_pb2 as _session_pb2
+from pilothouse.v1 import tool_pb2 as _tool_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
+    STOP_REASON_TEXT_RESPONSE: _ClassVar[StopReason]
+    STOP_REASON_MAX_ITERATIONS: _ClassVar[StopReason]
+    STOP_REASON_NO_ACTION: _ClassVar[StopReason]
+    STOP_REASON_ERROR: _ClassVar[StopReason]
+    STOP_REASON_CANCELLED: _ClassVar[StopReason]
+STOP_REASON_UNSPECIFIED: StopReason
+STOP_REASON_TEXT_RESPONSE: StopReason
+STOP_REASON_MAX_ITERATIONS: StopReason
+STOP_REASON_NO_ACTION: StopReason
+STOP_REASON_ERROR: StopReason
+STOP_REASON_CANCELLED: StopReason
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
+
+class ToolResult(_message.Message):
+    __slots__ = ("call_id", "name", "output", "error", "duration_ms")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    name: str
+    output: str
+    error: str
+    duration_ms: int
+    def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class AgentStep(_message.Message):
+    __slots__ = ("message", "usage", "finish_reason", "tool_calls", "tool_results")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    message: _session_pb2.Message
+    usage: Usage
+    finish_reason: str
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_tool_pb2.ToolCall]
+    tool_results: _containers.RepeatedCompositeFieldContainer[ToolResult]
+    def __init__(self, message: _Optional[_Union[_session_pb2.Message, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_tool_pb2.ToolCall, _Mapping]]] = ..., tool_results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ...) -> None: ...
+
+class AgentResponse(_message.Message):
+    __slots__ = ("final_response", "iterations", "stop_reason", "error", "steps", "model", "usage")
+    FINAL_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    final_response: str
+    iterations: int
+    stop_reason: StopReason
+    error: str
+    steps: _containers.RepeatedCompositeFieldContainer[AgentStep]
+    model: str
+    usage: Usage
+    def __init__(self, final_response: _Optional[str] = ..., iterations: _Optional[int] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., error: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[AgentStep, _Mapping]]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class RunStarted(_message.Message):
+    __slots__ = ("agent", "model", "content", "sender")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    model: str
+    content: str
+    sender: str
+    def __init__(self, agent: _Optional[str] = ..., model: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class TextStart(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TextDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class TextEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ThinkingStart(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ThinkingDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class ThinkingEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ToolCallsBegin(_message.Message):
+    __slots__ = ("tool_calls",)
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_tool_pb2.ToolCall]
+    def __init__(self, tool_calls: _Optional[_Iterable[_Union[_tool_pb2.ToolCall, _Mapping]]] = ...) -> None: ...
+
+class ToolCallsStart(_message.Message):
+    __slots__ = ("tool_calls",)
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_tool_pb2.ToolCall]
+    def __init__(self, tool_calls: _Optional[_Iterable[_Union[_tool_pb2.ToolCall, _Mapping]]] = ...) -> None: ...
+
+class ToolCallsComplete(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UserSteered(_message.Message):
+    __slots__ = ("content", "sender")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    content: str
+    sender: str
+    def __init__(self, content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class UsageReported(_message.Message):
+    __slots__ = ("iteration", "usage")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    usage: Usage
+    def __init__(self, iteration: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class AgentEvent(_message.Message):
+    __slots__ = ("session_id", "run_id", "sequence", "time", "run_started", "text_start", "text_delta", "text_end", "thinking_start", "thinking_delta", "thinking_end", "tool_calls_begin", "tool_calls_start", "tool_result", "tool_calls_complete", "user_steered", "usage", "done")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    RUN_STARTED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_START_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_END_FIELD_NUMBER: _ClassVar[int]
+    THINKING_START_FIELD_NUMBER: _ClassVar[int]
+    THINKING_DELTA_FIELD_NUMBER: _ClassVar[int]
+    THINKING_END_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_BEGIN_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_START_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    USER_STEERED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    run_id: str
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    run_started: RunStarted
+    text_start: TextStart
+    text_delta: TextDelta
+    text_end: TextEnd
+    thinking_start: ThinkingStart
+    thinking_delta: ThinkingDelta
+    thinking_end: ThinkingEnd
+    tool_calls_begin: ToolCallsBegin
+    tool_calls_start: ToolCallsStart
+    tool_result: ToolResult
+    tool_calls_complete: ToolCallsComplete
+    user_steered: UserSteered
+    usage: UsageReported
+    done: AgentResponse
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunStarted, _Mapping]] = ..., text_start: _Optional[_Union[TextStart, _Mapping]] = ..., text_delta: _Optional[_Union[TextDelta, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ..., thinking_start: _Optional[_Union[ThinkingStart, _Mapping]] = ..., thinking_delta: _Optional[_Union[ThinkingDelta, _Mapping]] = ..., thinking_end: _Optional[_Union[ThinkingEnd, _Mapping]] = ..., tool_calls_begin: _Optional[_Union[ToolCallsBegin, _Mapping]] = ..., tool_calls_start: _Optional[_Union[ToolCallsStart, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., tool_calls_complete: _Optional[_Union[ToolCallsComplete, _Mapping]] = ..., user_steered: _Optional[_Union[UserSteered, _Mapping]] = ..., usage: _Optional[_Union[UsageReported, _Mapping]] = ..., done: _Optional[_Union[AgentResponse, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,5 @@
+"""The agent runtime: agents, sessions, runs and the agent loop.
+
+Nothing in this package knows about gRPC; `pilothouse.server` translates
+between protobuf and these types.
+"""
