@@ -1,0 +1,18 @@
+"""The reference ToolExecutor: Python functions served as tools over gRPC.
+
+`tool` is the decorator of `default_registry`, the registry that
+`pilothouse-tools` serves; it already holds the safe built-ins
+(`pilothouse.tools.builtins`). Build a `ToolRegistry` of your own to serve
+another set.
+"""
+
+from pilothouse.tools.builtins import register_builtins
+from pilothouse.tools.registry import RegisteredTool, ToolRegistry, ToolResult, default_registry
+
+register_builtins(default_registry)
+
+#: Register a function on `default_registry`: `@tool` or `@tool(name=...,
+#: description=..., metadata={...})`.
+tool = default_registry.tool
+
+__all__ = ["RegisteredTool", "ToolRegistry", "ToolResult", "default_registry", "tool"]

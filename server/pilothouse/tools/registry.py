@@ -1,0 +1,461 @@
+"""Tools as plain Python functions, described and validated with pydantic.
+
+A tool is a sync or async function registered on a `ToolRegistry`::
+
+    registry = ToolRegistry()
+
+    @registry.tool
+    def add(a: int, b: int = 1) -> int:
+        '''Add two integers.
+
+        Args:
+            a: The first addend.
+            b: The second addend.
+        '''
+        return a + b
+
+The JSON Schema of the arguments is built by pydantic from the type hints;
+a parameter's description comes from `Annotated[..., Field(description=...)]`
+or else from the docstring's Google-style ``Args:`` section, and the tool's
+description from the docstring's first paragraph. Running a tool never
+raises for a bad argument or a failing tool: both come back as an error
+text the model can read (see `ToolResult`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import pydantic
+import pydantic_core
+from pydantic.fields import FieldInfo
+
+from pilothouse.errors import NotFoundError
+
+__all__ = [
+    "RegisteredTool",
+    "ToolRegistry",
+    "ToolResult",
+    "default_registry",
+    "parse_docstring",
+]
+
+#: A valid tool name (the OpenAI function-name rule).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: Longest rendering of a rejected argument value quoted in an error text.
+_MAX_INPUT_REPR = 80
+
+Outcome = Literal["ok", "invalid_arguments", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What running a tool produced: exactly one of `output` and `error`.
+
+    `outcome` is "ok" (output set), "invalid_arguments" (the arguments
+    were not valid JSON, not an object or failed validation; `error` lists
+    every problem) or "error" (the tool raised; `error` is
+    "<ExceptionType>: message").
+    """
+
+    output: str | None = None
+    error: str | None = None
+    outcome: Outcome = "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class _InvalidArguments(Exception):
+    """The arguments of a call are unusable; the message is for the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredTool:
+    """One registered tool.
+
+    `parameters_schema` is the JSON Schema (an object schema, without
+    titles) of the arguments; `metadata` is free-form string metadata shown
+    to clients by ListTools.
+    """
+
+    name: str
+    description: str
+    parameters_schema: dict[str, Any]
+    metadata: Mapping[str, str]
+    function: Callable[..., Any]
+    is_async: bool
+    _arguments_model: type[pydantic.BaseModel] = field(repr=False)
+    # (field name in the model, parameter name, passed positionally?)
+    _parameters: tuple[tuple[str, str, bool], ...] = field(repr=False)
+
+    def parse_arguments(self, arguments_json: str) -> tuple[list[Any], dict[str, Any]]:
+        """Validate a JSON arguments document; returns (args, kwargs) for
+        the function. An empty or all-blank document means no arguments.
+        Raises `_InvalidArguments` with a text listing every problem."""
+        text = arguments_json.strip() or "{}"
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _InvalidArguments(
+                f"invalid arguments for tool {self.name!r}: not valid JSON ({exc})"
+            ) from None
+        if not isinstance(data, dict):
+            raise _InvalidArguments(
+                f"invalid arguments for tool {self.name!r}: expected a JSON object, "
+                f"got {_json_type(data)}"
+            )
+        try:
+            validated = self._arguments_model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise _InvalidArguments(_describe_validation_error(self.name, exc)) from None
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for field_name, parameter, positional in self._parameters:
+            value = getattr(validated, field_name)
+            if positional:
+                args.append(value)
+            else:
+                kwargs[parameter] = value
+        return args, kwargs
+
+    async def run(self, arguments_json: str) -> ToolResult:
+        """Validate the arguments and call the tool.
+
+        Sync tools run in a worker thread (`asyncio.to_thread`); async tools
+        are awaited. Cancellation propagates (`asyncio.CancelledError`); a
+        sync tool's thread cannot be interrupted and runs to completion in
+        the background, its result discarded. A returned str is the output
+        as is; any other value is JSON-encoded (pydantic models, dataclasses,
+        datetimes... included).
+        """
+        try:
+            args, kwargs = self.parse_arguments(arguments_json)
+        except _InvalidArguments as exc:
+            return ToolResult(error=str(exc), outcome="invalid_arguments")
+        try:
+            if self.is_async:
+                value = await self.function(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(self.function, *args, **kwargs)
+        except Exception as exc:  # the model reads it; never a crash
+            return ToolResult(error=_describe_exception(exc), outcome="error")
+        if isinstance(value, str):
+            return ToolResult(output=value)
+        try:
+            return ToolResult(output=pydantic_core.to_json(value).decode())
+        except pydantic_core.PydanticSerializationError as exc:
+            return ToolResult(
+                error=f"tool returned a value that cannot be encoded as JSON: {exc}",
+                outcome="error",
+            )
+
+
+class ToolRegistry:
+    """A set of tools, keyed by name, in registration order."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, RegisteredTool] = {}
+
+    @typing.overload
+    def tool(self, function: Callable[..., Any], /) -> Callable[..., Any]: ...
+
+    @typing.overload
+    def tool(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    def tool(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Decorator registering a function as a tool, bare (`@registry.tool`)
+        or with options (`@registry.tool(name=..., description=...,
+        metadata={...})`). Returns the function unchanged. Raises like
+        `register`."""
+        if function is not None:
+            self.register(function)
+            return function
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(fn, name=name, description=description, metadata=metadata)
+            return fn
+
+        return decorator
+
+    def register(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> RegisteredTool:
+        """Register `function` as a tool and return its description.
+
+        `name` defaults to the function's name, `description` to the
+        docstring's first paragraph. Raises ValueError for an invalid name
+        (1-64 characters of [A-Za-z0-9_-]) or one already registered, and
+        TypeError for a function that cannot be a tool (*args/**kwargs, a
+        Field used as a default, a generator, non-str metadata).
+        """
+        registered = build_tool(function, name=name, description=description, metadata=metadata)
+        if registered.name in self._tools:
+            raise ValueError(f"a tool named {registered.name!r} is already registered")
+        self._tools[registered.name] = registered
+        return registered
+
+    def include(self, other: ToolRegistry) -> None:
+        """Register every tool of `other` here too. Raises ValueError on a
+        name clash (nothing is added then)."""
+        clashes = sorted(set(self._tools) & set(other._tools))
+        if clashes:
+            raise ValueError(f"tools already registered: {', '.join(clashes)}")
+        self._tools.update(other._tools)
+
+    def get(self, name: str) -> RegisteredTool | None:
+        """The tool called `name`, or None."""
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[RegisteredTool]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    @property
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._tools)
+
+    async def execute(self, name: str, arguments_json: str) -> ToolResult:
+        """Run the tool `name` with a JSON arguments document (see
+        `RegisteredTool.run`). Raises NotFoundError (reason TOOL_NOT_FOUND,
+        metadata {"tool": name}) for an unknown name."""
+        registered = self._tools.get(name)
+        if registered is None:
+            raise NotFoundError(
+                f"no tool named {name!r}", reason="TOOL_NOT_FOUND", metadata={"tool": name}
+            )
+        return await registered.run(arguments_json)
+
+
+#: The registry served by `pilothouse-tools`; `pilothouse.tools` registers
+#: the built-ins on it and exports its `tool` decorator.
+default_registry = ToolRegistry()
+
+
+# --- building a tool ---------------------------------------------------------
+
+
+def build_tool(
+    function: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> RegisteredTool:
+    """Describe `function` as a tool without registering it (see
+    `ToolRegistry.register` for the rules and errors)."""
+    if not callable(function):
+        raise TypeError(f"a tool must be callable, got {function!r}")
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError("a tool must return a value, not be a generator")
+    tool_name = name if name is not None else getattr(function, "__name__", "")
+    if not isinstance(tool_name, str) or not NAME_PATTERN.fullmatch(tool_name):
+        raise ValueError(f"invalid tool name {tool_name!r}: use 1-64 characters of [A-Za-z0-9_-]")
+    tool_metadata = dict(metadata or {})
+    for key, value in tool_metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"tool metadata must map str to str, got {key!r}: {value!r}")
+
+    doc_description, doc_params = parse_docstring(inspect.getdoc(function) or "")
+    signature = inspect.signature(function)
+    hints = typing.get_type_hints(function, include_extras=True)
+
+    fields: dict[str, Any] = {}
+    parameters: list[tuple[str, str, bool]] = []
+    for index, parameter in enumerate(signature.parameters.values()):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(
+                f"tool {tool_name!r}: *args and **kwargs cannot be described; "
+                f"declare each parameter ({parameter.name})"
+            )
+        if isinstance(parameter.default, FieldInfo):
+            raise TypeError(
+                f"tool {tool_name!r}: parameter {parameter.name!r} uses Field(...) as its "
+                "default; write `name: Annotated[type, Field(...)] = default` instead"
+            )
+        annotation = hints.get(parameter.name, Any)
+        field_kwargs: dict[str, Any] = {"alias": parameter.name}
+        if parameter.default is not parameter.empty:
+            field_kwargs["default"] = parameter.default
+        doc = doc_params.get(parameter.name)
+        if doc and not _has_description(annotation):
+            field_kwargs["description"] = doc
+        # Model fields get neutral names so that parameters called e.g.
+        # "json" or "schema" do not clash with BaseModel attributes; the
+        # alias is the name in the schema and in the arguments.
+        field_name = f"p{index}"
+        fields[field_name] = (annotation, pydantic.Field(**field_kwargs))
+        parameters.append((field_name, parameter.name, parameter.kind == parameter.POSITIONAL_ONLY))
+
+    model = pydantic.create_model(
+        f"{tool_name}_arguments",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        **fields,
+    )
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    schema.setdefault("properties", {})
+
+    return RegisteredTool(
+        name=tool_name,
+        description=description if description is not None else doc_description,
+        parameters_schema=schema,
+        metadata=tool_metadata,
+        function=function,
+        is_async=_is_async(function),
+        _arguments_model=model,
+        _parameters=tuple(parameters),
+    )
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    # An object whose __call__ is a coroutine function.
+    return inspect.iscoroutinefunction(getattr(function, "__call__", None))  # noqa: B004
+
+
+def _has_description(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is not Annotated:
+        return False
+    return any(isinstance(meta, FieldInfo) and meta.description for meta in annotation.__metadata__)
+
+
+_SECTION_HEADER = re.compile(
+    r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Returns?|Yields?|"
+    r"Raises|Examples?|Notes?|Attributes|See Also|Warnings?|Todo|References)\s*:\s*$"
+)
+_ARGS_HEADERS = {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments"}
+_ARG_LINE = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def parse_docstring(docstring: str) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into (description, parameter
+    descriptions).
+
+    The description is the first paragraph, its lines joined with spaces;
+    parameter descriptions come from the ``Args:`` (or ``Arguments:``,
+    ``Parameters:``) section, entries written ``name: text`` or
+    ``name (type): text`` with indented continuation lines.
+    """
+    lines = inspect.cleandoc(docstring).splitlines() if docstring else []
+    first: list[str] = []
+    for line in lines:
+        if not line.strip() or _SECTION_HEADER.match(line.strip()):
+            break
+        first.append(line.strip())
+    description = " ".join(first)
+
+    params: dict[str, str] = {}
+    in_args = False
+    entry_indent: int | None = None
+    current: str | None = None
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        header = _SECTION_HEADER.match(stripped) if indent == 0 else None
+        if header:
+            in_args = header.group(1) in _ARGS_HEADERS
+            entry_indent, current = None, None
+            continue
+        if not in_args:
+            continue
+        if not stripped:
+            continue
+        if indent == 0:  # dedent: the section is over
+            in_args, current = False, None
+            continue
+        if entry_indent is None:
+            entry_indent = indent
+        match = _ARG_LINE.match(stripped) if indent <= entry_indent else None
+        if match:
+            current = match.group(1)
+            params[current] = match.group(2).strip()
+        elif current is not None:
+            params[current] = f"{params[current]} {stripped}".strip()
+    return description, params
+
+
+# --- error texts -------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(arguments)"
+
+
+def _describe_validation_error(tool: str, error: pydantic.ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        line = f"- {_location(item['loc'])}: {item['msg']}"
+        if item["type"] != "missing":
+            shown = json.dumps(item["input"], default=repr, ensure_ascii=False)
+            if len(shown) > _MAX_INPUT_REPR:
+                shown = shown[: _MAX_INPUT_REPR - 3] + "..."
+            line += f" (got {shown})"
+        problems.append(line)
+    count = len(problems)
+    noun = "problem" if count == 1 else "problems"
+    return f"invalid arguments for tool {tool!r} ({count} {noun}):\n" + "\n".join(problems)
+
+
+def _describe_exception(exc: BaseException) -> str:
+    message = str(exc)
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        message = repr(exc.args[0])
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
