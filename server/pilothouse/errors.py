@@ -1,0 +1,79 @@
+"""Domain errors shared by the runtime and the reference ToolExecutor.
+
+Each class stands for one gRPC status code; `pilothouse.rpc.errors` maps
+them onto `google.rpc.Status` with an `ErrorInfo` (reason, domain,
+metadata) and, for bad input, `BadRequest` field violations. This module
+itself knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+
+class PilothouseError(Exception):
+    """Base of the domain errors.
+
+    `reason` is an UPPER_SNAKE_CASE machine-readable cause (ErrorInfo
+    reason); `metadata` names the objects involved (ErrorInfo metadata);
+    `field_violations` lists (field path, description) pairs for bad input.
+    """
+
+    default_reason = "ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        field_violations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations or [])
+
+
+class InvalidArgumentError(PilothouseError):
+    """Bad input (INVALID_ARGUMENT)."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+    @classmethod
+    def field(cls, field: str, description: str, **metadata: str) -> InvalidArgumentError:
+        """An error about one request field."""
+        return cls(
+            f"{field}: {description}",
+            field_violations=[(field, description)],
+            metadata=metadata,
+        )
+
+
+class NotFoundError(PilothouseError):
+    """An unknown resource (NOT_FOUND)."""
+
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(PilothouseError):
+    """A resource with that name exists (ALREADY_EXISTS)."""
+
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPreconditionError(PilothouseError):
+    """The resource is in the wrong state (FAILED_PRECONDITION)."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhaustedError(PilothouseError):
+    """A limit was reached (RESOURCE_EXHAUSTED)."""
+
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class UnavailableError(PilothouseError):
+    """A dependency is down; retrying later may work (UNAVAILABLE)."""
+
+    default_reason = "UNAVAILABLE"

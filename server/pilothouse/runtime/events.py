@@ -1,0 +1,166 @@
+"""Events of a run (seed 003 `AgentEvent`) and the run's outcome
+(`AgentResponse`, `AgentStep`, `StopReason`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pilothouse.runtime.messages import Message, ToolCall, Usage
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    TEXT_RESPONSE = "text_response"
+    MAX_ITERATIONS = "max_iterations"
+    NO_ACTION = "no_action"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """Outcome of one tool call: exactly one of `output` and `error` is set.
+    `duration_ms` is wall time in milliseconds."""
+
+    call_id: str
+    name: str
+    output: str | None = None
+    error: str | None = None
+    duration_ms: int = 0
+
+    @property
+    def text(self) -> str:
+        """What the model reads (the seed collapses both arms to text)."""
+        return self.output if self.error is None else self.error  # type: ignore[return-value]
+
+
+@dataclass(slots=True)
+class AgentStep:
+    """One completed model round."""
+
+    message: Message
+    usage: Usage
+    finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_results: list[ToolResult] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AgentResponse:
+    """The outcome of a run. `iterations` counts completed rounds."""
+
+    final_response: str
+    iterations: int
+    stop_reason: StopReason
+    steps: list[AgentStep]
+    model: str
+    error: str = ""
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(slots=True)
+class RunStarted:
+    agent: str
+    model: str
+    content: str
+    sender: str
+
+
+@dataclass(slots=True)
+class TextStart:
+    pass
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class TextEnd:
+    pass
+
+
+@dataclass(slots=True)
+class ThinkingStart:
+    pass
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingEnd:
+    pass
+
+
+@dataclass(slots=True)
+class ToolCallsBegin:
+    """Tool names appeared in the stream; arguments may be partial."""
+
+    tool_calls: list[ToolCall]
+
+
+@dataclass(slots=True)
+class ToolCallsStart:
+    """The complete calls, about to be dispatched."""
+
+    tool_calls: list[ToolCall]
+
+
+@dataclass(slots=True)
+class ToolCallsComplete:
+    pass
+
+
+@dataclass(slots=True)
+class UserSteered:
+    content: str
+    sender: str
+
+
+@dataclass(slots=True)
+class UsageReported:
+    """Usage of round `iteration` (1-based)."""
+
+    iteration: int
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Done:
+    response: AgentResponse
+
+
+Event = (
+    RunStarted
+    | TextStart
+    | TextDelta
+    | TextEnd
+    | ThinkingStart
+    | ThinkingDelta
+    | ThinkingEnd
+    | ToolCallsBegin
+    | ToolCallsStart
+    | ToolResult
+    | ToolCallsComplete
+    | UserSteered
+    | UsageReported
+    | Done
+)
+
+
+@dataclass(slots=True)
+class RunEvent:
+    """An event as recorded in a run's event log: `sequence` counts from 1,
+    `time` is Unix time in seconds."""
+
+    session_id: str
+    run_id: str
+    sequence: int
+    time: float
+    event: Event

@@ -1,0 +1,92 @@
+"""Tool schemas and the dispatcher interface the agent loop calls.
+
+The runtime does not run tools itself: a `ToolDispatcher` (in production,
+the gRPC client of the ToolExecutors) does. Schemas are registered once at
+start-up (seed 000 `on_register_tools`) and each agent gets the snapshot its
+config names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pilothouse.runtime.messages import ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """One tool: `parameters` is its JSON Schema (an object schema)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The tool as a Chat Completions `tools[]` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """Who a tool call is for."""
+
+    agent: str
+    sender: str
+    session_id: str
+    run_id: str
+
+
+@dataclass(slots=True)
+class ToolOutcome:
+    """Exactly one of `output` and `error` is set."""
+
+    output: str | None = None
+    error: str | None = None
+
+
+class ToolDispatcher(Protocol):
+    """Runs tool calls. `dispatch` never raises for a failed call (it returns
+    `ToolOutcome(error=...)`, which the model reads); it only propagates
+    `asyncio.CancelledError`."""
+
+    async def dispatch(self, call: ToolCall, context: ToolContext) -> ToolOutcome: ...
+
+
+class ToolRegistry:
+    """Tool schemas by name, in registration order."""
+
+    def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ToolSpec) -> None:
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """The names no registered tool has."""
+        return [n for n in names if n not in self._specs]
+
+    def snapshot(self, names: Iterable[str]) -> tuple[ToolSpec, ...]:
+        """The schemas of `names`, in that order (seed `filtered_snapshot`);
+        unknown names are skipped."""
+        return tuple(self._specs[n] for n in names if n in self._specs)

@@ -1,0 +1,2 @@
+"""The runtime's gRPC server: settings, the thin servicers, the ToolExecutor
+client and the process entry point."""

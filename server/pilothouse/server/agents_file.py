@@ -1,0 +1,35 @@
+"""Load agent configs from a TOML file of `[[agents]]` tables."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from pilothouse.errors import InvalidArgumentError
+from pilothouse.runtime.agent import AgentConfig
+
+
+def read_agents_file(path: Path | None) -> list[AgentConfig]:
+    """The agent configs in `path`, or in the built-in default file when
+    None. Raises InvalidArgumentError naming the file and the bad field."""
+    if path is None:
+        text = resources.files("pilothouse.server").joinpath("default_agents.toml").read_text()
+        origin = "built-in default_agents.toml"
+    else:
+        text = path.read_text()
+        origin = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgumentError(f"{origin}: {exc}") from None
+    entries = data.get("agents", [])
+    if not isinstance(entries, list):
+        raise InvalidArgumentError(f"{origin}: 'agents' must be an array of tables")
+    configs = []
+    for index, entry in enumerate(entries):
+        try:
+            configs.append(AgentConfig.parse(entry, field_prefix=f"agents[{index}]"))
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{origin}: {exc.message}") from None
+    return configs

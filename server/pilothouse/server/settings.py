@@ -1,0 +1,99 @@
+"""Server settings: `PILOTHOUSE_*` environment variables over an optional
+TOML config file (`--config` or `PILOTHOUSE_CONFIG`) over the defaults.
+
+`OPENAI_BASE_URL` / `OPENAI_API_KEY` are honoured when
+`PILOTHOUSE_MODEL_BASE_URL` / `PILOTHOUSE_MODEL_API_KEY` are unset. With no
+base URL at all, the server uses the built-in scripted test model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+TEST_MODEL_NAME = "pilothouse-test-model"
+
+
+class Settings(BaseSettings):
+    """Every setting, with its unit in the name or description."""
+
+    model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
+
+    listen_address: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
+    model_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+    )
+    model_api_key: SecretStr | None = None
+    model: str = Field("", description="default model name for agents that name none")
+    model_provider_name: str = Field("openai", description="gen_ai.provider.name for traces")
+    model_connect_timeout: float = Field(10.0, gt=0, description="seconds")
+    model_read_timeout: float = Field(120.0, gt=0, description="seconds between stream bytes")
+    model_max_retries: int = Field(3, ge=0, description="retries of 429/5xx before the first byte")
+    tool_executors: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:50052"],
+        description="ToolExecutor addresses, comma-separated in the environment",
+    )
+    tool_timeout: float = Field(60.0, gt=0, description="deadline of one tool call, seconds")
+    tool_discovery_timeout: float = Field(
+        15.0, gt=0, description="how long start-up waits for each ToolExecutor, seconds"
+    )
+    agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
+    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="gRPC message limit")
+    max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
+
+    @field_validator("tool_executors", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _openai_fallbacks(self) -> Settings:
+        if self.model_base_url is None and os.environ.get("OPENAI_BASE_URL"):
+            self.model_base_url = os.environ["OPENAI_BASE_URL"]
+        if self.model_api_key is None and os.environ.get("OPENAI_API_KEY"):
+            self.model_api_key = SecretStr(os.environ["OPENAI_API_KEY"])
+        return self
+
+    @property
+    def uses_test_model(self) -> bool:
+        return not self.model_base_url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PILOTHOUSE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, `config_file` (else
+    `PILOTHOUSE_CONFIG`) and `overrides`, which win. Raises
+    pydantic.ValidationError for bad values and FileNotFoundError for a
+    missing config file."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} not found")
+        os.environ["PILOTHOUSE_CONFIG"] = str(config_file)
+    return Settings(**overrides)
