@@ -1,0 +1,133 @@
+"""pilothouse.v1.ToolExecutorService over a `ToolRegistry` (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+
+import grpc
+
+from pilothouse.errors import InvalidArgumentError, NotFoundError
+from pilothouse.rpc.errors import handle_errors, rich_status
+from pilothouse.rpc.serving import RunningServer, Service, start_server
+from pilothouse.tools.registry import RegisteredTool, ToolRegistry
+from pilothouse.v1 import (
+    tool_executor_service_pb2 as pb,
+    tool_executor_service_pb2_grpc as pb_grpc,
+    tool_pb2,
+)
+
+__all__ = ["SERVICE_NAME", "ToolExecutorServicer", "serve_tools", "tool_to_proto"]
+
+log = logging.getLogger(__name__)
+
+#: Full name of the service, as health checking and reflection know it.
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ToolExecutorService"].full_name
+
+
+def tool_to_proto(tool: RegisteredTool) -> tool_pb2.Tool:
+    """The `pilothouse.v1.Tool` describing `tool`; the schema is compact
+    JSON text."""
+    return tool_pb2.Tool(
+        name=tool.name,
+        description=tool.description,
+        parameters_json_schema=json.dumps(
+            tool.parameters_schema, separators=(",", ":"), ensure_ascii=False
+        ),
+        metadata=dict(tool.metadata),
+    )
+
+
+class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
+    """Serves the tools of `registry` (read at every call, so tools
+    registered later are served too)."""
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self._registry = registry
+
+    @handle_errors
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListToolsResponse:
+        """Every registered tool, in registration order."""
+        return pb.ListToolsResponse(tools=[tool_to_proto(tool) for tool in self._registry])
+
+    @handle_errors
+    async def ExecuteTool(
+        self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteToolResponse:
+        """Run one call; the tool's failure is `error` with status OK.
+
+        INVALID_ARGUMENT (BadRequest on "name") for an empty name; NOT_FOUND
+        (ErrorInfo reason TOOL_NOT_FOUND, metadata "tool") for an unknown
+        one. A tool still running when the deadline arrives is cancelled and
+        the call ends DEADLINE_EXCEEDED; a call cancelled by the client
+        cancels the tool (asyncio.CancelledError in an async tool; a sync
+        tool's thread runs on, its result discarded).
+        """
+        started = time.monotonic()
+        outcome = "internal_error"
+        try:
+            if not request.name:
+                outcome = "invalid_request"
+                raise InvalidArgumentError.field("name", "must not be empty")
+            tool = self._registry.get(request.name)
+            if tool is None:
+                outcome = "not_found"
+                raise NotFoundError(
+                    f"no tool named {request.name!r}",
+                    reason="TOOL_NOT_FOUND",
+                    metadata={"tool": request.name},
+                )
+            try:
+                async with asyncio.timeout(_remaining(context)):
+                    result = await tool.run(request.arguments_json)
+            except TimeoutError:
+                outcome = "deadline_exceeded"
+                await context.abort_with_status(
+                    rich_status(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"tool {request.name!r} did not finish before the deadline",
+                        "TOOL_DEADLINE_EXCEEDED",
+                        {"tool": request.name},
+                    )
+                )
+            outcome = result.outcome
+            if result.error is not None:
+                return pb.ExecuteToolResponse(error=result.error)
+            return pb.ExecuteToolResponse(output=result.output or "")
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            log.info(
+                "tool call name=%s call_id=%s session_id=%s outcome=%s duration_ms=%.1f",
+                request.name,
+                request.call_id,
+                request.session_id,
+                outcome,
+                (time.monotonic() - started) * 1000,
+            )
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None when there is none."""
+    remaining = context.time_remaining()
+    if remaining is None or not math.isfinite(remaining) or remaining > 10**7:
+        return None
+    return max(remaining, 0.0)
+
+
+async def serve_tools(registry: ToolRegistry, address: str) -> RunningServer:
+    """Start a server on `address` ("host:port"; port 0 picks one) serving
+    `registry` as pilothouse.v1.ToolExecutorService, with health checking
+    and reflection. Raises RuntimeError if the address cannot be bound."""
+    service = Service(
+        pb_grpc.add_ToolExecutorServiceServicer_to_server,
+        ToolExecutorServicer(registry),
+        SERVICE_NAME,
+    )
+    return await start_server([service], address)
