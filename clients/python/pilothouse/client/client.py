@@ -1,0 +1,286 @@
+"""The async client (see the package docstring)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from pilothouse.rpc.errors import error_details
+from pilothouse.v1 import (
+    agent_pb2,
+    agent_service_pb2 as agents_pb,
+    agent_service_pb2_grpc as agents_grpc,
+    event_pb2,
+    run_service_pb2 as runs_pb,
+    run_service_pb2_grpc as runs_grpc,
+    session_pb2,
+    session_service_pb2 as sessions_pb,
+    session_service_pb2_grpc as sessions_grpc,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Default deadline of unary calls, seconds. Streams have none by default:
+#: a run takes as long as it takes.
+DEFAULT_TIMEOUT = 30.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class PilothouseRpcError(Exception):
+    """A failed call: `code` (grpc.StatusCode), `message`, and from
+    `google.rpc.ErrorInfo` the `reason` and `metadata`; `field_violations`
+    lists (field, description) from `BadRequest`."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        info, bad = error_details(error)
+        self.code: grpc.StatusCode = error.code()
+        self.message: str = error.details() or ""
+        self.reason = info.reason if info else ""
+        self.metadata = dict(info.metadata) if info else {}
+        self.field_violations = (
+            [(v.field, v.description) for v in bad.field_violations] if bad else []
+        )
+        super().__init__(f"{self.code.name}: {self.message}")
+
+
+def _translate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            raise PilothouseRpcError(exc) from exc
+
+    return wrapper
+
+
+class SteerStream:
+    """A `Steer` call: iterate it for the run's events; `send` steering
+    content; `done_writing` closes the client side (the run goes on)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def send(self, content: str, sender: str = "") -> None:
+        await self._call.write(
+            runs_pb.SteerRequest(steer=runs_pb.SteerInput(content=content, sender=sender))
+        )
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+    def cancel(self) -> None:
+        """Stop receiving; the run itself goes on."""
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[event_pb2.AgentEvent]:
+        try:
+            async for response in self._call:
+                yield response.event
+        except grpc.aio.AioRpcError as exc:
+            raise PilothouseRpcError(exc) from exc
+
+
+class PilothouseClient:
+    """Client of one Pilothouse runtime. Pass `target` ("host:port") or an
+    existing `channel`. Unary calls use `timeout` seconds unless told
+    otherwise; errors raise `PilothouseRpcError`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._owns_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.timeout = timeout
+        self.agents = agents_grpc.AgentServiceStub(self.channel)
+        self.sessions = sessions_grpc.SessionServiceStub(self.channel)
+        self.runs = runs_grpc.RunServiceStub(self.channel)
+
+    async def __aenter__(self) -> PilothouseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self.channel.close()
+
+    # --- Agents -----------------------------------------------------------
+
+    @_translate
+    async def create_agent(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        system_prompt: str = "",
+        model: str = "",
+        tools: Iterable[str] = (),
+        max_iterations: int = 0,
+        tool_choice: str = "",
+        thinking: bool = False,
+        compact_threshold: int = 0,
+    ) -> agent_pb2.Agent:
+        config = agent_pb2.AgentConfig(
+            name=name,
+            description=description,
+            system_prompt=system_prompt,
+            model=model,
+            tools=list(tools),
+            max_iterations=max_iterations,
+            tool_choice=tool_choice,
+            thinking=thinking,
+            compact_threshold=compact_threshold,
+        )
+        reply = await self.agents.CreateAgent(
+            agents_pb.CreateAgentRequest(config=config), timeout=self.timeout
+        )
+        return reply.agent
+
+    @_translate
+    async def get_agent(self, name: str) -> agent_pb2.Agent:
+        reply = await self.agents.GetAgent(agents_pb.GetAgentRequest(name=name), timeout=self.timeout)
+        return reply.agent
+
+    @_translate
+    async def list_agents(self, page_size: int = 0) -> list[agent_pb2.Agent]:
+        """Every agent, alphabetically (follows the pages)."""
+        agents: list[agent_pb2.Agent] = []
+        token = ""
+        while True:
+            reply = await self.agents.ListAgents(
+                agents_pb.ListAgentsRequest(page_size=page_size, page_token=token),
+                timeout=self.timeout,
+            )
+            agents.extend(reply.agents)
+            token = reply.next_page_token
+            if not token:
+                return agents
+
+    @_translate
+    async def delete_agent(self, name: str) -> None:
+        await self.agents.DeleteAgent(agents_pb.DeleteAgentRequest(name=name), timeout=self.timeout)
+
+    # --- Sessions ---------------------------------------------------------
+
+    @_translate
+    async def create_session(self, agent: str, created_by: str = "") -> session_pb2.Session:
+        reply = await self.sessions.CreateSession(
+            sessions_pb.CreateSessionRequest(agent=agent, created_by=created_by),
+            timeout=self.timeout,
+        )
+        return reply.session
+
+    @_translate
+    async def get_or_create_session(self, agent: str, created_by: str = "") -> session_pb2.Session:
+        reply = await self.sessions.GetOrCreateSession(
+            sessions_pb.GetOrCreateSessionRequest(agent=agent, created_by=created_by),
+            timeout=self.timeout,
+        )
+        return reply.session
+
+    @_translate
+    async def get_session(self, session_id: str) -> session_pb2.Session:
+        reply = await self.sessions.GetSession(
+            sessions_pb.GetSessionRequest(session_id=session_id), timeout=self.timeout
+        )
+        return reply.session
+
+    @_translate
+    async def list_sessions(
+        self, agent: str = "", created_by: str = "", page_size: int = 0
+    ) -> list[session_pb2.Session]:
+        """Every matching session, newest first (follows the pages)."""
+        sessions: list[session_pb2.Session] = []
+        token = ""
+        while True:
+            reply = await self.sessions.ListSessions(
+                sessions_pb.ListSessionsRequest(
+                    agent=agent, created_by=created_by, page_size=page_size, page_token=token
+                ),
+                timeout=self.timeout,
+            )
+            sessions.extend(reply.sessions)
+            token = reply.next_page_token
+            if not token:
+                return sessions
+
+    @_translate
+    async def close_session(self, session_id: str) -> session_pb2.Session:
+        reply = await self.sessions.CloseSession(
+            sessions_pb.CloseSessionRequest(session_id=session_id), timeout=self.timeout
+        )
+        return reply.session
+
+    @_translate
+    async def list_messages(self, session_id: str, page_size: int = 0) -> list[session_pb2.Message]:
+        """A session's whole history, oldest first (follows the pages)."""
+        messages: list[session_pb2.Message] = []
+        token = ""
+        while True:
+            reply = await self.sessions.ListMessages(
+                sessions_pb.ListMessagesRequest(
+                    session_id=session_id, page_size=page_size, page_token=token
+                ),
+                timeout=self.timeout,
+            )
+            messages.extend(reply.messages)
+            token = reply.next_page_token
+            if not token:
+                return messages
+
+    # --- Runs -------------------------------------------------------------
+
+    @_translate
+    async def send_to(
+        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+    ) -> runs_pb.SendToResponse:
+        """Run to completion; `timeout` seconds (None: no deadline)."""
+        return await self.runs.SendTo(
+            runs_pb.SendToRequest(session_id=session_id, content=content, sender=sender),
+            timeout=timeout,
+        )
+
+    async def stream_to(
+        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+    ) -> AsyncIterator[event_pb2.AgentEvent]:
+        """The run's events, the last one `done`."""
+        call = self.runs.StreamTo(
+            runs_pb.StreamToRequest(session_id=session_id, content=content, sender=sender),
+            timeout=timeout,
+        )
+        try:
+            async for response in call:
+                yield response.event
+        except grpc.aio.AioRpcError as exc:
+            raise PilothouseRpcError(exc) from exc
+        finally:
+            call.cancel()
+
+    async def steer(
+        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+    ) -> SteerStream:
+        """Start a run with a `Steer` call and return it."""
+        call = self.runs.Steer(timeout=timeout)
+        await call.write(
+            runs_pb.SteerRequest(
+                start=runs_pb.StartRun(session_id=session_id, content=content, sender=sender)
+            )
+        )
+        return SteerStream(call)

@@ -1,0 +1,109 @@
+"""Start the ToolExecutor and the runtime together, for `make run` and
+`make demo`.
+
+    python -m pilothouse.devstack run    # both servers in the foreground
+    python -m pilothouse.devstack demo   # start both, chat once, stop both
+
+Ports come from PILOTHOUSE_LISTEN_ADDRESS (default 127.0.0.1:50051) and
+PILOTHOUSE_TOOLS_LISTEN_ADDRESS (default 127.0.0.1:50052); the runtime is
+pointed at the ToolExecutor it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEMO_MESSAGE = "What is 17 * 23 + 4, and what time is it in UTC?"
+
+
+def wait_serving(address: str, timeout: float, process: subprocess.Popen) -> None:
+    """Block until `address` answers health SERVING. Raises RuntimeError if
+    the process exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{address}: process exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"{address} did not become SERVING within {timeout:g}s")
+
+
+def _start(module: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module], env=env)
+
+
+def _stop(process: subprocess.Popen, name: str) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    print(f"[devstack] {name} exited with {process.returncode}", flush=True)
+    return process.returncode
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pilothouse.devstack")
+    parser.add_argument("mode", choices=["run", "demo"])
+    parser.add_argument("--message", default=DEMO_MESSAGE)
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    tools_address = env.setdefault("PILOTHOUSE_TOOLS_LISTEN_ADDRESS", "127.0.0.1:50052")
+    server_address = env.setdefault("PILOTHOUSE_LISTEN_ADDRESS", "127.0.0.1:50051")
+    env.setdefault("PILOTHOUSE_TOOL_EXECUTORS", tools_address)
+    tools = _start("pilothouse.tools.main", env)
+    server = None
+    code = 0
+    try:
+        wait_serving(tools_address, 30, tools)
+        server = _start("pilothouse.server.main", env)
+        wait_serving(server_address, 30, server)
+        if args.mode == "run":
+            print(f"[devstack] runtime on {server_address}, tools on {tools_address}; Ctrl-C stops",
+                  flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+                while server.poll() is None and tools.poll() is None:
+                    time.sleep(0.5)
+        else:
+            cli = [sys.executable, "-m", "pilothouse.client.cli", "--server", server_address]
+            print(f"[devstack] $ pilothouse chat --agent assistant {args.message!r}", flush=True)
+            code = subprocess.call([*cli, "chat", "--agent", "assistant", "--new", args.message], env=env)
+            if code == 0:
+                print("[devstack] the same run as JSON events (--json), second message:", flush=True)
+                code = subprocess.call(
+                    [*cli, "chat", "--agent", "assistant", "--json", "Thanks! Summarise that."],
+                    env=env,
+                )
+    except RuntimeError as exc:
+        print(f"[devstack] {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        stopped = [_stop(server, "runtime")] if server is not None else []
+        stopped.append(_stop(tools, "tools"))
+    if code == 0 and any(stopped):
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
