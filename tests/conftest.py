@@ -1,0 +1,195 @@
+"""Shared fixtures: real servers on real ports.
+
+- `tool_server`: the reference ToolExecutor (built-ins plus test tools) on
+  127.0.0.1, port picked by the OS.
+- `fake_model`: an OpenAI-compatible HTTP server answering from a queue the
+  test fills (`fake_model.responder.push(...)`).
+- `app`: the Pilothouse runtime started by `start_app` on those two.
+- `client`: the Python SDK on a real gRPC channel to `app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from pilothouse.client import PilothouseClient
+from pilothouse.rpc.serving import RunningServer
+from pilothouse.server.app import App, start_app
+from pilothouse.server.settings import Settings
+from pilothouse.testmodel import ChatCompletionsServer, QueueResponder
+from pilothouse.tools import ToolRegistry
+from pilothouse.tools.builtins import register_builtins
+from pilothouse.tools.service import serve_tools
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "sse"
+
+#: Gates the `wait_for_gate` test tool waits on, by name.
+GATES: dict[str, asyncio.Event] = {}
+#: Names of gates whose tool call saw cancellation.
+CANCELLED_GATES: list[str] = []
+
+
+def gate(name: str) -> asyncio.Event:
+    return GATES.setdefault(name, asyncio.Event())
+
+
+def build_test_tools() -> ToolRegistry:
+    """Built-ins plus tools that let tests control timing and failure."""
+    registry = ToolRegistry()
+    register_builtins(registry)
+
+    @registry.tool
+    async def wait_for_gate(name: str) -> str:
+        """Wait until the test opens the gate `name`, then say so.
+
+        Args:
+            name: The gate to wait for.
+        """
+        try:
+            await gate(name).wait()
+        except asyncio.CancelledError:
+            CANCELLED_GATES.append(name)
+            raise
+        return f"gate {name} opened"
+
+    @registry.tool
+    def fail(message: str) -> str:
+        """Always fails with `message`.
+
+        Args:
+            message: The error message.
+        """
+        raise RuntimeError(message)
+
+    return registry
+
+
+@dataclass
+class FakeModel:
+    server: ChatCompletionsServer
+    responder: QueueResponder
+    base_url: str
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.server.requests
+
+
+@dataclass
+class ToolServer:
+    server: RunningServer
+    address: str
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def tool_server() -> AsyncIterator[ToolServer]:
+    server = await serve_tools(build_test_tools(), "127.0.0.1:0")
+    yield ToolServer(server, f"127.0.0.1:{server.port}")
+    await server.server.stop(0)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def model_server() -> AsyncIterator[FakeModel]:
+    responder = QueueResponder()
+    server = ChatCompletionsServer(responder)
+    base_url = await server.start()
+    yield FakeModel(server, responder, base_url)
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_model(model_server: FakeModel) -> AsyncIterator[FakeModel]:
+    """The session's fake model, with an empty queue and request log; a test
+    that leaves replies unused fails."""
+    model_server.responder.queue.clear()
+    model_server.server.requests.clear()
+    yield model_server
+    leftover = model_server.responder.remaining
+    model_server.responder.queue.clear()
+    assert leftover == 0, f"{leftover} queued model replies were never requested"
+
+
+def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
+    values = {
+        "listen_address": "127.0.0.1:0",
+        "model_base_url": model.base_url,
+        "model": "fake-model",
+        "tool_executors": [tools.address],
+        "tool_timeout": 30.0,
+        "model_max_retries": 2,
+        "shutdown_grace": 1.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def app(model_server: FakeModel, tool_server: ToolServer) -> AsyncIterator[App]:
+    app = await start_app(app_settings(model_server, tool_server))
+    yield app
+    await app.stop(0)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def client(app: App) -> AsyncIterator[PilothouseClient]:
+    async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
+        yield client
+
+
+_names = itertools.count(1)
+
+
+@dataclass
+class AgentFactory:
+    client: PilothouseClient
+    created: list[str] = field(default_factory=list)
+
+    async def __call__(self, tools: tuple[str, ...] = (), **config) -> str:
+        name = config.pop("name", f"agent-{next(_names)}")
+        await self.client.create_agent(
+            name, tools=tools, system_prompt=config.pop("system_prompt", "Be brief."), **config
+        )
+        self.created.append(name)
+        return name
+
+
+@pytest.fixture
+def make_agent(client: PilothouseClient) -> AgentFactory:
+    return AgentFactory(client)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session_of(client: PilothouseClient, make_agent: AgentFactory):
+    """`await session_of(tools=..., **config)` → a new session id on a new agent."""
+
+    async def make(tools: tuple[str, ...] = (), **config) -> str:
+        agent = await make_agent(tools, **config)
+        return (await client.create_session(agent, "tester")).id
+
+    return make
+
+
+async def collect(stream) -> list:
+    """Every event of a stream, in order."""
+    return [event async for event in stream]
+
+
+def kinds(events) -> list[str]:
+    return [e.WhichOneof("event") for e in events]
+
+
+def shape(events) -> list[str]:
+    """Event kinds with runs of the same delta kind collapsed to one."""
+    out: list[str] = []
+    for kind in kinds(events):
+        if not (out and out[-1] == kind and kind.endswith("_delta")):
+            out.append(kind)
+    return out
