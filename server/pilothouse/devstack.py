@@ -60,6 +60,10 @@ def _stop(process: subprocess.Popen, name: str) -> int:
     return process.returncode
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pilothouse.devstack")
     parser.add_argument("mode", choices=["run", "demo"])
@@ -80,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "run":
             print(f"[devstack] runtime on {server_address}, tools on {tools_address}; Ctrl-C stops",
                   flush=True)
+            signal.signal(signal.SIGTERM, _interrupt)
             with contextlib.suppress(KeyboardInterrupt):
-                signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
                 while server.poll() is None and tools.poll() is None:
                     time.sleep(0.5)
         else:
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[devstack] $ pilothouse chat --agent assistant {args.message!r}", flush=True)
             code = subprocess.call([*cli, "chat", "--agent", "assistant", "--new", args.message], env=env)
             if code == 0:
-                print("[devstack] the same run as JSON events (--json), second message:", flush=True)
+                print("[devstack] a follow-up message, each event printed as JSON (--json):",
+                      flush=True)
                 code = subprocess.call(
                     [*cli, "chat", "--agent", "assistant", "--json", "Thanks! Summarise that."],
                     env=env,

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per model request is noise at INFO; runs log their own end.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     sys.exit(asyncio.run(_serve(args)))
 
 

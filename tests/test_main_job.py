@@ -1,0 +1,83 @@
+"""The main job as a user runs it: real processes started by their console
+entry points, the built-in scripted test model, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from pilothouse.testmodel import text_reply, tool_calls_reply
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_devstack_demo_runs_a_tool_using_conversation() -> None:
+    env = dict(os.environ)
+    for key in ("PILOTHOUSE_MODEL_BASE_URL", "OPENAI_BASE_URL", "PILOTHOUSE_CONFIG"):
+        env.pop(key, None)
+    env["PILOTHOUSE_LISTEN_ADDRESS"] = f"127.0.0.1:{free_port()}"
+    env["PILOTHOUSE_TOOLS_LISTEN_ADDRESS"] = f"127.0.0.1:{free_port()}"
+    env.pop("PILOTHOUSE_TOOL_EXECUTORS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pilothouse.devstack", "demo"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    out = result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Streamed events as the CLI prints them: calls, results, the answer.
+    assert "→ calculate(" in out
+    assert "← calculate" in out and "395" in out
+    assert "→ current_time(" in out
+    assert "scripted test model" in out
+    assert "[done: text_response · 2 round(s)" in out
+    # The second message printed as JSON lines in protobuf's JSON mapping.
+    json_lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert json_lines[0]["runStarted"]["agent"] == "assistant"
+    assert json_lines[-1]["done"]["stopReason"] == "STOP_REASON_TEXT_RESPONSE"
+    assert [e["sequence"] for e in json_lines] == [str(n) for n in range(1, len(json_lines) + 1)]
+    # The model said it is a test model in the server log too.
+    assert "scripted test model" in result.stderr
+    assert "runtime exited with 0" in out and "tools exited with 0" in out
+
+
+async def test_cli_chat_json_against_a_running_server(app, fake_model, make_agent) -> None:
+    import asyncio
+
+    agent = await make_agent(("text_stats",))
+    fake_model.responder.push(
+        tool_calls_reply([("c1", "text_stats", '{"text": "two words"}')]), text_reply("Two.")
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pilothouse.client.cli", "--server", f"127.0.0.1:{app.port}",
+        "chat", "--agent", agent, "--user", "erin", "--json", "How many words?",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    kinds = [next(k for k in e if k not in {"sessionId", "runId", "sequence", "time"}) for e in events]
+    assert kinds[0] == "runStarted" and kinds[-1] == "done"
+    assert "toolResult" in kinds
+    result = next(e["toolResult"] for e in events if "toolResult" in e)
+    assert json.loads(result["output"])["words"] == 2
+    assert events[0]["runStarted"]["sender"] == "erin"
+
+
+async def test_cli_reports_rpc_errors_with_the_status_code(app) -> None:
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pilothouse.client.cli", "--server", f"127.0.0.1:{app.port}",
+        "chat", "--agent", "no-such-agent", "hello",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert "NOT_FOUND" in stderr.decode() and "no-such-agent" in stderr.decode()
