@@ -193,3 +193,11 @@ def shape(events) -> list[str]:
         if not (out and out[-1] == kind and kind.endswith("_delta")):
             out.append(kind)
     return out
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    """Wait until `predicate()` is true (state that has no event to await,
+    such as a server-side queue), failing after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling in-process state, bounded
+            await asyncio.sleep(0.002)

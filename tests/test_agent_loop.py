@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
+import pytest
+
+from pilothouse.client import PilothouseRpcError
 from pilothouse.testmodel import (
     JSONReply,
     Pause,
@@ -18,7 +22,7 @@ from pilothouse.testmodel import (
     tool_calls_reply,
 )
 from pilothouse.v1 import event_pb2, session_pb2
-from tests.conftest import GATES, collect, gate, kinds, shape
+from tests.conftest import GATES, collect, gate, kinds, shape, wait_until
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
@@ -340,8 +344,7 @@ async def test_steer_injects_a_user_message_before_the_next_round(app, client, f
         if event.HasField("tool_calls_start"):
             await stream.send("Also answer in French.")
             run = app.runtime.active_run(session_id)
-            while not run.steering.pending():  # the server has queued it
-                await asyncio.sleep(0.005)
+            await wait_until(run.steering.pending)  # the server has queued it
             gate("steer-1").set()
 
     assert shape(events) == [
@@ -394,16 +397,11 @@ async def test_run_outlives_a_disconnected_stream(app, client, fake_model, sessi
 
 
 async def test_second_run_on_a_busy_session_fails_precondition(app, client, fake_model, session_of):
-    from pilothouse.client import PilothouseRpcError
-    import grpc
-    import pytest
-
     session_id = await session_of()
     release = asyncio.Event()
     fake_model.responder.push(SSEReply([Pause(release), *text_reply("ok").events]))
     first = asyncio.create_task(client.send_to(session_id, "one", timeout=30))
-    while app.runtime.active_run(session_id) is None:
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: app.runtime.active_run(session_id) is not None)
     run_id = app.runtime.active_run(session_id).id
 
     with pytest.raises(PilothouseRpcError) as error:

@@ -264,7 +264,7 @@ async def test_executor_down_gives_the_model_an_error_result(fake_model):
 
 
 async def test_startup_fails_clearly_when_no_executor_answers(fake_model, tool_server):
-    with pytest.raises(StartupError, match="127.0.0.1:1"):
+    with pytest.raises(StartupError, match=r"127\.0\.0\.1:1"):
         await start_app(
             app_settings(fake_model, tool_server, tool_executors=["127.0.0.1:1"], tool_discovery_timeout=0.5)
         )
