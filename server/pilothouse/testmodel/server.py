@@ -106,6 +106,7 @@ def assemble_completion(payloads: Iterable[str]) -> tuple[int, dict[str, Any]]:
     `chat.completion` object, or the error the stream carried (status taken
     from its `status_code`, else 500)."""
     content: list[str] = []
+    refusal: list[str] = []
     reasoning: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     finish_reason: str | None = None
@@ -129,7 +130,7 @@ def assemble_completion(payloads: Iterable[str]) -> tuple[int, dict[str, Any]]:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             content.append(delta.get("content") or "")
-            content.append(delta.get("refusal") or "")
+            refusal.append(delta.get("refusal") or "")
             reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
             for position, fragment in enumerate(delta.get("tool_calls") or []):
                 call = calls.setdefault(
@@ -145,7 +146,7 @@ def assemble_completion(payloads: Iterable[str]) -> tuple[int, dict[str, Any]]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": text if text or not calls else None,
-        "refusal": None,
+        "refusal": "".join(refusal) or None,
     }
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
@@ -196,6 +197,7 @@ class ChatCompletionsServer:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     async def start(self) -> str:
         """Start listening; returns the base URL, e.g. `http://127.0.0.1:PORT/v1`."""
@@ -208,6 +210,7 @@ class ChatCompletionsServer:
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
         self._runner = runner
+        self._stopping = False
         host, port = runner.addresses[0][:2]
         self.port = port
         self.base_url = f"http://{host}:{port}/v1"
@@ -215,6 +218,7 @@ class ChatCompletionsServer:
 
     async def stop(self) -> None:
         """Stop serving; replies still held by a `Pause` are abandoned."""
+        self._stopping = True
         for task in list(self._handlers):
             task.cancel()
         if self._runner is not None:
@@ -283,7 +287,7 @@ class ChatCompletionsServer:
                 return await self._stream(state, reply)
             return await self._complete(state, reply)
         except asyncio.CancelledError:
-            if not state.cut:
+            if not state.cut and not self._stopping:
                 self.disconnects += 1
                 self.disconnected.set()
             raise

@@ -272,7 +272,9 @@ class OpenAIChatModel:
         (with `status_code` and the provider's `code`), for an `error`
         object inside the stream, for a body cut before any finish reason
         or `[DONE]` ("model stream ended before completion ..."), and for
-        timeouts and connection failures (`retryable=True`).
+        timeouts and connection failures (`retryable=True`). For an error
+        inside the stream, `status_code` is the status the provider states
+        in it (Groq's `status_code`, OpenRouter's numeric `code`), if any.
 
         Closing the generator early (`aclose()`, or cancelling the task
         consuming it) closes the HTTP response; use
@@ -287,14 +289,18 @@ class OpenAIChatModel:
                 response = await self._client.send(http_request, stream=True)
             except httpx.HTTPError as exc:
                 error = self._transport_error(exc)
-                if not error.retryable or attempt >= self.max_retries:
+                if not error.retryable:
+                    raise error from exc
+                if attempt >= self.max_retries:
                     raise self._gave_up(error, attempt) from exc
                 delay = self._backoff(attempt)
             else:
                 try:
                     if not response.is_success:
                         error = await self._status_error(response)
-                        if not error.retryable or attempt >= self.max_retries:
+                        if not error.retryable:
+                            raise error
+                        if attempt >= self.max_retries:
                             raise self._gave_up(error, attempt)
                         delay = self._retry_delay(attempt, response.headers)
                     else:
@@ -305,11 +311,10 @@ class OpenAIChatModel:
                             return
                         except httpx.HTTPError as exc:
                             error = self._stream_transport_error(exc)
-                            if (
-                                response.num_bytes_downloaded
-                                or not error.retryable
-                                or attempt >= self.max_retries
-                            ):
+                            # Once the body has started, a retry could repeat output.
+                            if response.num_bytes_downloaded or not error.retryable:
+                                raise error from exc
+                            if attempt >= self.max_retries:
                                 raise self._gave_up(error, attempt) from exc
                             delay = self._backoff(attempt)
                 finally:
