@@ -21,7 +21,7 @@ from pilothouse.testmodel import (
     text_reply,
     tool_calls_reply,
 )
-from pilothouse.v1 import event_pb2, session_pb2
+from pilothouse.v1 import event_pb2, message_pb2
 from tests.conftest import GATES, collect, gate, kinds, shape, wait_until
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -62,8 +62,8 @@ async def test_text_answer_streams_segments_and_is_stored(client, fake_model, se
     # Done is sent only after the history was stored.
     messages = await client.list_messages(session_id)
     assert [(m.role, m.content, m.sender) for m in messages] == [
-        (session_pb2.ROLE_USER, "Hi!", "alice"),
-        (session_pb2.ROLE_ASSISTANT, "Hello there, friend.", ""),
+        (message_pb2.ROLE_USER, "Hi!", "alice"),
+        (message_pb2.ROLE_ASSISTANT, "Hello there, friend.", ""),
     ]
     assert (await client.get_session(session_id)).message_count == 2
 
@@ -107,7 +107,7 @@ async def test_tool_call_with_fragmented_arguments(client, fake_model, session_o
 
     history = await client.list_messages(session_id)
     assert [m.role for m in history] == [
-        session_pb2.ROLE_USER, session_pb2.ROLE_ASSISTANT, session_pb2.ROLE_TOOL, session_pb2.ROLE_ASSISTANT,
+        message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT, message_pb2.ROLE_TOOL, message_pb2.ROLE_ASSISTANT,
     ]
     assert history[2].tool_call_id == "call_a" and history[2].name == "calculate"
 
@@ -141,7 +141,7 @@ async def test_parallel_tool_calls_complete_out_of_order_but_store_in_call_order
     assert [r.output for r in results] == ["gate p-fast opened", "gate p-slow opened"]
     done = events[-1].done
     assert [r.call_id for r in done.steps[0].tool_results] == ["call_slow", "call_fast"]
-    tool_messages = [m for m in await client.list_messages(session_id) if m.role == session_pb2.ROLE_TOOL]
+    tool_messages = [m for m in await client.list_messages(session_id) if m.role == message_pb2.ROLE_TOOL]
     assert [m.tool_call_id for m in tool_messages] == ["call_slow", "call_fast"]
     sent = [m for m in fake_model.requests[1]["messages"] if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in sent] == ["call_slow", "call_fast"]
@@ -179,7 +179,7 @@ async def test_max_iterations_stops_with_valid_history(client, fake_model, sessi
     assert done.iterations == 2
     assert len(fake_model.requests) == 2
     roles = [m.role for m in await client.list_messages(session_id)]
-    assert roles == [session_pb2.ROLE_USER] + [session_pb2.ROLE_ASSISTANT, session_pb2.ROLE_TOOL] * 2
+    assert roles == [message_pb2.ROLE_USER] + [message_pb2.ROLE_ASSISTANT, message_pb2.ROLE_TOOL] * 2
 
 
 async def test_empty_round_is_no_action_and_stores_nothing_for_it(client, fake_model, session_of):
@@ -192,7 +192,7 @@ async def test_empty_round_is_no_action_and_stores_nothing_for_it(client, fake_m
     assert events[-1].done.stop_reason == event_pb2.STOP_REASON_NO_ACTION
     assert events[-1].done.iterations == 0
     history = await client.list_messages(session_id)
-    assert [(m.role, m.content) for m in history] == [(session_pb2.ROLE_USER, "Say nothing")]
+    assert [(m.role, m.content) for m in history] == [(message_pb2.ROLE_USER, "Say nothing")]
 
 
 async def test_stream_error_mid_round_ends_with_error_and_keeps_history(client, fake_model, session_of):
@@ -217,7 +217,7 @@ async def test_stream_error_mid_round_ends_with_error_and_keeps_history(client, 
     # The failed round left no trace; the completed tool round is kept.
     history = await client.list_messages(session_id)
     assert [m.role for m in history] == [
-        session_pb2.ROLE_USER, session_pb2.ROLE_ASSISTANT, session_pb2.ROLE_TOOL,
+        message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT, message_pb2.ROLE_TOOL,
     ]
     assert all("half" not in m.content for m in history)
 
@@ -231,7 +231,7 @@ async def test_stream_cut_before_done_is_an_error(client, fake_model, session_of
     done = events[-1].done
     assert done.stop_reason == event_pb2.STOP_REASON_ERROR
     assert done.error
-    assert [m.role for m in await client.list_messages(session_id)] == [session_pb2.ROLE_USER]
+    assert [m.role for m in await client.list_messages(session_id)] == [message_pb2.ROLE_USER]
 
 
 async def test_http_429_is_retried_then_succeeds(client, fake_model, session_of):
@@ -358,7 +358,7 @@ async def test_steer_injects_a_user_message_before_the_next_round(app, client, f
     assert second[-1] == {"role": "user", "content": "Also answer in French."}
     assert second[-2]["role"] == "tool"
     history = await client.list_messages(session_id)
-    assert [(m.role, m.content) for m in history][-2] == (session_pb2.ROLE_USER, "Also answer in French.")
+    assert [(m.role, m.content) for m in history][-2] == (message_pb2.ROLE_USER, "Also answer in French.")
 
 
 async def test_steer_closing_the_client_side_does_not_cancel_the_run(client, fake_model, session_of):
@@ -392,7 +392,7 @@ async def test_run_outlives_a_disconnected_stream(app, client, fake_model, sessi
 
     assert response.stop_reason.value == "text_response"
     history = await client.list_messages(session_id)
-    assert [m.role for m in history] == [session_pb2.ROLE_USER, session_pb2.ROLE_ASSISTANT]
+    assert [m.role for m in history] == [message_pb2.ROLE_USER, message_pb2.ROLE_ASSISTANT]
     assert history[1].content.endswith("rest.")
 
 

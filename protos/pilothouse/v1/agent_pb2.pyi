@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pilothouse.v1 import tool_pb2 as _tool_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -10,8 +11,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ApprovalPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_POLICY_UNSPECIFIED: _ClassVar[ApprovalPolicy]
+    APPROVAL_POLICY_NEVER: _ClassVar[ApprovalPolicy]
+    APPROVAL_POLICY_ALWAYS: _ClassVar[ApprovalPolicy]
+APPROVAL_POLICY_UNSPECIFIED: ApprovalPolicy
+APPROVAL_POLICY_NEVER: ApprovalPolicy
+APPROVAL_POLICY_ALWAYS: ApprovalPolicy
+
 class AgentConfig(_message.Message):
-    __slots__ = ("name", "description", "system_prompt", "model", "tools", "max_iterations", "tool_choice", "thinking", "compact_threshold")
+    __slots__ = ("name", "description", "system_prompt", "model", "tools", "max_iterations", "tool_choice", "thinking", "compact_threshold", "approval_policy", "approval_required_tools", "context_window")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +31,9 @@ class AgentConfig(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     THINKING_FIELD_NUMBER: _ClassVar[int]
     COMPACT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_REQUIRED_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     system_prompt: str
@@ -30,7 +43,10 @@ class AgentConfig(_message.Message):
     tool_choice: str
     thinking: bool
     compact_threshold: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ...) -> None: ...
+    approval_policy: ApprovalPolicy
+    approval_required_tools: _containers.RepeatedScalarFieldContainer[str]
+    context_window: int
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ..., approval_policy: _Optional[_Union[ApprovalPolicy, str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ..., context_window: _Optional[int] = ...) -> None: ...
 
 class Agent(_message.Message):
     __slots__ = ("config", "tools", "create_time", "source")

@@ -1,4 +1,8 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from pilothouse.v1 import event_pb2 as _event_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -6,15 +10,66 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DisconnectPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISCONNECT_POLICY_UNSPECIFIED: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CONTINUE: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CANCEL: _ClassVar[DisconnectPolicy]
+
+class ActiveRunPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTIVE_RUN_POLICY_UNSPECIFIED: _ClassVar[ActiveRunPolicy]
+    ACTIVE_RUN_POLICY_REJECT: _ClassVar[ActiveRunPolicy]
+    ACTIVE_RUN_POLICY_ENQUEUE: _ClassVar[ActiveRunPolicy]
+    ACTIVE_RUN_POLICY_INTERRUPT: _ClassVar[ActiveRunPolicy]
+    ACTIVE_RUN_POLICY_STEER: _ClassVar[ActiveRunPolicy]
+
+class LateSteeringPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATE_STEERING_POLICY_UNSPECIFIED: _ClassVar[LateSteeringPolicy]
+    LATE_STEERING_POLICY_FOLLOW_UP: _ClassVar[LateSteeringPolicy]
+    LATE_STEERING_POLICY_RETURN: _ClassVar[LateSteeringPolicy]
+DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy
+DISCONNECT_POLICY_CONTINUE: DisconnectPolicy
+DISCONNECT_POLICY_CANCEL: DisconnectPolicy
+ACTIVE_RUN_POLICY_UNSPECIFIED: ActiveRunPolicy
+ACTIVE_RUN_POLICY_REJECT: ActiveRunPolicy
+ACTIVE_RUN_POLICY_ENQUEUE: ActiveRunPolicy
+ACTIVE_RUN_POLICY_INTERRUPT: ActiveRunPolicy
+ACTIVE_RUN_POLICY_STEER: ActiveRunPolicy
+LATE_STEERING_POLICY_UNSPECIFIED: LateSteeringPolicy
+LATE_STEERING_POLICY_FOLLOW_UP: LateSteeringPolicy
+LATE_STEERING_POLICY_RETURN: LateSteeringPolicy
+
+class RunOptions(_message.Message):
+    __slots__ = ("on_disconnect", "if_active", "late_steering", "timeout", "token_budget", "heartbeat_interval", "decision_timeout")
+    ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    IF_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    LATE_STEERING_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    DECISION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    on_disconnect: DisconnectPolicy
+    if_active: ActiveRunPolicy
+    late_steering: LateSteeringPolicy
+    timeout: _duration_pb2.Duration
+    token_budget: int
+    heartbeat_interval: _duration_pb2.Duration
+    decision_timeout: _duration_pb2.Duration
+    def __init__(self, on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., if_active: _Optional[_Union[ActiveRunPolicy, str]] = ..., late_steering: _Optional[_Union[LateSteeringPolicy, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., token_budget: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decision_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
 class SendToRequest(_message.Message):
-    __slots__ = ("session_id", "content", "sender")
+    __slots__ = ("session_id", "content", "sender", "options")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     content: str
     sender: str
-    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+    options: RunOptions
+    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ...) -> None: ...
 
 class SendToResponse(_message.Message):
     __slots__ = ("run_id", "response")
@@ -25,14 +80,16 @@ class SendToResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., response: _Optional[_Union[_event_pb2.AgentResponse, _Mapping]] = ...) -> None: ...
 
 class StreamToRequest(_message.Message):
-    __slots__ = ("session_id", "content", "sender")
+    __slots__ = ("session_id", "content", "sender", "options")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     content: str
     sender: str
-    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+    options: RunOptions
+    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ...) -> None: ...
 
 class StreamToResponse(_message.Message):
     __slots__ = ("event",)
@@ -41,14 +98,34 @@ class StreamToResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_event_pb2.AgentEvent, _Mapping]] = ...) -> None: ...
 
 class StartRun(_message.Message):
-    __slots__ = ("session_id", "content", "sender")
+    __slots__ = ("session_id", "content", "sender", "options")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     content: str
     sender: str
-    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+    options: RunOptions
+    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ..., options: _Optional[_Union[RunOptions, _Mapping]] = ...) -> None: ...
+
+class AttachRun(_message.Message):
+    __slots__ = ("session_id", "run_id", "after_sequence", "heartbeat_interval")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    run_id: str
+    after_sequence: int
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CancelRun(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class SteerInput(_message.Message):
     __slots__ = ("content", "sender")
@@ -59,15 +136,89 @@ class SteerInput(_message.Message):
     def __init__(self, content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class SteerRequest(_message.Message):
-    __slots__ = ("start", "steer")
+    __slots__ = ("start", "steer", "attach", "cancel", "decision")
     START_FIELD_NUMBER: _ClassVar[int]
     STEER_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     start: StartRun
     steer: SteerInput
-    def __init__(self, start: _Optional[_Union[StartRun, _Mapping]] = ..., steer: _Optional[_Union[SteerInput, _Mapping]] = ...) -> None: ...
+    attach: AttachRun
+    cancel: CancelRun
+    decision: _event_pb2.Decision
+    def __init__(self, start: _Optional[_Union[StartRun, _Mapping]] = ..., steer: _Optional[_Union[SteerInput, _Mapping]] = ..., attach: _Optional[_Union[AttachRun, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ..., decision: _Optional[_Union[_event_pb2.Decision, _Mapping]] = ...) -> None: ...
 
 class SteerResponse(_message.Message):
     __slots__ = ("event",)
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: _event_pb2.AgentEvent
     def __init__(self, event: _Optional[_Union[_event_pb2.AgentEvent, _Mapping]] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("session_id", "run_id", "after_sequence", "heartbeat_interval")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    run_id: str
+    after_sequence: int
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: _event_pb2.AgentEvent
+    def __init__(self, event: _Optional[_Union[_event_pb2.AgentEvent, _Mapping]] = ...) -> None: ...
+
+class SteerSessionRequest(_message.Message):
+    __slots__ = ("session_id", "content", "sender")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    content: str
+    sender: str
+    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class SteerSessionResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("session_id", "run_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    run_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("run_id", "already_finished", "stop_reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    already_finished: bool
+    stop_reason: _event_pb2.StopReason
+    def __init__(self, run_id: _Optional[str] = ..., already_finished: _Optional[bool] = ..., stop_reason: _Optional[_Union[_event_pb2.StopReason, str]] = ...) -> None: ...
+
+class SubmitDecisionRequest(_message.Message):
+    __slots__ = ("session_id", "decision")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    decision: _event_pb2.Decision
+    def __init__(self, session_id: _Optional[str] = ..., decision: _Optional[_Union[_event_pb2.Decision, _Mapping]] = ...) -> None: ...
+
+class SubmitDecisionResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...

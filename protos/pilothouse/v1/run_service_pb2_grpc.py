@@ -57,6 +57,26 @@ class RunServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_run__service__pb2.SteerRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SteerResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_stream(
+                '/pilothouse.v1.RunService/Attach',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.AttachRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.AttachResponse.FromString,
+                _registered_method=True)
+        self.SteerSession = channel.unary_unary(
+                '/pilothouse.v1.RunService/SteerSession',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.SteerSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SteerSessionResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/pilothouse.v1.RunService/Cancel',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.CancelRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.CancelResponse.FromString,
+                _registered_method=True)
+        self.SubmitDecision = channel.unary_unary(
+                '/pilothouse.v1.RunService/SubmitDecision',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -85,10 +105,48 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Steer(self, request_iterator, context):
-        """Bidirectional: the first request starts a run (`start`); later requests
-        steer it (`steer`): each steering content is appended as a user message
-        before the next model round, with a `user_steered` event. Closing the
-        client side does not cancel the run; the server streams until `done`.
+        """Bidirectional: the first request starts a run (`start`) or attaches to
+        one (`attach`); later requests steer it (`steer`: appended as a user
+        message before the next model round, with a `user_steered` event),
+        cancel it, or answer its approvals and questions (`decision`). Closing
+        the client side does not cancel the run; the server streams until
+        `done`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request, context):
+        """Streams a run's events from `after_sequence` on: every event missed,
+        then live ones, with no gap and no duplicate. OUT_OF_RANGE when the
+        events asked for are no longer kept (ErrorInfo metadata
+        `oldest_available_sequence`); NOT_FOUND for an unknown run;
+        FAILED_PRECONDITION when the session has no active run and no run_id
+        is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SteerSession(self, request, context):
+        """Queues steering content on the session's active run, from any client.
+        FAILED_PRECONDITION when the session has no active run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Cancels a run and returns once it has stopped and its history is
+        stored. Cancelling a finished run is OK (`already_finished`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitDecision(self, request, context):
+        """Answers an approval or a question of the session's active run.
+        NOT_FOUND when no such request is pending.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +169,26 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.Steer,
                     request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SteerRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_run__service__pb2.SteerResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.AttachRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.AttachResponse.SerializeToString,
+            ),
+            'SteerSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.SteerSession,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SteerSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.SteerSessionResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.CancelRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.CancelResponse.SerializeToString,
+            ),
+            'SubmitDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitDecision,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -202,6 +280,114 @@ class RunService:
             '/pilothouse.v1.RunService/Steer',
             pilothouse_dot_v1_dot_run__service__pb2.SteerRequest.SerializeToString,
             pilothouse_dot_v1_dot_run__service__pb2.SteerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pilothouse.v1.RunService/Attach',
+            pilothouse_dot_v1_dot_run__service__pb2.AttachRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SteerSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.RunService/SteerSession',
+            pilothouse_dot_v1_dot_run__service__pb2.SteerSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.SteerSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.RunService/Cancel',
+            pilothouse_dot_v1_dot_run__service__pb2.CancelRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.RunService/SubmitDecision',
+            pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,22 +24,18 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from pilothouse.v1 import tool_pb2 as pilothouse_dot_v1_dot_tool__pb2
+from pilothouse.v1 import event_pb2 as pilothouse_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/session.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pilothouse/v1/tool.proto\"\x81\x02\n\x07Message\x12!\n\x04role\x18\x01 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x19\n\x11reasoning_content\x18\x03 \x01(\t\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\x15\n\rauto_injected\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x02\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x08 \x01(\x04\x12)\n\x06uptime\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ractive_run_id\x18\n \x01(\t*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*_\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/session.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pilothouse/v1/event.proto\"\xc9\x03\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x08 \x01(\x04\x12)\n\x06uptime\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ractive_run_id\x18\n \x01(\t\x12\x1d\n\x15\x61lways_approved_tools\x18\x0b \x03(\t\x12\x13\n\x0blast_run_id\x18\x0c \x01(\t\x12\x37\n\x14last_run_stop_reason\x18\r \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12,\n\x0elast_run_usage\x18\x0e \x01(\x0b\x32\x14.pilothouse.v1.Usage*_\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=702
-  _globals['_ROLE']._serialized_end=797
-  _globals['_SESSIONSTATE']._serialized_start=799
-  _globals['_SESSIONSTATE']._serialized_end=894
-  _globals['_MESSAGE']._serialized_start=138
-  _globals['_MESSAGE']._serialized_end=395
-  _globals['_SESSION']._serialized_start=398
-  _globals['_SESSION']._serialized_end=700
+  _globals['_SESSIONSTATE']._serialized_start=598
+  _globals['_SESSIONSTATE']._serialized_end=693
+  _globals['_SESSION']._serialized_start=139
+  _globals['_SESSION']._serialized_end=596
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,26 @@ class SessionServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_session__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.DeleteSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/DeleteSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionResponse.FromString,
+                _registered_method=True)
+        self.CompactSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/CompactSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.CompactSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.CompactSessionResponse.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/ExportSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/ImportSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -111,7 +131,40 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Reads a session's history, oldest first.
+        """Reads a session's history, oldest first (or newest first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSession(self, request, context):
+        """Deletes a session and its history. NOT_FOUND if unknown;
+        FAILED_PRECONDITION while a run is active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompactSession(self, request, context):
+        """Summarises the history with the agent's model and replaces it by the
+        summary (a compact marker in the stored history). FAILED_PRECONDITION
+        while a run is active or when the history is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """Exports a session as JSON Lines: a meta line, then one message a line,
+        compact markers as their own lines.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request, context):
+        """Imports an exported session as a new session (new id, same content).
+        INVALID_ARGUMENT naming the first bad line; nothing is written then.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +202,26 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_session__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'DeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'CompactSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.CompactSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.CompactSessionResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ExportSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +387,114 @@ class SessionService:
             '/pilothouse.v1.SessionService/ListMessages',
             pilothouse_dot_v1_dot_session__service__pb2.ListMessagesRequest.SerializeToString,
             pilothouse_dot_v1_dot_session__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/DeleteSession',
+            pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/CompactSession',
+            pilothouse_dot_v1_dot_session__service__pb2.CompactSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.CompactSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/ExportSession',
+            pilothouse_dot_v1_dot_session__service__pb2.ExportSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/ImportSession',
+            pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

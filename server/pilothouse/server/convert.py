@@ -13,13 +13,13 @@ from pilothouse.runtime import events as ev
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import SessionRecord, SessionState
-from pilothouse.v1 import agent_pb2, event_pb2, session_pb2, tool_pb2
+from pilothouse.v1 import agent_pb2, event_pb2, message_pb2, session_pb2, tool_pb2
 
 _ROLES = {
-    Role.SYSTEM: session_pb2.ROLE_SYSTEM,
-    Role.USER: session_pb2.ROLE_USER,
-    Role.ASSISTANT: session_pb2.ROLE_ASSISTANT,
-    Role.TOOL: session_pb2.ROLE_TOOL,
+    Role.SYSTEM: message_pb2.ROLE_SYSTEM,
+    Role.USER: message_pb2.ROLE_USER,
+    Role.ASSISTANT: message_pb2.ROLE_ASSISTANT,
+    Role.TOOL: message_pb2.ROLE_TOOL,
 }
 _STATES = {
     SessionState.OPEN: session_pb2.SESSION_STATE_OPEN,
@@ -106,8 +106,8 @@ def tool_calls_to_proto(calls: list[ToolCall]) -> list[tool_pb2.ToolCall]:
     return [tool_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in calls]
 
 
-def message_to_proto(message: Message) -> session_pb2.Message:
-    return session_pb2.Message(
+def message_to_proto(message: Message) -> message_pb2.Message:
+    return message_pb2.Message(
         role=_ROLES[message.role],
         content=message.content,
         reasoning_content=message.reasoning_content,

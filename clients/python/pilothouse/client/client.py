@@ -14,6 +14,7 @@ from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
     event_pb2,
+    message_pb2,
     run_service_pb2 as runs_pb,
     run_service_pb2_grpc as runs_grpc,
     session_pb2,
@@ -229,9 +230,9 @@ class PilothouseClient:
         return reply.session
 
     @_translate
-    async def list_messages(self, session_id: str, page_size: int = 0) -> list[session_pb2.Message]:
+    async def list_messages(self, session_id: str, page_size: int = 0) -> list[message_pb2.Message]:
         """A session's whole history, oldest first (follows the pages)."""
-        messages: list[session_pb2.Message] = []
+        messages: list[message_pb2.Message] = []
         token = ""
         while True:
             reply = await self.sessions.ListMessages(
