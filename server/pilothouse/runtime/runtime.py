@@ -34,7 +34,7 @@ from pilothouse.runtime.messages import Message, Role
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.runs import Run
-from pilothouse.runtime.store.base import SessionRecord, SessionState, SessionStore
+from pilothouse.runtime.store.base import RunOutcome, SessionRecord, SessionState, SessionStore
 from pilothouse.runtime.tools import ToolContext, ToolDispatcher, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Runtime:
         filters = {"agent": agent, "created_by": created_by}
         offset = decode_token(token, "sessions", filters) or 0
         records = await self.store.list(
-            agent=agent, created_by=created_by, offset=offset, limit=limit + 1
+            agent=agent, created_by=created_by, state=None, offset=offset, limit=limit + 1
         )
         more = len(records) > limit
         next_token = encode_token("sessions", offset + limit, filters) if more else ""
@@ -271,6 +271,7 @@ class Runtime:
                 )
             history = await self._history(session_id)
             run = Run(uuid.uuid4().hex, session_id, agent.name, sender)
+            await self.store.begin_run(session_id, run.id, lease_s=3600.0, now=time.time())
             self._active[session_id] = run
         run.task = asyncio.create_task(
             self._execute(run, agent, history, content, sender), name=f"run-{run.id}"
@@ -345,11 +346,16 @@ class Runtime:
         kept = valid_prefix(history, pre_run_len)
         new_messages = kept[pre_run_len:]
         try:
-            await self.store.append_run(
+            await self.store.finish_run(
                 run.session_id,
-                new_messages,
-                uptime_s=time.monotonic() - started,
-                updated_at=time.time(),
+                run.id,
+                RunOutcome(
+                    messages=new_messages,
+                    stop_reason=done.response.stop_reason.value,
+                    usage=done.response.usage,
+                    uptime_s=time.monotonic() - started,
+                    finished_at=time.time(),
+                ),
             )
             cached = self._histories.get(run.session_id)
             if cached is not None:

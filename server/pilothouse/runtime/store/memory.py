@@ -1,35 +1,102 @@
-"""An in-process session store (tests, and the walking skeleton)."""
+"""An in-process session store: tests, and single-process use without
+durability. Same semantics as the durable stores (see `base`)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
-from pilothouse.errors import NotFoundError
+from pilothouse.errors import FailedPreconditionError, NotFoundError
 from pilothouse.runtime.messages import Message
-from pilothouse.runtime.store.base import SessionRecord, SessionState
+from pilothouse.runtime.store.base import (
+    INTERRUPTED,
+    CompactMarker,
+    RunOutcome,
+    SessionRecord,
+    SessionState,
+    TranscriptItem,
+)
+
+
+def session_not_found(session_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"session {session_id!r} not found",
+        reason="SESSION_NOT_FOUND",
+        metadata={"session_id": session_id},
+    )
+
+
+def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"session {session_id!r} already has an active run {run_id}",
+        reason="RUN_ACTIVE",
+        metadata={"session_id": session_id, "active_run_id": run_id},
+    )
+
+
+def session_closed(session_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"session {session_id!r} is closed",
+        reason="SESSION_CLOSED",
+        metadata={"session_id": session_id},
+    )
+
+
+def lease_lost(session_id: str, run_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"run {run_id} no longer holds session {session_id!r}",
+        reason="LEASE_LOST",
+        metadata={"session_id": session_id, "run_id": run_id},
+    )
+
+
+def visible_history(items: list[TranscriptItem]) -> list[Message]:
+    """The model-visible history of a transcript: after the last compact
+    marker, with its summary as the first (user) message."""
+    start = 0
+    summary: str | None = None
+    for index, item in enumerate(items):
+        if isinstance(item, CompactMarker):
+            start, summary = index + 1, item.summary
+    history = [m for m in items[start:] if isinstance(m, Message)]
+    if summary is not None:
+        marker = items[start - 1]
+        history.insert(0, Message.user(summary))
+        history[0].created_at = marker.created_at
+    return history
 
 
 class MemorySessionStore:
-    """Keeps records and histories in dicts; returns copies so callers never
-    share mutable state with the store."""
+    """Records and transcripts in dicts; every read returns copies."""
 
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
-        self._history: dict[str, list[Message]] = {}
+        self._items: dict[str, list[TranscriptItem]] = {}
+        self._lease_until: dict[str, float] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
         if record is None:
-            raise NotFoundError(f"session {session_id!r} not found", metadata={"session_id": session_id})
+            raise session_not_found(session_id)
         return record
 
+    @staticmethod
+    def _copy(record: SessionRecord) -> SessionRecord:
+        return copy.deepcopy(record)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
     async def create(self, record: SessionRecord) -> None:
-        self._records[record.id] = dataclasses.replace(record)
-        self._history[record.id] = []
+        self._records[record.id] = self._copy(record)
+        self._items[record.id] = []
 
     async def get(self, session_id: str) -> SessionRecord | None:
         record = self._records.get(session_id)
-        return dataclasses.replace(record) if record else None
+        return self._copy(record) if record else None
 
     async def find_open(self, agent: str, created_by: str) -> SessionRecord | None:
         matches = [
@@ -39,42 +106,134 @@ class MemorySessionStore:
         ]
         if not matches:
             return None
-        return dataclasses.replace(max(matches, key=lambda r: r.created_at))
+        return self._copy(max(matches, key=lambda r: (r.created_at, r.id)))
 
     async def list(
-        self, *, agent: str, created_by: str, offset: int, limit: int
+        self,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
     ) -> list[SessionRecord]:
         matches = [
             r
             for r in self._records.values()
-            if (not agent or r.agent == agent) and (not created_by or r.created_by == created_by)
+            if (not agent or r.agent == agent)
+            and (not created_by or r.created_by == created_by)
+            and (state is None or r.state is state)
         ]
-        matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return [dataclasses.replace(r) for r in matches[offset : offset + limit]]
+        matches.sort(key=lambda r: (r.updated_at, r.id), reverse=True)
+        return [self._copy(r) for r in matches[offset : offset + limit]]
+
+    async def delete(self, session_id: str) -> None:
+        self._record(session_id)
+        del self._records[session_id]
+        del self._items[session_id]
+        self._lease_until.pop(session_id, None)
 
     async def load_history(self, session_id: str) -> list[Message]:
         self._record(session_id)
-        return list(self._history[session_id])
+        return [copy.copy(m) for m in visible_history(self._items[session_id])]
 
-    async def list_messages(self, session_id: str, offset: int, limit: int) -> list[Message]:
+    async def list_messages(
+        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+    ) -> list[Message]:
+        history = await self.load_history(session_id)
+        if newest_first:
+            history.reverse()
+        return history[offset : offset + limit]
+
+    async def transcript(self, session_id: str) -> list[TranscriptItem]:
         self._record(session_id)
-        return self._history[session_id][offset : offset + limit]
+        return [copy.copy(i) for i in self._items[session_id]]
 
-    async def append_run(
-        self, session_id: str, messages: list[Message], *, uptime_s: float, updated_at: float
-    ) -> SessionRecord:
+    def _interrupt(self, record: SessionRecord) -> None:
+        record.last_run_id = record.active_run_id
+        record.last_run_stop_reason = INTERRUPTED
+        record.active_run_id = ""
+        self._lease_until.pop(record.id, None)
+
+    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
         record = self._record(session_id)
-        self._history[session_id].extend(messages)
-        record.message_count = len(self._history[session_id])
-        record.uptime_s += uptime_s
-        record.updated_at = updated_at
-        return dataclasses.replace(record)
+        if record.state is SessionState.CLOSED:
+            raise session_closed(session_id)
+        if record.active_run_id:
+            if self._lease_until.get(session_id, 0.0) > now:
+                raise run_active(session_id, record.active_run_id)
+            self._interrupt(record)
+        record.active_run_id = run_id
+        self._lease_until[session_id] = now + lease_s
 
-    async def set_state(self, session_id: str, state: SessionState, updated_at: float) -> SessionRecord:
+    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
+        record = self._record(session_id)
+        if record.active_run_id != run_id:
+            return False
+        self._lease_until[session_id] = now + lease_s
+        return True
+
+    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
+        record = self._record(session_id)
+        if record.active_run_id != run_id:
+            raise lease_lost(session_id, run_id)
+        items = self._items[session_id]
+        if outcome.compact_summary is not None:
+            items.append(CompactMarker(outcome.compact_summary, outcome.finished_at))
+        items.extend(copy.copy(m) for m in outcome.messages)
+        record.message_count = len(visible_history(items))
+        record.uptime_s += outcome.uptime_s
+        record.updated_at = outcome.finished_at
+        record.last_run_id = run_id
+        record.last_run_stop_reason = outcome.stop_reason
+        record.last_run_usage = dataclasses.replace(outcome.usage)
+        record.active_run_id = ""
+        self._lease_until.pop(session_id, None)
+        return self._copy(record)
+
+    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
+        record = self._record(session_id)
+        if record.active_run_id != run_id:
+            return
+        record.active_run_id = ""
+        record.last_run_id = run_id
+        record.last_run_stop_reason = stop_reason
+        record.updated_at = now
+        self._lease_until.pop(session_id, None)
+
+    async def recover_interrupted(self, now: float) -> list[str]:
+        recovered = []
+        for record in self._records.values():
+            if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
+                self._interrupt(record)
+                recovered.append(record.id)
+        return recovered
+
+    async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
+        record = self._record(session_id)
+        self._items[session_id].append(CompactMarker(summary, now))
+        record.message_count = 1
+        record.updated_at = now
+        return self._copy(record)
+
+    async def set_state(self, session_id: str, state: SessionState, now: float) -> SessionRecord:
         record = self._record(session_id)
         record.state = state
-        record.updated_at = updated_at
-        return dataclasses.replace(record)
+        record.updated_at = now
+        return self._copy(record)
 
-    async def close(self) -> None:
-        return None
+    async def set_title(self, session_id: str, title: str, now: float) -> SessionRecord:
+        record = self._record(session_id)
+        record.title = title
+        return self._copy(record)
+
+    async def add_approved_tool(self, session_id: str, tool: str) -> SessionRecord:
+        record = self._record(session_id)
+        if tool not in record.always_approved_tools:
+            record.always_approved_tools.append(tool)
+        return self._copy(record)
+
+    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+        self._records[record.id] = self._copy(record)
+        self._items[record.id] = [copy.copy(i) for i in items]
+        self._records[record.id].message_count = len(visible_history(items))
