@@ -66,8 +66,10 @@ TranscriptItem = Message | CompactMarker
 
 @dataclass(slots=True)
 class RunOutcome:
-    """What `finish_run` stores: the run's new messages (after the compact
-    marker when `compact_summary` is set), and the run's metadata."""
+    """What `finish_run` stores, in this order: `messages_before_compact`
+    (the run's messages from before a compaction during the run), a compact
+    marker when `compact_summary` is set, then `messages`; and the run's
+    metadata."""
 
     messages: list[Message]
     stop_reason: str
@@ -75,6 +77,7 @@ class RunOutcome:
     uptime_s: float
     finished_at: float
     compact_summary: str | None = None
+    messages_before_compact: list[Message] = field(default_factory=list)
 
 
 class SessionStore(Protocol):

@@ -178,6 +178,7 @@ class MemorySessionStore:
         if record.active_run_id != run_id:
             raise lease_lost(session_id, run_id)
         items = self._items[session_id]
+        items.extend(copy.copy(m) for m in outcome.messages_before_compact)
         if outcome.compact_summary is not None:
             items.append(CompactMarker(outcome.compact_summary, outcome.finished_at))
         items.extend(copy.copy(m) for m in outcome.messages)
