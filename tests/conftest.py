@@ -126,6 +126,7 @@ def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
         "tool_timeout": 30.0,
         "model_max_retries": 2,
         "shutdown_grace": 1.0,
+        "generate_titles": False,
         **overrides,
     }
     return Settings(**values)

@@ -35,7 +35,7 @@ async def test_text_answer_streams_segments_and_is_stored(client, fake_model, se
 
     assert kinds(events) == [
         "run_started", "text_start", "text_delta", "text_delta", "text_delta", "text_delta",
-        "text_end", "usage", "done",
+        "text_end", "usage", "context_usage", "done",
     ]
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert {e.session_id for e in events} == {session_id}
@@ -47,7 +47,11 @@ async def test_text_answer_streams_segments_and_is_stored(client, fake_model, se
     assert done.iterations == 1
     assert done.model == "fake-model"
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (11, 7)
-    assert events[-2].usage.iteration == 1
+    assert events[-3].usage.iteration == 1
+    context = events[-2].context_usage
+    assert context.reported_prompt_tokens == 11
+    assert context.context_window == 128000
+    assert context.estimated_prompt_tokens > 0
 
     # The request the model saw: system prompt, then the user message.
     request = fake_model.requests[-1]
@@ -79,17 +83,17 @@ async def test_tool_call_with_fragmented_arguments(client, fake_model, session_o
     events = await collect(client.stream_to(session_id, "What is 17*23+4?"))
 
     assert kinds(events) == [
-        "run_started", "tool_calls_begin", "tool_calls_start", "tool_result",
+        "run_started", "tool_calls_begin", "context_usage", "tool_calls_start", "tool_result",
         "tool_calls_complete", "text_start", "text_delta", "text_delta", "text_delta",
-        "text_end", "done",
+        "text_end", "context_usage", "done",
     ]
     begin = events[1].tool_calls_begin.tool_calls
     assert [c.name for c in begin] == ["calculate"]
-    start = events[2].tool_calls_start.tool_calls
+    start = events[3].tool_calls_start.tool_calls
     assert [(c.id, c.name, json.loads(c.arguments_json)) for c in start] == [
         ("call_a", "calculate", {"expression": "17 * 23 + 4"})
     ]
-    result = events[3].tool_result
+    result = events[4].tool_result
     assert (result.call_id, result.name, result.WhichOneof("outcome")) == ("call_a", "calculate", "output")
     assert result.output.strip() == "395"
     done = events[-1].done
@@ -155,7 +159,7 @@ async def test_thinking_segments_and_reasoning_effort(client, fake_model, sessio
 
     assert kinds(events) == [
         "run_started", "thinking_start", "thinking_delta", "thinking_delta", "thinking_delta",
-        "thinking_end", "text_start", "text_delta", "text_end", "done",
+        "thinking_end", "text_start", "text_delta", "text_end", "context_usage", "done",
     ]
     thought = "".join(e.thinking_delta.text for e in events if e.HasField("thinking_delta"))
     assert thought == "2 plus 2 is 4"
@@ -188,7 +192,7 @@ async def test_empty_round_is_no_action_and_stores_nothing_for_it(client, fake_m
 
     events = await collect(client.stream_to(session_id, "Say nothing"))
 
-    assert kinds(events) == ["run_started", "done"]
+    assert kinds(events) == ["run_started", "context_usage", "done"]
     assert events[-1].done.stop_reason == event_pb2.STOP_REASON_NO_ACTION
     assert events[-1].done.iterations == 0
     history = await client.list_messages(session_id)
@@ -344,12 +348,13 @@ async def test_steer_injects_a_user_message_before_the_next_round(app, client, f
         if event.HasField("tool_calls_start"):
             await stream.send("Also answer in French.")
             run = app.runtime.active_run(session_id)
-            await wait_until(run.steering.pending)  # the server has queued it
+            await wait_until(run.control.steering.pending)  # the server has queued it
             gate("steer-1").set()
 
     assert shape(events) == [
-        "run_started", "tool_calls_begin", "tool_calls_start", "tool_result",
-        "tool_calls_complete", "user_steered", "text_start", "text_delta", "text_end", "done",
+        "run_started", "tool_calls_begin", "context_usage", "tool_calls_start", "tool_result",
+        "tool_calls_complete", "user_steered", "text_start", "text_delta", "text_end",
+        "context_usage", "done",
     ]
     steered = next(e.user_steered for e in events if e.HasField("user_steered"))
     assert (steered.content, steered.sender) == ("Also answer in French.", "bob")

@@ -204,7 +204,7 @@ async def test_bad_input_is_invalid_argument_with_the_field(client, app, session
     cases = [
         (client.send_to(session_id, "   ", timeout=5), "content"),
         (client.send_to("", "hi", timeout=5), "session_id"),
-        (client.send_to(session_id, "x" * (app.runtime.max_content_bytes + 1), timeout=5), "content"),
+        (client.send_to(session_id, "x" * (app.runtime.limits.max_content_bytes + 1), timeout=5), "content"),
         (client.get_agent(""), "name"),
         (client.create_session(""), "agent"),
         (client.list_sessions(page_size=-1), "page_size"),

@@ -73,6 +73,12 @@ class ResourceExhaustedError(PilothouseError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class OutOfRangeError(PilothouseError):
+    """A position past what is kept (OUT_OF_RANGE)."""
+
+    default_reason = "OUT_OF_RANGE"
+
+
 class UnavailableError(PilothouseError):
     """A dependency is down; retrying later may work (UNAVAILABLE)."""
 

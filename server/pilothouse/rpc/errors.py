@@ -24,6 +24,7 @@ from pilothouse.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     PilothouseError,
     ResourceExhaustedError,
     UnavailableError,
@@ -39,6 +40,7 @@ _CODES: dict[type[PilothouseError], grpc.StatusCode] = {
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import pydantic
@@ -20,6 +21,15 @@ DEFAULT_MAX_ITERATIONS = 16
 MAX_MAX_ITERATIONS = 256
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
+
+
+class ApprovalPolicy(StrEnum):
+    """Which tool calls wait for a human decision: "" (as the ToolExecutor
+    declares, plus `approval_required_tools`), "never" or "always"."""
+
+    DEFAULT = ""
+    NEVER = "never"
+    ALWAYS = "always"
 
 
 class AgentConfig(BaseModel):
@@ -38,6 +48,9 @@ class AgentConfig(BaseModel):
     tool_choice: str = "auto"
     thinking: bool = False
     compact_threshold: int = Field(default=0, ge=0)
+    approval_policy: ApprovalPolicy = ApprovalPolicy.DEFAULT
+    approval_required_tools: tuple[str, ...] = ()
+    context_window: int = Field(default=0, ge=0)
 
     @field_validator("name")
     @classmethod

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from pilothouse.runtime.messages import Message, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from pilothouse.runtime.control import Decision
 
 
 class StopReason(StrEnum):
@@ -17,6 +21,9 @@ class StopReason(StrEnum):
     NO_ACTION = "no_action"
     ERROR = "error"
     CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(slots=True)
@@ -58,6 +65,7 @@ class AgentResponse:
     model: str
     error: str = ""
     usage: Usage = field(default_factory=Usage)
+    unapplied_steering: list[UserSteered] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -132,6 +140,53 @@ class UsageReported:
 
 
 @dataclass(slots=True)
+class ApprovalRequired:
+    """A tool call waits for a decision; `expire_time` is Unix seconds."""
+
+    request_id: str
+    tool_call: ToolCall
+    reason: str
+    expire_time: float
+
+
+@dataclass(slots=True)
+class QuestionAsked:
+    request_id: str
+    question: str
+    options: list[str]
+    multi_select: bool
+    expire_time: float
+
+
+@dataclass(slots=True)
+class DecisionApplied:
+    request_id: str
+    decision: Decision
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """Sent on a quiet stream; never recorded in the event log."""
+
+
+@dataclass(slots=True)
+class RunQueued:
+    position: int
+
+
+@dataclass(slots=True)
+class ContextUsage:
+    estimated_prompt_tokens: int
+    reported_prompt_tokens: int
+    context_window: int
+
+
+@dataclass(slots=True)
+class Compacted:
+    summary: str
+
+
+@dataclass(slots=True)
 class Done:
     response: AgentResponse
 
@@ -150,6 +205,13 @@ Event = (
     | ToolCallsComplete
     | UserSteered
     | UsageReported
+    | ApprovalRequired
+    | QuestionAsked
+    | DecisionApplied
+    | Heartbeat
+    | RunQueued
+    | ContextUsage
+    | Compacted
     | Done
 )
 

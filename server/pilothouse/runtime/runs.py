@@ -3,7 +3,8 @@
 A run owns the agent loop for one user message on one session. It is its
 own asyncio task and appends every event to its `EventLog`; RPCs subscribe
 to the log from any sequence number, so losing a subscriber never stops the
-run (DESIGN.md, "Runs live apart from the RPC").
+run (DESIGN.md, "Runs live apart from the RPC"). Commands (steering,
+cancellation, decisions) reach it through its `RunControl`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from enum import StrEnum
 
-from pilothouse.errors import FailedPreconditionError
-from pilothouse.runtime.events import AgentResponse, Done, Event, RunEvent
-from pilothouse.runtime.loop import SteeringInbox
+from pilothouse.errors import OutOfRangeError
+from pilothouse.runtime.control import RunControl, RunOptions
+from pilothouse.runtime.events import AgentResponse, Done, Event, Heartbeat, RunEvent
 
 
 class EventLog:
     """Append-only events of one run, numbered from 1, with live fan-out.
 
     Subscribers read from the shared list; an append wakes them through one
-    future per "generation", so fan-out costs no per-subscriber queue.
+    future per "generation", so fan-out costs no per-subscriber queue. After
+    the run, `trim` drops everything but the last event (`done`), so late
+    re-attaches still learn the outcome.
     """
 
-    __slots__ = ("_closed", "_events", "_wakeup", "run_id", "session_id")
+    __slots__ = ("_closed", "_events", "_first", "_wakeup", "run_id", "session_id")
 
     def __init__(self, session_id: str, run_id: str) -> None:
         self.session_id = session_id
         self.run_id = run_id
         self._events: list[RunEvent] = []
+        self._first = 1  # sequence of self._events[0]
         self._closed = False
         self._wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -39,12 +44,17 @@ class EventLog:
 
     @property
     def last_sequence(self) -> int:
-        return len(self._events)
+        return self._first + len(self._events) - 1
+
+    @property
+    def first_sequence(self) -> int:
+        """The oldest sequence still kept."""
+        return self._first
 
     def append(self, event: Event) -> RunEvent:
         if self._closed:
             raise RuntimeError("event log is closed")
-        recorded = RunEvent(self.session_id, self.run_id, len(self._events) + 1, time.time(), event)
+        recorded = RunEvent(self.session_id, self.run_id, self.last_sequence + 1, time.time(), event)
         self._events.append(recorded)
         self._wake()
         return recorded
@@ -53,35 +63,87 @@ class EventLog:
         self._closed = True
         self._wake()
 
+    def trim(self) -> None:
+        """Keep only the last event."""
+        if len(self._events) > 1:
+            self._first += len(self._events) - 1
+            self._events = self._events[-1:]
+
     def _wake(self) -> None:
         if not self._wakeup.done():
             self._wakeup.set_result(None)
         self._wakeup = asyncio.get_running_loop().create_future()
 
-    async def subscribe(self, after_sequence: int = 0) -> AsyncIterator[RunEvent]:
+    def check_position(self, after_sequence: int) -> None:
+        """Raise OutOfRangeError when events after `after_sequence` are no
+        longer all kept (metadata `oldest_available_sequence`)."""
+        if after_sequence + 1 < self._first:
+            raise OutOfRangeError(
+                f"run {self.run_id}: events after sequence {after_sequence} are no longer kept; "
+                f"the oldest kept is {self._first}",
+                reason="EVENTS_EXPIRED",
+                metadata={
+                    "run_id": self.run_id,
+                    "oldest_available_sequence": str(self._first),
+                },
+            )
+
+    async def subscribe(
+        self, after_sequence: int = 0, heartbeat_s: float | None = None
+    ) -> AsyncIterator[RunEvent]:
         """Every event with sequence > `after_sequence`, then live ones,
-        until the log is closed."""
-        index = max(after_sequence, 0)
+        until the log is closed. With `heartbeat_s`, a `Heartbeat` (carrying
+        the last sequence sent, not logged) is yielded after each quiet
+        interval. Raises OutOfRangeError (see `check_position`)."""
+        self.check_position(after_sequence)
+        sent = max(after_sequence, 0)
         while True:
-            while index < len(self._events):
-                yield self._events[index]
-                index += 1
+            if sent + 1 < self._first:  # trimmed while we were behind
+                self.check_position(sent)
+            while sent < self.last_sequence:
+                event = self._events[sent + 1 - self._first]
+                sent += 1
+                yield event
             if self._closed:
                 return
-            await asyncio.shield(self._wakeup)
+            waiter = asyncio.shield(self._wakeup)
+            if heartbeat_s is None:
+                await waiter
+                continue
+            try:
+                await asyncio.wait_for(waiter, heartbeat_s)
+            except TimeoutError:
+                yield RunEvent(self.session_id, self.run_id, sent, time.time(), Heartbeat())
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
 
 
 class Run:
-    """One run: its id, session, event log, steering inbox and task."""
+    """One run: ids, state, event log, control and task."""
 
-    def __init__(self, run_id: str, session_id: str, agent: str, sender: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        session_id: str,
+        agent: str,
+        content: str,
+        sender: str,
+        options: RunOptions,
+    ) -> None:
         self.id = run_id
         self.session_id = session_id
         self.agent = agent
+        self.content = content
         self.sender = sender
-        self.started_at = time.time()
+        self.options = options
+        self.created_at = time.time()
+        self.state = RunState.QUEUED
         self.log = EventLog(session_id, run_id)
-        self.steering = SteeringInbox()
+        self.control = RunControl(run_id=run_id, options=options)
         self.response: AgentResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
@@ -90,20 +152,10 @@ class Run:
     def finished(self) -> bool:
         return self._finished.is_set()
 
-    def steer(self, content: str, sender: str = "") -> None:
-        """Queue steering content for the next model round. Raises
-        FailedPreconditionError if the run has finished."""
-        if self.finished:
-            raise FailedPreconditionError(
-                f"run {self.id} has finished; steering was not applied",
-                reason="RUN_FINISHED",
-                metadata={"run_id": self.id, "session_id": self.session_id},
-            )
-        self.steering.put(content, sender)
-
     def finish(self, done: Done) -> None:
         """Record the outcome, publish `Done` and close the log."""
         self.response = done.response
+        self.state = RunState.FINISHED
         self.log.append(done)
         self.log.close()
         self._finished.set()

@@ -90,3 +90,33 @@ class ToolRegistry:
         """The schemas of `names`, in that order (seed `filtered_snapshot`);
         unknown names are skipped."""
         return tuple(self._specs[n] for n in names if n in self._specs)
+
+
+#: The runtime's own tool: a structured question to the user (crabtalk's
+#: ask_user), answered through the decision path. An agent gets it by
+#: naming "ask_user" in its tools.
+ASK_USER = ToolSpec(
+    name="ask_user",
+    description=(
+        "Ask the user a question and wait for the answer. Use it when you need a choice "
+        "or information only the user has. Returns JSON with `selected_options` and/or `text`."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "question": {"type": "string", "description": "The question to ask."},
+            "options": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Choices to offer; omit for a free-text answer.",
+            },
+            "multi_select": {
+                "type": "boolean",
+                "description": "Whether several options may be chosen.",
+                "default": False,
+            },
+        },
+        "required": ["question"],
+    },
+    metadata={"provider": "pilothouse-runtime"},
+)

@@ -10,7 +10,8 @@ from typing import Any
 from pilothouse.errors import PilothouseError
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.model.openai import OpenAIChatModel
-from pilothouse.runtime.runtime import Runtime
+from pilothouse.runtime.runtime import Runtime, RuntimeLimits
+from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.server.agents_file import read_agents_file
 from pilothouse.server.services import AgentService, RunService, SessionService
@@ -51,12 +52,28 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, stop accepting RPCs (in-flight ones get
         `grace` seconds), cancel what runs remain, close everything."""
-        await self.server.drain(self.settings.shutdown_grace if grace is None else grace)
-        await self.runtime.shutdown()
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.runtime.begin_drain()
+        await self.server.drain(grace)
+        await self.runtime.shutdown(0)
         await self.tools.close()
         await self.model.aclose()
         if self.test_model_server is not None:
             await self.test_model_server.stop()
+
+
+async def open_session_store(settings: Settings) -> SessionStore:
+    """The store `settings.store_url` names, opened (schema migrated)."""
+    if settings.store_url.startswith("memory:"):
+        store: SessionStore = MemorySessionStore()
+        await store.open()
+        return store
+    from pilothouse.runtime.store.factory import open_store
+
+    try:
+        return await open_store(settings.store_url, data_dir=settings.data_dir)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 async def start_app(settings: Settings) -> App:
@@ -93,14 +110,23 @@ async def start_app(settings: Settings) -> App:
     )
     try:
         registry = await tools.discover(settings.tool_discovery_timeout)
+        store = await open_session_store(settings)
         runtime = Runtime(
             model=model,
             default_model=default_model,
             dispatcher=tools,
             tools=registry,
-            store=MemorySessionStore(),
-            max_content_bytes=settings.max_content_bytes,
+            store=store,
+            limits=RuntimeLimits(
+                max_content_bytes=settings.max_content_bytes,
+                lease_s=settings.run_lease,
+                event_retention_s=settings.event_retention,
+                decision_timeout_s=settings.decision_timeout,
+                session_cache_size=settings.session_cache_size,
+                generate_titles=settings.generate_titles,
+            ),
         )
+        await runtime.start()
         for config in read_agents_file(settings.agents_file):
             runtime.add_agent(config, source="file")
         server = await start_server(
@@ -117,7 +143,7 @@ async def start_app(settings: Settings) -> App:
                 ),
                 Service(
                     run_service_pb2_grpc.add_RunServiceServicer_to_server,
-                    RunService(runtime),
+                    RunService(runtime, settings.heartbeat_interval),
                     run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
                 ),
             ],

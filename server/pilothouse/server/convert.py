@@ -9,11 +9,27 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime import events as ev
-from pilothouse.runtime.agent import Agent, AgentConfig
+from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy
+from pilothouse.runtime.control import (
+    ActiveRunPolicy,
+    Decision,
+    DisconnectPolicy,
+    LateSteeringPolicy,
+    RunOptions,
+    Verdict,
+)
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
-from pilothouse.runtime.store.base import SessionRecord, SessionState
-from pilothouse.v1 import agent_pb2, event_pb2, message_pb2, session_pb2, tool_pb2
+from pilothouse.runtime.store.base import INTERRUPTED, SessionRecord, SessionState
+from pilothouse.v1 import (
+    agent_pb2,
+    event_pb2,
+    message_pb2,
+    run_service_pb2,
+    session_pb2,
+    tool_pb2,
+)
 
 _ROLES = {
     Role.SYSTEM: message_pb2.ROLE_SYSTEM,
@@ -31,7 +47,109 @@ _STOP_REASONS = {
     ev.StopReason.NO_ACTION: event_pb2.STOP_REASON_NO_ACTION,
     ev.StopReason.ERROR: event_pb2.STOP_REASON_ERROR,
     ev.StopReason.CANCELLED: event_pb2.STOP_REASON_CANCELLED,
+    ev.StopReason.TIMEOUT: event_pb2.STOP_REASON_TIMEOUT,
+    ev.StopReason.BUDGET_EXCEEDED: event_pb2.STOP_REASON_BUDGET_EXCEEDED,
+    ev.StopReason.INTERRUPTED: event_pb2.STOP_REASON_INTERRUPTED,
 }
+_STOP_REASON_BY_VALUE = {reason.value: proto for reason, proto in _STOP_REASONS.items()}
+_APPROVAL_POLICIES = {
+    ApprovalPolicy.DEFAULT: agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
+    ApprovalPolicy.NEVER: agent_pb2.APPROVAL_POLICY_NEVER,
+    ApprovalPolicy.ALWAYS: agent_pb2.APPROVAL_POLICY_ALWAYS,
+}
+_APPROVAL_POLICY_OF = {proto: policy for policy, proto in _APPROVAL_POLICIES.items()}
+_VERDICTS = {
+    Verdict.NONE: event_pb2.VERDICT_UNSPECIFIED,
+    Verdict.APPROVE: event_pb2.VERDICT_APPROVE,
+    Verdict.DENY: event_pb2.VERDICT_DENY,
+    Verdict.APPROVE_ALWAYS: event_pb2.VERDICT_APPROVE_ALWAYS,
+}
+_VERDICT_OF = {proto: verdict for verdict, proto in _VERDICTS.items()}
+_SESSION_STATE_OF = {proto: state for state, proto in _STATES.items()}
+_DISCONNECT = {
+    run_service_pb2.DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy.CONTINUE,
+    run_service_pb2.DISCONNECT_POLICY_CONTINUE: DisconnectPolicy.CONTINUE,
+    run_service_pb2.DISCONNECT_POLICY_CANCEL: DisconnectPolicy.CANCEL,
+}
+_ACTIVE_RUN = {
+    run_service_pb2.ACTIVE_RUN_POLICY_UNSPECIFIED: ActiveRunPolicy.REJECT,
+    run_service_pb2.ACTIVE_RUN_POLICY_REJECT: ActiveRunPolicy.REJECT,
+    run_service_pb2.ACTIVE_RUN_POLICY_ENQUEUE: ActiveRunPolicy.ENQUEUE,
+    run_service_pb2.ACTIVE_RUN_POLICY_INTERRUPT: ActiveRunPolicy.INTERRUPT,
+    run_service_pb2.ACTIVE_RUN_POLICY_STEER: ActiveRunPolicy.STEER,
+}
+_LATE_STEERING = {
+    run_service_pb2.LATE_STEERING_POLICY_UNSPECIFIED: LateSteeringPolicy.FOLLOW_UP,
+    run_service_pb2.LATE_STEERING_POLICY_FOLLOW_UP: LateSteeringPolicy.FOLLOW_UP,
+    run_service_pb2.LATE_STEERING_POLICY_RETURN: LateSteeringPolicy.RETURN,
+}
+
+
+def _seconds(duration: duration_pb2.Duration, field: str) -> float | None:
+    """A set, positive Duration in seconds; None when unset or zero."""
+
+    value = duration.ToNanoseconds() / 1e9
+    if value < 0:
+        raise InvalidArgumentError.field(field, "must not be negative")
+    return value or None
+
+
+def options_from_proto(options: run_service_pb2.RunOptions, field: str = "options") -> RunOptions:
+    """Domain run options; INVALID_ARGUMENT for unknown enum values or
+    negative durations."""
+
+    for name, table, value in (
+        ("on_disconnect", _DISCONNECT, options.on_disconnect),
+        ("if_active", _ACTIVE_RUN, options.if_active),
+        ("late_steering", _LATE_STEERING, options.late_steering),
+    ):
+        if value not in table:
+            raise InvalidArgumentError.field(f"{field}.{name}", f"unknown value {value}")
+    return RunOptions(
+        on_disconnect=_DISCONNECT[options.on_disconnect],
+        if_active=_ACTIVE_RUN[options.if_active],
+        late_steering=_LATE_STEERING[options.late_steering],
+        timeout_s=_seconds(options.timeout, f"{field}.timeout"),
+        token_budget=options.token_budget,
+        decision_timeout_s=_seconds(options.decision_timeout, f"{field}.decision_timeout"),
+    )
+
+
+def heartbeat_seconds(duration: duration_pb2.Duration, default: float, field: str) -> float:
+    return _seconds(duration, field) or default
+
+
+def decision_from_proto(decision: event_pb2.Decision) -> Decision:
+
+    if not decision.request_id:
+        raise InvalidArgumentError.field("decision.request_id", "must not be empty")
+    if decision.verdict not in _VERDICT_OF:
+        raise InvalidArgumentError.field("decision.verdict", f"unknown value {decision.verdict}")
+    return Decision(
+        request_id=decision.request_id,
+        verdict=_VERDICT_OF[decision.verdict],
+        reason=decision.reason,
+        selected_options=tuple(decision.selected_options),
+        text=decision.text,
+    )
+
+
+def decision_to_proto(decision: Decision) -> event_pb2.Decision:
+    return event_pb2.Decision(
+        request_id=decision.request_id,
+        verdict=_VERDICTS[decision.verdict],
+        reason=decision.reason,
+        selected_options=list(decision.selected_options),
+        text=decision.text,
+    )
+
+
+def session_state_from_proto(state: int) -> SessionState | None:
+    return _SESSION_STATE_OF.get(state)
+
+
+def stop_reason_to_proto(reason: ev.StopReason) -> int:
+    return _STOP_REASONS[reason]
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -53,6 +171,9 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             "tool_choice": config.tool_choice,
             "thinking": config.thinking,
             "compact_threshold": config.compact_threshold,
+            "approval_policy": _APPROVAL_POLICY_OF.get(config.approval_policy, config.approval_policy),
+            "approval_required_tools": tuple(config.approval_required_tools),
+            "context_window": config.context_window,
         }
     )
 
@@ -70,6 +191,9 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             tool_choice=c.tool_choice,
             thinking=c.thinking,
             compact_threshold=c.compact_threshold,
+            approval_policy=_APPROVAL_POLICIES[c.approval_policy],
+            approval_required_tools=list(c.approval_required_tools),
+            context_window=c.context_window,
         ),
         tools=[
             tool_pb2.Tool(
@@ -98,7 +222,16 @@ def session_to_proto(record: SessionRecord, active_run_id: str = "") -> session_
         update_time=timestamp(record.updated_at),
         message_count=record.message_count,
         uptime=uptime,
-        active_run_id=active_run_id,
+        active_run_id=active_run_id or record.active_run_id,
+        always_approved_tools=list(record.always_approved_tools),
+        last_run_id=record.last_run_id,
+        last_run_stop_reason=_STOP_REASON_BY_VALUE.get(
+            record.last_run_stop_reason,
+            event_pb2.STOP_REASON_INTERRUPTED
+            if record.last_run_stop_reason == INTERRUPTED
+            else event_pb2.STOP_REASON_UNSPECIFIED,
+        ),
+        last_run_usage=usage_to_proto(record.last_run_usage),
     )
 
 
@@ -157,6 +290,10 @@ def response_to_proto(response: ev.AgentResponse) -> event_pb2.AgentResponse:
         ],
         model=response.model,
         usage=usage_to_proto(response.usage),
+        unapplied_steering=[
+            event_pb2.UserSteered(content=s.content, sender=s.sender)
+            for s in response.unapplied_steering
+        ],
     )
 
 
@@ -190,6 +327,40 @@ _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
         event_pb2.UsageReported(iteration=e.iteration, usage=usage_to_proto(e.usage)),
     ),
     ev.Done: lambda e: ("done", response_to_proto(e.response)),
+    ev.ApprovalRequired: lambda e: (
+        "approval_required",
+        event_pb2.ApprovalRequired(
+            request_id=e.request_id,
+            tool_call=tool_calls_to_proto([e.tool_call])[0],
+            reason=e.reason,
+            expire_time=timestamp(e.expire_time),
+        ),
+    ),
+    ev.QuestionAsked: lambda e: (
+        "question_asked",
+        event_pb2.QuestionAsked(
+            request_id=e.request_id,
+            question=e.question,
+            options=e.options,
+            multi_select=e.multi_select,
+            expire_time=timestamp(e.expire_time),
+        ),
+    ),
+    ev.DecisionApplied: lambda e: (
+        "decision_applied",
+        event_pb2.DecisionApplied(request_id=e.request_id, decision=decision_to_proto(e.decision)),
+    ),
+    ev.Heartbeat: lambda e: ("heartbeat", event_pb2.Heartbeat()),
+    ev.RunQueued: lambda e: ("run_queued", event_pb2.RunQueued(position=e.position)),
+    ev.ContextUsage: lambda e: (
+        "context_usage",
+        event_pb2.ContextUsage(
+            estimated_prompt_tokens=e.estimated_prompt_tokens,
+            reported_prompt_tokens=e.reported_prompt_tokens,
+            context_window=e.context_window,
+        ),
+    ),
+    ev.Compacted: lambda e: ("compacted", event_pb2.Compacted(summary=e.summary)),
 }
 
 

@@ -12,6 +12,8 @@ import grpc
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.rpc.errors import handle_errors
+from pilothouse.runtime.control import DisconnectPolicy, RunOptions
+from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.runs import Run
 from pilothouse.runtime.runtime import Runtime
 from pilothouse.server import convert
@@ -93,65 +95,185 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     @handle_errors
     async def ListMessages(self, request, context):
         messages, token = await self.runtime.list_messages(
-            request.session_id, request.page_size, request.page_token
+            request.session_id, request.page_size, request.page_token,
+            newest_first=request.newest_first,
         )
         return sessions_pb.ListMessagesResponse(
             messages=[convert.message_to_proto(m) for m in messages], next_page_token=token
         )
 
+    @handle_errors
+    async def DeleteSession(self, request, context):
+        await self.runtime.delete_session(request.session_id)
+        return sessions_pb.DeleteSessionResponse()
+
+    @handle_errors
+    async def CompactSession(self, request, context):
+        summary, record = await self.runtime.compact_session(request.session_id)
+        return sessions_pb.CompactSessionResponse(summary=summary, session=self._session(record))
+
+    @handle_errors
+    async def ExportSession(self, request, context):
+        content = await self.runtime.export_session(request.session_id)
+        return sessions_pb.ExportSessionResponse(content=content)
+
+    @handle_errors
+    async def ImportSession(self, request, context):
+        record = await self.runtime.import_session(request.content)
+        return sessions_pb.ImportSessionResponse(session=self._session(record))
+
 
 class RunService(runs_grpc.RunServiceServicer):
-    """A run outlives these RPCs: a cancelled or failed RPC only stops its
-    subscription to the run's event log."""
+    """A run outlives these RPCs: a cancelled or failed RPC only ends its
+    subscription, unless the run was started with
+    DISCONNECT_POLICY_CANCEL. Streams carry a heartbeat while the run is
+    quiet."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, heartbeat_s: float = 15.0) -> None:
         self.runtime = runtime
+        self.heartbeat_s = heartbeat_s
+        self._cancellations: set[asyncio.Task[object]] = set()
+
+    def _heartbeat(self, options: runs_pb.RunOptions) -> float:
+        return convert.heartbeat_seconds(
+            options.heartbeat_interval, self.heartbeat_s, "options.heartbeat_interval"
+        )
+
+    async def _start(self, start, field: str = "options") -> tuple[Run, RunOptions, bool]:
+        """Start (or, with the STEER policy, steer) a run; the bool says
+        whether this RPC started it."""
+        options = convert.options_from_proto(start.options, field)
+        run, created = await self.runtime.start_run(
+            start.session_id, start.content, start.sender, options
+        )
+        return run, options, created
+
+    def _on_disconnect(self, run: Run, options: RunOptions, owned: bool) -> None:
+        """The RPC ended early: cancel the run if its policy says so."""
+        if owned and not run.finished and options.on_disconnect is DisconnectPolicy.CANCEL:
+            task = asyncio.ensure_future(
+                self.runtime.cancel(run.session_id, run.id, "the client disconnected")
+            )
+            self._cancellations.add(task)
+            task.add_done_callback(self._cancellations.discard)
 
     @handle_errors
     async def SendTo(self, request, context):
-        run, response = await self.runtime.send_to(request.session_id, request.content, request.sender)
+        run, options, owned = await self._start(request)
+        try:
+            response = await run.wait()
+        except asyncio.CancelledError:
+            self._on_disconnect(run, options, owned)
+            raise
         return runs_pb.SendToResponse(run_id=run.id, response=convert.response_to_proto(response))
 
     @handle_errors
     async def StreamTo(self, request, context):
-        run = await self.runtime.start_run(request.session_id, request.content, request.sender)
-        async for recorded in run.log.subscribe():
-            yield runs_pb.StreamToResponse(event=convert.event_to_proto(recorded))
+        run, options, owned = await self._start(request)
+        heartbeat = self._heartbeat(request.options)
+        completed = False
+        try:
+            async for recorded in run.log.subscribe(0, heartbeat):
+                yield runs_pb.StreamToResponse(event=convert.event_to_proto(recorded))
+            completed = True
+        finally:
+            if not completed:
+                self._on_disconnect(run, options, owned)
+
+    @handle_errors
+    async def Attach(self, request, context):
+        run = await self.runtime.find_run(request.session_id, request.run_id)
+        heartbeat = convert.heartbeat_seconds(
+            request.heartbeat_interval, self.heartbeat_s, "heartbeat_interval"
+        )
+        async for recorded in run.log.subscribe(request.after_sequence, heartbeat):
+            yield runs_pb.AttachResponse(event=convert.event_to_proto(recorded))
 
     @handle_errors
     async def Steer(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("action") != "start":
-            raise InvalidArgumentError.field("start", "the first request must be `start`")
-        start = first.start
-        run = await self.runtime.start_run(start.session_id, start.content, start.sender)
-        async for event in _merge_steering(self.runtime, run, request_iterator):
-            yield runs_pb.SteerResponse(event=event)
+        kind = first.WhichOneof("action") if first is not None else None
+        if kind == "start":
+            run, options, owned = await self._start(first.start, "start.options")
+            after, heartbeat = 0, self._heartbeat(first.start.options)
+        elif kind == "attach":
+            attach = first.attach
+            run = await self.runtime.find_run(attach.session_id, attach.run_id)
+            options, after, owned = run.options, attach.after_sequence, False
+            heartbeat = convert.heartbeat_seconds(
+                attach.heartbeat_interval, self.heartbeat_s, "attach.heartbeat_interval"
+            )
+            run.log.check_position(after)
+        else:
+            raise InvalidArgumentError.field("start", "the first request must be `start` or `attach`")
+        completed = False
+        try:
+            async for event in _merge_commands(self.runtime, run, request_iterator, after, heartbeat):
+                yield runs_pb.SteerResponse(event=event)
+            completed = True
+        finally:
+            if not completed:
+                self._on_disconnect(run, options, owned)
+
+    @handle_errors
+    async def SteerSession(self, request, context):
+        run = await self.runtime.steer_session(request.session_id, request.content, request.sender)
+        return runs_pb.SteerSessionResponse(run_id=run.id)
+
+    @handle_errors
+    async def Cancel(self, request, context):
+        run, already = await self.runtime.cancel(request.session_id, request.run_id, request.reason)
+        assert run.response is not None
+        return runs_pb.CancelResponse(
+            run_id=run.id,
+            already_finished=already,
+            stop_reason=convert.stop_reason_to_proto(run.response.stop_reason),
+        )
+
+    @handle_errors
+    async def SubmitDecision(self, request, context):
+        run = await self.runtime.submit_decision(
+            request.session_id, convert.decision_from_proto(request.decision)
+        )
+        return runs_pb.SubmitDecisionResponse(run_id=run.id)
 
 
 _END = object()
 
 
-async def _merge_steering(
-    runtime: Runtime, run: Run, requests: AsyncIterator[runs_pb.SteerRequest]
+async def _merge_commands(
+    runtime: Runtime,
+    run: Run,
+    requests: AsyncIterator[runs_pb.SteerRequest],
+    after_sequence: int,
+    heartbeat_s: float,
 ) -> AsyncIterator[event_pb2.AgentEvent]:
-    """The run's events, while later requests are applied as they arrive.
-    A bad request ends the RPC with its error; the run goes on."""
+    """The run's events, while later requests (steer, cancel, decision) are
+    applied as they arrive. A bad request ends the RPC with its error; the
+    run goes on."""
     queue: asyncio.Queue[object] = asyncio.Queue()
 
     async def forward() -> None:
-        async for recorded in run.log.subscribe():
+        async for recorded in run.log.subscribe(after_sequence, heartbeat_s):
             queue.put_nowait(recorded)
         queue.put_nowait(_END)
 
     async def read() -> None:
         try:
             async for request in requests:
-                if request.WhichOneof("action") != "steer":
-                    raise InvalidArgumentError.field(
-                        "steer", "after `start`, requests must be `steer`"
+                kind = request.WhichOneof("action")
+                if kind == "steer":
+                    runtime.steer(run, request.steer.content, request.steer.sender)
+                elif kind == "cancel":
+                    run.control.request_stop(
+                        StopReason.CANCELLED, request.cancel.reason or "cancelled by the client"
                     )
-                runtime.steer(run, request.steer.content, request.steer.sender)
+                elif kind == "decision":
+                    run.control.decide(convert.decision_from_proto(request.decision))
+                else:
+                    raise InvalidArgumentError.field(
+                        kind or "action", "after the first request: steer, cancel or decision"
+                    )
         except grpc.aio.AioRpcError:
             return  # the client went away; the run goes on
         except Exception as exc:  # a bad request: delivered to the RPC

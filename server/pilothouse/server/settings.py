@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="gRPC message limit")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
+    store_url: str = Field(
+        "memory://",
+        description="session store: memory://, sqlite:///path.db (relative to data_dir) or postgresql://...",
+    )
+    data_dir: Path = Field(Path("data"), description="where file-based stores live")
+    heartbeat_interval: float = Field(15.0, gt=0, description="seconds of quiet before a heartbeat")
+    decision_timeout: float = Field(600.0, gt=0, description="seconds an approval or question waits")
+    event_retention: float = Field(300.0, ge=0, description="seconds a finished run's events are kept")
+    run_lease: float = Field(30.0, gt=0, description="seconds a run's session lease lasts unrenewed")
+    session_cache_size: int = Field(1000, ge=0, description="histories kept in memory")
+    generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
     @field_validator("tool_executors", mode="before")
     @classmethod
