@@ -60,6 +60,15 @@ def build_test_tools() -> ToolRegistry:
             raise
         return f"gate {name} opened"
 
+    @registry.tool(metadata={"requires_approval": "true"})
+    def delete_records(table: str) -> str:
+        """Pretend to delete every record of a table (needs approval).
+
+        Args:
+            table: The table to empty.
+        """
+        return f"deleted all records of {table}"
+
     @registry.tool
     def fail(message: str) -> str:
         """Always fails with `message`.
@@ -202,3 +211,22 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling in-process state, bounded
             await asyncio.sleep(0.002)
+
+
+def assert_valid_history(messages) -> None:
+    """Every assistant tool call is followed by its tool result."""
+    from pilothouse.v1 import message_pb2
+
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        if message.role == message_pb2.ROLE_ASSISTANT and message.tool_calls:
+            wanted = [c.id for c in message.tool_calls]
+            answered = []
+            index += 1
+            while index < len(messages) and messages[index].role == message_pb2.ROLE_TOOL:
+                answered.append(messages[index].tool_call_id)
+                index += 1
+            assert answered == wanted, f"tool calls {wanted} answered by {answered}"
+        else:
+            index += 1

@@ -6,6 +6,6 @@
             ...
 """
 
-from pilothouse.client.client import PilothouseClient, PilothouseRpcError, SteerStream
+from pilothouse.client.client import PilothouseClient, PilothouseRpcError, SteerStream, decision
 
-__all__ = ["PilothouseClient", "PilothouseRpcError", "SteerStream"]
+__all__ = ["PilothouseClient", "PilothouseRpcError", "SteerStream", "decision"]

@@ -66,9 +66,30 @@ def _translate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+def decision(
+    request_id: str,
+    verdict: int = event_pb2.VERDICT_UNSPECIFIED,
+    *,
+    reason: str = "",
+    selected_options: Iterable[str] = (),
+    text: str = "",
+) -> event_pb2.Decision:
+    """A `Decision`: `verdict` (event_pb2.VERDICT_APPROVE, _DENY,
+    _APPROVE_ALWAYS) for an approval; `selected_options` or `text` for a
+    question."""
+    return event_pb2.Decision(
+        request_id=request_id,
+        verdict=verdict,
+        reason=reason,
+        selected_options=list(selected_options),
+        text=text,
+    )
+
+
 class SteerStream:
     """A `Steer` call: iterate it for the run's events; `send` steering
-    content; `done_writing` closes the client side (the run goes on)."""
+    content, `cancel_run`, `decide`; `done_writing` closes the client side
+    (the run goes on)."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -77,6 +98,14 @@ class SteerStream:
         await self._call.write(
             runs_pb.SteerRequest(steer=runs_pb.SteerInput(content=content, sender=sender))
         )
+
+    async def cancel_run(self, reason: str = "") -> None:
+        """Ask the run to stop; its `done` (CANCELLED) still arrives."""
+        await self._call.write(runs_pb.SteerRequest(cancel=runs_pb.CancelRun(reason=reason)))
+
+    async def decide(self, answer: event_pb2.Decision) -> None:
+        """Answer an approval or a question (see `decision`)."""
+        await self._call.write(runs_pb.SteerRequest(decision=answer))
 
     async def done_writing(self) -> None:
         await self._call.done_writing()
@@ -91,6 +120,16 @@ class SteerStream:
                 yield response.event
         except grpc.aio.AioRpcError as exc:
             raise PilothouseRpcError(exc) from exc
+
+
+async def _events(call: Any) -> AsyncIterator[event_pb2.AgentEvent]:
+    try:
+        async for response in call:
+            yield response.event
+    except grpc.aio.AioRpcError as exc:
+        raise PilothouseRpcError(exc) from exc
+    finally:
+        call.cancel()
 
 
 class PilothouseClient:
@@ -137,7 +176,11 @@ class PilothouseClient:
         tool_choice: str = "",
         thinking: bool = False,
         compact_threshold: int = 0,
+        approval_policy: int = agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
+        approval_required_tools: Iterable[str] = (),
+        context_window: int = 0,
     ) -> agent_pb2.Agent:
+        """Register an agent (see `pilothouse.v1.AgentConfig` for the fields)."""
         config = agent_pb2.AgentConfig(
             name=name,
             description=description,
@@ -148,6 +191,9 @@ class PilothouseClient:
             tool_choice=tool_choice,
             thinking=thinking,
             compact_threshold=compact_threshold,
+            approval_policy=approval_policy,
+            approval_required_tools=list(approval_required_tools),
+            context_window=context_window,
         )
         reply = await self.agents.CreateAgent(
             agents_pb.CreateAgentRequest(config=config), timeout=self.timeout
@@ -230,6 +276,34 @@ class PilothouseClient:
         return reply.session
 
     @_translate
+    async def delete_session(self, session_id: str) -> None:
+        await self.sessions.DeleteSession(
+            sessions_pb.DeleteSessionRequest(session_id=session_id), timeout=self.timeout
+        )
+
+    @_translate
+    async def compact_session(self, session_id: str) -> sessions_pb.CompactSessionResponse:
+        return await self.sessions.CompactSession(
+            sessions_pb.CompactSessionRequest(session_id=session_id), timeout=self.timeout
+        )
+
+    @_translate
+    async def export_session(self, session_id: str) -> bytes:
+        """The session as JSON Lines."""
+        reply = await self.sessions.ExportSession(
+            sessions_pb.ExportSessionRequest(session_id=session_id), timeout=self.timeout
+        )
+        return reply.content
+
+    @_translate
+    async def import_session(self, content: bytes) -> session_pb2.Session:
+        """Import an exported session as a new session."""
+        reply = await self.sessions.ImportSession(
+            sessions_pb.ImportSessionRequest(content=content), timeout=self.timeout
+        )
+        return reply.session
+
+    @_translate
     async def list_messages(self, session_id: str, page_size: int = 0) -> list[message_pb2.Message]:
         """A session's whole history, oldest first (follows the pages)."""
         messages: list[message_pb2.Message] = []
@@ -250,38 +324,122 @@ class PilothouseClient:
 
     @_translate
     async def send_to(
-        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+        self,
+        session_id: str,
+        content: str,
+        sender: str = "",
+        *,
+        options: runs_pb.RunOptions | None = None,
+        timeout: float | None = None,
     ) -> runs_pb.SendToResponse:
         """Run to completion; `timeout` seconds (None: no deadline)."""
         return await self.runs.SendTo(
-            runs_pb.SendToRequest(session_id=session_id, content=content, sender=sender),
+            runs_pb.SendToRequest(
+                session_id=session_id, content=content, sender=sender, options=options
+            ),
             timeout=timeout,
         )
 
     async def stream_to(
-        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+        self,
+        session_id: str,
+        content: str,
+        sender: str = "",
+        *,
+        options: runs_pb.RunOptions | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[event_pb2.AgentEvent]:
         """The run's events, the last one `done`."""
         call = self.runs.StreamTo(
-            runs_pb.StreamToRequest(session_id=session_id, content=content, sender=sender),
+            runs_pb.StreamToRequest(
+                session_id=session_id, content=content, sender=sender, options=options
+            ),
             timeout=timeout,
         )
-        try:
-            async for response in call:
-                yield response.event
-        except grpc.aio.AioRpcError as exc:
-            raise PilothouseRpcError(exc) from exc
-        finally:
-            call.cancel()
+        async for event in _events(call):
+            yield event
+
+    async def attach(
+        self,
+        session_id: str,
+        run_id: str = "",
+        after_sequence: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[event_pb2.AgentEvent]:
+        """A run's events after `after_sequence`, then live ones."""
+        call = self.runs.Attach(
+            runs_pb.AttachRequest(
+                session_id=session_id, run_id=run_id, after_sequence=after_sequence
+            ),
+            timeout=timeout,
+        )
+        async for event in _events(call):
+            yield event
 
     async def steer(
-        self, session_id: str, content: str, sender: str = "", *, timeout: float | None = None
+        self,
+        session_id: str,
+        content: str,
+        sender: str = "",
+        *,
+        options: runs_pb.RunOptions | None = None,
+        timeout: float | None = None,
     ) -> SteerStream:
         """Start a run with a `Steer` call and return it."""
         call = self.runs.Steer(timeout=timeout)
         await call.write(
             runs_pb.SteerRequest(
-                start=runs_pb.StartRun(session_id=session_id, content=content, sender=sender)
+                start=runs_pb.StartRun(
+                    session_id=session_id, content=content, sender=sender, options=options
+                )
             )
         )
         return SteerStream(call)
+
+    async def steer_attach(
+        self,
+        session_id: str,
+        run_id: str = "",
+        after_sequence: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> SteerStream:
+        """Attach a `Steer` call to a run that is already going."""
+        call = self.runs.Steer(timeout=timeout)
+        await call.write(
+            runs_pb.SteerRequest(
+                attach=runs_pb.AttachRun(
+                    session_id=session_id, run_id=run_id, after_sequence=after_sequence
+                )
+            )
+        )
+        return SteerStream(call)
+
+    @_translate
+    async def steer_session(self, session_id: str, content: str, sender: str = "") -> str:
+        """Steer the session's active run; returns its id."""
+        reply = await self.runs.SteerSession(
+            runs_pb.SteerSessionRequest(session_id=session_id, content=content, sender=sender),
+            timeout=self.timeout,
+        )
+        return reply.run_id
+
+    @_translate
+    async def cancel(
+        self, session_id: str, run_id: str = "", reason: str = "", *, timeout: float | None = None
+    ) -> runs_pb.CancelResponse:
+        """Cancel a run; returns once it has stopped."""
+        return await self.runs.Cancel(
+            runs_pb.CancelRequest(session_id=session_id, run_id=run_id, reason=reason),
+            timeout=timeout or self.timeout,
+        )
+
+    @_translate
+    async def submit_decision(self, session_id: str, answer: event_pb2.Decision) -> str:
+        """Answer an approval or a question; returns the run's id."""
+        reply = await self.runs.SubmitDecision(
+            runs_pb.SubmitDecisionRequest(session_id=session_id, decision=answer),
+            timeout=self.timeout,
+        )
+        return reply.run_id
