@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any
 
+from pilothouse.runtime.compaction import COMPACTION_PROMPT
 from pilothouse.testmodel.replies import ChunkFactory, SSEItem, SSEReply
 from pilothouse.testmodel.server import ChatCompletionsServer
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "pilothouse-test-model"
 INTRO = "I am Pilothouse's scripted test model (no model endpoint is configured)."
 RESULT_LIMIT = 200
+#: How the runtime's title request begins (`pilothouse.runtime.runtime.TITLE_PROMPT`).
+TITLE_PROMPT_START = "Summarize this conversation in 3-6 words"
 _MAX_DEPTH = 8
 
 
@@ -287,6 +290,13 @@ class ScriptedTestModel:
         if last_user < 0:
             return f"{INTRO} There is no user message to echo."
         said = _content_text(messages[last_user].get("content"))
+        if said.startswith(TITLE_PROMPT_START):
+            # The runtime's title request: a short, recognisable title.
+            user_line = next((ln for ln in said.splitlines() if ln.startswith("User: ")), "User: chat")
+            return "Test chat: " + " ".join(user_line.removeprefix("User: ").split()[:4])
+        if any(m.get("role") == "system" and _content_text(m.get("content")) == COMPACTION_PROMPT
+               for m in messages):
+            return f"Summary by the scripted test model of {len(said.splitlines())} transcript lines."
         return f"{INTRO} You said: {said}"
 
 
