@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from pilothouse.testmodel import text_reply, tool_calls_reply
+from tests.conftest import wait_until
 
 
 def free_port() -> int:
@@ -81,3 +82,51 @@ async def test_cli_reports_rpc_errors_with_the_status_code(app) -> None:
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert "NOT_FOUND" in stderr.decode() and "no-such-agent" in stderr.decode()
+
+
+async def _cli(app, *args: str) -> tuple[int, str, str]:
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pilothouse.client.cli", "--server", f"127.0.0.1:{app.port}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_cli_decide_attach_steer_and_cancel(app, client, fake_model, session_of) -> None:
+    import asyncio
+
+    from pilothouse.testmodel import Pause, SSEReply
+
+    session_id = await session_of(tools=("delete_records",))
+    release = asyncio.Event()
+    held = text_reply("All done.").events
+    fake_model.responder.push(
+        tool_calls_reply([("d1", "delete_records", '{"table": "logs"}')]),
+        SSEReply([*held[:2], Pause(release), *held[2:]]),
+    )
+    stream = client.stream_to(session_id, "Clear the logs")
+    async for event in stream:
+        if event.HasField("approval_required"):
+            break
+    await stream.aclose()
+
+    code, out, _ = await _cli(app, "decide", session_id, "d1", "approve")
+    assert code == 0 and "decision sent to run" in out
+    code, out, _ = await _cli(app, "steer", session_id, "and tell me when done")
+    assert code == 0 and "steered run" in out
+    follower = asyncio.create_task(_cli(app, "attach", session_id, "--json"))
+    run = app.runtime.active_run(session_id)
+    await wait_until(lambda: run.log.last_sequence > 0 and any(
+        e.event.__class__.__name__ == "TextDelta" for e in run.log._events))
+    code, out, _ = await _cli(app, "cancel", session_id, "--reason", "enough")
+    assert code == 0 and "cancelled (cancelled)" in out
+    release.set()
+    code, out, _ = await follower
+    events = [json.loads(line) for line in out.splitlines()]
+    assert any(e.get("toolResult", {}).get("output") == "deleted all records of logs" for e in events)
+    assert any(e.get("userSteered", {}).get("content") == "and tell me when done" for e in events)
+    assert events[-1]["done"]["stopReason"] == "STOP_REASON_CANCELLED"
+    assert code == 0

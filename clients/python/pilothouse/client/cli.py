@@ -5,6 +5,10 @@
     pilothouse agents list
     pilothouse sessions list --agent assistant
     pilothouse sessions messages SESSION_ID
+    pilothouse attach SESSION_ID --after 12      # re-attach to a run
+    pilothouse steer SESSION_ID "Also check the weekend"
+    pilothouse cancel SESSION_ID
+    pilothouse decide SESSION_ID REQUEST_ID approve
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import getpass
 import json
 import os
 import sys
+from pathlib import Path
 
 from google.protobuf import json_format
 
-from pilothouse.client.client import PilothouseClient, PilothouseRpcError
+from pilothouse.client.client import PilothouseClient, PilothouseRpcError, decision
 from pilothouse.client.render import EventPrinter, event_json
-from pilothouse.v1 import event_pb2
+from pilothouse.v1 import event_pb2, run_service_pb2
 
 
 def _default_user() -> str:
@@ -46,6 +51,40 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", default=_default_user(), help="created_by and sender")
     chat.add_argument("--new", action="store_true", help="open a new session")
     chat.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    chat.add_argument("--if-active", choices=["reject", "enqueue", "interrupt", "steer"],
+                      default="reject", help="what to do when the session is busy")
+    chat.add_argument("--on-disconnect", choices=["continue", "cancel"], default="continue")
+    chat.add_argument("--timeout", type=float, default=0.0, help="run time limit, seconds")
+    chat.add_argument("--no-prompt", action="store_true",
+                      help="never ask on the terminal for approvals and questions")
+
+    attach = commands.add_parser("attach", help="follow a run (missed events first)")
+    attach.add_argument("session_id")
+    attach.add_argument("--run", default="", help="run id (else the session's active or last run)")
+    attach.add_argument("--after", type=int, default=0, help="send events after this sequence")
+    attach.add_argument("--json", action="store_true")
+
+    steer = commands.add_parser("steer", help="steer the session's active run")
+    steer.add_argument("session_id")
+    steer.add_argument("message")
+    steer.add_argument("--user", default=_default_user())
+
+    cancel = commands.add_parser("cancel", help="cancel a run and wait until it stopped")
+    cancel.add_argument("session_id")
+    cancel.add_argument("--run", default="")
+    cancel.add_argument("--reason", default="")
+
+    decide = commands.add_parser("decide", help="answer an approval request")
+    decide.add_argument("session_id")
+    decide.add_argument("request_id")
+    decide.add_argument("verdict", choices=["approve", "deny", "always"])
+    decide.add_argument("--reason", default="")
+
+    answer = commands.add_parser("answer", help="answer a question")
+    answer.add_argument("session_id")
+    answer.add_argument("request_id")
+    answer.add_argument("--option", action="append", default=[], help="a chosen option (repeatable)")
+    answer.add_argument("--text", default="")
 
     agents = commands.add_parser("agents", help="list or show agents")
     agents_cmd = agents.add_subparsers(dest="agents_command", required=True)
@@ -60,7 +99,57 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", default="")
     messages = sessions_cmd.add_parser("messages")
     messages.add_argument("session_id")
+    for name, help_text in (
+        ("close", "close a session"),
+        ("delete", "delete a session"),
+        ("compact", "summarise a session's history"),
+        ("export", "print a session as JSON Lines"),
+    ):
+        sessions_cmd.add_parser(name, help=help_text).add_argument("session_id")
+    importing = sessions_cmd.add_parser("import", help="import a JSON Lines export")
+    importing.add_argument("file")
     return parser
+
+
+_VERDICTS = {
+    "approve": event_pb2.VERDICT_APPROVE,
+    "deny": event_pb2.VERDICT_DENY,
+    "always": event_pb2.VERDICT_APPROVE_ALWAYS,
+    "y": event_pb2.VERDICT_APPROVE,
+    "n": event_pb2.VERDICT_DENY,
+    "a": event_pb2.VERDICT_APPROVE_ALWAYS,
+}
+
+
+def _options(args: argparse.Namespace) -> run_service_pb2.RunOptions:
+    options = run_service_pb2.RunOptions(
+        if_active=run_service_pb2.ActiveRunPolicy.Value(f"ACTIVE_RUN_POLICY_{args.if_active.upper()}"),
+        on_disconnect=run_service_pb2.DisconnectPolicy.Value(
+            f"DISCONNECT_POLICY_{args.on_disconnect.upper()}"
+        ),
+    )
+    if args.timeout > 0:
+        options.timeout.FromNanoseconds(int(args.timeout * 1e9))
+    return options
+
+
+async def _prompt_decision(event: event_pb2.AgentEvent) -> event_pb2.Decision | None:
+    """Ask on the terminal; None when the user gives no usable answer."""
+    if event.HasField("approval_required"):
+        ask = event.approval_required
+        reply = await asyncio.to_thread(input, "approve? [y]es / [n]o / [a]lways: ")
+        verdict = _VERDICTS.get(reply.strip().lower()[:1])
+        if verdict is None:
+            return None
+        return decision(ask.request_id, verdict)
+    ask = event.question_asked
+    reply = (await asyncio.to_thread(input, "answer: ")).strip()
+    if ask.options:
+        chosen = [o.strip() for o in reply.split(",") if o.strip() in ask.options]
+        return decision(ask.request_id, selected_options=chosen) if chosen else decision(
+            ask.request_id, text=reply
+        )
+    return decision(ask.request_id, text=reply)
 
 
 def _print_json(message) -> None:
@@ -74,24 +163,76 @@ async def _chat(client: PilothouseClient, args: argparse.Namespace) -> int:
         session_id = (await client.create_session(args.agent, args.user)).id
     else:
         session_id = (await client.get_or_create_session(args.agent, args.user)).id
+    interactive = not args.json and not args.no_prompt and sys.stdin.isatty()
+    stream = await client.steer(session_id, args.message, args.user, options=_options(args))
+    code = await _follow(stream, args.json, stream if interactive else None, session_id)
+    if not args.json:
+        print(f"session: {session_id}")
+    return code
+
+
+async def _follow(events, as_json: bool, answer_on=None, session_id: str = "") -> int:
+    """Print a run's events; with `answer_on` (a SteerStream), ask on the
+    terminal for approvals and questions. Returns the exit code: 1 when the
+    run ended in error (or without `done`), else 0."""
     printer = EventPrinter()
     stop_reason = event_pb2.STOP_REASON_UNSPECIFIED
-    async for event in client.stream_to(session_id, args.message, args.user):
-        if args.json:
+    async for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "heartbeat":
+            continue
+        if as_json:
             print(event_json(event), flush=True)
         else:
             printer.print(event)
-        if event.WhichOneof("event") == "done":
+        if kind in ("approval_required", "question_asked"):
+            if answer_on is not None:
+                answer = await _prompt_decision(event)
+                if answer is not None:
+                    await answer_on.decide(answer)
+            elif not as_json:
+                request = (event.approval_required.request_id if kind == "approval_required"
+                           else event.question_asked.request_id)
+                command = "decide" if kind == "approval_required" else "answer"
+                print(f"  (answer with: pilothouse {command} {session_id} {request} ...)", flush=True)
+        if kind == "done":
             stop_reason = event.done.stop_reason
-    if not args.json:
-        print(f"session: {session_id}")
-    return 1 if stop_reason in (event_pb2.STOP_REASON_ERROR, event_pb2.STOP_REASON_UNSPECIFIED) else 0
+    failed = (event_pb2.STOP_REASON_ERROR, event_pb2.STOP_REASON_UNSPECIFIED)
+    return 1 if stop_reason in failed else 0
 
 
 async def _run(args: argparse.Namespace) -> int:
     async with PilothouseClient(args.server) as client:
         if args.command == "chat":
             return await _chat(client, args)
+        if args.command == "attach":
+            return await _follow(
+                client.attach(args.session_id, args.run, args.after), args.json,
+                session_id=args.session_id,
+            )
+        if args.command == "steer":
+            run_id = await client.steer_session(args.session_id, args.message, args.user)
+            print(f"steered run {run_id}")
+            return 0
+        if args.command == "cancel":
+            reply = await client.cancel(args.session_id, args.run, args.reason)
+            reason = event_pb2.StopReason.Name(reply.stop_reason).removeprefix("STOP_REASON_").lower()
+            state = "had already finished" if reply.already_finished else "cancelled"
+            print(f"run {reply.run_id} {state} ({reason})")
+            return 0
+        if args.command == "decide":
+            run_id = await client.submit_decision(
+                args.session_id, decision(args.request_id, _VERDICTS[args.verdict], reason=args.reason)
+            )
+            print(f"decision sent to run {run_id}")
+            return 0
+        if args.command == "answer":
+            run_id = await client.submit_decision(
+                args.session_id,
+                decision(args.request_id, selected_options=args.option, text=args.text),
+            )
+            print(f"answer sent to run {run_id}")
+            return 0
         if args.command == "agents":
             if args.agents_command == "list":
                 for agent in await client.list_agents():
@@ -99,6 +240,24 @@ async def _run(args: argparse.Namespace) -> int:
                     print(f"{agent.config.name}\t{agent.config.model}\t{tools}")
             else:
                 _print_json(await client.get_agent(args.name))
+            return 0
+        if args.sessions_command == "close":
+            _print_json(await client.close_session(args.session_id))
+            return 0
+        if args.sessions_command == "delete":
+            await client.delete_session(args.session_id)
+            print(f"deleted {args.session_id}")
+            return 0
+        if args.sessions_command == "compact":
+            print((await client.compact_session(args.session_id)).summary)
+            return 0
+        if args.sessions_command == "export":
+            sys.stdout.write((await client.export_session(args.session_id)).decode())
+            return 0
+        if args.sessions_command == "import":
+            content = await asyncio.to_thread(Path(args.file).read_bytes)
+            session = await client.import_session(content)
+            print(session.id)
             return 0
         if args.sessions_command == "list":
             for session in await client.list_sessions(args.agent, args.user):

@@ -70,6 +70,24 @@ class EventPrinter:
             else:
                 body = _short(result.output)
             self._line(self._style("36", f"← {result.name} [{result.duration_ms} ms] ") + body)
+        elif kind == "approval_required":
+            ask = event.approval_required
+            self._line(self._style("33", f"? approval needed for {ask.tool_call.name}"
+                                   f"({_short(ask.tool_call.arguments_json, 120)}): {ask.reason} "
+                                   f"[request {ask.request_id}]"))
+        elif kind == "question_asked":
+            ask = event.question_asked
+            options = f" options: {', '.join(ask.options)}" if ask.options else ""
+            self._line(self._style("33", f"? {ask.question}{options} [request {ask.request_id}]"))
+        elif kind == "decision_applied":
+            applied = event.decision_applied.decision
+            verdict = event_pb2.Verdict.Name(applied.verdict).removeprefix("VERDICT_").lower()
+            answer = verdict if applied.verdict else ", ".join(applied.selected_options) or applied.text
+            self._line(self._style("33", f"✓ decision on {applied.request_id}: {answer}"))
+        elif kind == "run_queued":
+            self._line(self._style("2", f"[queued behind {event.run_queued.position} run(s)]"))
+        elif kind == "compacted":
+            self._line(self._style("2", "[history compacted]"))
         elif kind == "user_steered":
             self._line(self._style("33", f"[steered] {event.user_steered.content}"))
         elif kind == "done":
