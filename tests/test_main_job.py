@@ -127,6 +127,8 @@ async def test_cli_decide_attach_steer_and_cancel(app, client, fake_model, sessi
     code, out, _ = await follower
     events = [json.loads(line) for line in out.splitlines()]
     assert any(e.get("toolResult", {}).get("output") == "deleted all records of logs" for e in events)
-    assert any(e.get("userSteered", {}).get("content") == "and tell me when done" for e in events)
     assert events[-1]["done"]["stopReason"] == "STOP_REASON_CANCELLED"
+    # The steering came during the last (held) round and the run was then
+    # cancelled: it is reported as not applied.
+    assert events[-1]["done"]["unappliedSteering"] == [{"content": "and tell me when done"}]
     assert code == 0
