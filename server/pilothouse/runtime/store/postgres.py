@@ -1,0 +1,538 @@
+"""The shared durable session store: PostgreSQL over asyncpg.
+
+Several runtime replicas open the same database: they see each other's
+sessions, and the run lease (a conditional UPDATE of the session row, held
+until `lease_until`) lets at most one of them run a session at a time.
+
+asyncpg rather than psycopg 3: it is asyncio-native with its own pool,
+speaks the binary protocol and prepares and caches statements per
+connection, which keeps an appended run at one round trip; the store needs
+nothing psycopg has beyond that. (Behind PgBouncer in transaction mode, pass
+`statement_cache_size=0`.)
+
+Every write that must be atomic is ONE statement (data-modifying CTEs), so
+it needs no explicit transaction and costs one round trip: `finish_run`,
+`compact` and `import_session` update the session row and insert the
+transcript items together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+
+from pilothouse.errors import AlreadyExistsError, UnavailableError
+from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store.base import (
+    INTERRUPTED,
+    CompactMarker,
+    RunOutcome,
+    SessionRecord,
+    SessionState,
+    TranscriptItem,
+)
+from pilothouse.runtime.store.codec import (
+    RECORD_COLUMNS,
+    decode_item,
+    decode_visible,
+    encode_item,
+    encode_usage,
+    record_from_row,
+    record_params,
+    run_items,
+)
+from pilothouse.runtime.store.memory import (
+    lease_lost,
+    run_active,
+    session_closed,
+    session_not_found,
+    visible_history,
+)
+from pilothouse.runtime.store.migrations import (
+    LATEST_VERSION,
+    SCHEMA_MIGRATIONS_TABLE,
+    pending,
+)
+
+log = logging.getLogger(__name__)
+
+#: pg_advisory_xact_lock key serialising migrations across replicas
+#: (an arbitrary constant: "pilothouse" in ASCII, as a bigint).
+MIGRATION_LOCK_KEY = 0x70696C6F74686F75
+
+# JSON columns read back as text (no codec: one json.loads, where needed).
+_COLUMNS = RECORD_COLUMNS.replace("always_approved_tools", "always_approved_tools::text").replace(
+    "last_run_usage", "last_run_usage::text"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM sessions"
+_RETURNING = f"RETURNING {_COLUMNS}"
+_INSERT_COLUMNS = RECORD_COLUMNS
+_INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb"
+
+_FINISH_RUN = f"""
+WITH s AS (
+    UPDATE sessions SET
+        message_count = CASE WHEN $3 THEN 1 + $4 ELSE message_count + $5 END,
+        history_seq = CASE WHEN $3 THEN next_seq + $13 ELSE history_seq END,
+        next_seq = next_seq + $5,
+        uptime_s = uptime_s + $6,
+        updated_at = $7,
+        last_run_id = $2,
+        last_run_stop_reason = $8,
+        last_run_usage = $9::jsonb,
+        active_run_id = '',
+        lease_until = 0
+    WHERE id = $1 AND active_run_id = $2
+    {_RETURNING}, next_seq - $5 AS first_seq
+), items AS (
+    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
+    SELECT s.id, s.first_seq + t.ord - 1, t.kind, t.payload, t.created_at
+    FROM s, unnest($10::text[], $11::json[], $12::float8[]) WITH ORDINALITY
+        AS t(kind, payload, created_at, ord)
+)
+SELECT * FROM s
+"""
+
+_COMPACT = f"""
+WITH s AS (
+    UPDATE sessions SET history_seq = next_seq, next_seq = next_seq + 1,
+        message_count = 1, updated_at = $2
+    WHERE id = $1
+    {_RETURNING}, history_seq
+), marker AS (
+    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
+    SELECT s.id, s.history_seq, 'compact', $3::json, $2 FROM s
+)
+SELECT * FROM s
+"""
+
+_IMPORT = f"""
+WITH s AS (
+    INSERT INTO sessions ({_INSERT_COLUMNS}, next_seq, history_seq)
+    VALUES ({_INSERT_VALUES}, $15, $16)
+    RETURNING id
+), items AS (
+    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
+    SELECT s.id, t.ord - 1, t.kind, t.payload, t.created_at
+    FROM s, unnest($17::text[], $18::json[], $19::float8[]) WITH ORDINALITY
+        AS t(kind, payload, created_at, ord)
+)
+SELECT id FROM s
+"""
+
+_BEGIN_RUN = f"""
+UPDATE sessions SET
+    last_run_stop_reason = CASE WHEN active_run_id <> '' THEN '{INTERRUPTED}'
+        ELSE last_run_stop_reason END,
+    last_run_id = CASE WHEN active_run_id <> '' THEN active_run_id ELSE last_run_id END,
+    active_run_id = $2,
+    lease_until = $3
+WHERE id = $1 AND state = 'open' AND (active_run_id = '' OR lease_until <= $4)
+RETURNING id
+"""
+
+#: Errors meaning "the database cannot be reached or used right now".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, DNS
+    TimeoutError,  # connect or pool acquire timeout
+    asyncpg.PostgresConnectionError,  # connection lost / does not exist
+    asyncpg.InterfaceError,  # pool or connection closed
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after failover
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
+)
+
+
+def _redacted(dsn: str) -> str:
+    """`dsn` without its password, for messages and logs."""
+    head, sep, tail = dsn.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return dsn
+    scheme, _, userinfo = head.partition("//")
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
+
+
+class PostgresSessionStore:
+    """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
+    `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
+    `max_size` connections.
+
+    `connect_timeout_s` bounds connecting and waiting for a pooled
+    connection. Every method raises `UnavailableError` (reason
+    STORE_UNAVAILABLE) when the server refuses or drops connections, the
+    pool is closed, or the store is not open; the DSN in messages has its
+    password masked.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = connect_timeout_s
+        self._pool: asyncpg.Pool | None = None
+
+    # --- connections ------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> UnavailableError:
+        return UnavailableError(
+            f"session store {_redacted(self.dsn)} is unavailable: {type(exc).__name__}: {exc}",
+            reason="STORE_UNAVAILABLE",
+            metadata={"store": "postgresql"},
+        )
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            if isinstance(exc, ValueError):  # asyncpg DataError: a bad argument, a bug
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise self._unavailable(RuntimeError("the store is not open"))
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = self._get_pool()
+        with self._errors():
+            conn = await pool.acquire(timeout=self._timeout)
+            try:
+                return await conn.fetch(sql, *args)
+            finally:
+                await pool.release(conn)
+
+    async def _require(self, session_id: str) -> None:
+        if not await self._fetch("SELECT 1 FROM sessions WHERE id = $1", session_id):
+            raise session_not_found(session_id)
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool and apply pending migrations under an advisory
+        lock. UnavailableError when the server cannot be reached."""
+        if self._pool is not None:
+            return
+        try:
+            with self._errors():
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                )
+                async with self._pool.acquire() as conn:
+                    await self._migrate(conn)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute(SCHEMA_MIGRATIONS_TABLE)
+            applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for migration in pending(applied):
+                for statement in migration.postgres:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    time.time(),
+                )
+                log.info(
+                    "postgres store: applied migration %d (%s)", migration.version, migration.name
+                )
+            if applied and max(applied) > LATEST_VERSION:
+                log.warning(
+                    "postgres store: schema version %d is newer than this server's %d",
+                    max(applied),
+                    LATEST_VERSION,
+                )
+
+    async def close(self) -> None:
+        """Close the pool (idempotent; waits for queries in flight up to the
+        connect timeout, then terminates)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await pool.close()
+        except (TimeoutError, *_UNAVAILABLE):
+            pool.terminate()
+
+    # --- sessions ---------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> None:
+        """Insert `record` with an empty history. AlreadyExistsError
+        (reason SESSION_EXISTS) if its id is taken."""
+        try:
+            await self._fetch(
+                f"INSERT INTO sessions ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES})",
+                *record_params(record),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise _exists_error(record.id) from exc
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        rows = await self._fetch(f"{_SELECT} WHERE id = $1", session_id)
+        return record_from_row(rows[0]) if rows else None
+
+    async def find_open(self, agent: str, created_by: str) -> SessionRecord | None:
+        rows = await self._fetch(
+            f"{_SELECT} WHERE agent = $1 AND created_by = $2 AND state = 'open' "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            agent,
+            created_by,
+        )
+        return record_from_row(rows[0]) if rows else None
+
+    async def list(
+        self,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+    ) -> list[SessionRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("agent", agent),
+            ("created_by", created_by),
+            ("state", state.value if state else ""),
+        ):
+            if value:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        n = len(params)
+        rows = await self._fetch(
+            f"{_SELECT}{where} ORDER BY updated_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+            *params,
+            max(limit, 0),
+            max(offset, 0),
+        )
+        return [record_from_row(row) for row in rows]
+
+    async def delete(self, session_id: str) -> None:
+        """Delete the session; its transcript goes with it (ON DELETE CASCADE)."""
+        rows = await self._fetch("DELETE FROM sessions WHERE id = $1 RETURNING 1", session_id)
+        if not rows:
+            raise session_not_found(session_id)
+
+    # --- history ----------------------------------------------------------
+
+    async def _items_from(self, session_id: str, *, visible: bool) -> list[asyncpg.Record]:
+        start = "s.history_seq" if visible else "0"
+        rows = await self._fetch(
+            "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+            f"LEFT JOIN transcript_items i ON i.session_id = s.id AND i.seq >= {start} "
+            "AND i.seq < s.next_seq "
+            "WHERE s.id = $1 ORDER BY i.seq",
+            session_id,
+        )
+        if not rows:
+            raise session_not_found(session_id)
+        if rows[0][0] is None:
+            return []
+        return rows
+
+    async def load_history(self, session_id: str) -> list[Message]:
+        return [decode_visible(*row) for row in await self._items_from(session_id, visible=True)]
+
+    async def list_messages(
+        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+    ) -> list[Message]:
+        # The history is the contiguous seq range [history_seq, next_seq).
+        if newest_first:
+            sql = (
+                "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+                "JOIN transcript_items i ON i.session_id = s.id "
+                "AND i.seq >= s.history_seq "
+                "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2 "
+                "WHERE s.id = $1 ORDER BY i.seq DESC"
+            )
+        else:
+            sql = (
+                "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+                "JOIN transcript_items i ON i.session_id = s.id "
+                "AND i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3 "
+                "WHERE s.id = $1 ORDER BY i.seq"
+            )
+        rows = await self._fetch(sql, session_id, max(offset, 0), max(limit, 0))
+        if not rows:
+            await self._require(session_id)
+        return [decode_visible(*row) for row in rows]
+
+    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+        return [decode_item(*row) for row in await self._items_from(session_id, visible=False)]
+
+    # --- runs -------------------------------------------------------------
+
+    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
+        """One conditional UPDATE takes the lease (row-locked, so of two
+        replicas racing exactly one wins); on failure, say why (NotFound,
+        SESSION_CLOSED or RUN_ACTIVE naming the run holding it)."""
+        for _ in range(3):
+            if await self._fetch(_BEGIN_RUN, session_id, run_id, now + lease_s, now):
+                return
+            rows = await self._fetch(
+                "SELECT state, active_run_id, lease_until FROM sessions WHERE id = $1",
+                session_id,
+            )
+            if not rows:
+                raise session_not_found(session_id)
+            state, active_run_id, lease_until = rows[0]
+            if state == SessionState.CLOSED.value:
+                raise session_closed(session_id)
+            if active_run_id and lease_until > now:
+                raise run_active(session_id, active_run_id)
+            # Released (or expired) between the two statements: try again.
+        raise run_active(session_id, active_run_id)
+
+    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
+        rows = await self._fetch(
+            "UPDATE sessions SET lease_until = $3 WHERE id = $1 AND active_run_id = $2 RETURNING 1",
+            session_id,
+            run_id,
+            now + lease_s,
+        )
+        if rows:
+            return True
+        await self._require(session_id)
+        return False
+
+    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
+        """Append `messages_before_compact`, the compact marker (if any) and
+        `messages`, and update the session row, in one statement; its
+        `active_run_id = run_id` condition is the lease check."""
+        items, compact = run_items(outcome)
+        kinds, payloads, times = _columns(items)
+        rows = await self._fetch(
+            _FINISH_RUN,
+            session_id,
+            run_id,
+            compact,
+            len(outcome.messages),
+            len(items),
+            outcome.uptime_s,
+            outcome.finished_at,
+            outcome.stop_reason,
+            encode_usage(outcome.usage),
+            kinds,
+            payloads,
+            times,
+            len(outcome.messages_before_compact),
+        )
+        if not rows:
+            await self._require(session_id)
+            raise lease_lost(session_id, run_id)
+        return record_from_row(rows[0])
+
+    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
+        rows = await self._fetch(
+            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = $2, "
+            "last_run_stop_reason = $3, updated_at = $4 WHERE id = $1 AND active_run_id = $2 "
+            "RETURNING 1",
+            session_id,
+            run_id,
+            stop_reason,
+            now,
+        )
+        if not rows:
+            await self._require(session_id)
+
+    async def recover_interrupted(self, now: float) -> list[str]:
+        rows = await self._fetch(
+            "UPDATE sessions SET last_run_id = active_run_id, "
+            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
+            "WHERE active_run_id <> '' AND lease_until <= $1 RETURNING id",
+            now,
+        )
+        return [row[0] for row in rows]
+
+    # --- metadata ---------------------------------------------------------
+
+    async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
+        _, payload, _ = encode_item(CompactMarker(summary, now))
+        rows = await self._fetch(_COMPACT, session_id, now, payload)
+        if not rows:
+            raise session_not_found(session_id)
+        return record_from_row(rows[0])
+
+    async def _update(self, session_id: str, assignments: str, *params: Any) -> SessionRecord:
+        rows = await self._fetch(
+            f"UPDATE sessions SET {assignments} WHERE id = $1 {_RETURNING}", session_id, *params
+        )
+        if not rows:
+            raise session_not_found(session_id)
+        return record_from_row(rows[0])
+
+    async def set_state(self, session_id: str, state: SessionState, now: float) -> SessionRecord:
+        return await self._update(session_id, "state = $2, updated_at = $3", state.value, now)
+
+    async def set_title(self, session_id: str, title: str, now: float) -> SessionRecord:
+        return await self._update(session_id, "title = $2", title)
+
+    async def add_approved_tool(self, session_id: str, tool: str) -> SessionRecord:
+        return await self._update(
+            session_id,
+            "always_approved_tools = CASE WHEN always_approved_tools ? $2 "
+            "THEN always_approved_tools ELSE always_approved_tools || jsonb_build_array($2::text) END",
+            tool,
+        )
+
+    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+        """Insert `record` (message_count recomputed from `items`) and its
+        transcript in one statement. AlreadyExistsError if the id is taken;
+        nothing is written then."""
+        params = list(record_params(record))
+        params[7] = len(visible_history(items))
+        history_seq = max(
+            (i for i, item in enumerate(items) if isinstance(item, CompactMarker)), default=0
+        )
+        try:
+            await self._fetch(_IMPORT, *params, len(items), history_seq, *_columns(items))
+        except asyncpg.UniqueViolationError as exc:
+            raise _exists_error(record.id) from exc
+
+
+def _columns(items: list[TranscriptItem]) -> tuple[list[str], list[str], list[float]]:
+    """Transcript items as three parallel arrays (kind, payload, created_at)."""
+    kinds: list[str] = []
+    payloads: list[str] = []
+    times: list[float] = []
+    for item in items:
+        kind, payload, created_at = encode_item(item)
+        kinds.append(kind)
+        payloads.append(payload)
+        times.append(created_at)
+    return kinds, payloads, times
+
+
+def _exists_error(session_id: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"session {session_id!r} already exists",
+        reason="SESSION_EXISTS",
+        metadata={"session_id": session_id},
+    )

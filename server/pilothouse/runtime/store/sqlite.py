@@ -1,0 +1,516 @@
+"""The embedded durable session store: one SQLite file (aiosqlite).
+
+WAL journal with `synchronous=NORMAL` (a commit is durable against a
+process crash at once and against power loss at the next checkpoint),
+one writer connection whose transactions are serialised by an
+`asyncio.Lock`, and one read-only connection, so reads never wait behind
+a write and always see committed data only. Schema and migrations: see
+`migrations`; semantics: see `base` and the reference `memory` store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from pilothouse.errors import AlreadyExistsError, UnavailableError
+from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store.base import (
+    INTERRUPTED,
+    CompactMarker,
+    RunOutcome,
+    SessionRecord,
+    SessionState,
+    TranscriptItem,
+)
+from pilothouse.runtime.store.codec import (
+    RECORD_COLUMNS,
+    decode_item,
+    decode_visible,
+    encode_item,
+    encode_tools,
+    encode_usage,
+    record_from_row,
+    record_params,
+    run_items,
+)
+from pilothouse.runtime.store.memory import (
+    lease_lost,
+    run_active,
+    session_closed,
+    session_not_found,
+    visible_history,
+)
+from pilothouse.runtime.store.migrations import (
+    LATEST_VERSION,
+    SCHEMA_MIGRATIONS_TABLE,
+    pending,
+)
+
+log = logging.getLogger(__name__)
+
+_SELECT = f"SELECT {RECORD_COLUMNS} FROM sessions"
+_RETURNING = f"RETURNING {RECORD_COLUMNS}"
+_INSERT_ITEM = (
+    "INSERT INTO transcript_items (session_id, seq, kind, payload, created_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
+    return UnavailableError(
+        f"session store {str(path)!r} is unavailable: {exc}",
+        reason="STORE_UNAVAILABLE",
+        metadata={"store": "sqlite", "path": str(path)},
+    )
+
+
+class SqliteSessionStore:
+    """Sessions in the SQLite file at `path` (created if missing; its
+    directory must exist).
+
+    `busy_timeout_s` is how long a statement waits for a lock held by
+    another process before the store reports UnavailableError. Every method
+    raises `UnavailableError` (reason STORE_UNAVAILABLE) when the file
+    cannot be opened, is locked past the timeout, is not a database, or the
+    store is not open.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- connections ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Map driver errors meaning "the database cannot be used" (cannot
+        open, locked, I/O error, corrupt, closed) to UnavailableError;
+        constraint and programming errors are bugs and pass through."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(self.path, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # Integrity/Programming/...
+                raise
+            raise _unavailable(self.path, exc) from exc  # e.g. "file is not a database"
+        except ValueError as exc:  # aiosqlite: "no active connection"
+            if "connection" not in str(exc):
+                raise
+            raise _unavailable(self.path, exc) from exc
+
+    async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            if read_only:
+                await conn.execute("PRAGMA query_only = ON")
+            else:
+                mode = (await conn.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
+                if mode.lower() != "wal":
+                    log.warning("sqlite store %s: journal mode is %s, not wal", self.path, mode)
+                await conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    def _write_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise _unavailable(self.path, RuntimeError("the store is not open"))
+        return self._writer
+
+    def _read_conn(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise _unavailable(self.path, RuntimeError("the store is not open"))
+        return self._reader
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction (`BEGIN IMMEDIATE`): committed when the body
+        returns, rolled back when it raises."""
+        conn = self._write_conn()
+        async with self._lock:
+            with self._errors():
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error, ValueError):
+                        await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+
+    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
+        conn = self._read_conn()
+        with self._errors():
+            return list(await conn.execute_fetchall(sql, params))
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """One statement in autocommit mode (atomic by itself)."""
+        conn = self._write_conn()
+        async with self._lock:
+            with self._errors():
+                return list(await conn.execute_fetchall(sql, params))
+
+    async def _exists(self, session_id: str) -> bool:
+        return bool(await self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
+
+    async def _require(self, session_id: str) -> None:
+        if not await self._exists(session_id):
+            raise session_not_found(session_id)
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file (creating it), switch it to WAL and apply pending
+        migrations. UnavailableError when the file cannot be used."""
+        if self._writer is not None:
+            return
+        try:
+            with self._errors():
+                self._writer = await self._connect(read_only=False)
+                await self._migrate(self._writer)
+                self._reader = await self._connect(read_only=True)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute(SCHEMA_MIGRATIONS_TABLE)
+            rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
+            applied = {row[0] for row in rows}
+            for migration in pending(applied):
+                for statement in migration.sqlite:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                log.info(
+                    "sqlite store %s: applied migration %d (%s)",
+                    self.path,
+                    migration.version,
+                    migration.name,
+                )
+            if applied and max(applied) > LATEST_VERSION:
+                log.warning(
+                    "sqlite store %s: schema version %d is newer than this server's %d",
+                    self.path,
+                    max(applied),
+                    LATEST_VERSION,
+                )
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        """Close both connections (idempotent)."""
+        for name in ("_reader", "_writer"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+
+    # --- sessions ---------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> None:
+        """Insert `record` with an empty history. AlreadyExistsError
+        (reason SESSION_EXISTS) if its id is taken."""
+        try:
+            await self._write(
+                f"INSERT INTO sessions ({RECORD_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                record_params(record),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise _exists_error(record.id) from exc
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        rows = await self._read(f"{_SELECT} WHERE id = ?", (session_id,))
+        return record_from_row(rows[0]) if rows else None
+
+    async def find_open(self, agent: str, created_by: str) -> SessionRecord | None:
+        rows = await self._read(
+            f"{_SELECT} WHERE agent = ? AND created_by = ? AND state = 'open' "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            (agent, created_by),
+        )
+        return record_from_row(rows[0]) if rows else None
+
+    async def list(
+        self,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+    ) -> list[SessionRecord]:
+        where, params = _filters(agent, created_by, state)
+        rows = await self._read(
+            f"{_SELECT}{where} ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [record_from_row(row) for row in rows]
+
+    async def delete(self, session_id: str) -> None:
+        async with self._transaction() as conn:
+            cursor = await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            if cursor.rowcount == 0:
+                raise session_not_found(session_id)
+            await conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
+
+    # --- history ----------------------------------------------------------
+
+    async def _items_from(self, session_id: str, *, visible: bool) -> list[Any]:
+        """(kind, payload, created_at) rows of the history (`visible`) or
+        the whole transcript, in one statement (one snapshot); NotFound for
+        an unknown session."""
+        start = "s.history_seq" if visible else "0"
+        rows = await self._read(
+            "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+            f"LEFT JOIN transcript_items i ON i.session_id = s.id AND i.seq >= {start} "
+            "AND i.seq < s.next_seq "
+            "WHERE s.id = ? ORDER BY i.seq",
+            (session_id,),
+        )
+        if not rows:
+            raise session_not_found(session_id)
+        if rows[0][0] is None:  # the session, no items
+            return []
+        return rows
+
+    async def load_history(self, session_id: str) -> list[Message]:
+        return [decode_visible(*row) for row in await self._items_from(session_id, visible=True)]
+
+    async def list_messages(
+        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+    ) -> list[Message]:
+        # The history is the contiguous seq range [history_seq, next_seq):
+        # a page is a range of the primary key, whatever the offset.
+        if newest_first:
+            sql = (
+                "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+                "JOIN transcript_items i ON i.session_id = s.id "
+                "AND i.seq >= s.history_seq "
+                "AND i.seq > s.next_seq - 1 - :offset - :limit "
+                "AND i.seq <= s.next_seq - 1 - :offset "
+                "WHERE s.id = :id ORDER BY i.seq DESC"
+            )
+        else:
+            sql = (
+                "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+                "JOIN transcript_items i ON i.session_id = s.id "
+                "AND i.seq >= s.history_seq + :offset "
+                "AND i.seq < s.history_seq + :offset + :limit "
+                "WHERE s.id = :id ORDER BY i.seq"
+            )
+        params = {"id": session_id, "offset": max(offset, 0), "limit": max(limit, 0)}
+        rows = await self._read(sql, params)
+        if not rows:
+            await self._require(session_id)
+        return [decode_visible(*row) for row in rows]
+
+    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+        return [decode_item(*row) for row in await self._items_from(session_id, visible=False)]
+
+    # --- runs -------------------------------------------------------------
+
+    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
+        """Take the lease with one conditional UPDATE; on failure, say why
+        (NotFound, SESSION_CLOSED or RUN_ACTIVE)."""
+        conn = self._write_conn()
+        async with self._lock:
+            with self._errors():
+                cursor = await conn.execute(
+                    "UPDATE sessions SET "
+                    f"last_run_stop_reason = CASE WHEN active_run_id <> '' THEN '{INTERRUPTED}' "
+                    "ELSE last_run_stop_reason END, "
+                    "last_run_id = CASE WHEN active_run_id <> '' THEN active_run_id "
+                    "ELSE last_run_id END, "
+                    "active_run_id = ?, lease_until = ? "
+                    "WHERE id = ? AND state = 'open' AND (active_run_id = '' OR lease_until <= ?)",
+                    (run_id, now + lease_s, session_id, now),
+                )
+                if cursor.rowcount == 1:
+                    return
+                rows = await conn.execute_fetchall(
+                    "SELECT state, active_run_id FROM sessions WHERE id = ?", (session_id,)
+                )
+        if not rows:
+            raise session_not_found(session_id)
+        state, active_run_id = rows[0]
+        if state == SessionState.CLOSED.value:
+            raise session_closed(session_id)
+        raise run_active(session_id, active_run_id)
+
+    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
+        rows = await self._write(
+            "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? RETURNING 1",
+            (now + lease_s, session_id, run_id),
+        )
+        if rows:
+            return True
+        await self._require(session_id)
+        return False
+
+    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
+        """Append `messages_before_compact`, the compact marker (if any) and
+        `messages`, and update the session row, in one transaction; the
+        conditional UPDATE (`active_run_id = run_id`) is the lease check."""
+        items, compact = run_items(outcome)
+        encoded = [encode_item(item) for item in items]  # before the transaction: may raise
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE sessions SET "
+                "message_count = CASE WHEN ? THEN 1 + ? ELSE message_count + ? END, "
+                "history_seq = CASE WHEN ? THEN next_seq + ? ELSE history_seq END, "
+                "next_seq = next_seq + ?, uptime_s = uptime_s + ?, updated_at = ?, "
+                "last_run_id = ?, last_run_stop_reason = ?, last_run_usage = ?, "
+                "active_run_id = '', lease_until = 0 "
+                f"WHERE id = ? AND active_run_id = ? {_RETURNING}, next_seq",
+                (
+                    compact, len(outcome.messages), len(items),
+                    compact, len(outcome.messages_before_compact),
+                    len(items), outcome.uptime_s, outcome.finished_at,
+                    run_id, outcome.stop_reason, encode_usage(outcome.usage),
+                    session_id, run_id,
+                ),
+            )  # fmt: skip
+            if not rows:
+                exists = await conn.execute_fetchall(
+                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+                )
+                raise lease_lost(session_id, run_id) if exists else session_not_found(session_id)
+            first = rows[0][-1] - len(items)
+            await conn.executemany(
+                _INSERT_ITEM,
+                [(session_id, first + i, *item) for i, item in enumerate(encoded)],
+            )
+        return record_from_row(rows[0])
+
+    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
+        rows = await self._write(
+            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = ?, "
+            "last_run_stop_reason = ?, updated_at = ? WHERE id = ? AND active_run_id = ? "
+            "RETURNING 1",
+            (run_id, stop_reason, now, session_id, run_id),
+        )
+        if not rows:
+            await self._require(session_id)
+
+    async def recover_interrupted(self, now: float) -> list[str]:
+        rows = await self._write(
+            f"UPDATE sessions SET last_run_id = active_run_id, "
+            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
+            "WHERE active_run_id <> '' AND lease_until <= ? RETURNING id",
+            (now,),
+        )
+        return [row[0] for row in rows]
+
+    # --- metadata ---------------------------------------------------------
+
+    async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
+        kind, payload, _ = encode_item(CompactMarker(summary, now))
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE sessions SET history_seq = next_seq, next_seq = next_seq + 1, "
+                f"message_count = 1, updated_at = ? WHERE id = ? {_RETURNING}, history_seq",
+                (now, session_id),
+            )
+            if not rows:
+                raise session_not_found(session_id)
+            await conn.execute(_INSERT_ITEM, (session_id, rows[0][-1], kind, payload, now))
+        return record_from_row(rows[0])
+
+    async def _update(
+        self, session_id: str, assignments: str, params: tuple[Any, ...]
+    ) -> SessionRecord:
+        rows = await self._write(
+            f"UPDATE sessions SET {assignments} WHERE id = ? {_RETURNING}", (*params, session_id)
+        )
+        if not rows:
+            raise session_not_found(session_id)
+        return record_from_row(rows[0])
+
+    async def set_state(self, session_id: str, state: SessionState, now: float) -> SessionRecord:
+        return await self._update(session_id, "state = ?, updated_at = ?", (state.value, now))
+
+    async def set_title(self, session_id: str, title: str, now: float) -> SessionRecord:
+        return await self._update(session_id, "title = ?", (title,))
+
+    async def add_approved_tool(self, session_id: str, tool: str) -> SessionRecord:
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(f"{_SELECT} WHERE id = ?", (session_id,))
+            if not rows:
+                raise session_not_found(session_id)
+            record = record_from_row(rows[0])
+            if tool in record.always_approved_tools:
+                return record
+            record.always_approved_tools.append(tool)
+            await conn.execute(
+                "UPDATE sessions SET always_approved_tools = ? WHERE id = ?",
+                (encode_tools(record.always_approved_tools), session_id),
+            )
+        return record
+
+    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+        """Insert `record` (message_count recomputed from `items`) and its
+        transcript in one transaction. AlreadyExistsError if the id is
+        taken; nothing is written then."""
+        params = list(record_params(record))
+        params[7] = len(visible_history(items))
+        history_seq = max(
+            (i for i, item in enumerate(items) if isinstance(item, CompactMarker)), default=0
+        )
+        rows = [(record.id, i, *encode_item(item)) for i, item in enumerate(items)]
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO sessions ({RECORD_COLUMNS}, next_seq, history_seq) "
+                    f"VALUES ({', '.join('?' * 16)})",
+                    (*params, len(items), history_seq),
+                )
+                await conn.executemany(_INSERT_ITEM, rows)
+        except sqlite3.IntegrityError as exc:
+            raise _exists_error(record.id) from exc
+
+
+def _exists_error(session_id: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"session {session_id!r} already exists",
+        reason="SESSION_EXISTS",
+        metadata={"session_id": session_id},
+    )
+
+
+def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, list[Any]]:
+    """A WHERE clause for the non-empty `list` filters and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("agent", agent),
+        ("created_by", created_by),
+        ("state", state.value if state else ""),
+    ):
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
