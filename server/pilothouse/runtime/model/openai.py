@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 _TOOL_CHOICE_KEYWORDS = frozenset({"auto", "none", "required"})
 _SNIPPET = 500
+#: Longest wait for the end of the body after `[DONE]`, in seconds. Reading
+#: it lets httpx return the connection to its pool; a body left unread
+#: makes it close the connection, so every round would open a new one.
+_DRAIN_SECONDS = 1.0
 
 
 def build_request_body(request: ChatRequest) -> dict[str, Any]:
@@ -170,6 +174,15 @@ def _text(value: Any) -> str:
             if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
+
+
+async def _drain(events: AsyncIterator[Any]) -> None:
+    """Read the rest of a body after `[DONE]` (normally only its end), for
+    at most `_DRAIN_SECONDS`; whatever it holds is ignored."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, SSEError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in events:
+                pass
 
 
 @dataclass(slots=True)
@@ -349,6 +362,7 @@ class OpenAIChatModel:
                         continue
                     if data == "[DONE]":
                         state.done = True
+                        await _drain(events)
                         break
                     chunk = self._parse_chunk(self._decode(data), state)
                     if chunk is not None:
