@@ -1,0 +1,101 @@
+"""Scenario 2, token relay: one run whose answer is 10,000 text deltas,
+received by the gRPC client, against a bare grpc.aio server-streaming
+method that sends the same number of messages of the same size (a real
+`StreamToResponse` text delta captured from the runtime), and against the
+model server's own stream pulled with httpx (the source's rate)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import httpx
+import workload as w
+from procs import Proc
+from rawgrpc import PATH
+from turn import CpuMeter, Measured, create_sessions
+
+from pilothouse.client import PilothouseClient
+from pilothouse.client.client import CHANNEL_OPTIONS
+from pilothouse.v1 import run_service_pb2 as runs_pb
+
+
+async def _runtime_run(client: PilothouseClient, session_id: str) -> tuple[float, int, bytes]:
+    """One relay run: (events/s, events, one text-delta message as sent)."""
+    template = b""
+    events = 0
+    start = time.perf_counter()
+    async for event in client.stream_to(session_id, w.USER_MESSAGE):
+        events += 1
+        if not template and event.HasField("text_delta"):
+            template = runs_pb.StreamToResponse(event=event).SerializeToString()
+    return events / (time.perf_counter() - start), events, template
+
+
+async def _raw_run(method: grpc.aio.UnaryStreamMultiCallable, request: bytes) -> float:
+    received = 0
+    start = time.perf_counter()
+    async for response in method(request):
+        received += 1
+        response.event.HasField("text_delta")  # as the runtime's client does
+    return received / (time.perf_counter() - start)
+
+
+async def measure_pair(
+    address: str, runtime_procs: list[Proc], raw: Proc, loop: str, runs: int
+) -> tuple[Measured, Measured]:
+    """Relay runs through the runtime and through the bare server, taken in
+    turns so that both see the same machine; one warm-up run each. Samples
+    are rates (events per second), not milliseconds."""
+    runtime = Measured("Pilothouse StreamTo (model SSE → runtime → gRPC client)", loop)
+    baseline = Measured("baseline: bare grpc.aio server streaming, same messages", raw.loop)
+    async with PilothouseClient(address) as client, grpc.aio.insecure_channel(
+        f"127.0.0.1:{raw.port}", options=CHANNEL_OPTIONS
+    ) as channel:
+        method = channel.unary_stream(
+            PATH,
+            request_serializer=lambda b: b,
+            response_deserializer=runs_pb.StreamToResponse.FromString,
+        )
+        sessions = await create_sessions(client, w.AGENT_RELAY, runs + 1)
+        _, events, template = await _runtime_run(client, sessions[0])
+        request = events.to_bytes(4, "big") + template
+        await _raw_run(method, request)
+        runtime_cpu, raw_cpu = CpuMeter(runtime_procs), CpuMeter([raw])
+        for session_id in sessions[1:]:
+            runtime_cpu.start()
+            rate, events, _ = await _runtime_run(client, session_id)
+            runtime.samples_ms.append(rate)
+            runtime.cpu_ms = runtime_cpu.stop(len(runtime.samples_ms))
+            raw_cpu.start()
+            baseline.samples_ms.append(await _raw_run(method, request))
+            baseline.cpu_ms = raw_cpu.stop(len(baseline.samples_ms))
+    runtime.note = f"{events} events per run"
+    baseline.note = f"{events} messages of {len(template)} bytes (a real text-delta event)"
+    return runtime, baseline
+
+
+async def measure_model_source(base_url: str, loop: str, proc: Proc, runs: int) -> Measured:
+    """The relay stream pulled straight from the model server, counting
+    events without decoding them: the rate the source can deliver."""
+    row = Measured("model server alone: the SSE stream pulled raw", loop)
+    body = {
+        "model": w.MODEL_RELAY,
+        "stream": True,
+        "messages": [{"role": "user", "content": w.USER_MESSAGE}],
+    }
+    async with httpx.AsyncClient(timeout=60) as http:
+        meter = CpuMeter([proc])
+        for index in range(runs + 1):
+            if index == 1:
+                meter.start()
+            start = time.perf_counter()
+            events = 0
+            async with http.stream("POST", base_url + "/chat/completions", json=body) as response:
+                async for data in response.aiter_raw():
+                    events += data.count(b"\n\n")
+            elapsed = time.perf_counter() - start
+            if index:
+                row.samples_ms.append(events / elapsed)
+        row.cpu_ms = meter.stop(runs)
+    return row

@@ -1,0 +1,386 @@
+"""`make bench`: Pilothouse's overhead against the raw model calls and
+against peer frameworks, measured side by side in one run.
+
+Starts every process it measures itself (the fake model server, the
+reference ToolExecutor and the runtime as separate processes on 127.0.0.1,
+like production), runs five scenarios (tool-call turn, token relay,
+concurrency, memory, session stores), profiles the runtime with py-spy,
+and prints a Markdown report, also written to `bench/results/latest.md`
+with the raw numbers in `bench/results/latest.json`.
+
+The first run creates `bench/.deps` (uvloop, py-spy) and
+`bench/.venv-peers` (the peer frameworks) from PyPI; later runs reuse them.
+A peer that cannot be installed is reported as such. Every load loop is
+bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import analysis  # noqa: E402  (the bench's modules live beside this script)
+import concurrency  # noqa: E402
+import envs  # noqa: E402
+import memory  # noqa: E402
+import relay  # noqa: E402
+import report  # noqa: E402
+import store  # noqa: E402
+import turn  # noqa: E402
+from procs import bench_env, start_listening  # noqa: E402
+from profiling import Profile, Sampler  # noqa: E402
+from stack import Paths, Runtime, start_model_server, start_runtime  # noqa: E402
+from stats import summary  # noqa: E402
+
+T = TypeVar("T")
+RESULTS = BENCH / "results"
+WORK = BENCH / ".work"
+
+
+@dataclass(frozen=True)
+class Config:
+    """How much of each scenario to run (every loop also has a time bound)."""
+
+    turns: int = 300
+    warmup: int = 20
+    seconds: float = 25.0
+    peer_turns: int = 200
+    relay_runs: int = 7
+    levels: tuple[int, ...] = (100, 500, 2000)
+    level_timeout_s: float = 180.0
+    token_delay_ms: float = 5.0
+    idle_sessions: int = 10_000
+    active_streams: int = 500
+    store_appends: int = 500
+    store_loads: int = 10
+    store_history: int = 10_000
+    profile_turns: int = 300
+
+
+QUICK = Config(
+    turns=60, warmup=5, seconds=10.0, peer_turns=40, relay_runs=3, levels=(100, 500),
+    idle_sessions=2_000, active_streams=100, store_appends=100, store_loads=3, profile_turns=60,
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the runtime in scenario 1 (and 2)."""
+
+    loop: str
+    store: str
+    primary: bool = False
+    relay: bool = False
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer frameworks")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument(
+        "--only", nargs="*", default=[],
+        choices=["turn", "relay", "concurrency", "memory", "store"], help="run only these scenarios",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
+    return parser.parse_args()
+
+
+def machine_info() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split()
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor() or "unknown",
+    )
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit or "unknown",
+        "grpcio": md.version("grpcio"),
+        "protobuf": md.version("protobuf"),
+        "httpx": md.version("httpx"),
+    }
+
+
+def row(measured: turn.Measured, role: str, **extra: Any) -> dict[str, Any]:
+    """A table row from a measurement, as JSON-able data."""
+    data = asdict(measured)
+    samples = data.pop("samples_ms")
+    return {**data, "role": role, "summary": summary(samples), **extra}
+
+
+class Bench:
+    """The processes and settings one `make bench` run shares."""
+
+    def __init__(self, config: Config, paths: Paths, client_loop: str) -> None:
+        self.config = config
+        self.paths = paths
+        self.client_loop = client_loop
+        self.model_loop = "uvloop" if paths.deps else "asyncio"
+        self.stopping: list[Any] = []
+
+    def arun(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the bench client on its event loop."""
+        if self.client_loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+
+    def store_url(self, kind: str) -> str:
+        if kind == "memory":
+            return "memory://"
+        path = self.paths.work / f"sessions-{len(self.stopping)}-{time.monotonic_ns()}.db"
+        return f"sqlite:///{path}"
+
+    def runtime(self, loop: str, store_kind: str, name: str) -> Runtime:
+        rt = start_runtime(self.paths, self.model, loop, self.store_url(store_kind), name)
+        self.stopping.append(rt)
+        return rt
+
+    def start(self) -> None:
+        print(f"[bench] starting the fake model server ({self.model_loop})", flush=True)
+        self.model = start_model_server(self.paths, self.model_loop, self.config.token_delay_ms)
+        self.stopping.append(self.model)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.stopping):
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+def scenario_turn_and_relay(bench: Bench, variants: list[Variant], peers: dict[str, envs.Installed],
+                            do_turn: bool, do_relay: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cfg = bench.config
+    turn_rows: list[dict[str, Any]] = []
+    relay_rows: list[dict[str, Any]] = []
+    model = bench.model
+    for variant in variants:
+        if not do_turn and not (do_relay and variant.relay):
+            continue
+        label = f"{variant.loop}-{variant.store}"
+        print(f"[bench] runtime {label}", flush=True)
+        rt = bench.runtime(variant.loop, variant.store, f"runtime-{label}")
+        procs = [rt.runtime, rt.tools, model]
+        if do_turn:
+            measured = bench.arun(
+                turn.measure_pilothouse(rt.address, variant.loop, procs, cfg.turns, cfg.warmup, cfg.seconds)
+            )
+            turn_rows.append(row(measured, "pilothouse", store=variant.store, primary=variant.primary))
+        if do_relay and variant.relay:
+            raw = start_listening(
+                f"rawgrpc-{variant.loop}",
+                [sys.executable, str(BENCH / "rawgrpc.py"), "--loop", variant.loop],
+                bench_env(bench.paths.deps), bench.paths.work, variant.loop,
+            )
+            bench.stopping.append(raw)
+            runtime_row, baseline_row = bench.arun(
+                relay.measure_pair(rt.address, [rt.runtime, model], raw, variant.loop, cfg.relay_runs)
+            )
+            events = int(runtime_row.note.split()[0])
+            relay_rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store))
+            relay_rows.append(row(baseline_row, "baseline", pair=label, events=events))
+            raw.stop()
+        rt.stop()
+    if do_relay:
+        source = bench.arun(relay.measure_model_source(model.extra["base_url"], model.loop, model, cfg.relay_runs))
+        relay_rows.append(row(source, "model", events=10_006))
+    if do_turn:
+        print("[bench] raw httpx baseline and model server floor", flush=True)
+        base_url = model.extra["base_url"]
+        baseline = bench.arun(turn.measure_httpx(base_url, bench.client_loop, model, cfg.turns, cfg.warmup, cfg.seconds))
+        raw_pull = bench.arun(
+            turn.measure_httpx(base_url, bench.client_loop, model, cfg.turns, cfg.warmup, cfg.seconds, raw=True)
+        )
+        turn_rows.append(row(baseline, "baseline"))
+        turn_rows.append(row(raw_pull, "model"))
+        peer_env = bench_env(None)
+        for peer, status in peers.items():
+            if not status.ok:
+                turn_rows.append(row(turn.Measured(f"peer: {peer}", "uvloop", error=status.detail), "peer"))
+                continue
+            print(f"[bench] peer {peer}", flush=True)
+            measured = turn.measure_peer(
+                peer, base_url, model, cfg.peer_turns, cfg.warmup, cfg.seconds, peer_env
+            )
+            turn_rows.append(row(measured, "peer"))
+    return turn_rows, relay_rows
+
+
+def scenario_concurrency(bench: Bench, variant: Variant) -> list[dict[str, Any]]:
+    levels = []
+    rt = bench.runtime(variant.loop, variant.store, "runtime-concurrency")
+    try:
+        for runs in bench.config.levels:
+            print(f"[bench] {runs} simultaneous runs", flush=True)
+            level = bench.arun(
+                concurrency.measure_level(
+                    rt.address, rt.runtime, [rt.tools, bench.model], runs, bench.config.level_timeout_s
+                )
+            )
+            levels.append({**asdict(level), "loop": variant.loop, "store": variant.store})
+    finally:
+        rt.stop()
+    return levels
+
+
+def scenario_memory(bench: Bench) -> dict[str, Any]:
+    print("[bench] memory", flush=True)
+    rt = bench.runtime("asyncio", "memory", "runtime-memory")
+    try:
+        result = bench.arun(
+            memory.measure_memory(
+                rt.address, rt.runtime, bench.model.extra["base_url"], bench.config.idle_sessions,
+                bench.config.active_streams, 60.0,
+            )
+        )
+    finally:
+        rt.stop()
+    return asdict(result)
+
+
+def scenario_store(bench: Bench) -> list[dict[str, Any]]:
+    print("[bench] session stores", flush=True)
+    cfg = bench.config
+    results = bench.arun(
+        store.measure_all(bench.paths.work, cfg.store_appends, cfg.store_loads, cfg.store_history, 20.0)
+    )
+    return [asdict(r) for r in results]
+
+
+def profile_runtime(bench: Bench, variant: Variant) -> dict[str, dict[str, Any]]:
+    """py-spy on a fresh runtime: sequential tool-call turns, then relay runs."""
+    py_spy = bench.paths.deps / "bin" / "py-spy" if bench.paths.deps else None
+    if py_spy is None or not py_spy.exists():
+        return {"tool-call turns": {"error": "py-spy is not installed"}}
+    print("[bench] profiling the runtime with py-spy", flush=True)
+    rt = bench.runtime(variant.loop, variant.store, "runtime-profile")
+    cfg = bench.config
+    profiles: dict[str, dict[str, Any]] = {}
+    try:
+        procs = [rt.runtime]
+        # Warm up first so that one-off imports and caches are not profiled.
+        bench.arun(turn.measure_pilothouse(rt.address, variant.loop, procs, 10, 10, cfg.seconds))
+        sampler = Sampler(py_spy, rt.runtime.pid, bench.paths.work / "profile-turn.txt")
+        time.sleep(0.5)
+        bench.arun(turn.measure_pilothouse(rt.address, variant.loop, procs, cfg.profile_turns, 0, cfg.seconds))
+        profiles["tool-call turns"] = _profile_data(
+            sampler.stop(), f"{cfg.profile_turns} sequential turns, runtime on {variant.loop}, "
+            f"{variant.store} store"
+        )
+        sampler = Sampler(py_spy, rt.runtime.pid, bench.paths.work / "profile-relay.txt")
+        time.sleep(0.5)
+        bench.arun(_relay_runs(rt.address, 3))
+        profiles["token relay"] = _profile_data(sampler.stop(), f"3 relay runs of 10,000 deltas, {variant.loop}")
+    finally:
+        rt.stop()
+    return profiles
+
+
+async def _relay_runs(address: str, runs: int) -> None:
+    from pilothouse.client import PilothouseClient
+
+    async with PilothouseClient(address) as client:
+        for session_id in await turn.create_sessions(client, relay.w.AGENT_RELAY, runs):
+            async for _ in client.stream_to(session_id, relay.w.USER_MESSAGE):
+                pass
+
+
+def _profile_data(profile: Profile, what: str) -> dict[str, Any]:
+    data = {k: v for k, v in asdict(profile).items() if k != "stacks"}
+    data["what"] = what
+    data["findings"] = analysis.profile_findings(profile)
+    return data
+
+
+def main() -> None:
+    args = parse_args()
+    config = QUICK if args.quick else Config()
+    started = time.monotonic()
+    deps = envs.ensure_deps()
+    if deps.ok:
+        sys.path.insert(0, str(envs.DEPS))
+    else:
+        print(f"[bench] uvloop/py-spy unavailable ({deps.detail}); running on asyncio only", flush=True)
+    peers = envs.ensure_peers(skip=args.no_peers)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    RESULTS.mkdir(exist_ok=True)
+    paths = Paths(WORK, envs.DEPS if deps.ok else None)
+    client_loop = "uvloop" if deps.ok else "asyncio"
+    loops = ["asyncio", "uvloop"] if deps.ok else ["asyncio"]
+    variants = [Variant("asyncio", "sqlite", primary=True, relay=True)]
+    if "uvloop" in loops:
+        variants.append(Variant("uvloop", "sqlite", relay=True))
+    variants.append(Variant("asyncio", "memory"))
+    only = set(args.only) or {"turn", "relay", "concurrency", "memory", "store"}
+
+    bench = Bench(config, paths, client_loop)
+    results: dict[str, Any] = {
+        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "config": asdict(config),
+        "environment": {
+            "client_loop": client_loop,
+            "model_loop": bench.model_loop,
+            "deps": "installed" if deps.ok else f"missing: {deps.detail}",
+            "peers": {k: asdict(v) for k, v in peers.items()},
+        },
+    }
+    try:
+        bench.start()
+        if only & {"turn", "relay"}:
+            results["turn"], results["relay"] = scenario_turn_and_relay(
+                bench, variants, peers, "turn" in only, "relay" in only
+            )
+        if "concurrency" in only:
+            results["concurrency"] = scenario_concurrency(bench, variants[0])
+        if "memory" in only:
+            results["memory"] = scenario_memory(bench)
+        if "store" in only:
+            results["store"] = scenario_store(bench)
+        if not args.no_profile:
+            results["profiles"] = profile_runtime(bench, variants[0])
+    finally:
+        bench.stop_all()
+    results["duration_s"] = time.monotonic() - started
+    results["analysis"] = analysis.analyse(results)
+    markdown = report.render(results)
+    args.output.write_text(markdown)
+    args.output.with_suffix(".json").write_text(_json(results))
+    print(markdown)
+    print(f"[bench] written to {args.output} and {args.output.with_suffix('.json')}", flush=True)
+
+
+def _json(results: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(results, indent=1, default=str) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Start the processes under test: the fake model server, the reference
+ToolExecutor and the runtime, each in its own process as in production."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import workload as w
+from procs import BENCH, Proc, bench_env, free_port, start_grpc, start_listening
+
+
+@dataclass
+class Paths:
+    """Where the bench writes its logs and files, and where uvloop is."""
+
+    work: Path
+    deps: Path | None
+
+
+def start_model_server(paths: Paths, loop: str, token_delay_ms: float, name: str = "model") -> Proc:
+    argv = [
+        sys.executable, str(BENCH / "fakemodel.py"), "--loop", loop,
+        "--token-delay-ms", str(token_delay_ms),
+    ]
+    proc = start_listening(name, argv, bench_env(paths.deps), paths.work, loop)
+    proc.extra["base_url"] = f"http://127.0.0.1:{proc.port}/v1"
+    return proc
+
+
+def _server_argv(loop: str, which: str, module: str) -> list[str]:
+    if loop == "asyncio":
+        # Exactly the production entry point.
+        return [sys.executable, "-m", module]
+    return [sys.executable, str(BENCH / "serve.py"), loop, which]
+
+
+@dataclass
+class Runtime:
+    """A running ToolExecutor and runtime pair."""
+
+    tools: Proc
+    runtime: Proc
+    loop: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.runtime.port}"
+
+    def stop(self) -> None:
+        self.runtime.stop()
+        self.tools.stop()
+
+
+def start_runtime(
+    paths: Paths, model: Proc, loop: str, store_url: str, name: str = "runtime"
+) -> Runtime:
+    """The ToolExecutor, then the runtime pointed at it and at `model`,
+    storing sessions in `store_url`. Title generation is off: it is one
+    extra model call per new session, and the bench opens a new session
+    for every turn only to keep the history (and so the request) constant."""
+    agents_file = paths.work / "agents.toml"
+    agents_file.write_text(w.agents_toml())
+    tools_port = free_port()
+    tools_env = bench_env(
+        paths.deps, PILOTHOUSE_TOOLS_LISTEN_ADDRESS=f"127.0.0.1:{tools_port}"
+    )
+    tools = start_grpc(
+        f"{name}-tools", _server_argv(loop, "tools", "pilothouse.tools.main"), tools_env,
+        paths.work, loop, tools_port,
+    )
+    port = free_port()
+    env = bench_env(
+        paths.deps,
+        PILOTHOUSE_LISTEN_ADDRESS=f"127.0.0.1:{port}",
+        PILOTHOUSE_MODEL_BASE_URL=model.extra["base_url"],
+        PILOTHOUSE_MODEL=w.MODEL_TURN,
+        PILOTHOUSE_TOOL_EXECUTORS=f"127.0.0.1:{tools_port}",
+        PILOTHOUSE_AGENTS_FILE=str(agents_file),
+        PILOTHOUSE_STORE_URL=store_url,
+        PILOTHOUSE_DATA_DIR=str(paths.work),
+        PILOTHOUSE_GENERATE_TITLES="false",
+    )
+    try:
+        runtime = start_grpc(
+            name, _server_argv(loop, "runtime", "pilothouse.server.main"), env, paths.work, loop, port
+        )
+    except BaseException:
+        tools.stop()
+        raise
+    return Runtime(tools, runtime, loop)
