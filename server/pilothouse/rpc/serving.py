@@ -1,5 +1,13 @@
-"""Start a grpc.aio server with health checking, reflection and graceful
-shutdown, the same way for every Pilothouse server."""
+"""Start a grpc.aio server with health checking, reflection, tracing and
+graceful shutdown, the same way for every Pilothouse server.
+
+Drain protocol (`RunningServer`): `enter_drain()` turns every service's
+health NOT_SERVING at once, so load balancers and Kubernetes stop routing
+new work here, while the server still answers (health checks, reads, the
+streams of runs that are finishing); `stop(grace)` then refuses new RPCs
+and gives in-flight ones `grace` seconds before cancelling them. A second
+`stop(0)` during the first cancels them at once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -15,23 +23,85 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from pilothouse.server.telemetry import tracing_server_interceptor
+
 log = logging.getLogger(__name__)
 
 #: Message size limit on both directions, in bytes (oversize is
 #: RESOURCE_EXHAUSTED, raised by gRPC itself).
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-# Keepalive and connection-age settings suited to long streams behind a
-# proxy or mesh: pings keep idle HTTP/2 connections alive, and a maximum
-# connection age lets connections rebalance across pods.
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_connection_age_ms", 30 * 60 * 1000),
-    ("grpc.max_connection_age_grace_ms", 5 * 60 * 1000),
-]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """HTTP/2 keepalive and connection-age policy of a server, in seconds.
+
+    Suited to long streams behind proxies and meshes: the server pings idle
+    connections so that NATs and proxies keep them (`time_s`), accepts
+    client pings down to `min_ping_interval_s` (clients must not ping more
+    often, or they get GOAWAY "too_many_pings"), and asks connections older
+    than `max_connection_age_s` to go away (0: never) so that clients
+    rebalance across pods; their RPCs get `max_connection_age_grace_s`.
+    """
+
+    time_s: float = 30.0
+    timeout_s: float = 10.0
+    min_ping_interval_s: float = 10.0
+    max_connection_age_s: float = 30 * 60.0
+    max_connection_age_grace_s: float = 5 * 60.0
+
+
+def server_options(
+    keepalive: Keepalive | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> list[tuple[str, Any]]:
+    """gRPC core options for a server with `keepalive` and message limits."""
+    k = keepalive or Keepalive()
+    options: list[tuple[str, Any]] = [
+        ("grpc.keepalive_time_ms", int(k.time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(k.timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(k.min_ping_interval_s * 1000)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(k.min_ping_interval_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if k.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(k.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(k.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def channel_options(
+    *,
+    keepalive_time_s: float = 30.0,
+    keepalive_timeout_s: float = 10.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    lb_policy: str | None = None,
+) -> list[tuple[str, Any]]:
+    """gRPC core options for a client channel. Keep `keepalive_time_s` at
+    or above the server's minimum ping interval."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if lb_policy:
+        options.append(("grpc.lb_policy_name", lb_policy))
+    return options
+
+
+#: The default server options (kept for callers that read them).
+SERVER_OPTIONS: list[tuple[str, Any]] = server_options()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +116,35 @@ class Service:
 
 @dataclass(slots=True)
 class RunningServer:
-    """A started server: the bound `port` and the health servicer."""
+    """A started server: the bound `port`, the health servicer and the
+    names of the services it serves."""
 
     server: grpc.aio.Server
     health: health_aio.HealthServicer
     port: int
+    services: list[str] = field(default_factory=list)
+    draining: bool = False
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Report `service` ("" for the whole server) SERVING or
+        NOT_SERVING; ignored once draining."""
+        await self.health.set(service, SERVING if serving else NOT_SERVING)
+
+    async def enter_drain(self) -> None:
+        """Every service NOT_SERVING, for good; RPCs are still accepted."""
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new RPCs; in-flight ones get `grace` seconds (None: no
+        limit), then are cancelled."""
+        await self.server.stop(grace)
 
     async def drain(self, grace: float) -> None:
         """Mark every service NOT_SERVING, then stop, giving in-flight RPCs
         `grace` seconds."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.enter_drain()
+        await self.stop(grace)
 
 
 async def start_server(
@@ -64,17 +152,22 @@ async def start_server(
     address: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    keepalive: Keepalive | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tracing: bool = True,
+    tracer_provider: Any = None,
 ) -> RunningServer:
     """Build, bind and start a server on `address` ("host:port"; port 0
-    picks a free one). Raises RuntimeError if the address cannot be bound."""
+    picks a free one). With `tracing`, the OpenTelemetry server interceptor
+    comes first: a caller's `traceparent` becomes the parent of the RPC's
+    server span (health checks and reflection are not traced); `interceptors`
+    follow it. Raises RuntimeError if the address cannot be bound."""
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if tracing:
+        chain.append(tracing_server_interceptor(tracer_provider))
+    chain.extend(interceptors)
     server = grpc.aio.server(
-        interceptors=list(interceptors),
-        options=[
-            *SERVER_OPTIONS,
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ],
+        interceptors=chain, options=server_options(keepalive, max_message_bytes)
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -82,20 +175,48 @@ async def start_server(
         service.add_to_server(service.servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
+        [*names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     await server.start()
     for name in ["", *names]:
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, port)
+        await health.set(name, SERVING)
+    return RunningServer(server, health, port, names)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """Set `stop` on SIGTERM or SIGINT."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+class StopSignals:
+    """SIGTERM/SIGINT handling for a draining server: the first signal sets
+    `stop` (begin the drain), a second one sets `force` (cancel what is
+    still running)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.received = 0
+
+    def install(self) -> StopSignals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        return self
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.received += 1
+        if self.received == 1:
+            log.info("%s received: draining (a second signal cancels what still runs)", sig.name)
+            self.stop.set()
+        else:
+            log.warning("%s received again: cancelling what still runs", sig.name)
+            self.force.set()
+
+
+def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+    """Set `stop` on the first SIGTERM or SIGINT and `force` (if given) on
+    the next one."""
+    signals = StopSignals()
+    signals.stop = stop
+    if force is not None:
+        signals.force = force
+    signals.install()
