@@ -1,21 +1,30 @@
 """Assemble and start the runtime server: model provider, ToolExecutor
-client, session store, agents, and the gRPC server."""
+client, session store, agents, the gRPC server, and its operations side:
+tracing, metrics, health monitoring and the graceful drain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pilothouse.errors import PilothouseError
-from pilothouse.rpc.serving import RunningServer, Service, start_server
+from pilothouse.rpc.serving import Keepalive, RunningServer, Service, start_server
+from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.model.openai import OpenAIChatModel
 from pilothouse.runtime.runtime import Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.server.agents_file import read_agents_file
+from pilothouse.server.content import ContentRecordingModel
+from pilothouse.server.health import Dependency, HealthMonitor
+from pilothouse.server.logs import RunEndFields
+from pilothouse.server.metrics import MetricsPipeline, RuntimeMetrics, start_metrics
 from pilothouse.server.services import AgentService, RunService, SessionService
 from pilothouse.server.settings import TEST_MODEL_NAME, Settings
+from pilothouse.server.telemetry import add_span_processor, configure_tracing, resource_for
 from pilothouse.server.tool_client import ToolExecutorClient
 from pilothouse.testmodel import start_scripted_model
 from pilothouse.v1 import (
@@ -28,6 +37,18 @@ from pilothouse.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+SERVICE_NAME = "pilothouse-server"
+AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+SESSION_SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+RUN_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+#: Seconds the streams get, once every run has ended, to deliver their last
+#: events (`done`) before the server stops.
+STREAM_GRACE_S = 5.0
+#: Seconds cancelled runs get to store their history.
+CANCEL_WAIT_S = 10.0
+#: The session id the store's health probe reads (never a real session).
+HEALTH_PROBE_SESSION = "__health__"
 
 
 class StartupError(Exception):
@@ -44,22 +65,87 @@ class App:
     tools: ToolExecutorClient
     model: OpenAIChatModel
     test_model_server: Any | None = None
+    metrics: MetricsPipeline | None = None
+    runtime_metrics: RuntimeMetrics | None = None
+    health: HealthMonitor | None = None
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def port(self) -> int:
         return self.server.port
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, stop accepting RPCs (in-flight ones get
-        `grace` seconds), cancel what runs remain, close everything."""
+    @property
+    def metrics_port(self) -> int:
+        """The bound Prometheus port (0: no endpoint)."""
+        return self.metrics.port if self.metrics is not None else 0
+
+    async def stop(self, grace: float | None = None, *, force: asyncio.Event | None = None) -> bool:
+        """Drain and stop; returns True when every run finished in time.
+
+        1. At once: every service's health NOT_SERVING (load balancers stop
+           routing here) and new runs refused with UNAVAILABLE (DRAINING);
+           other RPCs are still served.
+        2. Active and queued runs get `grace` seconds (default
+           `settings.shutdown_grace`) to finish and store their history;
+           `force` being set (a second SIGTERM) cuts the wait short.
+        3. What still runs is cancelled (stop reason CANCELLED, history
+           valid) and stored.
+        4. Streams get STREAM_GRACE_S to deliver their last events, then the
+           server stops and everything is closed.
+        """
+        if self._stopped:
+            return True
+        self._stopped = True
         grace = self.settings.shutdown_grace if grace is None else grace
+        await self.server.enter_drain()
         self.runtime.begin_drain()
-        await self.server.drain(grace)
+        if self.health is not None:
+            await self.health.stop()
+        active = self.runtime.active_runs()
+        if active:
+            log.info("draining: %d active run(s) get up to %gs to finish", len(active), grace)
+        finished = await _first(self.runtime.wait_idle(grace), force)
+        if not finished:
+            remaining = self.runtime.active_runs()
+            log.warning("cancelling %d run(s) still active after the drain", len(remaining))
+            for run in remaining:
+                run.control.request_stop(StopReason.CANCELLED, "the server is shutting down")
+            if not await self.runtime.wait_idle(CANCEL_WAIT_S):
+                log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
+        stopping = asyncio.ensure_future(self.server.stop(STREAM_GRACE_S))
+        if not await _first(asyncio.shield(stopping), force):
+            await self.server.stop(0)
+        await stopping
         await self.runtime.shutdown(0)
         await self.tools.close()
         await self.model.aclose()
         if self.test_model_server is not None:
             await self.test_model_server.stop()
+        if self.runtime_metrics is not None:
+            self.runtime_metrics.close()
+        if self.metrics is not None:
+            await self.metrics.shutdown()
+        return finished
+
+
+async def _first(work, force: asyncio.Event | None) -> bool:
+    """Await `work` (a coroutine or future giving a bool, or None) unless
+    `force` is set first; False when forced."""
+    task = asyncio.ensure_future(work)
+    if force is None:
+        result = await task
+        return result is not False
+    forced = asyncio.ensure_future(force.wait())
+    try:
+        await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        forced.cancel()
+    if task.done():
+        return task.result() is not False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def open_session_store(settings: Settings) -> SessionStore:
@@ -79,40 +165,58 @@ async def open_session_store(settings: Settings) -> SessionStore:
 async def start_app(settings: Settings) -> App:
     """Start everything `settings` describe. Raises StartupError with the
     cause when a ToolExecutor does not answer, the agents file is bad, or
-    the address cannot be bound."""
+    the address cannot be bound.
+
+    Tracing is configured from the environment unless a tracer provider is
+    installed already (`telemetry.configure_tracing`); the metrics derived
+    from spans are recorded by a span processor added to it."""
+    configure_tracing(SERVICE_NAME)
+    metrics = await start_metrics(
+        resource_for(SERVICE_NAME), host=settings.metrics_host, port=settings.metrics_port
+    )
+    runtime_metrics = RuntimeMetrics(metrics.meter())
+    add_span_processor(runtime_metrics.span_processor())
     test_model_server = None
-    if settings.uses_test_model:
-        test_model_server, base_url = await start_scripted_model()
-        default_model = settings.model or TEST_MODEL_NAME
-        log.warning(
-            "no model endpoint configured (PILOTHOUSE_MODEL_BASE_URL): using the built-in "
-            "scripted test model %r at %s",
-            default_model,
-            base_url,
-        )
-    else:
-        base_url = settings.model_base_url or ""
-        default_model = settings.model
-        if not default_model:
-            raise StartupError("PILOTHOUSE_MODEL must name the default model of the endpoint")
-    model = OpenAIChatModel(
-        base_url=base_url,
-        api_key=settings.model_api_key.get_secret_value() if settings.model_api_key else None,
-        connect_timeout=settings.model_connect_timeout,
-        read_timeout=settings.model_read_timeout,
-        max_retries=settings.model_max_retries,
-        provider_name=settings.model_provider_name,
-    )
-    tools = ToolExecutorClient(
-        settings.tool_executors,
-        call_timeout=settings.tool_timeout,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    tools: ToolExecutorClient | None = None
+    model: OpenAIChatModel | None = None
+    store: SessionStore | None = None
+    runtime: Runtime | None = None
     try:
+        if settings.uses_test_model:
+            test_model_server, base_url = await start_scripted_model()
+            default_model = settings.model or TEST_MODEL_NAME
+            log.warning(
+                "no model endpoint configured (PILOTHOUSE_MODEL_BASE_URL): using the built-in "
+                "scripted test model %r at %s",
+                default_model,
+                base_url,
+            )
+        else:
+            base_url = settings.model_base_url or ""
+            default_model = settings.model
+            if not default_model:
+                raise StartupError("PILOTHOUSE_MODEL must name the default model of the endpoint")
+        model = OpenAIChatModel(
+            base_url=base_url,
+            api_key=settings.model_api_key.get_secret_value() if settings.model_api_key else None,
+            connect_timeout=settings.model_connect_timeout,
+            read_timeout=settings.model_read_timeout,
+            max_retries=settings.model_max_retries,
+            provider_name=settings.model_provider_name,
+        )
+        tools = ToolExecutorClient(
+            settings.tool_executors,
+            call_timeout=settings.tool_timeout,
+            max_message_bytes=settings.max_message_bytes,
+            keepalive_time_s=settings.tool_keepalive_time,
+            keepalive_timeout_s=settings.tool_keepalive_timeout,
+            lb_policy=settings.tool_lb_policy or None,
+            record_content=settings.record_content,
+        )
         registry = await tools.discover(settings.tool_discovery_timeout)
         store = await open_session_store(settings)
         runtime = Runtime(
-            model=model,
+            model=ContentRecordingModel(model) if settings.record_content else model,
             default_model=default_model,
             dispatcher=tools,
             tools=registry,
@@ -126,6 +230,7 @@ async def start_app(settings: Settings) -> App:
                 generate_titles=settings.generate_titles,
             ),
         )
+        runtime.on_run_end.append(RunEndFields())
         await runtime.start()
         for config in read_agents_file(settings.agents_file):
             runtime.add_agent(config, source="file")
@@ -134,28 +239,88 @@ async def start_app(settings: Settings) -> App:
                 Service(
                     agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
                     AgentService(runtime),
-                    agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+                    AGENT_SERVICE,
                 ),
                 Service(
                     session_service_pb2_grpc.add_SessionServiceServicer_to_server,
                     SessionService(runtime),
-                    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+                    SESSION_SERVICE,
                 ),
                 Service(
                     run_service_pb2_grpc.add_RunServiceServicer_to_server,
                     RunService(runtime, settings.heartbeat_interval),
-                    run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+                    RUN_SERVICE,
                 ),
             ],
             settings.listen_address,
             max_message_bytes=settings.max_message_bytes,
+            keepalive=keepalive_of(settings),
+            interceptors=[runtime_metrics.event_interceptor()],
         )
-    except (PilothouseError, RuntimeError, OSError) as exc:
-        await tools.close()
-        await model.aclose()
+        health = HealthMonitor(
+            server,
+            dependencies_of(settings, store, tools),
+            interval_s=settings.health_check_interval,
+            timeout_s=settings.health_check_timeout,
+        )
+        runtime_metrics.observe(
+            active_runs=lambda: len(runtime.active_runs()),
+            cached_sessions=lambda: runtime.cached_sessions,
+            draining=lambda: runtime.draining,
+            dependencies=lambda: health.up,
+        )
+        await health.start()
+    except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if runtime is not None:
+            await runtime.shutdown(0)  # closes the store
+        elif store is not None:
+            await store.close()
+        if tools is not None:
+            await tools.close()
+        if model is not None:
+            await model.aclose()
         if test_model_server is not None:
             await test_model_server.stop()
+        runtime_metrics.close()
+        await metrics.shutdown()
+        if isinstance(exc, StartupError):
+            raise
         message = exc.message if isinstance(exc, PilothouseError) else str(exc)
         raise StartupError(message) from exc
     log.info("pilothouse-server listening on port %d", server.port)
-    return App(settings, runtime, server, tools, model, test_model_server)
+    return App(
+        settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics, health
+    )
+
+
+def keepalive_of(settings: Settings) -> Keepalive:
+    return Keepalive(
+        time_s=settings.grpc_keepalive_time,
+        timeout_s=settings.grpc_keepalive_timeout,
+        min_ping_interval_s=settings.grpc_min_ping_interval,
+        max_connection_age_s=settings.grpc_max_connection_age,
+        max_connection_age_grace_s=settings.grpc_max_connection_age_grace,
+    )
+
+
+def dependencies_of(
+    settings: Settings, store: SessionStore, tools: ToolExecutorClient
+) -> list[Dependency]:
+    """The store (needed by SessionService and RunService) and the
+    ToolExecutors (needed by RunService when
+    `health_requires_tool_executors`, else only watched)."""
+
+    async def probe_store() -> None:
+        await store.get(HEALTH_PROBE_SESSION)
+
+    async def probe_tools() -> None:
+        await tools.check_health(settings.health_check_timeout)
+
+    return [
+        Dependency("session_store", probe_store, (SESSION_SERVICE, RUN_SERVICE)),
+        Dependency(
+            "tool_executors",
+            probe_tools,
+            (RUN_SERVICE,) if settings.health_requires_tool_executors else (),
+        ),
+    ]

@@ -1,29 +1,45 @@
-"""`pilothouse-server`: run the runtime until SIGTERM or SIGINT."""
+"""`pilothouse-server`: run the runtime until SIGTERM or SIGINT, then drain.
+
+The first signal drains: every service's health turns NOT_SERVING at once,
+new runs are refused with UNAVAILABLE, active runs get
+`PILOTHOUSE_SHUTDOWN_GRACE` seconds to finish and store their history.
+A second signal, or the end of the grace, cancels what still runs (stop
+reason CANCELLED, history valid). The process then exits 0 (2 for bad
+settings, 1 when it cannot start).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pydantic
 
-from pilothouse.rpc.serving import install_stop_signals
-from pilothouse.server.app import StartupError, start_app
+from pilothouse.rpc.serving import StopSignals
+from pilothouse.server.app import SERVICE_NAME, StartupError, start_app
+from pilothouse.server.logs import configure_logging
 from pilothouse.server.settings import load_settings
-from pilothouse.server.telemetry import configure_tracing
+from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider
 
 log = logging.getLogger("pilothouse.server")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pilothouse-server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pilothouse-server",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--config", type=Path, help="TOML settings file (else PILOTHOUSE_CONFIG)")
     parser.add_argument("--listen", help="host:port (else PILOTHOUSE_LISTEN_ADDRESS, 127.0.0.1:50051)")
     parser.add_argument("--agents-file", type=Path, help="TOML file of [[agents]]")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", help="log level (else PILOTHOUSE_LOG_LEVEL, INFO)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines (else PILOTHOUSE_LOG_FORMAT, text)"
+    )
     return parser.parse_args(argv)
 
 
@@ -33,32 +49,42 @@ async def _serve(args: argparse.Namespace) -> int:
         overrides["listen_address"] = args.listen
     if args.agents_file:
         overrides["agents_file"] = args.agents_file
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    if args.log_format:
+        overrides["log_format"] = args.log_format
     try:
         settings = load_settings(args.config, **overrides)
     except (pydantic.ValidationError, FileNotFoundError) as exc:
         log.error("bad settings: %s", exc)
         return 2
-    configure_tracing("pilothouse-server")
+    configure_logging(settings.log_level, settings.log_format)
+    signals = StopSignals().install()
+    configure_tracing(SERVICE_NAME)
     try:
         app = await start_app(settings)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    log.info("shutting down: draining for up to %gs", settings.shutdown_grace)
-    await app.stop()
+    await signals.stop.wait()
+    log.info(
+        "shutting down: health NOT_SERVING, new runs refused; active runs get up to %gs",
+        settings.shutdown_grace,
+    )
+    finished = await app.stop(force=signals.force)
+    log.info("stopped (%s)", "every run finished" if finished else "remaining runs were cancelled")
+    provider = installed_tracer_provider()
+    if provider is not None:
+        provider.force_flush()  # batched spans go out before the exit
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(
+        args.log_level or os.environ.get("PILOTHOUSE_LOG_LEVEL", "INFO"),
+        args.log_format or os.environ.get("PILOTHOUSE_LOG_FORMAT", "text"),
     )
-    # One line per model request is noise at INFO; runs log their own end.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     sys.exit(asyncio.run(_serve(args)))
 
 

@@ -9,8 +9,9 @@ base URL at all, the server uses the built-in scripted test model.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -22,6 +23,7 @@ from pydantic_settings import (
 )
 
 TEST_MODEL_NAME = "pilothouse-test-model"
+_config_file: ContextVar[str | None] = ContextVar("pilothouse_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -63,12 +65,64 @@ class Settings(BaseSettings):
     session_cache_size: int = Field(1000, ge=0, description="histories kept in memory")
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
+    # --- Operations: health, drain, connections, metrics, logs ------------
+    grpc_keepalive_time: float = Field(
+        30.0, gt=0, description="seconds of idleness before the server pings a client"
+    )
+    grpc_keepalive_timeout: float = Field(
+        10.0, gt=0, description="seconds a keepalive ping waits for its ack"
+    )
+    grpc_min_ping_interval: float = Field(
+        10.0, gt=0, description="shortest client ping interval the server accepts, seconds"
+    )
+    grpc_max_connection_age: float = Field(
+        1800.0, ge=0, description="seconds before a connection is asked to go away (0: never)"
+    )
+    grpc_max_connection_age_grace: float = Field(
+        300.0, ge=0, description="seconds a connection's RPCs get after its max age"
+    )
+    tool_keepalive_time: float = Field(
+        30.0, gt=0, description="seconds of idleness before the tool client pings an executor"
+    )
+    tool_keepalive_timeout: float = Field(
+        10.0, gt=0, description="seconds the tool client's ping waits for its ack"
+    )
+    tool_lb_policy: str = Field(
+        "round_robin", description="gRPC load balancing over an executor address's endpoints"
+    )
+    health_check_interval: float = Field(
+        5.0, gt=0, description="seconds between dependency checks for the health service"
+    )
+    health_check_timeout: float = Field(
+        2.0, gt=0, description="seconds one dependency check may take"
+    )
+    health_requires_tool_executors: bool = Field(
+        False, description="RunService is NOT_SERVING while a ToolExecutor is unreachable"
+    )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
+    log_level: str = Field("INFO", description="root log level")
+    record_content: bool = Field(
+        False, description="record message contents and tool arguments/results in spans"
+    )
+
     @field_validator("tool_executors", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @model_validator(mode="after")
     def _openai_fallbacks(self) -> Settings:
@@ -77,6 +131,21 @@ class Settings(BaseSettings):
         if self.model_api_key is None and os.environ.get("OPENAI_API_KEY"):
             self.model_api_key = SecretStr(os.environ["OPENAI_API_KEY"])
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_capture_fallback(cls, data: Any) -> Any:
+        # OpenTelemetry's GenAI instrumentations use this variable for the
+        # same opt-in; PILOTHOUSE_RECORD_CONTENT wins when both are set.
+        standard = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+        if (
+            standard
+            and isinstance(data, dict)
+            and "record_content" not in data
+            and "PILOTHOUSE_RECORD_CONTENT" not in os.environ
+        ):
+            data = {**data, "record_content": standard.strip().lower() in {"1", "true", "yes"}}
+        return data
 
     @property
     def uses_test_model(self) -> bool:
@@ -92,7 +161,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("PILOTHOUSE_CONFIG")
+        config_file = _config_file.get() or os.environ.get("PILOTHOUSE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
@@ -103,8 +172,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     `PILOTHOUSE_CONFIG`) and `overrides`, which win. Raises
     pydantic.ValidationError for bad values and FileNotFoundError for a
     missing config file."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} not found")
-        os.environ["PILOTHOUSE_CONFIG"] = str(config_file)
-    return Settings(**overrides)
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} not found")
+    token = _config_file.set(str(config_file))
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)

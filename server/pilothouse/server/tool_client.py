@@ -5,6 +5,12 @@ Implements `pilothouse.runtime.tools.ToolDispatcher`: a call that fails for
 any reason (executor down, deadline, unknown tool) becomes an error result
 that the model reads; the run goes on. Cancelling the dispatching task
 cancels the RPC, so the executor sees the cancellation.
+
+Calls are traced: the channels carry OpenTelemetry's client interceptors,
+so each ExecuteTool is a CLIENT span under the runtime's `execute_tool`
+span (the dispatch runs inside it), and the executor's SERVER span is its
+child. With `record_content`, the tool's arguments and result are set on
+the `execute_tool` span (`gen_ai.tool.call.arguments` / `.result`).
 """
 
 from __future__ import annotations
@@ -13,21 +19,27 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from pilothouse.errors import UnavailableError
+from pilothouse.rpc.serving import channel_options
 from pilothouse.runtime.messages import ToolCall
 from pilothouse.runtime.tools import ToolContext, ToolOutcome, ToolRegistry, ToolSpec
+from pilothouse.server.telemetry import tracing_client_interceptors
 from pilothouse.v1 import tool_executor_service_pb2 as pb, tool_executor_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
+#: The executors' service name, as their health service knows it.
+EXECUTOR_SERVICE: str = pb.DESCRIPTOR.services_by_name["ToolExecutorService"].full_name
+
+#: The default channel options (kept for callers that read them).
+CHANNEL_OPTIONS = channel_options()
 
 
 @dataclass(slots=True)
@@ -42,19 +54,64 @@ class ToolExecutorClient:
     routing table. `call_timeout` is the deadline of one call, seconds."""
 
     def __init__(
-        self, addresses: list[str], *, call_timeout: float, max_message_bytes: int
+        self,
+        addresses: list[str],
+        *,
+        call_timeout: float,
+        max_message_bytes: int,
+        keepalive_time_s: float = 30.0,
+        keepalive_timeout_s: float = 10.0,
+        lb_policy: str | None = None,
+        record_content: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
-        options = [
-            *CHANNEL_OPTIONS,
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        options = channel_options(
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=keepalive_timeout_s,
+            max_message_bytes=max_message_bytes,
+            lb_policy=lb_policy,
+        )
         self.call_timeout = call_timeout
+        self.record_content = record_content
         self._executors = [
-            _Executor(a, ch := grpc.aio.insecure_channel(a, options=options), pb_grpc.ToolExecutorServiceStub(ch))
+            _Executor(
+                a,
+                ch := grpc.aio.insecure_channel(
+                    a, options=options, interceptors=tracing_client_interceptors(tracer_provider)
+                ),
+                pb_grpc.ToolExecutorServiceStub(ch),
+            )
             for a in addresses
         ]
         self._routes: dict[str, _Executor] = {}
+
+    @property
+    def addresses(self) -> list[str]:
+        return [e.address for e in self._executors]
+
+    async def check_health(self, timeout: float) -> None:
+        """Ask every executor's health service about ToolExecutorService;
+        raises UnavailableError naming the first that is not SERVING."""
+
+        async def check(executor: _Executor) -> None:
+            stub = health_pb2_grpc.HealthStub(executor.channel)
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=EXECUTOR_SERVICE), timeout=timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise UnavailableError(
+                    f"ToolExecutor at {executor.address}: {exc.code().name} {exc.details()}",
+                    metadata={"address": executor.address},
+                ) from exc
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                raise UnavailableError(
+                    f"ToolExecutor at {executor.address} is "
+                    f"{health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}",
+                    metadata={"address": executor.address},
+                )
+
+        await asyncio.gather(*(check(e) for e in self._executors))
 
     async def discover(self, wait_seconds: float) -> ToolRegistry:
         """ListTools on every executor (waiting up to `wait_seconds` for each
@@ -113,13 +170,23 @@ class ToolExecutorClient:
             session_id=context.session_id,
             run_id=context.run_id,
         )
+        span = trace.get_current_span()
+        if self.record_content and span.is_recording():
+            span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS, request.arguments_json)
         try:
             reply = await executor.stub.ExecuteTool(request, timeout=self.call_timeout)
         except grpc.aio.AioRpcError as exc:
             return ToolOutcome(error=_describe_failure(call.name, executor.address, exc, self.call_timeout))
         if reply.WhichOneof("outcome") == "error":
-            return ToolOutcome(error=reply.error)
-        return ToolOutcome(output=reply.output)
+            outcome = ToolOutcome(error=reply.error)
+        else:
+            outcome = ToolOutcome(output=reply.output)
+        if self.record_content and span.is_recording():
+            span.set_attribute(
+                gen_ai.GEN_AI_TOOL_CALL_RESULT,
+                outcome.output if outcome.error is None else outcome.error,
+            )
+        return outcome
 
     async def close(self) -> None:
         for executor in self._executors:

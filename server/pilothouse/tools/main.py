@@ -1,10 +1,23 @@
 """`pilothouse-tools`: serve the default tool registry (the built-ins).
 
 Usage: ``pilothouse-tools [--listen HOST:PORT] [--log-level LEVEL]``.
-The address defaults to $PILOTHOUSE_TOOLS_LISTEN_ADDRESS, else
-127.0.0.1:50052. Once serving, prints "pilothouse-tools listening on
-HOST:PORT" on stdout. SIGTERM or SIGINT drains (health NOT_SERVING, then
-in-flight calls get 10 s) and exits 0; a bind failure exits 1.
+Once serving, prints "pilothouse-tools listening on HOST:PORT" on stdout.
+
+Settings (environment):
+
+- `PILOTHOUSE_TOOLS_LISTEN_ADDRESS` (127.0.0.1:50052; --listen wins)
+- `PILOTHOUSE_TOOLS_SHUTDOWN_GRACE` (10): seconds in-flight calls get on SIGTERM
+- `PILOTHOUSE_TOOLS_METRICS_PORT` (9465, 0: off), `PILOTHOUSE_TOOLS_METRICS_HOST`
+  (127.0.0.1): the Prometheus endpoint
+- shared with the runtime: `PILOTHOUSE_MAX_MESSAGE_BYTES`,
+  `PILOTHOUSE_GRPC_KEEPALIVE_TIME`, `_KEEPALIVE_TIMEOUT`, `_MIN_PING_INTERVAL`,
+  `_MAX_CONNECTION_AGE`, `_MAX_CONNECTION_AGE_GRACE`, `PILOTHOUSE_LOG_FORMAT`
+  (text, json), `PILOTHOUSE_LOG_LEVEL`, and the `OTEL_*` variables.
+
+SIGTERM or SIGINT drains: health NOT_SERVING at once, new calls refused,
+in-flight calls get the grace to finish; a second signal cancels them.
+Exits 0 after a signal, 1 if the address cannot be bound, 2 for bad
+settings.
 """
 
 from __future__ import annotations
@@ -12,20 +25,70 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
-from pilothouse.rpc.serving import install_stop_signals
+import pydantic
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pilothouse.rpc.serving import DEFAULT_MAX_MESSAGE_BYTES, Keepalive, StopSignals
+from pilothouse.server.logs import configure_logging
+from pilothouse.server.metrics import ToolExecutorMetrics, start_metrics
+from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider, resource_for
 from pilothouse.tools import default_registry
 from pilothouse.tools.service import serve_tools
 
 log = logging.getLogger("pilothouse.tools")
 
+SERVICE_NAME = "pilothouse-tools"
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:50052"
 LISTEN_ADDRESS_ENV = "PILOTHOUSE_TOOLS_LISTEN_ADDRESS"
-#: Seconds in-flight calls get to finish on SIGTERM/SIGINT.
+#: Seconds in-flight calls get to finish on SIGTERM/SIGINT, by default.
 DRAIN_GRACE_SECONDS = 10.0
+DEFAULT_METRICS_PORT = 9465
+
+
+class ToolsSettings(BaseSettings):
+    """The reference ToolExecutor's settings (`PILOTHOUSE_` prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
+
+    tools_listen_address: str = Field(DEFAULT_LISTEN_ADDRESS, description="host:port to serve on")
+    tools_shutdown_grace: float = Field(
+        DRAIN_GRACE_SECONDS, ge=0, description="seconds in-flight calls get on SIGTERM"
+    )
+    tools_metrics_port: int = Field(
+        DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
+    )
+    tools_metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="gRPC message limit")
+    grpc_keepalive_time: float = Field(30.0, gt=0)
+    grpc_keepalive_timeout: float = Field(10.0, gt=0)
+    grpc_min_ping_interval: float = Field(10.0, gt=0)
+    grpc_max_connection_age: float = Field(1800.0, ge=0)
+    grpc_max_connection_age_grace: float = Field(300.0, ge=0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @property
+    def keepalive(self) -> Keepalive:
+        return Keepalive(
+            time_s=self.grpc_keepalive_time,
+            timeout_s=self.grpc_keepalive_timeout,
+            min_ping_interval_s=self.grpc_min_ping_interval,
+            max_connection_age_s=self.grpc_max_connection_age,
+            max_connection_age_grace_s=self.grpc_max_connection_age_grace,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,17 +98,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--listen",
-        default=os.environ.get(LISTEN_ADDRESS_ENV) or DEFAULT_LISTEN_ADDRESS,
         metavar="HOST:PORT",
         help=f"address to listen on (default: ${LISTEN_ADDRESS_ENV} or {DEFAULT_LISTEN_ADDRESS};"
         " port 0 picks a free port)",
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="logging level (default: INFO)",
+        help="logging level (default: $PILOTHOUSE_LOG_LEVEL or INFO)",
     )
     return parser.parse_args(argv)
 
@@ -55,34 +116,67 @@ def _shown_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(listen: str) -> int:
-    """Serve `default_registry` on `listen` until SIGTERM/SIGINT, then
-    drain; returns the exit code (1 if the address cannot be bound)."""
-    stop = asyncio.Event()
-    install_stop_signals(stop)
+async def serve(settings: ToolsSettings) -> int:
+    """Serve `default_registry` until SIGTERM/SIGINT, then drain; returns
+    the exit code (1 if the address cannot be bound)."""
+    signals = StopSignals().install()
+    configure_tracing(SERVICE_NAME)
+    metrics = await start_metrics(
+        resource_for(SERVICE_NAME),
+        host=settings.tools_metrics_host,
+        port=settings.tools_metrics_port,
+    )
+    listen = settings.tools_listen_address
     try:
-        running = await serve_tools(default_registry, listen)
+        running = await serve_tools(
+            default_registry,
+            listen,
+            max_message_bytes=settings.max_message_bytes,
+            keepalive=settings.keepalive,
+            metrics=ToolExecutorMetrics(metrics.meter()),
+        )
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", listen, exc)
+        await metrics.shutdown()
         return 1
     print(f"pilothouse-tools listening on {_shown_address(listen, running.port)}", flush=True)
     log.info("serving tools: %s", ", ".join(default_registry.names))
-    await stop.wait()
-    log.info("stopping: draining in-flight calls (up to %.0f s)", DRAIN_GRACE_SECONDS)
-    await running.drain(DRAIN_GRACE_SECONDS)
+    await signals.stop.wait()
+    grace = settings.tools_shutdown_grace
+    log.info("stopping: health NOT_SERVING; in-flight calls get up to %g s", grace)
+    await running.enter_drain()
+    stopping = asyncio.ensure_future(running.stop(grace))
+    forced = asyncio.ensure_future(signals.force.wait())
+    await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("cancelling the calls still in flight")
+        await running.stop(0)
+    forced.cancel()
+    await stopping
+    await metrics.shutdown()
+    provider = installed_tracer_provider()
+    if provider is not None:
+        provider.force_flush()
     log.info("stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit code (0 after a signal, 1 if
-    the address cannot be bound)."""
+    """Console entry point; returns the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return asyncio.run(serve(args.listen))
+    overrides = {}
+    if args.listen:
+        overrides["tools_listen_address"] = args.listen
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    try:
+        settings = ToolsSettings(**overrides)
+    except pydantic.ValidationError as exc:
+        configure_logging("INFO", "text")
+        log.error("bad settings: %s", exc)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""pilothouse.v1.ToolExecutorService over a `ToolRegistry` (grpc.aio)."""
+"""pilothouse.v1.ToolExecutorService over a `ToolRegistry` (grpc.aio).
+
+Each call is traced (the server span is a child of the caller's span: the
+runtime's `execute_tool`), logged once with its outcome and duration (never
+its arguments), and measured when the servicer has metrics.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,20 @@ import json
 import logging
 import math
 import time
+from typing import Any
 
 import grpc
 
 from pilothouse.errors import InvalidArgumentError, NotFoundError
 from pilothouse.rpc.errors import handle_errors, rich_status
-from pilothouse.rpc.serving import RunningServer, Service, start_server
+from pilothouse.rpc.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Keepalive,
+    RunningServer,
+    Service,
+    start_server,
+)
+from pilothouse.server.metrics import ToolExecutorMetrics
 from pilothouse.tools.registry import RegisteredTool, ToolRegistry
 from pilothouse.v1 import (
     tool_executor_service_pb2 as pb,
@@ -43,10 +56,11 @@ def tool_to_proto(tool: RegisteredTool) -> tool_pb2.Tool:
 
 class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
     """Serves the tools of `registry` (read at every call, so tools
-    registered later are served too)."""
+    registered later are served too); `metrics` records each call."""
 
-    def __init__(self, registry: ToolRegistry) -> None:
+    def __init__(self, registry: ToolRegistry, metrics: ToolExecutorMetrics | None = None) -> None:
         self._registry = registry
+        self._metrics = metrics
 
     @handle_errors
     async def ListTools(
@@ -70,6 +84,8 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
         """
         started = time.monotonic()
         outcome = "internal_error"
+        if self._metrics is not None:
+            self._metrics.active.add(1)
         try:
             if not request.name:
                 outcome = "invalid_request"
@@ -103,13 +119,25 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
             outcome = "cancelled"
             raise
         finally:
+            elapsed = time.monotonic() - started
+            if self._metrics is not None:
+                self._metrics.active.add(-1)
+                self._metrics.record(request.name, outcome, elapsed)
             log.info(
                 "tool call name=%s call_id=%s session_id=%s outcome=%s duration_ms=%.1f",
                 request.name,
                 request.call_id,
                 request.session_id,
                 outcome,
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
+                extra={
+                    "tool": request.name,
+                    "call_id": request.call_id,
+                    "session_id": request.session_id,
+                    "run_id": request.run_id,
+                    "outcome": outcome,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
             )
 
 
@@ -121,13 +149,28 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     return max(remaining, 0.0)
 
 
-async def serve_tools(registry: ToolRegistry, address: str) -> RunningServer:
+async def serve_tools(
+    registry: ToolRegistry,
+    address: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    keepalive: Keepalive | None = None,
+    metrics: ToolExecutorMetrics | None = None,
+    tracer_provider: Any = None,
+) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks one) serving
-    `registry` as pilothouse.v1.ToolExecutorService, with health checking
-    and reflection. Raises RuntimeError if the address cannot be bound."""
+    `registry` as pilothouse.v1.ToolExecutorService, with health checking,
+    reflection and tracing (`tracer_provider` None: the global one). Raises
+    RuntimeError if the address cannot be bound."""
     service = Service(
         pb_grpc.add_ToolExecutorServiceServicer_to_server,
-        ToolExecutorServicer(registry),
+        ToolExecutorServicer(registry, metrics),
         SERVICE_NAME,
     )
-    return await start_server([service], address)
+    return await start_server(
+        [service],
+        address,
+        max_message_bytes=max_message_bytes,
+        keepalive=keepalive,
+        tracer_provider=tracer_provider,
+    )
