@@ -1,0 +1,330 @@
+"""Traces across processes: a client's trace context reaches the run, the
+runtime's spans follow the GenAI semantic conventions, and the
+ToolExecutor's server span hangs under the runtime's `execute_tool` span.
+Real servers on real ports (in this process, so one in-memory exporter
+sees both sides); logs carry the trace ids."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import grpc
+import pytest
+import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from pilothouse.client import PilothouseClient
+from pilothouse.server import logs, telemetry
+from pilothouse.server.app import start_app
+from pilothouse.testmodel import text_reply, tool_calls_reply
+from tests.conftest import CANCELLED_GATES, GATES, app_settings, collect, wait_until
+
+STREAM_TO = "/pilothouse.v1.RunService/StreamTo"
+EXECUTE_TOOL = "/pilothouse.v1.ToolExecutorService/ExecuteTool"
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    """An in-memory exporter on the process's tracer provider (installed
+    once per process; added to the one already installed if any)."""
+    exporter = InMemorySpanExporter()
+    telemetry.configure_tracing("pilothouse-test", provider=TracerProvider(), exporter=exporter)
+    return exporter
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def traced_client(app, exporter):
+    """A client whose channel carries OpenTelemetry's client interceptors,
+    as an instrumented application's would."""
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{app.port}", interceptors=telemetry.tracing_client_interceptors()
+    )
+    async with PilothouseClient(channel=channel) as client:
+        yield client
+    await channel.close()
+
+
+def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+
+
+def one(spans: list[ReadableSpan], name: str, kind: SpanKind | None = None) -> ReadableSpan:
+    found = [s for s in spans if s.name == name and (kind is None or s.kind is kind)]
+    assert len(found) == 1, (name, [s.name for s in spans])
+    return found[0]
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+async def test_a_conversation_with_a_tool_call_is_one_trace_tree(
+    traced_client, exporter, fake_model, make_agent
+):
+    agent = await make_agent(("calculate",), model="trace-model")
+    session_id = (await traced_client.create_session(agent, "tracer")).id
+    fake_model.responder.push(
+        tool_calls_reply(
+            [("call_1", "calculate", json.dumps({"expression": "6*7"}))],
+            usage={"prompt_tokens": 12, "completion_tokens": 5},
+        ),
+        text_reply("It is 42.", usage={"prompt_tokens": 30, "completion_tokens": 4}),
+    )
+    tracer = trace.get_tracer("test-client")
+    with tracer.start_as_current_span("client request") as root:
+        events = await collect(traced_client.stream_to(session_id, "What is 6*7?"))
+    assert events[-1].done.final_response == "It is 42."
+    trace_id = root.get_span_context().trace_id
+    run_id = events[0].run_id
+
+    def finished(name: str) -> bool:
+        return any(s.name == name for s in spans_of(exporter, trace_id))
+
+    await wait_until(lambda: finished(f"invoke_agent {agent}"))  # ends just after `done`
+    spans = spans_of(exporter, trace_id)
+
+    # client → runtime RPC → run
+    client_call = one(spans, STREAM_TO, SpanKind.CLIENT)
+    server_call = one(spans, STREAM_TO, SpanKind.SERVER)
+    run = one(spans, f"invoke_agent {agent}")
+    assert parent_of(client_call) == root.get_span_context().span_id
+    assert parent_of(server_call) == client_call.context.span_id
+    assert parent_of(run) == server_call.context.span_id
+    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert run.attributes["gen_ai.agent.name"] == agent
+    assert run.attributes["gen_ai.conversation.id"] == session_id
+    assert run.attributes["pilothouse.run.id"] == run_id
+    assert run.attributes["pilothouse.run.stop_reason"] == "text_response"
+
+    # two model rounds under the run
+    chats = sorted((s for s in spans if s.name == "chat trace-model"), key=lambda s: s.start_time)
+    assert len(chats) == 2
+    for chat, (tokens_in, tokens_out, finish) in zip(
+        chats, [(12, 5, "tool_calls"), (30, 4, "stop")], strict=True
+    ):
+        assert parent_of(chat) == run.context.span_id
+        assert chat.kind is SpanKind.CLIENT
+        a = chat.attributes
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.provider.name"] == "openai"
+        assert a["gen_ai.request.model"] == "trace-model"
+        assert a["gen_ai.response.model"] == "fake-model"
+        assert tuple(a["gen_ai.response.finish_reasons"]) == (finish,)
+        assert a["gen_ai.usage.input_tokens"] == tokens_in
+        assert a["gen_ai.usage.output_tokens"] == tokens_out
+        assert a["gen_ai.conversation.id"] == session_id
+        assert a["pilothouse.time_to_first_chunk_ms"] >= 0
+        assert "gen_ai.input.messages" not in a  # contents only when opted in
+
+    # the tool call: runtime span → gRPC client span → the executor's server span
+    tool = one(spans, "execute_tool calculate")
+    assert parent_of(tool) == run.context.span_id
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool.attributes["gen_ai.tool.name"] == "calculate"
+    assert tool.attributes["gen_ai.tool.call.id"] == "call_1"
+    assert tool.attributes["gen_ai.tool.type"] == "function"
+    assert tool.status.status_code is not StatusCode.ERROR
+    assert "gen_ai.tool.call.arguments" not in tool.attributes
+    tool_rpc = one(spans, EXECUTE_TOOL, SpanKind.CLIENT)
+    executor = one(spans, EXECUTE_TOOL, SpanKind.SERVER)
+    assert parent_of(tool_rpc) == tool.context.span_id
+    assert parent_of(executor) == tool_rpc.context.span_id
+    assert chats[0].end_time <= tool.start_time <= tool.end_time <= chats[1].start_time
+
+    # nothing of this conversation went to another trace, and no probe was traced
+    assert {s.context.trace_id for s in spans} == {trace_id}
+    assert not [s for s in exporter.get_finished_spans() if "grpc.health" in s.name]
+
+
+async def test_a_failed_tool_call_is_an_error_span(client, exporter, fake_model, make_agent):
+    agent = await make_agent(("fail",))
+    session_id = (await client.create_session(agent, "tracer")).id
+    fake_model.responder.push(
+        tool_calls_reply([("call_f", "fail", json.dumps({"message": "boom"}))]),
+        text_reply("It failed."),
+    )
+    events = await collect(client.stream_to(session_id, "Try it"))
+    run_id = events[0].run_id
+
+    def run_span():
+        return next(
+            (s for s in exporter.get_finished_spans()
+             if s.attributes.get("pilothouse.run.id") == run_id),
+            None,
+        )
+
+    await wait_until(lambda: run_span() is not None)
+    # Without a caller's context the run's trace starts at the runtime's server span.
+    spans = spans_of(exporter, run_span().context.trace_id)
+    server_call = one(spans, STREAM_TO, SpanKind.SERVER)
+    assert server_call.parent is None or server_call.parent.is_remote
+    tool = one(spans, "execute_tool fail")
+    assert tool.status.status_code is StatusCode.ERROR
+    assert "boom" in tool.status.description
+
+
+class _ObservedGate(asyncio.Event):
+    """A gate that says when the tool has started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def wait(self) -> bool:
+        self.entered.set()
+        return await super().wait()
+
+
+async def test_cancelling_a_run_cancels_the_traced_tool_rpc(client, exporter, fake_model, make_agent):
+    agent = await make_agent(("wait_for_gate",))
+    session_id = (await client.create_session(agent, "tracer")).id
+    observed = GATES["trace-cancel"] = _ObservedGate()
+    fake_model.responder.push(
+        tool_calls_reply([("call_w", "wait_for_gate", json.dumps({"name": "trace-cancel"}))])
+    )
+    stream = client.stream_to(session_id, "Wait")
+    first = await anext(stream)
+    await asyncio.wait_for(observed.entered.wait(), 10)  # the executor is running the tool
+    await client.cancel(session_id, first.run_id, "enough")
+    rest = await collect(stream)
+    assert rest[-1].done.error == "enough"
+
+    await wait_until(lambda: "trace-cancel" in CANCELLED_GATES)  # the executor saw the cancel
+
+    def rpc_span():
+        return next(
+            (s for s in exporter.get_finished_spans()
+             if s.name == EXECUTE_TOOL and s.kind is SpanKind.CLIENT
+             and s.attributes.get("rpc.grpc.status_code") == grpc.StatusCode.CANCELLED.value[0]),
+            None,
+        )
+
+    await wait_until(lambda: rpc_span() is not None)  # the client span was ended, not leaked
+    assert rpc_span().status.status_code is StatusCode.ERROR
+
+
+async def test_contents_are_recorded_only_when_opted_in(
+    model_server, tool_server, exporter, fake_model
+):
+    app = await start_app(
+        app_settings(model_server, tool_server, record_content=True, metrics_port=0)
+    )
+    try:
+        async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
+            await client.create_agent(
+                "recorder", tools=("calculate",), system_prompt="Be exact.", model="content-model"
+            )
+            session_id = (await client.create_session("recorder", "tracer")).id
+            fake_model.responder.push(
+                tool_calls_reply([("call_c", "calculate", json.dumps({"expression": "2+2"}))]),
+                text_reply("Four."),
+            )
+            events = await collect(client.stream_to(session_id, "Add 2 and 2"))
+        run_id = events[0].run_id
+        await wait_until(
+            lambda: any(s.attributes.get("pilothouse.run.id") == run_id
+                        for s in exporter.get_finished_spans())
+        )
+    finally:
+        await app.stop(0)
+    run = next(s for s in exporter.get_finished_spans()
+               if s.attributes.get("pilothouse.run.id") == run_id)
+    spans = spans_of(exporter, run.context.trace_id)
+    first, second = sorted(
+        (s for s in spans if s.name == "chat content-model"), key=lambda s: s.start_time
+    )
+    assert json.loads(first.attributes["gen_ai.system_instructions"]) == [
+        {"type": "text", "content": "Be exact."}
+    ]
+    inputs = json.loads(first.attributes["gen_ai.input.messages"])
+    assert inputs == [{"role": "user", "parts": [{"type": "text", "content": "Add 2 and 2"}]}]
+    outputs = json.loads(first.attributes["gen_ai.output.messages"])
+    assert outputs[0]["finish_reason"] == "tool_calls"
+    assert outputs[0]["parts"] == [
+        {"type": "tool_call", "id": "call_c", "name": "calculate", "arguments": {"expression": "2+2"}}
+    ]
+    later = json.loads(second.attributes["gen_ai.input.messages"])
+    assert later[-1]["role"] == "tool" and later[-1]["parts"][0]["id"] == "call_c"
+    assert json.loads(second.attributes["gen_ai.output.messages"])[0]["parts"] == [
+        {"type": "text", "content": "Four."}
+    ]
+    tool = one(spans, "execute_tool calculate")
+    assert json.loads(tool.attributes["gen_ai.tool.call.arguments"]) == {"expression": "2+2"}
+    assert tool.attributes["gen_ai.tool.call.result"] == "4"
+
+
+# --- set-up from the environment ----------------------------------------------
+
+
+def test_exporters_follow_the_standard_variables(monkeypatch):
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert telemetry.exporters_from_env() == []
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    assert [type(e) for e in telemetry.exporters_from_env()] == [ConsoleSpanExporter]
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert telemetry.exporters_from_env() == []
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    exporters = telemetry.exporters_from_env()
+    assert [type(e) for e in exporters] == [OTLPSpanExporter]
+    exporters[0].shutdown()
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-runtime")
+    assert telemetry.resource_for("pilothouse-server").attributes["service.name"] == "my-runtime"
+
+
+def test_unsampled_spans_are_recorded_but_not_exported():
+    seen: list[str] = []
+
+    class Recorder(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            seen.append(span.name)
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=telemetry.RecordingSampler(ALWAYS_OFF))
+    provider.add_span_processor(Recorder())
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("work") as span:
+        assert span.is_recording() and not span.get_span_context().trace_flags.sampled
+    assert seen == ["work"]
+    assert exporter.get_finished_spans() == ()
+
+
+def test_json_log_lines_carry_the_trace_context():
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    try:
+        logs.configure_logging("INFO", "json", stream=out)
+        log = logging.getLogger("pilothouse.test")
+        log.info("outside")
+        provider = TracerProvider()
+        with provider.get_tracer("t").start_as_current_span("inside") as span:
+            log.info("inside %s", "a span", extra={"run_id": "r1"})
+            context = span.get_span_context()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    outside, inside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert outside["message"] == "outside" and "trace_id" not in outside
+    assert inside["message"] == "inside a span"
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+    assert inside["run_id"] == "r1"
+    assert inside["level"] == "INFO" and inside["logger"] == "pilothouse.test"
