@@ -153,9 +153,14 @@ def stop_reason_to_proto(reason: ev.StopReason) -> int:
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+    return timestamp_pb2.Timestamp(**_timestamp_fields(seconds))
+
+
+def _timestamp_fields(seconds: float) -> dict[str, int]:
+    """What `Timestamp.FromNanoseconds(int(seconds * 1e9))` sets, computed
+    without its pure-Python helper: this runs for every streamed event."""
+    seconds_part, nanos = divmod(int(seconds * 1e9), 1_000_000_000)
+    return {"seconds": seconds_part, "nanos": nanos}
 
 
 def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
@@ -297,17 +302,21 @@ def response_to_proto(response: ev.AgentResponse) -> event_pb2.AgentResponse:
     )
 
 
+# A payload may be a message or a dict of its fields: the `AgentEvent`
+# constructor builds a dict in place, where a message would be built and
+# then copied, so the events a stream sends most (deltas, segment
+# boundaries) are dicts.
 _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
     ev.RunStarted: lambda e: (
         "run_started",
         event_pb2.RunStarted(agent=e.agent, model=e.model, content=e.content, sender=e.sender),
     ),
-    ev.TextStart: lambda e: ("text_start", event_pb2.TextStart()),
-    ev.TextDelta: lambda e: ("text_delta", event_pb2.TextDelta(text=e.text)),
-    ev.TextEnd: lambda e: ("text_end", event_pb2.TextEnd()),
-    ev.ThinkingStart: lambda e: ("thinking_start", event_pb2.ThinkingStart()),
-    ev.ThinkingDelta: lambda e: ("thinking_delta", event_pb2.ThinkingDelta(text=e.text)),
-    ev.ThinkingEnd: lambda e: ("thinking_end", event_pb2.ThinkingEnd()),
+    ev.TextStart: lambda e: ("text_start", {}),
+    ev.TextDelta: lambda e: ("text_delta", {"text": e.text}),
+    ev.TextEnd: lambda e: ("text_end", {}),
+    ev.ThinkingStart: lambda e: ("thinking_start", {}),
+    ev.ThinkingDelta: lambda e: ("thinking_delta", {"text": e.text}),
+    ev.ThinkingEnd: lambda e: ("thinking_end", {}),
     ev.ToolCallsBegin: lambda e: (
         "tool_calls_begin",
         event_pb2.ToolCallsBegin(tool_calls=tool_calls_to_proto(e.tool_calls)),
@@ -370,6 +379,6 @@ def event_to_proto(recorded: ev.RunEvent) -> event_pb2.AgentEvent:
         session_id=recorded.session_id,
         run_id=recorded.run_id,
         sequence=recorded.sequence,
-        time=timestamp(recorded.time),
+        time=_timestamp_fields(recorded.time),
         **{name: payload},
     )
