@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
+from httpx_sse import SSEError
 
 from pilothouse.runtime.messages import Usage
 from pilothouse.runtime.model.base import ChatChunk, ChatRequest, ModelError, ToolCallDelta
@@ -176,6 +176,104 @@ def _text(value: Any) -> str:
     return ""
 
 
+class SSEParser:
+    """Server-Sent Events out of text chunks, parsed exactly as httpx-sse's
+    `SSELineDecoder` and `SSEDecoder` parse them (WHATWG rules: a line ends
+    at CRLF, CR or LF; `data` lines join with LF; an event is dispatched at
+    a blank line; `:` starts a comment; `id` persists) but without an
+    object and two generator steps per line: the one-line `data:` event
+    that model servers send thousands of times per answer is the fast path.
+    """
+
+    __slots__ = ("_data", "_event", "_last_id", "_partial", "_retry", "_trailing_cr")
+
+    def __init__(self) -> None:
+        self._partial = ""  # the start of a line whose end has not arrived
+        self._trailing_cr = False  # a chunk ended in CR: maybe half of a CRLF
+        self._event = ""
+        self._data: list[str] = []
+        self._last_id = ""
+        self._retry: int | None = None
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        """`(event type, data)` of the events completed by `text`."""
+        if self._trailing_cr:
+            text = "\r" + text
+            self._trailing_cr = False
+        if text.endswith("\r"):
+            self._trailing_cr = True
+            text = text[:-1]
+        if not text:
+            return []
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        rest = lines.pop()
+        if not lines:
+            self._partial += rest
+            return []
+        if self._partial:
+            lines[0] = self._partial + lines[0]
+        self._partial = rest
+        return self._lines(lines)
+
+    def flush(self) -> list[tuple[str, str]]:
+        """The events completed by the end of the body."""
+        if not self._partial and not self._trailing_cr:
+            return []
+        line, self._partial, self._trailing_cr = self._partial, "", False
+        return self._lines([line])
+
+    def _lines(self, lines: list[str]) -> list[tuple[str, str]]:
+        events: list[tuple[str, str]] = []
+        for line in lines:
+            if not line:
+                if self._event or self._data or self._last_id or self._retry is not None:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                    self._event, self._data, self._retry = "", [], None
+                continue
+            if line.startswith("data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(" ") else value)
+                continue
+            if line[0] == ":":
+                continue
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "event":
+                self._event = value
+            elif name == "data":
+                self._data.append(value)
+            elif name == "id":
+                if "\0" not in value:
+                    self._last_id = value
+            elif name == "retry":
+                with contextlib.suppress(TypeError, ValueError):
+                    self._retry = int(value)
+        return events
+
+
+async def _server_sent_events(response: httpx.Response) -> AsyncIterator[list[tuple[str, str]]]:
+    """The response's events, a batch per chunk of the body (one generator
+    step per network read, not per event). Raises `SSEError`, with
+    httpx-sse's message, when the response is not an event stream."""
+    content_type = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in content_type:
+        raise SSEError(
+            "Expected response header Content-Type to contain 'text/event-stream', "
+            f"got {content_type!r}"
+        )
+    parser = SSEParser()
+    async for text in response.aiter_text():
+        events = parser.feed(text)
+        if events:
+            yield events
+    events = parser.flush()
+    if events:
+        yield events
+
+
 async def _drain(events: AsyncIterator[Any]) -> None:
     """Read the rest of a body after `[DONE]` (normally only its end), for
     at most `_DRAIN_SECONDS`; whatever it holds is ignored."""
@@ -232,6 +330,12 @@ class OpenAIChatModel:
     retried. `provider_name` names the provider in error messages and is
     the OpenTelemetry `gen_ai.provider.name`. `transport` replaces httpx's
     network transport (tests, proxies).
+
+    Every streaming round holds one HTTP/1.1 connection, so
+    `max_connections` caps the model streams in flight: the default, 1000
+    (the OpenAI SDK's), is ten times httpx's 100, past which concurrent
+    runs would queue inside httpx. `max_keepalive_connections` idle ones
+    are kept for reuse (None: no limit).
     """
 
     def __init__(
@@ -247,6 +351,8 @@ class OpenAIChatModel:
         extra_headers: dict[str, str] | None = None,
         provider_name: str = "openai",
         transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int | None = 1000,
+        max_keepalive_connections: int | None = 100,
     ) -> None:
         self.provider_name = provider_name
         self.base_url = base_url.rstrip("/")
@@ -262,6 +368,10 @@ class OpenAIChatModel:
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_keepalive_connections,
+            ),
             transport=transport,
         )
 
@@ -353,20 +463,23 @@ class OpenAIChatModel:
             return
         state = _StreamState()
         try:
-            async with contextlib.aclosing(EventSource(response).aiter_sse()) as events:
-                async for event in events:
-                    if event.event == "error":
-                        raise self._stream_error(event.data)
-                    data = event.data.strip()
-                    if not data:
-                        continue
-                    if data == "[DONE]":
-                        state.done = True
-                        await _drain(events)
+            async with contextlib.aclosing(_server_sent_events(response)) as batches:
+                async for batch in batches:
+                    for event, data in batch:
+                        if event == "error":
+                            raise self._stream_error(data)
+                        data = data.strip()
+                        if not data:
+                            continue
+                        if data == "[DONE]":
+                            state.done = True
+                            break
+                        chunk = self._parse_chunk(self._decode(data), state)
+                        if chunk is not None:
+                            yield chunk
+                    if state.done:
+                        await _drain(batches)
                         break
-                    chunk = self._parse_chunk(self._decode(data), state)
-                    if chunk is not None:
-                        yield chunk
         except SSEError as exc:
             body = (await response.aread()).decode(errors="replace")
             raise ModelError(
@@ -405,38 +518,51 @@ class OpenAIChatModel:
         return payload
 
     def _parse_chunk(self, payload: dict[str, Any], state: _StreamState) -> ChatChunk | None:
+        # Runs once per streamed chunk: absent keys are skipped before any
+        # conversion, and no chunk object is made for a chunk that carries
+        # nothing.
         model = payload.get("model")
         if isinstance(model, str) and model:
             state.model = model
-        chunk = ChatChunk(usage=parse_usage(payload.get("usage")), model=state.model)
-        content: list[str] = []
-        reasoning: list[str] = []
-        for choice in payload.get("choices") or []:
+        raw_usage = payload.get("usage")
+        usage = parse_usage(raw_usage) if raw_usage else None
+        content = reasoning = ""
+        tool_calls: list[ToolCallDelta] = []
+        finish_reason: str | None = None
+        for choice in payload.get("choices") or ():
             # We ask for one choice; index 0 is the only one to read.
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                content.append(_text(delta.get("content")))
-                content.append(_text(delta.get("refusal")))
-                reasoning.append(
-                    _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
-                )
-                chunk.tool_calls.extend(self._tool_deltas(delta.get("tool_calls"), state))
+                text = delta.get("content")
+                if text:
+                    content += text if isinstance(text, str) else _text(text)
+                text = delta.get("refusal")
+                if text:
+                    content += text if isinstance(text, str) else _text(text)
+                text = delta.get("reasoning_content")
+                thought = _text(text) if text else ""
+                if not thought:
+                    text = delta.get("reasoning")
+                    thought = _text(text) if text else ""
+                reasoning += thought
+                calls = delta.get("tool_calls")
+                if calls:
+                    tool_calls.extend(self._tool_deltas(calls, state))
             finish = choice.get("finish_reason")
             if isinstance(finish, str) and finish:
-                chunk.finish_reason = state.finish_reason = finish
-        chunk.content = "".join(content) or None
-        chunk.reasoning = "".join(reasoning) or None
-        if (
-            chunk.content is None
-            and chunk.reasoning is None
-            and not chunk.tool_calls
-            and chunk.finish_reason is None
-            and chunk.usage is None
-        ):
+                finish_reason = state.finish_reason = finish
+        if not content and not reasoning and not tool_calls and finish_reason is None and usage is None:
             return None
-        return chunk
+        return ChatChunk(
+            content=content or None,
+            reasoning=reasoning or None,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            usage=usage,
+            model=state.model,
+        )
 
     @staticmethod
     def _tool_deltas(raw: Any, state: _StreamState) -> list[ToolCallDelta]:
