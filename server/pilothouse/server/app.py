@@ -90,8 +90,8 @@ class App:
            `force` being set (a second SIGTERM) cuts the wait short.
         3. What still runs is cancelled (stop reason CANCELLED, history
            valid) and stored.
-        4. Streams get STREAM_GRACE_S to deliver their last events, then the
-           server stops and everything is closed.
+        4. Streams get up to STREAM_GRACE_S to deliver their last events,
+           then the server stops and everything is closed.
         """
         if self._stopped:
             return True
@@ -112,10 +112,9 @@ class App:
                 run.control.request_stop(StopReason.CANCELLED, "the server is shutting down")
             if not await self.runtime.wait_idle(CANCEL_WAIT_S):
                 log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
-        stopping = asyncio.ensure_future(self.server.stop(STREAM_GRACE_S))
-        if not await _first(asyncio.shield(stopping), force):
-            await self.server.stop(0)
-        await stopping
+        # Every run has ended and published `done`: the streams deliver it
+        # and end by themselves (the grace only bounds stuck clients).
+        await self.server.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
         await self.tools.close()
         await self.model.aclose()

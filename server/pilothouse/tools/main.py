@@ -37,7 +37,7 @@ from pilothouse.rpc.serving import DEFAULT_MAX_MESSAGE_BYTES, Keepalive, StopSig
 from pilothouse.server.logs import configure_logging
 from pilothouse.server.metrics import ToolExecutorMetrics, start_metrics
 from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider, resource_for
-from pilothouse.tools import default_registry
+from pilothouse.tools import ToolRegistry, default_registry
 from pilothouse.tools.service import serve_tools
 
 log = logging.getLogger("pilothouse.tools")
@@ -116,9 +116,9 @@ def _shown_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(settings: ToolsSettings) -> int:
-    """Serve `default_registry` until SIGTERM/SIGINT, then drain; returns
-    the exit code (1 if the address cannot be bound)."""
+async def serve(settings: ToolsSettings, registry: ToolRegistry = default_registry) -> int:
+    """Serve `registry` until SIGTERM/SIGINT, then drain; returns the exit
+    code (1 if the address cannot be bound)."""
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     metrics = await start_metrics(
@@ -129,7 +129,7 @@ async def serve(settings: ToolsSettings) -> int:
     listen = settings.tools_listen_address
     try:
         running = await serve_tools(
-            default_registry,
+            registry,
             listen,
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
@@ -140,7 +140,7 @@ async def serve(settings: ToolsSettings) -> int:
         await metrics.shutdown()
         return 1
     print(f"pilothouse-tools listening on {_shown_address(listen, running.port)}", flush=True)
-    log.info("serving tools: %s", ", ".join(default_registry.names))
+    log.info("serving tools: %s", ", ".join(registry.names))
     await signals.stop.wait()
     grace = settings.tools_shutdown_grace
     log.info("stopping: health NOT_SERVING; in-flight calls get up to %g s", grace)
@@ -161,8 +161,9 @@ async def serve(settings: ToolsSettings) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit code."""
+def main(argv: Sequence[str] | None = None, registry: ToolRegistry | None = None) -> int:
+    """Console entry point; returns the exit code. `registry` (default:
+    the built-ins) lets a program serve its own tools the same way."""
     args = parse_args(argv)
     overrides = {}
     if args.listen:
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("bad settings: %s", exc)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, default_registry if registry is None else registry))
 
 
 if __name__ == "__main__":
