@@ -136,14 +136,19 @@ def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
         "model_max_retries": 2,
         "shutdown_grace": 1.0,
         "generate_titles": False,
+        "store_url": "memory://",
         **overrides,
     }
     return Settings(**values)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def app(model_server: FakeModel, tool_server: ToolServer) -> AsyncIterator[App]:
-    app = await start_app(app_settings(model_server, tool_server))
+async def app(model_server: FakeModel, tool_server: ToolServer, tmp_path_factory) -> AsyncIterator[App]:
+    """The runtime on the embedded default store: SQLite in a file."""
+    data = tmp_path_factory.mktemp("data")
+    app = await start_app(
+        app_settings(model_server, tool_server, store_url="sqlite:///sessions.db", data_dir=data)
+    )
     yield app
     await app.stop(0)
 

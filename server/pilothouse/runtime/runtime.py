@@ -187,8 +187,16 @@ class Runtime:
         return interrupted
 
     async def _keep_leases(self) -> None:
+        """Renew this process's run leases, and report runs whose owner
+        died (their leases expired) as interrupted."""
         while True:
             await asyncio.sleep(self.limits.lease_s / 3)
+            try:
+                for session_id in await self.store.recover_interrupted(time.time()):
+                    self._cache.pop(session_id, None)
+                    log.warning("session %s: its last run was interrupted (its server died)", session_id)
+            except PilothouseError as exc:
+                log.warning("recovering interrupted runs failed: %s", exc.message)
             for run in list(self._active.values()):
                 try:
                     held = await self.store.renew_run(

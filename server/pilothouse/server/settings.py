@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
     store_url: str = Field(
-        "memory://",
+        "sqlite:///sessions.db",
         description="session store: memory://, sqlite:///path.db (relative to data_dir) or postgresql://...",
     )
     data_dir: Path = Field(Path("data"), description="where file-based stores live")
