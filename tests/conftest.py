@@ -210,12 +210,18 @@ def shape(events) -> list[str]:
     return out
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    """Wait until `predicate()` is true (state that has no event to await,
-    such as a server-side queue), failing after `timeout` seconds."""
+async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.002) -> None:
+    """Wait until `predicate()` (or the awaitable it returns) is true: state
+    that has no event to await, such as a server-side queue or another
+    process's store. Fails after `timeout` seconds."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling in-process state, bounded
-            await asyncio.sleep(0.002)
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(interval)
 
 
 def assert_valid_history(messages) -> None:

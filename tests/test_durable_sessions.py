@@ -1,0 +1,248 @@
+"""Durable sessions end to end: a crash (SIGKILL) in the middle of a run,
+two runtime processes sharing sessions through PostgreSQL, a store that goes
+down, and export/import over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pilothouse.client import PilothouseClient, PilothouseRpcError
+from pilothouse.server.app import start_app
+from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
+from pilothouse.v1 import event_pb2, message_pb2
+from tests.conftest import app_settings, assert_valid_history, wait_until
+from tests.pg import pg_server  # noqa: F401 - fixture
+
+AGENTS = '[[agents]]\nname = "keeper"\ntools = ["text_stats"]\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_serving(address: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        async with asyncio.timeout(timeout):
+            while True:
+                assert process.poll() is None, f"runtime exited with {process.returncode}"
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def runtime_process(
+    tmp_path: Path, fake_model, tool_server, store_url: str, **env: str
+) -> AsyncIterator[tuple[subprocess.Popen, PilothouseClient]]:
+    """`pilothouse-server` as its own process on a free port."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    address = f"127.0.0.1:{free_port()}"
+    environment = {
+        **os.environ,
+        "PILOTHOUSE_LISTEN_ADDRESS": address,
+        "PILOTHOUSE_MODEL_BASE_URL": fake_model.base_url,
+        "PILOTHOUSE_MODEL": "fake-model",
+        "PILOTHOUSE_TOOL_EXECUTORS": tool_server.address,
+        "PILOTHOUSE_AGENTS_FILE": str(agents),
+        "PILOTHOUSE_STORE_URL": store_url,
+        "PILOTHOUSE_DATA_DIR": str(tmp_path),
+        "PILOTHOUSE_GENERATE_TITLES": "false",
+        "PILOTHOUSE_METRICS_PORT": "0",
+        **env,
+    }
+    log = (tmp_path / "server.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pilothouse.server.main"], env=environment,
+        stdout=log, stderr=log,
+    )
+    try:
+        await wait_serving(address, process)
+        async with PilothouseClient(address) as client:
+            yield process, client
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+async def first(stream, kind: str) -> list:
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        if event.WhichOneof("event") == kind:
+            return seen
+    raise AssertionError(f"no {kind} in the stream")
+
+
+async def test_a_crash_mid_run_loses_nothing_stored_and_is_reported(tmp_path, fake_model, tool_server):
+    store_url = "sqlite:///crash.db"
+    release = asyncio.Event()
+    held = text_reply("This answer never completes.").events
+    fake_model.responder.push(
+        tool_calls_reply([("c1", "text_stats", json.dumps({"text": "one two"}))]),
+        text_reply("Two words."),
+        SSEReply([*held[:2], Pause(release), *held[2:]]),
+    )
+    async with runtime_process(tmp_path, fake_model, tool_server, store_url, PILOTHOUSE_RUN_LEASE="1") as (process, client):
+        session = await client.create_session("keeper", "crash-test")
+        first_run = await client.send_to(session.id, "Count my words", timeout=30)
+        assert first_run.response.final_response == "Two words."
+        stream = client.stream_to(session.id, "Now say something long")
+        events = await first(stream, "text_delta")
+        process.send_signal(signal.SIGKILL)  # the server dies mid-stream
+        process.wait(timeout=10)
+        with pytest.raises(PilothouseRpcError):
+            async for _ in stream:
+                pass
+    release.set()
+
+    fake_model.responder.push(text_reply("Back again."))
+    async with runtime_process(tmp_path, fake_model, tool_server, store_url, PILOTHOUSE_RUN_LEASE="1") as (_, client):
+        async def reported() -> bool:
+            got = await client.get_session(session.id)
+            return got.last_run_stop_reason == event_pb2.STOP_REASON_INTERRUPTED
+
+        await wait_until(reported, timeout=20, interval=0.1)
+        got = await client.get_session(session.id)
+        assert got.last_run_id == events[0].run_id
+        assert got.active_run_id == ""
+        history = await client.list_messages(session.id)
+        assert [m.content for m in history if m.role != message_pb2.ROLE_TOOL] == [
+            "Count my words", "", "Two words.",
+        ]
+        assert_valid_history(history)
+        # The session takes new messages.
+        reply = await client.send_to(session.id, "Are you there?", timeout=30)
+        assert reply.response.final_response == "Back again."
+        assert [m.content for m in await client.list_messages(session.id)][-2:] == [
+            "Are you there?", "Back again.",
+        ]
+
+
+async def test_two_replicas_share_sessions_through_postgresql(tmp_path, fake_model, tool_server, pg_server):  # noqa: F811
+    dsn = await pg_server.new_database()
+    async with (
+        runtime_process(tmp_path / "a", fake_model, tool_server, dsn) as (_, one),
+        runtime_process(tmp_path / "b", fake_model, tool_server, dsn) as (_, two),
+    ):
+        session = await one.create_session("keeper", "replicated")
+        assert (await two.get_session(session.id)).agent == "keeper"
+        fake_model.responder.push(text_reply("Hello from replica two."))
+        reply = await two.send_to(session.id, "Hi", timeout=30)
+        assert reply.response.final_response == "Hello from replica two."
+        assert [m.content for m in await one.list_messages(session.id)] == ["Hi", "Hello from replica two."]
+
+        release = asyncio.Event()
+        held = text_reply("Long answer on replica one.").events
+        fake_model.responder.push(SSEReply([*held[:2], Pause(release), *held[2:]]))
+        stream = one.stream_to(session.id, "Tell me a story")
+        events = await first(stream, "text_delta")
+        with pytest.raises(PilothouseRpcError) as error:
+            await two.send_to(session.id, "Me too", timeout=30)
+        assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert error.value.metadata == {"session_id": session.id, "active_run_id": events[0].run_id}
+        release.set()
+        events += [e async for e in stream]
+        assert events[-1].done.final_response == "Long answer on replica one."
+        assert (await two.get_or_create_session("keeper", "replicated")).id == session.id
+
+
+def pg_ctl(pg, *args: str) -> None:
+    """Stop or start the cluster in place (keeping its data)."""
+    options = f"-p {pg.port} -k {pg.root} -c listen_addresses=127.0.0.1"
+    extra = ["-o", options, "-l", str(pg.root / "server.log")] if "start" in args else []
+    pg._run(str(pg.bin_dir / "pg_ctl"), "-D", str(pg.data), *extra, *args)
+
+
+async def test_a_store_that_is_down_refuses_runs_and_loses_nothing(fake_model, tool_server, tmp_path):
+    from tests.pg import start_pg_server
+
+    pg = start_pg_server()
+    if pg is None:
+        pytest.skip("PostgreSQL binaries missing")
+    try:
+        dsn = await pg.new_database()
+        app = await start_app(app_settings(fake_model, tool_server, store_url=dsn))
+        try:
+            async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
+                await client.create_agent("fragile")
+                session = await client.create_session("fragile")
+                fake_model.responder.push(text_reply("Stored."))
+                await client.send_to(session.id, "First", timeout=30)
+                pg_ctl(pg, "-m", "fast", "-w", "stop")
+                with pytest.raises(PilothouseRpcError) as error:
+                    await client.send_to(session.id, "While the store is down", timeout=30)
+                assert error.value.code is grpc.StatusCode.UNAVAILABLE
+                assert fake_model.responder.remaining == 0 and len(fake_model.requests) == 1
+                pg_ctl(pg, "-w", "start")
+                async with asyncio.timeout(20):
+                    while True:
+                        try:
+                            history = await client.list_messages(session.id)
+                            break
+                        except PilothouseRpcError as exc:
+                            assert exc.code is grpc.StatusCode.UNAVAILABLE
+                            await asyncio.sleep(0.1)
+                assert [m.content for m in history] == ["First", "Stored."]
+        finally:
+            await app.stop(0)
+    finally:
+        pg.stop()
+
+
+async def test_export_and_import_over_grpc(client, fake_model, session_of):
+    session_id = await session_of(tools=("text_stats",), compact_threshold=20)
+    fake_model.responder.push(
+        tool_calls_reply([("c1", "text_stats", json.dumps({"text": "some words " * 20}))]),
+        text_reply("SUMMARY so far."),
+        text_reply("Forty words."),
+    )
+    await client.send_to(session_id, "Count these words for me please", timeout=30)
+
+    exported = await client.export_session(session_id)
+    lines = [json.loads(line) for line in exported.decode().splitlines()]
+    assert lines[0]["type"] == "meta"
+    assert [line["type"] for line in lines[1:]].count("compact") == 1
+    imported = await client.import_session(exported)
+
+    assert imported.id != session_id
+    original = await client.list_messages(session_id)
+    copy = await client.list_messages(imported.id)
+    assert [(m.role, m.content) for m in copy] == [(m.role, m.content) for m in original]
+    assert (await client.export_session(imported.id)).splitlines()[1:] == exported.splitlines()[1:]
+
+    before = len(await client.list_sessions())
+    bad = exported.splitlines()
+    bad[2] = b'{"type": "message", "role": "wizard", "content": "x"}'
+    with pytest.raises(PilothouseRpcError) as error:
+        await client.import_session(b"\n".join(bad))
+    assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "line 3" in error.value.message
+    assert len(await client.list_sessions()) == before
