@@ -82,6 +82,6 @@ def test_agents_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r"agents\[0\]\.max_iterations"):
         read_agents_file(path)
     path.write_text("[[agents]\nbroken")
-    with pytest.raises(InvalidArgumentError, match="agents.toml"):
+    with pytest.raises(InvalidArgumentError, match=r"agents\.toml"):
         read_agents_file(path)
     assert [c.name for c in read_agents_file(None)] == ["assistant"]
