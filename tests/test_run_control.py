@@ -521,17 +521,16 @@ async def test_token_budget_stops_before_the_next_round(app, client, fake_model,
     assert_valid_history(await client.list_messages(session_id))
 
 
-async def test_session_busy_on_another_store_user_is_rejected(fake_model, tool_server):
-    """Two runtimes on one store: the lease keeps one run per session."""
-    from pilothouse.runtime.store.memory import MemorySessionStore
-
-    shared = MemorySessionStore()
+async def test_session_busy_on_another_replica_is_rejected(fake_model, tool_server, tmp_path):
+    """Two runtimes on one SQLite file: the store's run lease keeps one run
+    per session across them."""
     apps = []
     try:
         for _ in range(2):
-            app = await start_app(app_settings(fake_model, tool_server))
-            app.runtime.store = shared
-            apps.append(app)
+            settings = app_settings(
+                fake_model, tool_server, store_url="sqlite:///shared.db", data_dir=tmp_path
+            )
+            apps.append(await start_app(settings))
         async with PilothouseClient(f"127.0.0.1:{apps[0].port}") as one, \
                 PilothouseClient(f"127.0.0.1:{apps[1].port}") as two:
             for c in (one, two):
@@ -551,4 +550,3 @@ async def test_session_busy_on_another_store_user_is_rejected(fake_model, tool_s
     finally:
         for app in apps:
             await app.stop(0)
-
