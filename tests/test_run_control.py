@@ -550,3 +550,60 @@ async def test_session_busy_on_another_replica_is_rejected(fake_model, tool_serv
     finally:
         for app in apps:
             await app.stop(0)
+
+
+async def test_a_client_deadline_follows_the_disconnect_policy(app, client, fake_model, session_of):
+    session_id = await session_of()
+    for policy, expected in (
+        (run_service_pb2.DISCONNECT_POLICY_CONTINUE, "text_response"),
+        (run_service_pb2.DISCONNECT_POLICY_CANCEL, "cancelled"),
+    ):
+        release = asyncio.Event()
+        fake_model.responder.push(held_text("Slow answer.", release))
+        with pytest.raises(PilothouseRpcError) as error:
+            await client.send_to(session_id, "Quick?", options=RO(on_disconnect=policy), timeout=0.3)
+        assert error.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        run = await app.runtime.find_run(session_id)
+        if expected == "cancelled":
+            await wait_until(lambda run=run: run.finished)
+        release.set()
+        response = await run.wait()
+        assert response.stop_reason.value == expected
+    assert_valid_history(await client.list_messages(session_id))
+
+
+async def test_approval_policy_never_and_per_tool(client, fake_model, session_of):
+    # NEVER overrides the executor's metadata.
+    session_id = await session_of(
+        tools=("delete_records",), approval_policy=agent_pb2.APPROVAL_POLICY_NEVER
+    )
+    fake_model.responder.push(
+        tool_calls_reply([("d", "delete_records", json.dumps({"table": "tmp"}))]), text_reply("ok")
+    )
+    events = await collect(client.stream_to(session_id, "go"))
+    assert "approval_required" not in kinds(events)
+    assert next(e.tool_result for e in events if e.HasField("tool_result")).output == (
+        "deleted all records of tmp"
+    )
+
+    # Per-tool: only the listed tool waits.
+    session_id = await session_of(
+        tools=("text_stats", "calculate"), approval_required_tools=["calculate"]
+    )
+    fake_model.responder.push(
+        tool_calls_reply([
+            ("t", "text_stats", json.dumps({"text": "a"})),
+            ("c", "calculate", json.dumps({"expression": "1+1"})),
+        ]),
+        text_reply("ok"),
+    )
+    stream = await client.steer(session_id, "go")
+    events = []
+    async for event in stream:
+        events.append(event)
+        if event.HasField("approval_required"):
+            assert event.approval_required.request_id == "c"
+            assert "policy requires approval of this tool" in event.approval_required.reason
+            await stream.decide(decision("c", event_pb2.VERDICT_APPROVE))
+    assert kinds(events).count("approval_required") == 1
+    assert {e.tool_result.call_id for e in events if e.HasField("tool_result")} == {"t", "c"}
