@@ -209,7 +209,7 @@ async def start_app(settings: Settings) -> App:
             max_message_bytes=settings.max_message_bytes,
             keepalive_time_s=settings.tool_keepalive_time,
             keepalive_timeout_s=settings.tool_keepalive_timeout,
-            lb_policy=settings.tool_lb_policy or None,
+            lb_policy=settings.tool_lb_policy,
             record_content=settings.record_content,
         )
         registry = await tools.discover(settings.tool_discovery_timeout)

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     tool_keepalive_timeout: float = Field(
         10.0, gt=0, description="seconds the tool client's ping waits for its ack"
     )
-    tool_lb_policy: str = Field(
+    tool_lb_policy: Literal["round_robin", "pick_first"] = Field(
         "round_robin", description="gRPC load balancing over an executor address's endpoints"
     )
     health_check_interval: float = Field(
