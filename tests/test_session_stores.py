@@ -30,6 +30,7 @@ from pilothouse.runtime.store.base import (
     SessionState,
     SessionStore,
 )
+from pilothouse.runtime.store.codec import ITEM_COLUMNS, encode_item
 from pilothouse.runtime.store.factory import DEFAULT_STORE_URL, open_store, store_from_url
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.runtime.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -374,10 +375,20 @@ async def test_every_message_field_survives(store: SessionStore) -> None:
         Message(Role.TOOL, "1024", tool_call_id="c1", name="calculate", created_at=5.0),
         Message(Role.TOOL, "", tool_call_id="c2", name="now", created_at=6.0),
         Message(Role.ASSISTANT, "x" * 100_000, created_at=1.7e9 + 0.123456),
+        Message(Role.USER, "lone surrogate \udc80 from a bad decode", created_at=7.0),
+        Message(Role.USER, "odd sender", sender="nul\x00sender", created_at=8.0),
+        Message(Role.TOOL, "r\x00", tool_call_id="id\udc80", name="n\x00", created_at=9.0),
     ]
     await run(store, "s1", "r1", odd)
     assert await store.load_history("s1") == odd
     assert await store.list_messages("s1", 0, 10, newest_first=True) == odd[::-1]
+
+
+async def test_summaries_with_any_text_survive(store: SessionStore) -> None:
+    await store.create(record("s1"))
+    await store.compact("s1", "nul \x00 and \udc80 surrogate", 10.0)
+    assert await store.transcript("s1") == [CompactMarker("nul \x00 and \udc80 surrogate", 10.0)]
+    assert (await store.load_history("s1"))[0].content == "nul \x00 and \udc80 surrogate"
 
 
 # --- runs -------------------------------------------------------------------
@@ -518,14 +529,16 @@ async def test_failed_finish_leaves_nothing_partial(backend: Backend, store: Ses
 async def plant_transcript_row(backend: Backend, session_id: str, seq: int) -> None:
     """Insert a transcript row directly into the database (not visible in the
     history: `next_seq` does not move)."""
-    row = (session_id, seq, "message", '{"role":"user","content":"planted"}', 0.0)
+    row = (session_id, seq, *encode_item(user("planted")))
+    sql = f"INSERT INTO transcript_items (session_id, seq, {', '.join(ITEM_COLUMNS)})"
     if backend.kind == "sqlite":
         with sqlite3.connect(backend.path) as conn:  # type: ignore[arg-type]
-            conn.execute("INSERT INTO transcript_items VALUES (?, ?, ?, ?, ?)", row)
+            conn.execute(f"{sql} VALUES ({', '.join('?' * len(row))})", row)
         return
     conn = await asyncpg.connect(backend.dsn)
     try:
-        await conn.execute("INSERT INTO transcript_items VALUES ($1, $2, $3, $4, $5)", *row)
+        values = ", ".join(f"${i + 1}" for i in range(len(row)))
+        await conn.execute(f"{sql} VALUES ({values})", *row)
     finally:
         await conn.close()
 

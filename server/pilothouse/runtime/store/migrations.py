@@ -18,7 +18,9 @@ Schema (version 1):
   marker, 0 without one: the model-visible history is exactly the items
   with `seq >= history_seq`, contiguous, so a page of it is a `seq` range).
 - `transcript_items`: (session_id, seq) primary key, `kind` (`message` or
-  `compact`), `payload` (JSON, see `codec`), `created_at`. Loading a
+  `compact`), `role`, `content` (a marker's summary), `sender`,
+  `tool_call_id`, `name`, `payload` (JSON object of the message's other
+  non-default fields, NULL when none; see `codec`), `created_at`. Loading a
   session reads one range of that key from `history_seq` on.
 """
 
@@ -83,7 +85,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 session_id TEXT NOT NULL,
                 seq INTEGER NOT NULL,
                 kind TEXT NOT NULL CHECK (kind IN ('message', 'compact')),
-                payload TEXT NOT NULL,
+                role TEXT NOT NULL,
+                content TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                tool_call_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload TEXT,
                 created_at REAL NOT NULL,
                 PRIMARY KEY (session_id, seq)
             ) WITHOUT ROWID""",
@@ -110,12 +117,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             *_SESSION_INDEXES,
             # `json`, not `jsonb`: stored verbatim, and it accepts the
-            # \\u0000 escape that jsonb rejects (tool output may hold NUL).
+            # \\u0000 escape that jsonb rejects (text with NUL goes there).
             """CREATE TABLE transcript_items (
                 session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
                 seq BIGINT NOT NULL,
                 kind TEXT NOT NULL CHECK (kind IN ('message', 'compact')),
-                payload JSON NOT NULL,
+                role TEXT NOT NULL,
+                content TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                tool_call_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload JSON,
                 created_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (session_id, seq)
             )""",

@@ -38,8 +38,10 @@ from pilothouse.runtime.store.base import (
     TranscriptItem,
 )
 from pilothouse.runtime.store.codec import (
+    ITEM_COLUMNS,
     RECORD_COLUMNS,
     decode_item,
+    decode_rows,
     decode_visible,
     encode_item,
     encode_usage,
@@ -71,15 +73,26 @@ _COLUMNS = RECORD_COLUMNS.replace("always_approved_tools", "always_approved_tool
     "last_run_usage", "last_run_usage::text"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM sessions"
+_ITEM_COLUMNS = ", ".join(f"i.{c}" for c in ITEM_COLUMNS).replace("i.payload", "i.payload::text")
+_ITEMS = "kind, role, content, sender, tool_call_id, name, payload, created_at"
+_T_ITEMS = ", ".join(f"t.{c}" for c in _ITEMS.split(", "))
+_UNNEST_TYPES = "text[], text[], text[], text[], text[], text[], json[], float8[]"
 _RETURNING = f"RETURNING {_COLUMNS}"
 _INSERT_COLUMNS = RECORD_COLUMNS
 _INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb"
+
+
+def _unnest(first: int) -> str:
+    """`$first::text[], …`: the parameters of the item columns for unnest."""
+    types = _UNNEST_TYPES.split(", ")
+    return ", ".join(f"${first + i}::{t}" for i, t in enumerate(types))
+
 
 _FINISH_RUN = f"""
 WITH s AS (
     UPDATE sessions SET
         message_count = CASE WHEN $3 THEN 1 + $4 ELSE message_count + $5 END,
-        history_seq = CASE WHEN $3 THEN next_seq + $13 ELSE history_seq END,
+        history_seq = CASE WHEN $3 THEN next_seq + $18 ELSE history_seq END,
         next_seq = next_seq + $5,
         uptime_s = uptime_s + $6,
         updated_at = $7,
@@ -91,10 +104,9 @@ WITH s AS (
     WHERE id = $1 AND active_run_id = $2
     {_RETURNING}, next_seq - $5 AS first_seq
 ), items AS (
-    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
-    SELECT s.id, s.first_seq + t.ord - 1, t.kind, t.payload, t.created_at
-    FROM s, unnest($10::text[], $11::json[], $12::float8[]) WITH ORDINALITY
-        AS t(kind, payload, created_at, ord)
+    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
+    SELECT s.id, s.first_seq + t.ord - 1, {_T_ITEMS}
+    FROM s, unnest({_unnest(10)}) WITH ORDINALITY AS t({_ITEMS}, ord)
 )
 SELECT * FROM s
 """
@@ -106,8 +118,8 @@ WITH s AS (
     WHERE id = $1
     {_RETURNING}, history_seq
 ), marker AS (
-    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
-    SELECT s.id, s.history_seq, 'compact', $3::json, $2 FROM s
+    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
+    SELECT s.id, s.history_seq, 'compact', '', $3, '', '', '', $4::json, $2 FROM s
 )
 SELECT * FROM s
 """
@@ -118,10 +130,9 @@ WITH s AS (
     VALUES ({_INSERT_VALUES}, $15, $16)
     RETURNING id
 ), items AS (
-    INSERT INTO transcript_items (session_id, seq, kind, payload, created_at)
-    SELECT s.id, t.ord - 1, t.kind, t.payload, t.created_at
-    FROM s, unnest($17::text[], $18::json[], $19::float8[]) WITH ORDINALITY
-        AS t(kind, payload, created_at, ord)
+    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
+    SELECT s.id, t.ord - 1, {_T_ITEMS}
+    FROM s, unnest({_unnest(17)}) WITH ORDINALITY AS t({_ITEMS}, ord)
 )
 SELECT id FROM s
 """
@@ -345,7 +356,7 @@ class PostgresSessionStore:
     async def _items_from(self, session_id: str, *, visible: bool) -> list[asyncpg.Record]:
         start = "s.history_seq" if visible else "0"
         rows = await self._fetch(
-            "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+            f"SELECT {_ITEM_COLUMNS} FROM sessions s "
             f"LEFT JOIN transcript_items i ON i.session_id = s.id AND i.seq >= {start} "
             "AND i.seq < s.next_seq "
             "WHERE s.id = $1 ORDER BY i.seq",
@@ -358,7 +369,7 @@ class PostgresSessionStore:
         return rows
 
     async def load_history(self, session_id: str) -> list[Message]:
-        return [decode_visible(*row) for row in await self._items_from(session_id, visible=True)]
+        return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
         self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
@@ -366,7 +377,7 @@ class PostgresSessionStore:
         # The history is the contiguous seq range [history_seq, next_seq).
         if newest_first:
             sql = (
-                "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
                 "JOIN transcript_items i ON i.session_id = s.id "
                 "AND i.seq >= s.history_seq "
                 "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2 "
@@ -374,7 +385,7 @@ class PostgresSessionStore:
             )
         else:
             sql = (
-                "SELECT i.kind, i.payload::text, i.created_at FROM sessions s "
+                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
                 "JOIN transcript_items i ON i.session_id = s.id "
                 "AND i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3 "
                 "WHERE s.id = $1 ORDER BY i.seq"
@@ -382,10 +393,10 @@ class PostgresSessionStore:
         rows = await self._fetch(sql, session_id, max(offset, 0), max(limit, 0))
         if not rows:
             await self._require(session_id)
-        return [decode_visible(*row) for row in rows]
+        return decode_rows(rows, decode_visible)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
-        return [decode_item(*row) for row in await self._items_from(session_id, visible=False)]
+        return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
     # --- runs -------------------------------------------------------------
 
@@ -427,7 +438,7 @@ class PostgresSessionStore:
         `messages`, and update the session row, in one statement; its
         `active_run_id = run_id` condition is the lease check."""
         items, compact = run_items(outcome)
-        kinds, payloads, times = _columns(items)
+        columns = _columns(items)
         rows = await self._fetch(
             _FINISH_RUN,
             session_id,
@@ -439,9 +450,7 @@ class PostgresSessionStore:
             outcome.finished_at,
             outcome.stop_reason,
             encode_usage(outcome.usage),
-            kinds,
-            payloads,
-            times,
+            *columns,
             len(outcome.messages_before_compact),
         )
         if not rows:
@@ -474,8 +483,8 @@ class PostgresSessionStore:
     # --- metadata ---------------------------------------------------------
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
-        _, payload, _ = encode_item(CompactMarker(summary, now))
-        rows = await self._fetch(_COMPACT, session_id, now, payload)
+        marker = encode_item(CompactMarker(summary, now))
+        rows = await self._fetch(_COMPACT, session_id, now, marker[2], marker[6])
         if not rows:
             raise session_not_found(session_id)
         return record_from_row(rows[0])
@@ -517,17 +526,12 @@ class PostgresSessionStore:
             raise _exists_error(record.id) from exc
 
 
-def _columns(items: list[TranscriptItem]) -> tuple[list[str], list[str], list[float]]:
-    """Transcript items as three parallel arrays (kind, payload, created_at)."""
-    kinds: list[str] = []
-    payloads: list[str] = []
-    times: list[float] = []
-    for item in items:
-        kind, payload, created_at = encode_item(item)
-        kinds.append(kind)
-        payloads.append(payload)
-        times.append(created_at)
-    return kinds, payloads, times
+def _columns(items: list[TranscriptItem]) -> list[list[Any]]:
+    """Transcript items as parallel arrays, one per `ITEM_COLUMNS`, for unnest."""
+    rows = [encode_item(item) for item in items]
+    if not rows:
+        return [[] for _ in ITEM_COLUMNS]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _exists_error(session_id: str) -> AlreadyExistsError:

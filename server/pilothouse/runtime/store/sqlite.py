@@ -32,8 +32,10 @@ from pilothouse.runtime.store.base import (
     TranscriptItem,
 )
 from pilothouse.runtime.store.codec import (
+    ITEM_COLUMNS,
     RECORD_COLUMNS,
     decode_item,
+    decode_rows,
     decode_visible,
     encode_item,
     encode_tools,
@@ -57,12 +59,16 @@ from pilothouse.runtime.store.migrations import (
 
 log = logging.getLogger(__name__)
 
+#: Page size of new database files, bytes.
+PAGE_SIZE = 8192
+
 _SELECT = f"SELECT {RECORD_COLUMNS} FROM sessions"
 _RETURNING = f"RETURNING {RECORD_COLUMNS}"
 _INSERT_ITEM = (
-    "INSERT INTO transcript_items (session_id, seq, kind, payload, created_at) "
-    "VALUES (?, ?, ?, ?, ?)"
+    f"INSERT INTO transcript_items (session_id, seq, {', '.join(ITEM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(ITEM_COLUMNS) + 1))}, ?)"
 )
+_ITEM_COLUMNS = ", ".join(f"i.{column}" for column in ITEM_COLUMNS)
 
 
 def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
@@ -118,6 +124,9 @@ class SqliteSessionStore:
             if read_only:
                 await conn.execute("PRAGMA query_only = ON")
             else:
+                # Only takes effect on a new file: larger pages keep a
+                # session's long messages inline in the b-tree.
+                await conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 mode = (await conn.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
                 if mode.lower() != "wal":
                     log.warning("sqlite store %s: journal mode is %s, not wal", self.path, mode)
@@ -285,7 +294,7 @@ class SqliteSessionStore:
         an unknown session."""
         start = "s.history_seq" if visible else "0"
         rows = await self._read(
-            "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+            f"SELECT {_ITEM_COLUMNS} FROM sessions s "
             f"LEFT JOIN transcript_items i ON i.session_id = s.id AND i.seq >= {start} "
             "AND i.seq < s.next_seq "
             "WHERE s.id = ? ORDER BY i.seq",
@@ -298,7 +307,7 @@ class SqliteSessionStore:
         return rows
 
     async def load_history(self, session_id: str) -> list[Message]:
-        return [decode_visible(*row) for row in await self._items_from(session_id, visible=True)]
+        return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
         self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
@@ -307,7 +316,7 @@ class SqliteSessionStore:
         # a page is a range of the primary key, whatever the offset.
         if newest_first:
             sql = (
-                "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
                 "JOIN transcript_items i ON i.session_id = s.id "
                 "AND i.seq >= s.history_seq "
                 "AND i.seq > s.next_seq - 1 - :offset - :limit "
@@ -316,7 +325,7 @@ class SqliteSessionStore:
             )
         else:
             sql = (
-                "SELECT i.kind, i.payload, i.created_at FROM sessions s "
+                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
                 "JOIN transcript_items i ON i.session_id = s.id "
                 "AND i.seq >= s.history_seq + :offset "
                 "AND i.seq < s.history_seq + :offset + :limit "
@@ -326,10 +335,10 @@ class SqliteSessionStore:
         rows = await self._read(sql, params)
         if not rows:
             await self._require(session_id)
-        return [decode_visible(*row) for row in rows]
+        return decode_rows(rows, decode_visible)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
-        return [decode_item(*row) for row in await self._items_from(session_id, visible=False)]
+        return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
     # --- runs -------------------------------------------------------------
 
@@ -428,7 +437,7 @@ class SqliteSessionStore:
     # --- metadata ---------------------------------------------------------
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
-        kind, payload, _ = encode_item(CompactMarker(summary, now))
+        marker = encode_item(CompactMarker(summary, now))
         async with self._transaction() as conn:
             rows = await conn.execute_fetchall(
                 "UPDATE sessions SET history_seq = next_seq, next_seq = next_seq + 1, "
@@ -437,7 +446,7 @@ class SqliteSessionStore:
             )
             if not rows:
                 raise session_not_found(session_id)
-            await conn.execute(_INSERT_ITEM, (session_id, rows[0][-1], kind, payload, now))
+            await conn.execute(_INSERT_ITEM, (session_id, rows[0][-1], *marker))
         return record_from_row(rows[0])
 
     async def _update(
