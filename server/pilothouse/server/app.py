@@ -97,8 +97,8 @@ class App:
             return True
         self._stopped = True
         grace = self.settings.shutdown_grace if grace is None else grace
-        await self.server.enter_drain()
         self.runtime.begin_drain()
+        await self.server.enter_drain()
         if self.health is not None:
             await self.health.stop()
         active = self.runtime.active_runs()
