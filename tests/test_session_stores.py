@@ -63,26 +63,45 @@ class Backend:
         return store
 
 
+def _pg(request: pytest.FixtureRequest, kind: str) -> PgServer | None:
+    return request.getfixturevalue("pg_server") if kind == "postgres" else None
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_kind(request: pytest.FixtureRequest) -> tuple[str, PgServer | None]:
-    if request.param == "postgres":
-        return "postgres", request.getfixturevalue("pg_server")
-    return request.param, None
+    return request.param, _pg(request, request.param)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_kind(request: pytest.FixtureRequest) -> tuple[str, PgServer | None]:
+    return request.param, _pg(request, request.param)
+
+
+async def _backend(kind: str, server: PgServer | None, tmp_path: Path) -> Backend:
+    if kind == "memory":
+        shared = MemorySessionStore()
+        return Backend(kind, lambda: shared)
+    if kind == "sqlite":
+        path = tmp_path / "sessions.db"
+        return Backend(kind, lambda: SqliteSessionStore(path), path=path)
+    assert server is not None
+    dsn = await server.new_database()
+    return Backend(kind, lambda: PostgresSessionStore(dsn, max_size=4), dsn=dsn)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def backend(backend_kind, tmp_path: Path) -> AsyncIterator[Backend]:
-    kind, server = backend_kind
-    if kind == "memory":
-        shared = MemorySessionStore()
-        b = Backend(kind, lambda: shared)
-    elif kind == "sqlite":
-        path = tmp_path / "sessions.db"
-        b = Backend(kind, lambda: SqliteSessionStore(path), path=path)
-    else:
-        assert server is not None
-        dsn = await server.new_database()
-        b = Backend(kind, lambda: PostgresSessionStore(dsn, max_size=4), dsn=dsn)
+    """Every store: memory, SQLite, PostgreSQL."""
+    b = await _backend(*backend_kind, tmp_path)
+    yield b
+    for store in b.opened:
+        await store.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def durable(durable_kind, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The durable stores: SQLite, PostgreSQL."""
+    b = await _backend(*durable_kind, tmp_path)
     yield b
     for store in b.opened:
         await store.close()
@@ -508,12 +527,11 @@ async def test_recover_interrupted_marks_only_expired_leases(store: SessionStore
     await store.begin_run("expired", "r4", lease_s=10.0, now=151.0)
 
 
-async def test_failed_finish_leaves_nothing_partial(backend: Backend, store: SessionStore) -> None:
+async def test_failed_finish_leaves_nothing_partial(durable: Backend) -> None:
     """A finish that fails half-way (its second transcript row collides with
     a row planted behind the store's back) rolls back entirely: no message,
     no metadata change, the lease still held."""
-    if not backend.durable:
-        pytest.skip("the memory store has no partial failure")
+    backend, store = durable, await durable.open()
     await store.create(record("s1"))
     await run(store, "s1", "r0", conversation(2))
     await store.begin_run("s1", "r1", lease_s=60.0, now=300.0)
@@ -613,9 +631,8 @@ async def test_import_session(backend: Backend, store: SessionStore) -> None:
 # --- durability ---------------------------------------------------------------
 
 
-async def test_everything_survives_a_restart(backend: Backend, store: SessionStore) -> None:
-    if not backend.durable:
-        pytest.skip("the memory store keeps nothing")
+async def test_everything_survives_a_restart(durable: Backend) -> None:
+    backend, store = durable, await durable.open()
     await store.create(record("s1", always_approved_tools=["calculate"]))
     await store.create(record("s2", created_by="you"))
     await run(store, "s1", "r1", conversation(4))
@@ -635,9 +652,8 @@ async def test_everything_survives_a_restart(backend: Backend, store: SessionSto
     await restarted.begin_run("s2", "r4", lease_s=60.0, now=1001.0)
 
 
-async def test_migrations_are_recorded_once(backend: Backend, store: SessionStore) -> None:
-    if not backend.durable:
-        pytest.skip("no schema")
+async def test_migrations_are_recorded_once(durable: Backend) -> None:
+    backend, store = durable, await durable.open()
     await store.create(record("s1"))
     await backend.open()  # a second open applies nothing and loses nothing
     query = "SELECT version, name FROM schema_migrations ORDER BY version"
