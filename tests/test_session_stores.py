@@ -574,6 +574,33 @@ async def test_run_with_compaction_is_one_unit(store: SessionStore) -> None:
     assert (await store.get("s1")).message_count == 3  # type: ignore[union-attr]
 
 
+async def test_cancelled_finishes_leave_whole_runs_only(store: SessionStore) -> None:
+    """Cancelling `finish_run` at any point stores the run whole or not at
+    all, and the store stays usable."""
+    await store.create(record("s1"))
+    stored: list[Message] = []
+    for i in range(24):
+        messages = [user(f"q{i}", float(i)), *tool_round(f"c{i}", float(i)), assistant(f"a{i}")]
+        await store.begin_run("s1", f"r{i}", lease_s=60.0, now=float(i))
+        task = asyncio.create_task(store.finish_run("s1", f"r{i}", outcome(messages)))
+        for _ in range(i % 6):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+            stored += messages
+        except asyncio.CancelledError:
+            got = await store.get("s1")
+            assert got is not None
+            if got.active_run_id:  # not committed: the run still holds the lease
+                await store.abandon_run("s1", f"r{i}", "cancelled", float(i))
+            else:  # committed before the cancellation took effect
+                stored += messages
+        history = await store.load_history("s1")
+        assert history == stored
+        assert (await store.get("s1")).message_count == len(stored)  # type: ignore[union-attr]
+
+
 # --- metadata ---------------------------------------------------------------
 
 

@@ -153,8 +153,13 @@ class SqliteSessionStore:
         conn = self._write_conn()
         async with self._lock:
             with self._errors():
-                await conn.execute("BEGIN IMMEDIATE")
+                if conn.in_transaction:  # defensive: left open by an earlier failure
+                    await conn.execute("ROLLBACK")
                 try:
+                    # Inside the try: a BEGIN whose caller was cancelled still
+                    # runs on the connection's thread, and the ROLLBACK queued
+                    # after it must close that transaction.
+                    await conn.execute("BEGIN IMMEDIATE")
                     yield conn
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error, ValueError):
@@ -198,8 +203,8 @@ class SqliteSessionStore:
             raise
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             await conn.execute(SCHEMA_MIGRATIONS_TABLE)
             rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
             applied = {row[0] for row in rows}
@@ -275,7 +280,7 @@ class SqliteSessionStore:
         where, params = _filters(agent, created_by, state)
         rows = await self._read(
             f"{_SELECT}{where} ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            (*params, max(limit, 0), max(offset, 0)),
         )
         return [record_from_row(row) for row in rows]
 
