@@ -137,6 +137,7 @@ def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
         "shutdown_grace": 1.0,
         "generate_titles": False,
         "store_url": "memory://",
+        "metrics_port": 0,
         **overrides,
     }
     return Settings(**values)

@@ -70,6 +70,12 @@ from pilothouse.runtime.tools import ASK_USER, ToolContext, ToolDispatcher
 
 tracer = trace.get_tracer("pilothouse.runtime")
 
+# Semconv names not (yet) exported as constants by this semconv package.
+ERROR_TYPE = "error.type"
+TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"  # seconds
+CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+
 #: Context window assumed when the agent does not declare one, in tokens.
 DEFAULT_CONTEXT_WINDOW = 128_000
 #: How long an approval or question waits by default, seconds.
@@ -380,14 +386,18 @@ def _record_chat(span: Span, state: _RoundState) -> None:
     if state.usage is not None:
         span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, state.usage.prompt_tokens)
         span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, state.usage.completion_tokens)
+        if state.usage.cached_tokens:
+            span.set_attribute(CACHE_READ_INPUT_TOKENS, state.usage.cached_tokens)
+        if state.usage.reasoning_tokens:
+            span.set_attribute(REASONING_OUTPUT_TOKENS, state.usage.reasoning_tokens)
     if state.first_chunk_at is not None:
-        span.set_attribute(
-            "pilothouse.time_to_first_chunk_ms",
-            round((state.first_chunk_at - state.started_at) * 1000, 3),
-        )
+        seconds = state.first_chunk_at - state.started_at
+        span.set_attribute(TIME_TO_FIRST_CHUNK, seconds)
+        span.set_attribute("pilothouse.time_to_first_chunk_ms", round(seconds * 1000, 3))
     if state.stopped:
         span.add_event("cancelled")
     if state.error is not None:
+        span.set_attribute(ERROR_TYPE, "model_error")
         span.set_status(Status(StatusCode.ERROR, state.error))
 
 
@@ -484,19 +494,28 @@ async def _run_call(
         span.set_attribute(gen_ai.GEN_AI_CONVERSATION_ID, tool_context.session_id)
         output: str | None
         error: str | None
-        if not allowed:
-            output, error = None, f"tool {call.name!r} is not available to agent {tool_context.agent!r}"
-        elif call.name == ASK_USER.name:
-            output, error = await _ask_user(call, ctx, events, span)
-        else:
-            why = needs_approval(agent, call, ctx.control.approved_tools)
-            denial = await _approve(call, why, ctx, events, span) if why else None
-            if denial is not None:
-                output, error = None, denial
+        try:
+            if not allowed:
+                output = None
+                error = f"tool {call.name!r} is not available to agent {tool_context.agent!r}"
+            elif call.name == ASK_USER.name:
+                output, error = await _ask_user(call, ctx, events, span)
             else:
-                outcome = await dispatcher.dispatch(call, tool_context)
-                output, error = outcome.output, outcome.error
+                why = needs_approval(agent, call, ctx.control.approved_tools)
+                denial = await _approve(call, why, ctx, events, span) if why else None
+                if denial is not None:
+                    output, error = None, denial
+                else:
+                    outcome = await dispatcher.dispatch(call, tool_context)
+                    output, error = outcome.output, outcome.error
+        except asyncio.CancelledError:
+            # The SDK records only Exceptions: mark the cancellation here.
+            span.add_event("cancelled")
+            span.set_attribute(ERROR_TYPE, "cancelled")
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            raise
         if error is not None:
+            span.set_attribute(ERROR_TYPE, "tool_error")
             span.set_status(Status(StatusCode.ERROR, error))
     duration_ms = int((time.perf_counter() - start) * 1000)
     if error is not None:

@@ -678,6 +678,7 @@ class Runtime:
             if done.response.stop_reason is StopReason.CANCELLED:
                 span.add_event("cancelled", {"pilothouse.reason": done.response.error})
             if done.response.stop_reason is StopReason.ERROR:
+                span.set_attribute("error.type", "run_error")
                 span.set_status(Status(StatusCode.ERROR, done.response.error))
             await self._finish(run, history, ctx, started, done)
 
@@ -793,6 +794,16 @@ class Runtime:
             "(%d prompt + %d completion tokens)",
             run.id, run.session_id, response.stop_reason.value, response.iterations, duration,
             response.usage.prompt_tokens, response.usage.completion_tokens,
+            extra={
+                "run_id": run.id,
+                "session_id": run.session_id,
+                "agent": run.agent,
+                "stop_reason": response.stop_reason.value,
+                "iterations": response.iterations,
+                "input_tokens": response.usage.prompt_tokens,
+                "output_tokens": response.usage.completion_tokens,
+                "duration_s": round(duration, 6),
+            },
         )
 
     def _forget_run(self, run: Run) -> None:

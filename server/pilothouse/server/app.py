@@ -20,7 +20,6 @@ from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.server.agents_file import read_agents_file
 from pilothouse.server.content import ContentRecordingModel
 from pilothouse.server.health import Dependency, HealthMonitor
-from pilothouse.server.logs import RunEndFields
 from pilothouse.server.metrics import MetricsPipeline, RuntimeMetrics, start_metrics
 from pilothouse.server.services import AgentService, RunService, SessionService
 from pilothouse.server.settings import TEST_MODEL_NAME, Settings
@@ -229,7 +228,6 @@ async def start_app(settings: Settings) -> App:
                 generate_titles=settings.generate_titles,
             ),
         )
-        runtime.on_run_end.append(RunEndFields())
         await runtime.start()
         for config in read_agents_file(settings.agents_file):
             runtime.add_agent(config, source="file")

@@ -8,14 +8,12 @@ call, and `exception` with the traceback. Pilothouse logs ids, names,
 counts and durations, never message contents or tool arguments.
 
 The runtime logs one line per run end (`pilothouse.runtime.runtime`, "run
-... ended: ..."). `RunEndFields` adds structured fields to that line:
-run_id, session_id, agent, stop_reason, iterations, input_tokens,
-output_tokens and duration_s.
+... ended: ...") with structured fields: run_id, session_id, agent,
+stop_reason, iterations, input_tokens, output_tokens and duration_s.
 """
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import json
 import logging
@@ -29,15 +27,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
 #: LogRecord attributes that are not `extra` fields.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "trace_suffix"}
 
-_RUN_END: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "pilothouse_run_end", default=None
-)
-RUN_END_LOGGER = "pilothouse.runtime.runtime"
 
 
 class TraceContextFilter(logging.Filter):
     """Adds `trace_id` and `span_id` (hex) of the current span, when there
-    is one, and the structured fields of a run's end line."""
+    is one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         context = trace.get_current_span().get_span_context()
@@ -47,14 +41,6 @@ class TraceContextFilter(logging.Filter):
             record.trace_suffix = f" trace_id={record.trace_id} span_id={record.span_id}"
         else:
             record.trace_suffix = ""
-        fields = _RUN_END.get()
-        if fields is not None and record.name == RUN_END_LOGGER and fields["run_id"] in (
-            record.args if isinstance(record.args, tuple) else ()
-        ):
-            _RUN_END.set(None)
-            for key, value in fields.items():
-                if not hasattr(record, key):
-                    setattr(record, key, value)
         return True
 
 
@@ -100,24 +86,3 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text", stream: Any 
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # One line per model request is noise at INFO; runs log their own end.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-class RunEndFields:
-    """An `on_run_end` observer: remembers the ended run's figures so that
-    `TraceContextFilter` adds them to the runtime's run-end line, logged
-    right after the observers in the same task."""
-
-    def __call__(self, run: Any, response: Any, duration_s: float) -> None:
-        usage = response.usage
-        _RUN_END.set(
-            {
-                "run_id": run.id,
-                "session_id": run.session_id,
-                "agent": run.agent,
-                "stop_reason": response.stop_reason.value,
-                "iterations": response.iterations,
-                "input_tokens": usage.prompt_tokens,
-                "output_tokens": usage.completion_tokens,
-                "duration_s": round(duration_s, 3),
-            }
-        )
