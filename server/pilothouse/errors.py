@@ -83,3 +83,53 @@ class UnavailableError(PilothouseError):
     """A dependency is down; retrying later may work (UNAVAILABLE)."""
 
     default_reason = "UNAVAILABLE"
+
+
+# --- The errors every layer raises about the same objects --------------------
+
+
+def session_not_found(session_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"session {session_id!r} not found",
+        reason="SESSION_NOT_FOUND",
+        metadata={"session_id": session_id},
+    )
+
+
+def agent_not_found(name: str) -> NotFoundError:
+    return NotFoundError(
+        f"agent {name!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
+    )
+
+
+def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
+    """A second run on a busy session (ErrorInfo metadata `active_run_id`)."""
+    return FailedPreconditionError(
+        f"session {session_id!r} already has an active run {run_id}",
+        reason="RUN_ACTIVE",
+        metadata={"session_id": session_id, "active_run_id": run_id},
+    )
+
+
+def no_active_run(session_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"session {session_id!r} has no active run",
+        reason="NO_ACTIVE_RUN",
+        metadata={"session_id": session_id},
+    )
+
+
+def session_closed(session_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"session {session_id!r} is closed",
+        reason="SESSION_CLOSED",
+        metadata={"session_id": session_id},
+    )
+
+
+def lease_lost(session_id: str, run_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"run {run_id} no longer holds session {session_id!r}",
+        reason="LEASE_LOST",
+        metadata={"session_id": session_id, "run_id": run_id},
+    )

@@ -30,6 +30,11 @@ from pilothouse.errors import (
     NotFoundError,
     PilothouseError,
     UnavailableError,
+    agent_not_found,
+    no_active_run,
+    run_active,
+    session_closed,
+    session_not_found,
 )
 from pilothouse.runtime import compaction
 from pilothouse.runtime.agent import Agent, AgentConfig
@@ -69,36 +74,6 @@ TITLE_PROMPT = (
 def _require(value: str, field: str) -> None:
     if not value:
         raise InvalidArgumentError.field(field, "must not be empty")
-
-
-def _session_not_found(session_id: str) -> NotFoundError:
-    return NotFoundError(
-        f"session {session_id!r} not found",
-        reason="SESSION_NOT_FOUND",
-        metadata={"session_id": session_id},
-    )
-
-
-def _agent_not_found(name: str) -> NotFoundError:
-    return NotFoundError(
-        f"agent {name!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
-    )
-
-
-def _run_active(session_id: str, run_id: str) -> FailedPreconditionError:
-    return FailedPreconditionError(
-        f"session {session_id!r} has an active run {run_id}",
-        reason="RUN_ACTIVE",
-        metadata={"session_id": session_id, "active_run_id": run_id},
-    )
-
-
-def _no_active_run(session_id: str) -> FailedPreconditionError:
-    return FailedPreconditionError(
-        f"session {session_id!r} has no active run",
-        reason="NO_ACTIVE_RUN",
-        metadata={"session_id": session_id},
-    )
 
 
 def valid_prefix(history: list[Message], start: int) -> list[Message]:
@@ -279,7 +254,7 @@ class Runtime:
         _require(name, field)
         agent = self._agents.get(name)
         if agent is None:
-            raise _agent_not_found(name)
+            raise agent_not_found(name)
         return agent
 
     def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
@@ -294,7 +269,7 @@ class Runtime:
     def delete_agent(self, name: str) -> None:
         _require(name, "name")
         if self._agents.pop(name, None) is None:
-            raise _agent_not_found(name)
+            raise agent_not_found(name)
 
     # --- Sessions ---------------------------------------------------------
 
@@ -321,7 +296,7 @@ class Runtime:
         _require(session_id, "session_id")
         record = await self.store.get(session_id)
         if record is None:
-            raise _session_not_found(session_id)
+            raise session_not_found(session_id)
         return record
 
     def active_run(self, session_id: str) -> Run | None:
@@ -351,7 +326,7 @@ class Runtime:
         run = self._active.get(record.id)
         run_id = run.id if run else record.active_run_id
         if run_id:
-            raise _run_active(record.id, run_id)
+            raise run_active(record.id, run_id)
 
     async def close_session(self, session_id: str) -> SessionRecord:
         """Close a session (idempotent). FAILED_PRECONDITION while a run is
@@ -482,11 +457,7 @@ class Runtime:
                 "the server is shutting down; retry on another replica", reason="DRAINING"
             )
         if record.state is SessionState.CLOSED:
-            raise FailedPreconditionError(
-                f"session {session_id!r} is closed",
-                reason="SESSION_CLOSED",
-                metadata={"session_id": session_id},
-            )
+            raise session_closed(session_id)
         agent = self.get_agent(record.agent)
         async with self._locks[session_id]:
             current = self._active.get(session_id)
@@ -507,7 +478,7 @@ class Runtime:
                     for run in [*queue, *([current] if current else [])]:
                         await run.wait()
                 else:
-                    raise _run_active(session_id, (current or busiest).id)
+                    raise run_active(session_id, (current or busiest).id)
             run = Run(uuid.uuid4().hex, session_id, agent.name, content, sender, options)
             await self.store.begin_run(
                 session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
@@ -554,7 +525,7 @@ class Runtime:
         await self.get_session(session_id)
         run = self._active.get(session_id) or next(iter(self._queued[session_id]), None)
         if run is None:
-            raise _no_active_run(session_id)
+            raise no_active_run(session_id)
         self.steer(run, content, sender)
         return run
 
@@ -578,7 +549,7 @@ class Runtime:
             last = self._last_run.get(session_id)
             run = self._runs.get(last) if last else None
         if run is None:
-            raise _no_active_run(session_id)
+            raise no_active_run(session_id)
         return run
 
     async def cancel(self, session_id: str, run_id: str = "", reason: str = "") -> tuple[Run, bool]:
@@ -616,7 +587,7 @@ class Runtime:
         ctx = LoopContext(run.session_id, run.id, run.control)
         try:
             if record is None:
-                raise _session_not_found(run.session_id)
+                raise session_not_found(run.session_id)
             history = list(await self._history(record))
             pre_run_len = len(history)
         except PilothouseError as exc:

@@ -1,13 +1,26 @@
 """An in-process session store: tests, and single-process use without
-durability. Same semantics as the durable stores (see `base`)."""
+durability. Same semantics as the durable stores (see `base`).
+
+The error helpers (`session_not_found`, `run_active`, ...) are re-exported
+here for the other stores."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 
-from pilothouse.errors import FailedPreconditionError, NotFoundError
+from pilothouse.errors import lease_lost, run_active, session_closed, session_not_found
 from pilothouse.runtime.messages import Message
+
+__all__ = [
+    "MemorySessionStore",
+    "lease_lost",
+    "run_active",
+    "session_closed",
+    "session_not_found",
+    "visible_history",
+]
+
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     CompactMarker,
@@ -16,38 +29,6 @@ from pilothouse.runtime.store.base import (
     SessionState,
     TranscriptItem,
 )
-
-
-def session_not_found(session_id: str) -> NotFoundError:
-    return NotFoundError(
-        f"session {session_id!r} not found",
-        reason="SESSION_NOT_FOUND",
-        metadata={"session_id": session_id},
-    )
-
-
-def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
-    return FailedPreconditionError(
-        f"session {session_id!r} already has an active run {run_id}",
-        reason="RUN_ACTIVE",
-        metadata={"session_id": session_id, "active_run_id": run_id},
-    )
-
-
-def session_closed(session_id: str) -> FailedPreconditionError:
-    return FailedPreconditionError(
-        f"session {session_id!r} is closed",
-        reason="SESSION_CLOSED",
-        metadata={"session_id": session_id},
-    )
-
-
-def lease_lost(session_id: str, run_id: str) -> FailedPreconditionError:
-    return FailedPreconditionError(
-        f"run {run_id} no longer holds session {session_id!r}",
-        reason="LEASE_LOST",
-        metadata={"session_id": session_id, "run_id": run_id},
-    )
 
 
 def visible_history(items: list[TranscriptItem]) -> list[Message]:
