@@ -20,7 +20,7 @@ FINDINGS: list[tuple[str, tuple[str, ...]]] = [
     ("… of which `convert.event_to_proto`", (r"server/convert\.py",)),
     ("tool call over gRPC (`tool_client.py` and below)", (r"server/tool_client\.py",)),
     ("session store (`runtime/store/` and below)", (r"runtime/store/",)),
-    ("OpenTelemetry spans", (r"/opentelemetry/",)),
+    ("OpenTelemetry (spans and metrics)", (r"/opentelemetry/",)),
     ("event log (`runs.py`)", (r"runtime/runs\.py",)),
     ("logging", (r"/logging/",)),
 ]
@@ -65,6 +65,28 @@ def analyse(results: dict[str, Any]) -> list[str]:
                 for label, share in findings.items() if share >= 3
             ]
             out.append("  Where the runtime's CPU goes (inclusive shares): " + "; ".join(parts) + ".")
+    peers = [r for r in turn_rows if r.get("role") == "peer" and _ok(r)]
+    if _ok(primary) and peers:
+        assert primary is not None
+        p = primary["summary"]["median"]
+        faster = [r["label"].removeprefix("peer: ") for r in peers if r["summary"]["median"] < p]
+        out.append(
+            f"- **Peers**: the peers run the whole turn in one process with the tool as a Python "
+            f"call; Pilothouse crosses two gRPC hops and a store and streams every event to a "
+            f"separate client ({primary['cpu_ms'].get('client', 0):.1f} ms of client CPU per turn for "
+            "about 30 events). "
+            + (f"Faster than Pilothouse here: {', '.join(faster)}; closing the gap needs the runtime's "
+               "CPU per turn cut by the items below." if faster else "Pilothouse is faster than every peer.")
+        )
+    loops = {r["loop"]: r for r in turn_rows if r.get("role") == "pilothouse" and r.get("store") == "sqlite" and _ok(r)}
+    if {"asyncio", "uvloop"} <= loops.keys():
+        a, u = loops["asyncio"]["summary"]["median"], loops["uvloop"]["summary"]["median"]
+        out.append(
+            f"- **uvloop** under the runtime: {u:.2f} ms a turn against {a:.2f} ms on asyncio "
+            f"({abs(a - u) / a:.0%} {'faster' if u < a else 'slower'}). grpc.aio polls in its own thread and hands completions to the loop, "
+            "so a faster loop moves little of the runtime's cost; the model server and the clients run "
+            "on uvloop."
+        )
     relay = results.get("relay", [])
     for row in (r for r in relay if r.get("role") == "pilothouse"):
         base = _row(relay, "baseline", pair=row.get("pair"))
@@ -84,6 +106,24 @@ def analyse(results: dict[str, Any]) -> list[str]:
             "and client is slower sets the rate, so the target holds once the runtime's per-event cost "
             "is no higher than the client's."
         )
+    native = results.get("profiles", {}).get("token relay, native frames", {})
+    bare = results.get("profiles", {}).get("bare grpc.aio server, native frames", {})
+    if native.get("cpu_us_per_event") and bare.get("cpu_us_per_event"):
+        ours = {g: v * native["cpu_us_per_event"] / 100 for g, v in native["areas"]}
+        theirs = {g: v * bare["cpu_us_per_event"] / 100 for g, v in bare["areas"]}
+        gaps = sorted(ours, key=lambda g: ours[g] - theirs.get(g, 0.0), reverse=True)[:3]
+        syscalls = [g for g in ours if g.startswith(("sendmsg", "write"))]
+        out.append(
+            f"  Profiled with native frames (py-spy slows both), the runtime spends "
+            f"{native['cpu_us_per_event']:.0f} µs per relayed event and the bare server "
+            f"{bare['cpu_us_per_event']:.0f} µs. gRPC core's two system calls per message, a `sendmsg` "
+            "and an eventfd write to wake its poller, made on the Python thread with the GIL held, cost "
+            "both alike ("
+            + "; ".join(f"{g.split(':')[0]} {ours[g]:.0f} vs {theirs.get(g, 0.0):.0f} µs" for g in syscalls)
+            + "): that is the floor per message. The difference is the runtime's own work: "
+            + "; ".join(f"{g.split(' (')[0]} {ours[g]:.0f} vs {theirs.get(g, 0.0):.0f} µs" for g in gaps)
+            + ", itemised by the Python-frame profile above."
+        )
     levels = results.get("concurrency", [])
     if levels:
         top = max(levels, key=lambda lv: lv["runs"])
@@ -96,5 +136,84 @@ def analyse(results: dict[str, Any]) -> list[str]:
             f"that work: p99 time to first event {top['ttfe_ms'].get('p99', 0):.0f} ms, of which the wait "
             f"before the runtime recorded `run_started` is {top['started_ms'].get('p99', 0):.0f} ms (p99). "
             "Under 50 ms at this scale needs several runtime processes (or far less CPU per event)."
+        )
+    return out
+
+
+def _area(profile: dict[str, Any], prefix: str) -> float:
+    return sum(share for area, share in profile.get("areas", []) if area.startswith(prefix))
+
+
+def _finding(profile: dict[str, Any], prefix: str) -> float:
+    return sum(v for k, v in (profile.get("findings") or {}).items() if k.startswith(prefix))
+
+
+def suggestions(results: dict[str, Any]) -> list[str]:
+    """Changes to files the bench may not edit, each with this run's
+    evidence; the reasoning is in the module's docstring and README."""
+    profiles = results.get("profiles", {})
+    turn, relay = profiles.get("tool-call turns", {}), profiles.get("token relay", {})
+    stores = {s["store"]: s for s in results.get("store", []) if not s.get("error")}
+    out = [
+        "- **Telemetry that costs even when nothing is exported** (`server/telemetry.py`, "
+        "`server/metrics.py`): OpenTelemetry code is "
+        f"{_finding(turn, 'OpenTelemetry'):.0f} % of the runtime's CPU in tool-call turns and "
+        f"{_finding(relay, 'OpenTelemetry') + _area(relay, 'metrics'):.0f} % in the relay (inclusive, "
+        "plus the metrics interceptor's own frames). The SDK tracer provider records every span although no exporter is "
+        "configured by default, and every streamed event goes through `EventCountingInterceptor` "
+        "(`Counter.add` with a fresh attribute dict: hashing, exemplar reservoir) and the gRPC "
+        "instrumentation's stream wrapper. Suggested: keep the API's no-op providers when no exporter "
+        "or reader is configured; count events per run (one `add(n)` per event type when the stream "
+        "ends) instead of per message.",
+        "- **httpcore looks for `sniffio` on every pool operation** (`pyproject.toml`): anyio 4.16 no "
+        "longer depends on sniffio, so httpcore's `import sniffio` fails and searches `sys.path` several "
+        f"times per model request ({_finding(turn, '… of which httpcore'):.1f} % of the turn's runtime "
+        "CPU, inclusive). Suggested: add `sniffio` to the runtime's dependencies.",
+        "- **The HTTP client itself** (`runtime/model/openai.py` could switch, at the cost of the "
+        "httpx-specific behaviour the tests pin): httpx + httpcore + anyio are "
+        f"{_finding(turn, '… of which httpx'):.0f} % of a turn's runtime CPU for two requests. The "
+        "connection-reuse fix and the faster SSE parsing in this change are what the provider file "
+        "allowed; a client with less machinery per request (aiohttp, already a dependency, is a "
+        "candidate; not measured here) is the remaining lever.",
+        "- **Per-event fan-out** (`runtime/runs.py`, `server/services.py`): `EventLog.append` resolves a "
+        "future and makes a new one for every event even with no subscriber waiting, and `StreamTo` "
+        "wakes, converts and sends one message per event (the bare grpc.aio stream costs about the "
+        "same per message as the runtime's gRPC part: it is the floor). Suggested: create the wake-up "
+        "future only when a subscriber waits; when a subscriber lags, send the backlog of text deltas "
+        "it finds as one `text_delta` (their concatenation: the text is the same, the message count "
+        "drops with the backlog) — an API-visible choice for the owner of `services.py`.",
+        "- **One process, one core** (`server/main.py`): the runtime's CPU per turn sets its ceiling "
+        "(see the concurrency row); grpc.aio enables SO_REUSEPORT, so several runtime processes can "
+        "serve one port with a shared SQLite/PostgreSQL store (the run lease already makes sessions "
+        "safe across replicas). A `--workers N` option would scale turns/s with cores; p99 time to "
+        "first event under 50 ms for 2,000 simultaneous runs also needs each turn to cost several "
+        "times less CPU.",
+    ]
+    levels = results.get("concurrency", [])
+    cancelled = sum(
+        sum("CANCELLED" in e for e in lv["errors"]) for lv in levels
+    )
+    top = max(levels, key=lambda lv: lv["runs"], default=None)
+    if top is not None:
+        out.append(
+            "- **grpc core cancels RPCs of a burst** (`rpc/serving.py`): when more than 1,000 calls "
+            "wait for the Python server to pick them up, grpc core's pending-request queue "
+            "(`grpc.server.max_pending_requests`, about 1,000 by default) rejects new calls at random "
+            "with CANCELLED, and a call that waits 30 s there is cancelled too. In this run "
+            f"{cancelled:,} of the {top['runs']:,} simultaneous `StreamTo` calls ended so without "
+            "reaching the runtime; a bare grpc.aio server loses about 10 % of 2,000 simultaneous "
+            "streams the same way and none with `(\"grpc.server.max_pending_requests\", 10000), "
+            "(\"grpc.server.max_pending_requests_hard_limit\", 20000)`. Suggested: add both to "
+            "`server_options()`."
+        )
+    memory_store, sqlite = stores.get("memory"), stores.get("sqlite")
+    if memory_store and sqlite and memory_store["load_ms"].get("n") and sqlite["load_ms"].get("n"):
+        out.append(
+            "- **The memory store deep-copies** (`runtime/store/memory.py`): loading a 10,000-message "
+            f"session takes {memory_store['load_ms']['median']:.0f} ms in memory against "
+            f"{sqlite['load_ms']['median']:.0f} ms from SQLite, and storing a run "
+            f"{memory_store['append_us']['median']:.0f} µs; `copy.deepcopy` walks every field. "
+            "Suggested: copy messages field by field (`dataclasses.replace`, with new `ToolCall`s) "
+            "instead of `copy.deepcopy`."
         )
     return out

@@ -29,6 +29,7 @@ AREAS: list[tuple[str, re.Pattern[str]]] = [
     ("protobuf (google.protobuf, *_pb2)", re.compile(r"(/google/protobuf/|_pb2\.py)")),
     ("gRPC (grpc.aio, cygrpc)", re.compile(r"/grpc/")),
     ("servicers (server/services.py, rpc/)", re.compile(r"/(server/services\.py|rpc/)")),
+    ("metrics interceptor (server/metrics.py)", re.compile(r"/server/metrics\.py")),
     ("event log fan-out (runtime/runs.py)", re.compile(r"/runtime/runs\.py")),
     ("agent loop (runtime/loop.py, model/builder.py)", re.compile(r"/runtime/(loop|model/builder)\.py")),
     ("runtime (runtime/runtime.py)", re.compile(r"/runtime/runtime\.py")),
@@ -40,6 +41,19 @@ AREAS: list[tuple[str, re.Pattern[str]]] = [
     ("asyncio / event loop", re.compile(r"(/asyncio/|/uvloop/|selectors\.py)")),
 ]
 OTHER = "other"
+
+#: Groups for `--native` profiles, by the innermost (leaf) frame.
+NATIVE_GROUPS: list[tuple[str, re.Pattern[str]]] = [
+    ("sendmsg: a socket write per message (gRPC core, on the Python thread)", re.compile(r"^sendmsg \(")),
+    ("write/eventfd_write: wake-ups of gRPC's poller", re.compile(r"^(eventfd_)?write \(")),
+    ("other system calls", re.compile(r"^(syscall|epoll_wait|read|recvmsg|recv|futex|__GI_\w+) \(")),
+    ("gRPC core and Cython glue (cygrpc)", re.compile(r"cygrpc")),
+    ("protobuf (upb, C)", re.compile(r"_message\.abi3")),
+    ("JSON (C scanner)", re.compile(r"_json\.c")),
+    ("Python code (interpreting .py frames)", re.compile(r"\.py:\d+\)$|<string>|<frozen")),
+    ("CPython runtime (eval loop, GC, allocator, asyncio C)",
+     re.compile(r"(libpython|Python-3|python-build|\.h:\d+|_asynciomodule|\.c:\d+\))")),
+]
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 
@@ -69,6 +83,25 @@ def _short(path: str) -> str:
             tail = path.split(marker, 1)[1]
             return ("pilothouse/" + tail) if marker == "/pilothouse/" else tail
     return path
+
+
+def summarise_native(raw: str) -> Profile:
+    """Groups of leaf frames (where the CPU actually was) of a `--native`
+    profile, in percent of all samples."""
+    groups: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        leaf = stack.rsplit(";", 1)[-1]
+        group = next((name for name, pattern in NATIVE_GROUPS if pattern.search(leaf)), "other native code")
+        groups[group] += count
+    if not total:
+        return Profile(0, error="no samples")
+    return Profile(total, [(name, n * 100 / total) for name, n in groups.most_common()])
 
 
 def summarise(raw: str, top: int = 12) -> Profile:
@@ -110,11 +143,15 @@ def summarise(raw: str, top: int = 12) -> Profile:
 class Sampler:
     """py-spy sampling one process until `stop`."""
 
-    def __init__(self, py_spy: Path, pid: int, output: Path, rate: int = 250) -> None:
+    def __init__(
+        self, py_spy: Path, pid: int, output: Path, rate: int = 250, *, native: bool = False
+    ) -> None:
         self.output = output
+        self.native = native
         self.popen = subprocess.Popen(
             [str(py_spy), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--gil", "--full-filenames", "--output", str(output)],
+             "--gil", "--full-filenames", *(["--native"] if native else []),
+             "--output", str(output)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 
@@ -128,4 +165,5 @@ class Sampler:
             return Profile(0, error="py-spy did not stop")
         if not self.output.is_file():
             return Profile(0, error=f"py-spy wrote nothing: {err.decode(errors='replace')[-300:]}")
-        return summarise(self.output.read_text(errors="replace"), top)
+        raw = self.output.read_text(errors="replace")
+        return summarise_native(raw) if self.native else summarise(raw, top)

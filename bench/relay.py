@@ -75,6 +75,23 @@ async def measure_pair(
     return runtime, baseline
 
 
+async def template_and_raw_runs(address: str, raw_port: int, runs: int) -> int:
+    """One runtime relay run for its message, then `runs` bare runs of the
+    same messages (for profiling the bare server); returns events per run."""
+    async with PilothouseClient(address) as client, grpc.aio.insecure_channel(
+        f"127.0.0.1:{raw_port}", options=CHANNEL_OPTIONS
+    ) as channel:
+        (session_id,) = await create_sessions(client, w.AGENT_RELAY, 1)
+        _, events, template = await _runtime_run(client, session_id)
+        method = channel.unary_stream(
+            PATH, request_serializer=lambda b: b,
+            response_deserializer=runs_pb.StreamToResponse.FromString,
+        )
+        for _ in range(runs):
+            await _raw_run(method, events.to_bytes(4, "big") + template)
+    return events
+
+
 async def measure_model_source(base_url: str, loop: str, proc: Proc, runs: int) -> Measured:
     """The relay stream pulled straight from the model server, counting
     events without decoding them: the rate the source can deliver."""

@@ -39,6 +39,8 @@ def _median(row: dict[str, Any] | None) -> float | None:
 
 
 def turn_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["Not run (`--only`)."]
     baseline = _median(_find(rows, "baseline"))
     out = [
         "| side | event loop | store | turns | median ms | p99 ms | x baseline (median) | CPU per turn (ms, by process) | note |",
@@ -60,6 +62,8 @@ def turn_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def relay_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["Not run (`--only`)."]
     out = [
         "| side | event loop | runs | median events/s | worst run events/s | share of baseline (median) | CPU per event (µs, by process) | note |",
         "|---|---|---:|---:|---:|---:|---|---|",
@@ -78,6 +82,8 @@ def relay_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def concurrency_table(levels: list[dict[str, Any]]) -> list[str]:
+    if not levels:
+        return ["Not run (`--only`)."]
     out = [
         "| simultaneous runs | completed | turns/s | first event p50 ms | first event p99 ms "
         "| run started at the runtime p50 / p99 ms | whole turn p50 / p99 ms | peak RSS runtime MB "
@@ -98,6 +104,8 @@ def concurrency_table(levels: list[dict[str, Any]]) -> list[str]:
 
 
 def memory_table(memory: dict[str, Any]) -> list[str]:
+    if not memory:
+        return ["Not run (`--only`)."]
     if memory.get("error"):
         return [f"Not measured: {memory['error']}"]
     per_idle = memory["idle_delta_kb"] * 1024 / max(memory["idle_sessions"], 1)
@@ -113,6 +121,8 @@ def memory_table(memory: dict[str, Any]) -> list[str]:
 
 
 def store_table(stores: list[dict[str, Any]]) -> list[str]:
+    if not stores:
+        return ["Not run (`--only`)."]
     out = [
         "| store | append one run (begin_run + finish_run, 4 messages) median / p99 µs "
         "| load a 10,000-message session median / p99 ms | note |",
@@ -185,6 +195,20 @@ def targets_table(results: dict[str, Any]) -> list[str]:
 def profile_section(name: str, profile: dict[str, Any]) -> list[str]:
     if profile.get("error"):
         return [f"**{name}**: not profiled ({profile['error']})."]
+    if not profile.get("functions"):  # a native profile: groups of leaf frames only
+        per_event = profile.get("cpu_us_per_event")
+        return [
+            f"**{name}** — {profile['samples']:,} samples ({profile.get('what', '')}), each charged to "
+            "the frame the CPU was in"
+            + (f"; the process spent {per_event:.0f} µs of CPU per event:" if per_event else ":"),
+            "",
+            "| where | share of the process's CPU | µs per event |",
+            "|---|---:|---:|",
+            *(
+                f"| {group} | {share:.1f} % | {share * per_event / 100 if per_event else 0:.1f} |"
+                for group, share in profile["areas"]
+            ),
+        ]
     out = [
         f"**{name}** — {profile['samples']:,} samples of the runtime process while it held the GIL "
         f"({profile.get('what', '')}). Each sample is charged to the innermost frame of a known area:",
@@ -274,6 +298,8 @@ def render(results: dict[str, Any]) -> str:
         lines += [*profile_section(name, profile), ""]
     if results.get("analysis"):
         lines += ["## What blocks the targets, and by how much", "", *results["analysis"], ""]
+    if results.get("suggestions"):
+        lines += ["## Suggestions for code outside the bench's reach", "", *results["suggestions"], ""]
     if env.get("peers"):
         lines += ["## Environment", ""]
         for peer, status in env["peers"].items():

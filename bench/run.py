@@ -51,6 +51,9 @@ from stats import summary  # noqa: E402
 
 T = TypeVar("T")
 RESULTS = BENCH / "results"
+RELAY_EVENTS = 10_006  # per relay run: 10,000 deltas and the run's other events
+#: Scenario 1 runs every side this many times in turn.
+ROUNDS = 3
 WORK = BENCH / ".work"
 
 
@@ -59,7 +62,7 @@ class Config:
     """How much of each scenario to run (every loop also has a time bound)."""
 
     turns: int = 300
-    warmup: int = 20
+    warmup: int = 10
     seconds: float = 25.0
     peer_turns: int = 200
     relay_runs: int = 7
@@ -173,62 +176,91 @@ class Bench:
                 proc.stop()
 
 
-def scenario_turn_and_relay(bench: Bench, variants: list[Variant], peers: dict[str, envs.Installed],
-                            do_turn: bool, do_relay: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def scenario_turn(
+    bench: Bench, variants: list[Variant], peers: dict[str, envs.Installed]
+) -> list[dict[str, Any]]:
+    """Every side in `ROUNDS` rounds, one block of turns each per round, so
+    that a slower or faster spell of the machine touches every row alike
+    (the ratios are what matter)."""
     cfg = bench.config
-    turn_rows: list[dict[str, Any]] = []
-    relay_rows: list[dict[str, Any]] = []
     model = bench.model
+    base_url = model.extra["base_url"]
+    runtimes = {}
     for variant in variants:
-        if not do_turn and not (do_relay and variant.relay):
-            continue
         label = f"{variant.loop}-{variant.store}"
-        print(f"[bench] runtime {label}", flush=True)
-        rt = bench.runtime(variant.loop, variant.store, f"runtime-{label}")
-        procs = [rt.runtime, rt.tools, model]
-        if do_turn:
+        print(f"[bench] starting runtime {label}", flush=True)
+        runtimes[variant] = bench.runtime(variant.loop, variant.store, f"runtime-{label}")
+    blocks: dict[str, list[turn.Measured]] = {}
+    per_round = max(cfg.turns // ROUNDS, 1)
+    peer_turns = max(cfg.peer_turns // ROUNDS, 1)
+    seconds = cfg.seconds / ROUNDS
+    peer_env = bench_env(None)
+    for index in range(ROUNDS):
+        print(f"[bench] tool-call turns, round {index + 1} of {ROUNDS}", flush=True)
+        for variant, rt in runtimes.items():
             measured = bench.arun(
-                turn.measure_pilothouse(rt.address, variant.loop, procs, cfg.turns, cfg.warmup, cfg.seconds)
+                turn.measure_pilothouse(
+                    rt.address, variant.loop, [rt.runtime, rt.tools, model], per_round, cfg.warmup, seconds
+                )
             )
-            turn_rows.append(row(measured, "pilothouse", store=variant.store, primary=variant.primary))
-        if do_relay and variant.relay:
-            raw = start_listening(
-                f"rawgrpc-{variant.loop}",
-                [sys.executable, str(BENCH / "rawgrpc.py"), "--loop", variant.loop],
-                bench_env(bench.paths.deps), bench.paths.work, variant.loop,
+            blocks.setdefault(f"{variant.loop}-{variant.store}", []).append(measured)
+        # The recorded request bodies come from the runtime's turns above.
+        blocks.setdefault("baseline", []).append(
+            bench.arun(turn.measure_httpx(base_url, bench.client_loop, model, per_round, cfg.warmup, seconds))
+        )
+        blocks.setdefault("raw", []).append(
+            bench.arun(
+                turn.measure_httpx(base_url, bench.client_loop, model, per_round, cfg.warmup, seconds, raw=True)
             )
-            bench.stopping.append(raw)
+        )
+        for peer, status in peers.items():
+            if status.ok:
+                blocks.setdefault(peer, []).append(
+                    turn.measure_peer(peer, base_url, model, peer_turns, cfg.warmup, seconds, peer_env)
+                )
+    for rt in runtimes.values():
+        rt.stop()
+    rows = [
+        row(turn.merge(blocks[f"{v.loop}-{v.store}"]), "pilothouse", store=v.store, primary=v.primary)
+        for v in variants
+    ]
+    rows.append(row(turn.merge(blocks["baseline"]), "baseline"))
+    rows.append(row(turn.merge(blocks["raw"]), "model"))
+    for peer, status in peers.items():
+        if status.ok:
+            rows.append(row(turn.merge(blocks[peer]), "peer"))
+        else:
+            rows.append(row(turn.Measured(f"peer: {peer}", "uvloop", error=status.detail), "peer"))
+    return rows
+
+
+def scenario_relay(bench: Bench, variants: list[Variant]) -> list[dict[str, Any]]:
+    cfg = bench.config
+    model = bench.model
+    rows: list[dict[str, Any]] = []
+    for variant in (v for v in variants if v.relay):
+        label = f"{variant.loop}-{variant.store}"
+        print(f"[bench] token relay, runtime {label}", flush=True)
+        rt = bench.runtime(variant.loop, variant.store, f"runtime-relay-{label}")
+        raw = start_listening(
+            f"rawgrpc-{variant.loop}",
+            [sys.executable, str(BENCH / "rawgrpc.py"), "--loop", variant.loop],
+            bench_env(bench.paths.deps), bench.paths.work, variant.loop,
+        )
+        bench.stopping.append(raw)
+        try:
             runtime_row, baseline_row = bench.arun(
                 relay.measure_pair(rt.address, [rt.runtime, model], raw, variant.loop, cfg.relay_runs)
             )
-            events = int(runtime_row.note.split()[0])
-            relay_rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store))
-            relay_rows.append(row(baseline_row, "baseline", pair=label, events=events))
+        finally:
             raw.stop()
-        rt.stop()
-    if do_relay:
-        source = bench.arun(relay.measure_model_source(model.extra["base_url"], model.loop, model, cfg.relay_runs))
-        relay_rows.append(row(source, "model", events=10_006))
-    if do_turn:
-        print("[bench] raw httpx baseline and model server floor", flush=True)
-        base_url = model.extra["base_url"]
-        baseline = bench.arun(turn.measure_httpx(base_url, bench.client_loop, model, cfg.turns, cfg.warmup, cfg.seconds))
-        raw_pull = bench.arun(
-            turn.measure_httpx(base_url, bench.client_loop, model, cfg.turns, cfg.warmup, cfg.seconds, raw=True)
-        )
-        turn_rows.append(row(baseline, "baseline"))
-        turn_rows.append(row(raw_pull, "model"))
-        peer_env = bench_env(None)
-        for peer, status in peers.items():
-            if not status.ok:
-                turn_rows.append(row(turn.Measured(f"peer: {peer}", "uvloop", error=status.detail), "peer"))
-                continue
-            print(f"[bench] peer {peer}", flush=True)
-            measured = turn.measure_peer(
-                peer, base_url, model, cfg.peer_turns, cfg.warmup, cfg.seconds, peer_env
-            )
-            turn_rows.append(row(measured, "peer"))
-    return turn_rows, relay_rows
+            rt.stop()
+        events = int(runtime_row.note.split()[0])
+        rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store))
+        rows.append(row(baseline_row, "baseline", pair=label, events=events))
+    source = bench.arun(relay.measure_model_source(model.extra["base_url"], model.loop, model, cfg.relay_runs))
+    rows.append(row(source, "model", events=RELAY_EVENTS))
+    return rows
 
 
 def scenario_concurrency(bench: Bench, variant: Variant) -> list[dict[str, Any]]:
@@ -296,6 +328,32 @@ def profile_runtime(bench: Bench, variant: Variant) -> dict[str, dict[str, Any]]
         time.sleep(0.5)
         bench.arun(_relay_runs(rt.address, 3))
         profiles["token relay"] = _profile_data(sampler.stop(), f"3 relay runs of 10,000 deltas, {variant.loop}")
+        # Native frames too: what the event loop's C callbacks spend (above,
+        # `Handle._run` self time) is mostly gRPC core's system calls; the
+        # bare grpc.aio server is profiled the same way for comparison.
+        sampler = Sampler(py_spy, rt.runtime.pid, bench.paths.work / "profile-relay-native.txt", native=True)
+        time.sleep(0.5)
+        before = rt.runtime.cpu_s()
+        bench.arun(_relay_runs(rt.address, 3))
+        cpu_us = (rt.runtime.cpu_s() - before) * 1e6 / (3 * RELAY_EVENTS)
+        profiles["token relay, native frames"] = _profile_data(
+            sampler.stop(), f"3 relay runs, {variant.loop}, py-spy --native, grouped by leaf frame",
+            cpu_us,
+        )
+        raw = start_listening(
+            "rawgrpc-profile", [sys.executable, str(BENCH / "rawgrpc.py"), "--loop", variant.loop],
+            bench_env(bench.paths.deps), bench.paths.work, variant.loop,
+        )
+        bench.stopping.append(raw)
+        sampler = Sampler(py_spy, raw.pid, bench.paths.work / "profile-raw-native.txt", native=True)
+        time.sleep(0.5)
+        before = raw.cpu_s()
+        events = bench.arun(relay.template_and_raw_runs(rt.address, raw.port, 3))
+        cpu_us = (raw.cpu_s() - before) * 1e6 / (3 * events)
+        profiles["bare grpc.aio server, native frames"] = _profile_data(
+            sampler.stop(), f"3 runs of the relay baseline, {variant.loop}, py-spy --native", cpu_us
+        )
+        raw.stop()
     finally:
         rt.stop()
     return profiles
@@ -310,10 +368,11 @@ async def _relay_runs(address: str, runs: int) -> None:
                 pass
 
 
-def _profile_data(profile: Profile, what: str) -> dict[str, Any]:
+def _profile_data(profile: Profile, what: str, cpu_us_per_event: float | None = None) -> dict[str, Any]:
     data = {k: v for k, v in asdict(profile).items() if k != "stacks"}
     data["what"] = what
-    data["findings"] = analysis.profile_findings(profile)
+    data["cpu_us_per_event"] = cpu_us_per_event
+    data["findings"] = analysis.profile_findings(profile) if profile.functions else {}
     return data
 
 
@@ -353,10 +412,10 @@ def main() -> None:
     }
     try:
         bench.start()
-        if only & {"turn", "relay"}:
-            results["turn"], results["relay"] = scenario_turn_and_relay(
-                bench, variants, peers, "turn" in only, "relay" in only
-            )
+        if "turn" in only:
+            results["turn"] = scenario_turn(bench, variants, peers)
+        if "relay" in only:
+            results["relay"] = scenario_relay(bench, variants)
         if "concurrency" in only:
             results["concurrency"] = scenario_concurrency(bench, variants[0])
         if "memory" in only:
@@ -369,9 +428,10 @@ def main() -> None:
         bench.stop_all()
     results["duration_s"] = time.monotonic() - started
     results["analysis"] = analysis.analyse(results)
+    results["suggestions"] = analysis.suggestions(results)
+    args.output.with_suffix(".json").write_text(_json(results))
     markdown = report.render(results)
     args.output.write_text(markdown)
-    args.output.with_suffix(".json").write_text(_json(results))
     print(markdown)
     print(f"[bench] written to {args.output} and {args.output.with_suffix('.json')}", flush=True)
 

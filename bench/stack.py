@@ -81,6 +81,9 @@ def start_runtime(
         PILOTHOUSE_STORE_URL=store_url,
         PILOTHOUSE_DATA_DIR=str(paths.work),
         PILOTHOUSE_GENERATE_TITLES="false",
+        # The Prometheus endpoint stays on, as by default, on a port of its own
+        # (the default one may be taken by another runtime on this machine).
+        PILOTHOUSE_METRICS_PORT=str(free_port()),
     )
     try:
         runtime = start_grpc(

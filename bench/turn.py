@@ -42,6 +42,21 @@ class Measured:
     error: str | None = None
 
 
+def merge(blocks: list[Measured]) -> Measured:
+    """One row out of blocks of the same side: samples joined, CPU per
+    sample averaged over all of them, the first error kept."""
+    first = blocks[0]
+    merged = Measured(first.label, first.loop, note=first.note)
+    for block in blocks:
+        merged.samples_ms += block.samples_ms
+        merged.error = merged.error or block.error
+        for name, per_sample in block.cpu_ms.items():
+            merged.cpu_ms[name] = merged.cpu_ms.get(name, 0.0) + per_sample * len(block.samples_ms)
+    total = max(len(merged.samples_ms), 1)
+    merged.cpu_ms = {name: value / total for name, value in merged.cpu_ms.items()}
+    return merged
+
+
 def client_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
