@@ -51,6 +51,7 @@ from pilothouse.runtime.messages import Message, Role
 from pilothouse.runtime.model.base import ChatModel, ChatRequest, ModelError
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.runs import Run, RunState
+from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
     RunOutcome,
     SessionRecord,
@@ -387,7 +388,6 @@ class Runtime:
 
     async def export_session(self, session_id: str) -> bytes:
         """The session as JSON Lines (meta, messages, compact markers)."""
-        from pilothouse.runtime.store import jsonl
 
         await self.get_session(session_id)
         return await jsonl.export_jsonl(self.store, session_id)
@@ -396,11 +396,14 @@ class Runtime:
         """Import an exported session under a new id. INVALID_ARGUMENT naming
         the first bad line (nothing is written); NOT_FOUND when its agent is
         not registered."""
-        from pilothouse.runtime.store import jsonl
 
-        meta, _ = jsonl.parse_jsonl(content)
-        self.get_agent(meta.agent, "content")
-        return await jsonl.import_jsonl(self.store, content, new_id=uuid.uuid4().hex, now=time.time())
+        return await jsonl.import_jsonl(
+            self.store,
+            content,
+            new_id=uuid.uuid4().hex,
+            now=time.time(),
+            check_agent=lambda agent: self.get_agent(agent, "content"),
+        )
 
     async def _history(self, record: SessionRecord) -> list[Message]:
         """The session's history, from the cache when it is current."""

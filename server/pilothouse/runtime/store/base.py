@@ -96,7 +96,10 @@ class SessionStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, record: SessionRecord) -> None: ...
+    async def create(self, record: SessionRecord) -> None:
+        """Store a new session. AlreadyExistsError (SESSION_EXISTS) for a
+        taken id."""
+        ...
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """The record, or None if unknown (no NotFoundError)."""
@@ -175,7 +178,9 @@ class SessionStore(Protocol):
         """Append a compact marker (CompactSession outside a run)."""
         ...
 
-    async def set_state(self, session_id: str, state: SessionState, now: float) -> SessionRecord: ...
+    async def set_state(
+        self, session_id: str, state: SessionState, now: float
+    ) -> SessionRecord: ...
 
     async def set_title(self, session_id: str, title: str, now: float) -> SessionRecord: ...
 
@@ -184,5 +189,6 @@ class SessionStore(Protocol):
         ...
 
     async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
-        """Create `record` with `items` as its transcript, atomically."""
+        """Create `record` with `items` as its transcript, atomically.
+        AlreadyExistsError (SESSION_EXISTS) for a taken id."""
         ...

@@ -9,7 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from pilothouse.errors import lease_lost, run_active, session_closed, session_not_found
+from pilothouse.errors import (
+    AlreadyExistsError,
+    lease_lost,
+    run_active,
+    session_closed,
+    session_not_found,
+)
 from pilothouse.runtime.messages import Message
 
 __all__ = [
@@ -71,7 +77,16 @@ class MemorySessionStore:
     async def close(self) -> None:
         return None
 
+    def _check_new(self, session_id: str) -> None:
+        if session_id in self._records:
+            raise AlreadyExistsError(
+                f"session {session_id!r} already exists",
+                reason="SESSION_EXISTS",
+                metadata={"session_id": session_id},
+            )
+
     async def create(self, record: SessionRecord) -> None:
+        self._check_new(record.id)
         self._records[record.id] = self._copy(record)
         self._items[record.id] = []
 
@@ -216,6 +231,7 @@ class MemorySessionStore:
         return self._copy(record)
 
     async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+        self._check_new(record.id)
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [copy.deepcopy(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
