@@ -800,7 +800,8 @@ class Runtime:
         )
         try:
             parts = [c.content async for c in self.model.stream(request) if c.content]
-            title = " ".join("".join(parts).strip().strip('"').split())[:80]
+            text = "".join(parts).replace("\x00", "").strip().strip('"')
+            title = " ".join(text.split())[:80]
             if title:
                 current = await self.store.get(record.id)
                 if current is not None and not current.title:

@@ -161,6 +161,19 @@ class PilothouseClient:
         if self._owns_channel:
             await self.channel.close()
 
+    @staticmethod
+    async def _all_pages(call: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
+        """Follow `next_page_token` until the last page; `field` names the
+        repeated field of the response."""
+        items: list[Any] = []
+        token = ""
+        while True:
+            reply = await call(token)
+            items.extend(getattr(reply, field))
+            token = reply.next_page_token
+            if not token:
+                return items
+
     # --- Agents -----------------------------------------------------------
 
     @_translate
@@ -208,17 +221,13 @@ class PilothouseClient:
     @_translate
     async def list_agents(self, page_size: int = 0) -> list[agent_pb2.Agent]:
         """Every agent, alphabetically (follows the pages)."""
-        agents: list[agent_pb2.Agent] = []
-        token = ""
-        while True:
-            reply = await self.agents.ListAgents(
+        return await self._all_pages(
+            lambda token: self.agents.ListAgents(
                 agents_pb.ListAgentsRequest(page_size=page_size, page_token=token),
                 timeout=self.timeout,
-            )
-            agents.extend(reply.agents)
-            token = reply.next_page_token
-            if not token:
-                return agents
+            ),
+            "agents",
+        )
 
     @_translate
     async def delete_agent(self, name: str) -> None:
@@ -254,19 +263,15 @@ class PilothouseClient:
         self, agent: str = "", created_by: str = "", page_size: int = 0
     ) -> list[session_pb2.Session]:
         """Every matching session, newest first (follows the pages)."""
-        sessions: list[session_pb2.Session] = []
-        token = ""
-        while True:
-            reply = await self.sessions.ListSessions(
+        return await self._all_pages(
+            lambda token: self.sessions.ListSessions(
                 sessions_pb.ListSessionsRequest(
                     agent=agent, created_by=created_by, page_size=page_size, page_token=token
                 ),
                 timeout=self.timeout,
-            )
-            sessions.extend(reply.sessions)
-            token = reply.next_page_token
-            if not token:
-                return sessions
+            ),
+            "sessions",
+        )
 
     @_translate
     async def close_session(self, session_id: str) -> session_pb2.Session:
@@ -306,19 +311,15 @@ class PilothouseClient:
     @_translate
     async def list_messages(self, session_id: str, page_size: int = 0) -> list[message_pb2.Message]:
         """A session's whole history, oldest first (follows the pages)."""
-        messages: list[message_pb2.Message] = []
-        token = ""
-        while True:
-            reply = await self.sessions.ListMessages(
+        return await self._all_pages(
+            lambda token: self.sessions.ListMessages(
                 sessions_pb.ListMessagesRequest(
                     session_id=session_id, page_size=page_size, page_token=token
                 ),
                 timeout=self.timeout,
-            )
-            messages.extend(reply.messages)
-            token = reply.next_page_token
-            if not token:
-                return messages
+            ),
+            "messages",
+        )
 
     # --- Runs -------------------------------------------------------------
 
