@@ -64,24 +64,34 @@ class Decision:
 
 class SteeringInbox:
     """Steering messages waiting for the next model round, in arrival order
-    (unlike the seed's watch channel, none is dropped). Once closed, `put`
-    raises: steering after the run's last round is refused, not lost."""
+    (unlike the seed's watch channel, none is dropped).
 
-    __slots__ = ("_closed", "_queue", "run_id")
+    `close()` is called when the run has made its last model round: what
+    arrives after it, while the run is storing its history, is kept as
+    `late` and reported unapplied in `done`. Once the run has finished
+    (`seal()`), `put` raises: the client is told, nothing is lost silently.
+    """
+
+    __slots__ = ("_closed", "_queue", "_sealed", "late", "run_id")
 
     def __init__(self, run_id: str = "") -> None:
         self.run_id = run_id
         self._queue: deque[tuple[str, str]] = deque()
         self._closed = False
+        self._sealed = False
+        self.late: list[tuple[str, str]] = []
 
     def put(self, content: str, sender: str = "") -> None:
-        if self._closed:
+        if self._sealed:
             raise FailedPreconditionError(
-                f"run {self.run_id} has made its last model round; steering was not applied",
+                f"run {self.run_id} has finished; steering was not applied",
                 reason="RUN_FINISHED",
                 metadata={"run_id": self.run_id},
             )
-        self._queue.append((content, sender))
+        if self._closed:
+            self.late.append((content, sender))
+        else:
+            self._queue.append((content, sender))
 
     def pending(self) -> bool:
         return bool(self._queue)
@@ -92,9 +102,16 @@ class SteeringInbox:
         return items
 
     def close(self) -> list[tuple[str, str]]:
-        """Refuse further steering; return what was not applied."""
+        """No more model rounds: return what was not applied."""
         self._closed = True
         return self.take_all()
+
+    def seal(self) -> list[tuple[str, str]]:
+        """The run has finished: refuse steering from now on; return what
+        arrived after `close`."""
+        self._closed = self._sealed = True
+        late, self.late = self.late, []
+        return late + self.take_all()
 
 
 @dataclass(slots=True)

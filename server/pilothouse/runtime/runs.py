@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from pilothouse.errors import OutOfRangeError
 from pilothouse.runtime.control import RunControl, RunOptions
-from pilothouse.runtime.events import AgentResponse, Done, Event, Heartbeat, RunEvent
+from pilothouse.runtime.events import AgentResponse, Done, Event, Heartbeat, RunEvent, UserSteered
 
 
 class EventLog:
@@ -153,7 +153,11 @@ class Run:
         return self._finished.is_set()
 
     def finish(self, done: Done) -> None:
-        """Record the outcome, publish `Done` and close the log."""
+        """Record the outcome, publish `Done` and close the log. Steering
+        that arrived while the run was storing its history is added to
+        `unapplied_steering`; steering after this raises."""
+        for content, sender in self.control.steering.seal():
+            done.response.unapplied_steering.append(UserSteered(content, sender))
         self.response = done.response
         self.state = RunState.FINISHED
         self.log.append(done)
