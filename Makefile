@@ -27,6 +27,7 @@ lint: $(STAMP)
 	npx --yes @bufbuild/buf@1.75.0 lint
 
 test: $(STAMP)
+	bash .ci/install-postgres
 	$(PY) -m pytest
 
 demo: $(STAMP)
