@@ -43,12 +43,10 @@ def exporter() -> InMemorySpanExporter:
 async def traced_client(app, exporter):
     """A client whose channel carries OpenTelemetry's client interceptors,
     as an instrumented application's would."""
-    channel = grpc.aio.insecure_channel(
+    async with PilothouseClient(
         f"127.0.0.1:{app.port}", interceptors=telemetry.tracing_client_interceptors()
-    )
-    async with PilothouseClient(channel=channel) as client:
+    ) as client:
         yield client
-    await channel.close()
 
 
 def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:

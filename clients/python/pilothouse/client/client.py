@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -143,9 +143,15 @@ class PilothouseClient:
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
+        """`interceptors` go on the channel this client creates: pass
+        OpenTelemetry's aio client interceptors to make your span the
+        parent of the run's trace."""
         self._owns_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = channel or grpc.aio.insecure_channel(
+            target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
+        )
         self.timeout = timeout
         self.agents = agents_grpc.AgentServiceStub(self.channel)
         self.sessions = sessions_grpc.SessionServiceStub(self.channel)
