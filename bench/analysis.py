@@ -20,7 +20,6 @@ FINDINGS: list[tuple[str, tuple[str, ...]]] = [
     ("… of which `convert.event_to_proto`", (r"server/convert\.py",)),
     ("tool call over gRPC (`tool_client.py` and below)", (r"server/tool_client\.py",)),
     ("session store (`runtime/store/` and below)", (r"runtime/store/",)),
-    ("OpenTelemetry (spans and metrics)", (r"/opentelemetry/",)),
     ("event log (`runs.py`)", (r"runtime/runs\.py",)),
     ("logging", (r"/logging/",)),
 ]
@@ -64,6 +63,12 @@ def analyse(results: dict[str, Any]) -> list[str]:
                 f"{label.split(':')[0].strip('… ')} {share:.0f} % (≈{share * runtime_cpu / 100:.1f} ms)"
                 for label, share in findings.items() if share >= 3
             ]
+            telemetry = _area(profile, "OpenTelemetry") + _area(profile, "metrics")
+            parts.append(
+                f"OpenTelemetry's own code and the metrics interceptor {telemetry:.0f} % "
+                f"(≈{telemetry * runtime_cpu / 100:.1f} ms; charged by innermost frame, as the gRPC "
+                "instrumentation wraps every call)"
+            )
             out.append("  Where the runtime's CPU goes (inclusive shares): " + "; ".join(parts) + ".")
     peers = [r for r in turn_rows if r.get("role") == "peer" and _ok(r)]
     if _ok(primary) and peers:
@@ -117,8 +122,8 @@ def analyse(results: dict[str, Any]) -> list[str]:
             f"  Profiled with native frames (py-spy slows both), the runtime spends "
             f"{native['cpu_us_per_event']:.0f} µs per relayed event and the bare server "
             f"{bare['cpu_us_per_event']:.0f} µs. gRPC core's two system calls per message, a `sendmsg` "
-            "and an eventfd write to wake its poller, made on the Python thread with the GIL held, cost "
-            "both alike ("
+            "and an eventfd write to wake its poller, made on the Python thread with the GIL held, are "
+            "paid by both ("
             + "; ".join(f"{g.split(':')[0]} {ours[g]:.0f} vs {theirs.get(g, 0.0):.0f} µs" for g in syscalls)
             + "): that is the floor per message. The difference is the runtime's own work: "
             + "; ".join(f"{g.split(' (')[0]} {ours[g]:.0f} vs {theirs.get(g, 0.0):.0f} µs" for g in gaps)
@@ -159,10 +164,10 @@ def suggestions(results: dict[str, Any]) -> list[str]:
     stores = {s["store"]: s for s in results.get("store", []) if not s.get("error")}
     out = [
         "- **Telemetry that costs even when nothing is exported** (`server/telemetry.py`, "
-        "`server/metrics.py`): OpenTelemetry code is "
-        f"{_finding(turn, 'OpenTelemetry'):.0f} % of the runtime's CPU in tool-call turns and "
-        f"{_finding(relay, 'OpenTelemetry') + _area(relay, 'metrics'):.0f} % in the relay (inclusive, "
-        "plus the metrics interceptor's own frames). The SDK tracer provider records every span although no exporter is "
+        "`server/metrics.py`): OpenTelemetry's own code and the metrics interceptor are "
+        f"{_area(turn, 'OpenTelemetry') + _area(turn, 'metrics'):.0f} % of the runtime's CPU in "
+        f"tool-call turns and {_area(relay, 'OpenTelemetry') + _area(relay, 'metrics'):.0f} % in the "
+        "relay (samples charged to their innermost frame). The SDK tracer provider records every span although no exporter is "
         "configured by default, and every streamed event goes through `EventCountingInterceptor` "
         "(`Counter.add` with a fresh attribute dict: hashing, exemplar reservoir) and the gRPC "
         "instrumentation's stream wrapper. Suggested: keep the API's no-op providers when no exporter "
