@@ -46,7 +46,7 @@ async def _one_turn(client: PilothouseClient, session_id: str) -> tuple[float, f
     start = time.perf_counter()
     first = started = 0.0
     final = None
-    async for event in client.stream_to(session_id, w.USER_MESSAGE):
+    async for event in client.stream_to(session_id, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
         if not first:
             first = time.perf_counter() - start
             started = event.time.seconds + event.time.nanos / 1e9 - wall_start

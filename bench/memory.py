@@ -56,7 +56,7 @@ async def measure_memory(
         before = await _settled_rss(runtime)
 
         async def hold(session_id: str) -> None:
-            async for _ in client.stream_to(session_id, w.USER_MESSAGE):
+            async for _ in client.stream_to(session_id, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
                 pass
 
         tasks = [asyncio.create_task(hold(s)) for s in hold_sessions]

@@ -25,7 +25,7 @@ async def _runtime_run(client: PilothouseClient, session_id: str) -> tuple[float
     template = b""
     events = 0
     start = time.perf_counter()
-    async for event in client.stream_to(session_id, w.USER_MESSAGE):
+    async for event in client.stream_to(session_id, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
         events += 1
         if not template and event.HasField("text_delta"):
             template = runs_pb.StreamToResponse(event=event).SerializeToString()

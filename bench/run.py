@@ -364,7 +364,7 @@ async def _relay_runs(address: str, runs: int) -> None:
 
     async with PilothouseClient(address) as client:
         for session_id in await turn.create_sessions(client, relay.w.AGENT_RELAY, runs):
-            async for _ in client.stream_to(session_id, relay.w.USER_MESSAGE):
+            async for _ in client.stream_to(session_id, relay.w.USER_MESSAGE, timeout=relay.w.RUN_DEADLINE_S):
                 pass
 
 

@@ -103,7 +103,7 @@ async def pilothouse_turn(client: PilothouseClient, session_id: str) -> float:
     start = time.perf_counter()
     done: event_pb2.AgentResponse | None = None
     tool_output = ""
-    async for event in client.stream_to(session_id, w.USER_MESSAGE):
+    async for event in client.stream_to(session_id, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
         if event.HasField("tool_result"):
             tool_output = event.tool_result.output or event.tool_result.error
         elif event.HasField("done"):

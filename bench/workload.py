@@ -22,6 +22,11 @@ ANSWER_TOKENS = 20
 #: providers stream them.
 RELAY_TOKEN = " tok"
 
+#: gRPC deadline of every run the bench streams, seconds: a stuck run ends
+#: the call instead of hanging the bench (the slowest, a 2,000-run burst, takes
+#: well under a minute).
+RUN_DEADLINE_S = 180.0
+
 # Model names the fake server understands (each agent of the bench names one).
 MODEL_TURN = "bench-turn"  # tool call, then the answer, as fast as possible
 MODEL_DELAY = "bench-delay"  # the same, with a fixed delay before every chunk
