@@ -10,6 +10,7 @@ cancellation, decisions) reach it through its `RunControl`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from enum import StrEnum
@@ -22,13 +23,15 @@ from pilothouse.runtime.events import AgentResponse, Done, Event, Heartbeat, Run
 class EventLog:
     """Append-only events of one run, numbered from 1, with live fan-out.
 
-    Subscribers read from the shared list; an append wakes them through one
-    future per "generation", so fan-out costs no per-subscriber queue. After
+    Subscribers read from the shared list; an append wakes the subscribers
+    that wait (one future each, made only when one waits), so fan-out costs
+    no per-subscriber queue and an append with nobody waiting costs nothing
+    more than the list append. After
     the run, `trim` drops everything but the last event (`done`), so late
     re-attaches still learn the outcome.
     """
 
-    __slots__ = ("_closed", "_events", "_first", "_wakeup", "run_id", "session_id")
+    __slots__ = ("_closed", "_events", "_first", "_waiters", "run_id", "session_id")
 
     def __init__(self, session_id: str, run_id: str) -> None:
         self.session_id = session_id
@@ -36,7 +39,7 @@ class EventLog:
         self._events: list[RunEvent] = []
         self._first = 1  # sequence of self._events[0]
         self._closed = False
-        self._wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def closed(self) -> bool:
@@ -70,9 +73,28 @@ class EventLog:
             self._events = self._events[-1:]
 
     def _wake(self) -> None:
-        if not self._wakeup.done():
-            self._wakeup.set_result(None)
-        self._wakeup = asyncio.get_running_loop().create_future()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _wait(self, timeout_s: float | None) -> bool:
+        """Wait for the next append or close; False on timeout."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            if timeout_s is None:
+                await waiter
+            else:
+                await asyncio.wait_for(waiter, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     def check_position(self, after_sequence: int) -> None:
         """Raise OutOfRangeError when events after `after_sequence` are no
@@ -106,13 +128,7 @@ class EventLog:
                 yield event
             if self._closed:
                 return
-            waiter = asyncio.shield(self._wakeup)
-            if heartbeat_s is None:
-                await waiter
-                continue
-            try:
-                await asyncio.wait_for(waiter, heartbeat_s)
-            except TimeoutError:
+            if not await self._wait(heartbeat_s):
                 yield RunEvent(self.session_id, self.run_id, sent, time.time(), Heartbeat())
 
 

@@ -53,6 +53,10 @@ def visible_history(items: list[TranscriptItem]) -> list[Message]:
     return history
 
 
+def _copy_item(item: TranscriptItem) -> TranscriptItem:
+    return item.copy() if isinstance(item, Message) else dataclasses.replace(item)
+
+
 class MemorySessionStore:
     """Records and transcripts in dicts; every read returns copies."""
 
@@ -131,7 +135,7 @@ class MemorySessionStore:
 
     async def load_history(self, session_id: str) -> list[Message]:
         self._record(session_id)
-        return [copy.deepcopy(m) for m in visible_history(self._items[session_id])]
+        return [m.copy() for m in visible_history(self._items[session_id])]
 
     async def list_messages(
         self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
@@ -143,7 +147,7 @@ class MemorySessionStore:
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         self._record(session_id)
-        return [copy.deepcopy(i) for i in self._items[session_id]]
+        return [_copy_item(i) for i in self._items[session_id]]
 
     def _interrupt(self, record: SessionRecord) -> None:
         record.last_run_id = record.active_run_id
@@ -174,10 +178,10 @@ class MemorySessionStore:
         if record.active_run_id != run_id:
             raise lease_lost(session_id, run_id)
         items = self._items[session_id]
-        items.extend(copy.deepcopy(m) for m in outcome.messages_before_compact)
+        items.extend(m.copy() for m in outcome.messages_before_compact)
         if outcome.compact_summary is not None:
             items.append(CompactMarker(outcome.compact_summary, outcome.finished_at))
-        items.extend(copy.deepcopy(m) for m in outcome.messages)
+        items.extend(m.copy() for m in outcome.messages)
         record.message_count = len(visible_history(items))
         record.uptime_s += outcome.uptime_s
         record.updated_at = outcome.finished_at
@@ -233,5 +237,5 @@ class MemorySessionStore:
     async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
         self._check_new(record.id)
         self._records[record.id] = self._copy(record)
-        self._items[record.id] = [copy.deepcopy(i) for i in items]
+        self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
