@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -159,7 +159,11 @@ async def start_metrics(
     registry = CollectorRegistry(auto_describe=True)
     all_readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
     all_readers += list(metric_readers_from_env() if readers is None else readers)
-    provider = MeterProvider(resource=resource, metric_readers=all_readers)
+    # Exemplars are not exposed in Prometheus' text format; sampling them on
+    # every histogram record costs CPU on the turn's path (make bench).
+    provider = MeterProvider(
+        resource=resource, metric_readers=all_readers, exemplar_filter=AlwaysOffExemplarFilter()
+    )
     pipeline = MetricsPipeline(provider, registry)
     if port:
         app = web.Application()
