@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pilothouse.errors import PilothouseError
-from pilothouse.rpc.serving import Keepalive, RunningServer, Service, start_server
+from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.model.openai import OpenAIChatModel
 from pilothouse.runtime.runtime import Runtime, RuntimeLimits
@@ -251,7 +251,7 @@ async def start_app(settings: Settings) -> App:
             ],
             settings.listen_address,
             max_message_bytes=settings.max_message_bytes,
-            keepalive=keepalive_of(settings),
+            keepalive=settings.keepalive,
             interceptors=[runtime_metrics.event_interceptor()],
         )
         health = HealthMonitor(
@@ -287,16 +287,6 @@ async def start_app(settings: Settings) -> App:
     log.info("pilothouse-server listening on port %d", server.port)
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics, health
-    )
-
-
-def keepalive_of(settings: Settings) -> Keepalive:
-    return Keepalive(
-        time_s=settings.grpc_keepalive_time,
-        timeout_s=settings.grpc_keepalive_timeout,
-        min_ping_interval_s=settings.grpc_min_ping_interval,
-        max_connection_age_s=settings.grpc_max_connection_age,
-        max_connection_age_grace_s=settings.grpc_max_connection_age_grace,
     )
 
 

@@ -22,12 +22,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pilothouse.rpc.settings import ServerProcessSettings
+
 TEST_MODEL_NAME = "pilothouse-test-model"
 _config_file: ContextVar[str | None] = ContextVar("pilothouse_config_file", default=None)
 
 
-class Settings(BaseSettings):
-    """Every setting, with its unit in the name or description."""
+class Settings(ServerProcessSettings):
+    """Every setting of the runtime, with its unit in the name or
+    description (the gRPC and logging ones come from ServerProcessSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
 
@@ -50,7 +53,6 @@ class Settings(BaseSettings):
         15.0, gt=0, description="how long start-up waits for each ToolExecutor, seconds"
     )
     agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
-    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="gRPC message limit")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
     store_url: str = Field(
@@ -66,21 +68,6 @@ class Settings(BaseSettings):
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
     # --- Operations: health, drain, connections, metrics, logs ------------
-    grpc_keepalive_time: float = Field(
-        30.0, gt=0, description="seconds of idleness before the server pings a client"
-    )
-    grpc_keepalive_timeout: float = Field(
-        10.0, gt=0, description="seconds a keepalive ping waits for its ack"
-    )
-    grpc_min_ping_interval: float = Field(
-        10.0, gt=0, description="shortest client ping interval the server accepts, seconds"
-    )
-    grpc_max_connection_age: float = Field(
-        1800.0, ge=0, description="seconds before a connection is asked to go away (0: never)"
-    )
-    grpc_max_connection_age_grace: float = Field(
-        300.0, ge=0, description="seconds a connection's RPCs get after its max age"
-    )
     tool_keepalive_time: float = Field(
         30.0, gt=0, description="seconds of idleness before the tool client pings an executor"
     )
@@ -103,8 +90,6 @@ class Settings(BaseSettings):
         9464, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
     )
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
-    log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
-    log_level: str = Field("INFO", description="root log level")
     record_content: bool = Field(
         False, description="record message contents and tool arguments/results in spans"
     )
@@ -115,14 +100,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return level
 
     @model_validator(mode="after")
     def _openai_fallbacks(self) -> Settings:

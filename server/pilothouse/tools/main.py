@@ -27,13 +27,13 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Literal
 
 import pydantic
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from pilothouse.rpc.serving import DEFAULT_MAX_MESSAGE_BYTES, Keepalive, StopSignals
+from pilothouse.rpc.serving import StopSignals
+from pilothouse.rpc.settings import ServerProcessSettings
 from pilothouse.server.logs import configure_logging
 from pilothouse.server.metrics import ToolExecutorMetrics, start_metrics
 from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider, resource_for
@@ -50,8 +50,9 @@ DRAIN_GRACE_SECONDS = 10.0
 DEFAULT_METRICS_PORT = 9465
 
 
-class ToolsSettings(BaseSettings):
-    """The reference ToolExecutor's settings (`PILOTHOUSE_` prefix)."""
+class ToolsSettings(ServerProcessSettings):
+    """The reference ToolExecutor's settings (`PILOTHOUSE_` prefix); the gRPC
+    and logging ones are shared with the runtime (ServerProcessSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
 
@@ -63,32 +64,6 @@ class ToolsSettings(BaseSettings):
         DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
     )
     tools_metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
-    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="gRPC message limit")
-    grpc_keepalive_time: float = Field(30.0, gt=0)
-    grpc_keepalive_timeout: float = Field(10.0, gt=0)
-    grpc_min_ping_interval: float = Field(10.0, gt=0)
-    grpc_max_connection_age: float = Field(1800.0, ge=0)
-    grpc_max_connection_age_grace: float = Field(300.0, ge=0)
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return level
-
-    @property
-    def keepalive(self) -> Keepalive:
-        return Keepalive(
-            time_s=self.grpc_keepalive_time,
-            timeout_s=self.grpc_keepalive_timeout,
-            min_ping_interval_s=self.grpc_min_ping_interval,
-            max_connection_age_s=self.grpc_max_connection_age,
-            max_connection_age_grace_s=self.grpc_max_connection_age_grace,
-        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
