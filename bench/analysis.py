@@ -157,71 +157,42 @@ def _finding(profile: dict[str, Any], prefix: str) -> float:
 
 
 def suggestions(results: dict[str, Any]) -> list[str]:
-    """Changes to files the bench may not edit, each with this run's
-    evidence; the reasoning is in the module's docstring and README."""
+    """The remaining levers, each with this run's evidence. (Earlier runs'
+    suggestions that have been applied: sniffio installed, events counted
+    once per stream, no metric exemplars, event-log wake-ups only for waiting
+    subscribers, grpc core's pending-call queue raised to 10,000, the memory
+    store without deepcopy.)"""
     profiles = results.get("profiles", {})
     turn, relay = profiles.get("tool-call turns", {}), profiles.get("token relay", {})
-    stores = {s["store"]: s for s in results.get("store", []) if not s.get("error")}
-    out = [
-        "- **Telemetry that costs even when nothing is exported** (`server/telemetry.py`, "
-        "`server/metrics.py`): OpenTelemetry's own code and the metrics interceptor are "
-        f"{_area(turn, 'OpenTelemetry') + _area(turn, 'metrics'):.0f} % of the runtime's CPU in "
-        f"tool-call turns and {_area(relay, 'OpenTelemetry') + _area(relay, 'metrics'):.0f} % in the "
-        "relay (samples charged to their innermost frame). The SDK tracer provider records every span although no exporter is "
-        "configured by default, and every streamed event goes through `EventCountingInterceptor` "
-        "(`Counter.add` with a fresh attribute dict: hashing, exemplar reservoir) and the gRPC "
-        "instrumentation's stream wrapper. Suggested: keep the API's no-op providers when no exporter "
-        "or reader is configured; count events per run (one `add(n)` per event type when the stream "
-        "ends) instead of per message.",
-        "- **httpcore looks for `sniffio` on every pool operation** (`pyproject.toml`): anyio 4.16 no "
-        "longer depends on sniffio, so httpcore's `import sniffio` fails and searches `sys.path` several "
-        f"times per model request ({_finding(turn, '… of which httpcore'):.1f} % of the turn's runtime "
-        "CPU, inclusive). Suggested: add `sniffio` to the runtime's dependencies.",
-        "- **The HTTP client itself** (`runtime/model/openai.py` could switch, at the cost of the "
-        "httpx-specific behaviour the tests pin): httpx + httpcore + anyio are "
-        f"{_finding(turn, '… of which httpx'):.0f} % of a turn's runtime CPU for two requests. The "
-        "connection-reuse fix and the faster SSE parsing in this change are what the provider file "
-        "allowed; a client with less machinery per request (aiohttp, already a dependency, is a "
-        "candidate; not measured here) is the remaining lever.",
-        "- **Per-event fan-out** (`runtime/runs.py`, `server/services.py`): `EventLog.append` resolves a "
-        "future and makes a new one for every event even with no subscriber waiting, and `StreamTo` "
-        "wakes, converts and sends one message per event (the bare grpc.aio stream costs about the "
-        "same per message as the runtime's gRPC part: it is the floor). Suggested: create the wake-up "
-        "future only when a subscriber waits; when a subscriber lags, send the backlog of text deltas "
-        "it finds as one `text_delta` (their concatenation: the text is the same, the message count "
-        "drops with the backlog) — an API-visible choice for the owner of `services.py`.",
-        "- **One process, one core** (`server/main.py`): the runtime's CPU per turn sets its ceiling "
-        "(see the concurrency row); grpc.aio enables SO_REUSEPORT, so several runtime processes can "
-        "serve one port with a shared SQLite/PostgreSQL store (the run lease already makes sessions "
-        "safe across replicas). A `--workers N` option would scale turns/s with cores; p99 time to "
-        "first event under 50 ms for 2,000 simultaneous runs also needs each turn to cost several "
-        "times less CPU.",
-    ]
     levels = results.get("concurrency", [])
-    cancelled = sum(
-        sum("CANCELLED" in e for e in lv["errors"]) for lv in levels
-    )
-    top = max(levels, key=lambda lv: lv["runs"], default=None)
-    if top is not None:
+    cancelled = sum(sum("CANCELLED" in e for e in lv["errors"]) for lv in levels)
+    out = [
+        "- **Telemetry recorded for the metrics** (`server/telemetry.py`, `server/metrics.py`): "
+        f"OpenTelemetry is {_area(turn, 'OpenTelemetry') + _area(turn, 'metrics'):.0f} % of the "
+        f"runtime's CPU in tool-call turns and "
+        f"{_area(relay, 'OpenTelemetry') + _area(relay, 'metrics'):.0f} % in the relay (samples "
+        "charged to their innermost frame). Spans are recorded even with no exporter because the "
+        "Prometheus metrics are derived from them; counting the same figures in the runtime "
+        "directly (an observer per run) would let unexported spans be no-ops.",
+        "- **The HTTP client itself** (`runtime/model/openai.py`): httpx + httpcore + anyio are "
+        f"{_finding(turn, '… of which httpx'):.0f} % of a turn's runtime CPU for two requests. A "
+        "client with less machinery per request (aiohttp, already a dependency, is a candidate; "
+        "not measured here) is the largest remaining lever.",
+        "- **Per-event sends** (`server/services.py`): `StreamTo` converts and sends one message per "
+        "event; the bare grpc.aio stream costs about the same per message as the runtime's gRPC "
+        "part (the floor). When a subscriber lags, sending the backlog of text deltas it finds as "
+        "one `text_delta` (their concatenation: the text is the same) would cut messages by the "
+        "backlog, at the cost of an API-visible change.",
+        "- **One process, one core** (`server/main.py`): the runtime's CPU per turn sets its "
+        "ceiling (see the concurrency rows); grpc.aio enables SO_REUSEPORT, so several runtime "
+        "processes could serve one port with the shared SQLite/PostgreSQL store (the run lease "
+        "already makes sessions safe across replicas) once agents created over the API are stored "
+        "rather than kept per process. p99 time to first event under 50 ms for 2,000 simultaneous "
+        "runs also needs each turn to cost several times less CPU.",
+    ]
+    if cancelled:
         out.append(
-            "- **grpc core cancels RPCs of a burst** (`rpc/serving.py`): when more than 1,000 calls "
-            "wait for the Python server to pick them up, grpc core's pending-request queue "
-            "(`grpc.server.max_pending_requests`, about 1,000 by default) rejects new calls at random "
-            "with CANCELLED, and a call that waits 30 s there is cancelled too. In this run "
-            f"{cancelled:,} of the {top['runs']:,} simultaneous `StreamTo` calls ended so without "
-            "reaching the runtime; a bare grpc.aio server loses about 10 % of 2,000 simultaneous "
-            "streams the same way and none with `(\"grpc.server.max_pending_requests\", 10000), "
-            "(\"grpc.server.max_pending_requests_hard_limit\", 20000)`. Suggested: add both to "
-            "`server_options()`."
-        )
-    memory_store, sqlite = stores.get("memory"), stores.get("sqlite")
-    if memory_store and sqlite and memory_store["load_ms"].get("n") and sqlite["load_ms"].get("n"):
-        out.append(
-            "- **The memory store deep-copies** (`runtime/store/memory.py`): loading a 10,000-message "
-            f"session takes {memory_store['load_ms']['median']:.0f} ms in memory against "
-            f"{sqlite['load_ms']['median']:.0f} ms from SQLite, and storing a run "
-            f"{memory_store['append_us']['median']:.0f} µs; `copy.deepcopy` walks every field. "
-            "Suggested: copy messages field by field (`dataclasses.replace`, with new `ToolCall`s) "
-            "instead of `copy.deepcopy`."
+            f"- **Calls cancelled in the burst**: {cancelled:,} `StreamTo` calls ended CANCELLED "
+            "before reaching the runtime (grpc core's pending-call queue or a 30 s wait)."
         )
     return out

@@ -299,7 +299,7 @@ def render(results: dict[str, Any]) -> str:
     if results.get("analysis"):
         lines += ["## What blocks the targets, and by how much", "", *results["analysis"], ""]
     if results.get("suggestions"):
-        lines += ["## Suggestions for code outside the bench's reach", "", *results["suggestions"], ""]
+        lines += ["## Remaining levers", "", *results["suggestions"], ""]
     if env.get("peers"):
         lines += ["## Environment", ""]
         for peer, status in env["peers"].items():
