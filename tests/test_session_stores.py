@@ -24,6 +24,7 @@ from pilothouse.errors import (
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
+    AgentRecord,
     CompactMarker,
     RunOutcome,
     SessionRecord,
@@ -935,3 +936,49 @@ async def test_open_store_sqlite_directory_cannot_be_created(tmp_path: Path) -> 
     blocker.write_text("not a directory")
     with pytest.raises(UnavailableError):
         await open_store("sqlite:///file/sub/s.db", data_dir=tmp_path)
+
+
+# --- the agent registry -------------------------------------------------------
+
+
+def agent(name: str, *, at: float = 50.0, source: str = "api", **config) -> AgentRecord:
+    return AgentRecord(name, {"name": name, **config}, source, 0, at, at)
+
+
+async def test_agents_put_get_list_delete(store: SessionStore) -> None:
+    stored = await store.put_agent(agent("zeta", tools=["calculate"]), replace=False)
+    assert (stored.name, stored.version, stored.source) == ("zeta", 1, "api")
+    assert stored.config == {"name": "zeta", "tools": ["calculate"]}
+    await store.put_agent(agent("alpha"), replace=False)
+    assert [a.name for a in await store.list_agents()] == ["alpha", "zeta"]
+    got = await store.get_agent("zeta")
+    assert got == stored
+    got.config["tools"].append("mutated")  # a copy
+    assert (await store.get_agent("zeta")).config["tools"] == ["calculate"]
+    with pytest.raises(AlreadyExistsError) as error:
+        await store.put_agent(agent("zeta"), replace=False)
+    assert error.value.reason == "AGENT_EXISTS"
+    assert await store.delete_agent("zeta")
+    assert not await store.delete_agent("zeta")
+    assert await store.get_agent("zeta") is None
+
+
+async def test_replacing_an_agent_versions_it_only_when_it_changed(store: SessionStore) -> None:
+    first = await store.put_agent(agent("file-agent", source="file", system_prompt="a"), replace=True)
+    same = await store.put_agent(
+        agent("file-agent", at=60.0, source="file", system_prompt="a"), replace=True
+    )
+    changed = await store.put_agent(
+        agent("file-agent", at=70.0, source="file", system_prompt="b"), replace=True
+    )
+    assert (first.version, same.version, changed.version) == (1, 1, 2)
+    assert changed.config["system_prompt"] == "b"
+    assert (changed.created_at, changed.updated_at) == (50.0, 70.0)
+
+
+async def test_agents_are_shared_by_every_store_on_the_storage(durable: Backend) -> None:
+    one, two = await durable.open(), await durable.open()
+    await one.put_agent(agent("shared", model="m"), replace=False)
+    assert (await two.get_agent("shared")).config == {"name": "shared", "model": "m"}
+    assert await two.delete_agent("shared")
+    assert await one.get_agent("shared") is None

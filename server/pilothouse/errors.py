@@ -102,6 +102,12 @@ def agent_not_found(name: str) -> NotFoundError:
     )
 
 
+def agent_exists(name: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"agent {name!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
+    )
+
+
 def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
     """A second run on a busy session (ErrorInfo metadata `active_run_id`)."""
     return FailedPreconditionError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pilothouse.runtime.messages import Message, Usage
 
@@ -60,6 +60,20 @@ class CompactMarker:
     created_at: float
 
 
+@dataclass(slots=True)
+class AgentRecord:
+    """A registered agent as stored: `config` is the AgentConfig as given
+    (JSON-compatible dict), `source` "file" or "api", `version` counts from 1
+    and goes up each time the config is replaced by a different one."""
+
+    name: str
+    config: dict[str, Any]
+    source: str
+    version: int
+    created_at: float
+    updated_at: float
+
+
 #: One line of a stored transcript.
 TranscriptItem = Message | CompactMarker
 
@@ -81,7 +95,7 @@ class RunOutcome:
 
 
 class SessionStore(Protocol):
-    """Where sessions live.
+    """Where sessions (and the agent registry) live.
 
     Every method raises `pilothouse.errors.UnavailableError` when the store
     cannot be reached, and methods taking a `session_id` raise
@@ -191,4 +205,23 @@ class SessionStore(Protocol):
     async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
         """Create `record` with `items` as its transcript, atomically.
         AlreadyExistsError (SESSION_EXISTS) for a taken id."""
+        ...
+
+    # --- The agent registry, shared by every replica on the store --------
+
+    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
+        """Store an agent and return it as stored. Without `replace`,
+        AlreadyExistsError (AGENT_EXISTS) when the name is taken; with it, an
+        existing agent takes the new config and source, its version going up
+        by one unless both are unchanged. `record.version` is ignored."""
+        ...
+
+    async def get_agent(self, name: str) -> AgentRecord | None: ...
+
+    async def list_agents(self) -> list[AgentRecord]:
+        """Every agent, in alphabetical order of name."""
+        ...
+
+    async def delete_agent(self, name: str) -> bool:
+        """Remove an agent; False if there was none."""
         ...

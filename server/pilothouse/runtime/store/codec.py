@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
+    AgentRecord,
     CompactMarker,
     RunOutcome,
     SessionRecord,
@@ -276,3 +277,18 @@ def record_params(record: SessionRecord) -> tuple[Any, ...]:
         record.last_run_stop_reason,
         encode_usage(record.last_run_usage),
     )
+
+
+# --- Agents ------------------------------------------------------------------
+
+
+def agent_config_text(config: dict[str, Any]) -> str:
+    """Canonical JSON of an agent config: equal configs give equal text."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def agent_from_row(row: Any) -> AgentRecord:
+    """An `AgentRecord` from a (name, config, source, version, created_at,
+    updated_at) row."""
+    name, config, source, version, created_at, updated_at = tuple(row)
+    return AgentRecord(name, json.loads(config), source, int(version), created_at, updated_at)

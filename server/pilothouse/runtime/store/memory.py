@@ -11,6 +11,7 @@ import dataclasses
 
 from pilothouse.errors import (
     AlreadyExistsError,
+    agent_exists,
     lease_lost,
     run_active,
     session_closed,
@@ -29,6 +30,7 @@ __all__ = [
 
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
+    AgentRecord,
     CompactMarker,
     RunOutcome,
     SessionRecord,
@@ -64,6 +66,7 @@ class MemorySessionStore:
         self._records: dict[str, SessionRecord] = {}
         self._items: dict[str, list[TranscriptItem]] = {}
         self._lease_until: dict[str, float] = {}
+        self._agents: dict[str, AgentRecord] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
@@ -239,3 +242,37 @@ class MemorySessionStore:
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
+
+    # --- Agents -----------------------------------------------------------
+
+    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
+        current = self._agents.get(record.name)
+        if current is None:
+            stored = dataclasses.replace(record, config=copy.deepcopy(record.config), version=1)
+        elif not replace:
+            raise agent_exists(record.name)
+        elif current.config == record.config and current.source == record.source:
+            stored = current
+        else:
+            stored = dataclasses.replace(
+                current,
+                config=copy.deepcopy(record.config),
+                source=record.source,
+                version=current.version + 1,
+                updated_at=record.updated_at,
+            )
+        self._agents[record.name] = stored
+        return dataclasses.replace(stored, config=copy.deepcopy(stored.config))
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        record = self._agents.get(name)
+        return dataclasses.replace(record, config=copy.deepcopy(record.config)) if record else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return [
+            dataclasses.replace(r, config=copy.deepcopy(r.config))
+            for _, r in sorted(self._agents.items())
+        ]
+
+    async def delete_agent(self, name: str) -> bool:
+        return self._agents.pop(name, None) is not None

@@ -22,6 +22,10 @@ Schema (version 1):
   `tool_call_id`, `name`, `payload` (JSON object of the message's other
   non-default fields, NULL when none; see `codec`), `created_at`. Loading a
   session reads one range of that key from `history_seq` on.
+
+Version 2 adds `agents`, the registry every replica shares: `name`,
+`config` (canonical JSON of the AgentConfig as given), `source`, `version`,
+`created_at`, `updated_at`.
 """
 
 from __future__ import annotations
@@ -133,7 +137,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "agent registry",
+        sqlite=(
+            """CREATE TABLE agents (
+                name TEXT PRIMARY KEY,
+                config TEXT NOT NULL,
+                source TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE agents (
+                name TEXT PRIMARY KEY,
+                config TEXT NOT NULL,
+                source TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
+
+#: Upsert of an agent (both backends): a replaced agent's version goes up
+#: only when its config or source changed. `config` is canonical JSON text
+#: (sorted keys), so equal configs compare equal.
+UPSERT_AGENT = (
+    "INSERT INTO agents (name, config, source, version, created_at, updated_at)"
+    " VALUES ({p1}, {p2}, {p3}, 1, {p4}, {p4})"
+    " ON CONFLICT (name) DO UPDATE SET config = excluded.config, source = excluded.source,"
+    " version = agents.version + 1, updated_at = excluded.updated_at"
+    " WHERE agents.config <> excluded.config OR agents.source <> excluded.source"
+)
+INSERT_AGENT = (
+    "INSERT INTO agents (name, config, source, version, created_at, updated_at)"
+    " VALUES ({p1}, {p2}, {p3}, 1, {p4}, {p4})"
+)
+SELECT_AGENT = "SELECT name, config, source, version, created_at, updated_at FROM agents"
 
 #: The schema version this code writes.
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -27,10 +27,11 @@ from typing import Any
 
 import asyncpg
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError
+from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
+    AgentRecord,
     CompactMarker,
     RunOutcome,
     SessionRecord,
@@ -40,6 +41,8 @@ from pilothouse.runtime.store.base import (
 from pilothouse.runtime.store.codec import (
     ITEM_COLUMNS,
     RECORD_COLUMNS,
+    agent_config_text,
+    agent_from_row,
     decode_item,
     decode_rows,
     decode_visible,
@@ -57,8 +60,11 @@ from pilothouse.runtime.store.memory import (
     visible_history,
 )
 from pilothouse.runtime.store.migrations import (
+    INSERT_AGENT,
     LATEST_VERSION,
     SCHEMA_MIGRATIONS_TABLE,
+    SELECT_AGENT,
+    UPSERT_AGENT,
     pending,
 )
 
@@ -525,6 +531,39 @@ class PostgresSessionStore:
         except asyncpg.UniqueViolationError as exc:
             raise _exists_error(record.id) from exc
 
+    # --- agents -----------------------------------------------------------
+
+    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
+        sql = (UPSERT_AGENT if replace else INSERT_AGENT).format(p1="$1", p2="$2", p3="$3", p4="$4")
+        pool = self._get_pool()
+        with self._errors():
+            conn = await pool.acquire(timeout=self._timeout)
+            try:
+                async with conn.transaction():
+                    try:
+                        await conn.execute(
+                            sql, record.name, agent_config_text(record.config), record.source,
+                            record.updated_at,
+                        )
+                    except asyncpg.UniqueViolationError as exc:
+                        raise agent_exists(record.name) from exc
+                    rows = await conn.fetch(f"{SELECT_AGENT} WHERE name = $1", record.name)
+            finally:
+                await pool.release(conn)
+        return agent_from_row(rows[0])
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        rows = await self._fetch(f"{SELECT_AGENT} WHERE name = $1", name)
+        return agent_from_row(rows[0]) if rows else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return [agent_from_row(r) for r in await self._fetch(f"{SELECT_AGENT} ORDER BY name")]
+
+    async def delete_agent(self, name: str) -> bool:
+        rows = await self._fetch("DELETE FROM agents WHERE name = $1 RETURNING name", name)
+        return bool(rows)
+
+
 
 def _columns(items: list[TranscriptItem]) -> list[list[Any]]:
     """Transcript items as parallel arrays, one per `ITEM_COLUMNS`, for unnest."""
@@ -540,3 +579,4 @@ def _exists_error(session_id: str) -> AlreadyExistsError:
         reason="SESSION_EXISTS",
         metadata={"session_id": session_id},
     )
+

@@ -21,10 +21,11 @@ from typing import Any
 
 import aiosqlite
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError
+from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
+    AgentRecord,
     CompactMarker,
     RunOutcome,
     SessionRecord,
@@ -34,6 +35,8 @@ from pilothouse.runtime.store.base import (
 from pilothouse.runtime.store.codec import (
     ITEM_COLUMNS,
     RECORD_COLUMNS,
+    agent_config_text,
+    agent_from_row,
     decode_item,
     decode_rows,
     decode_visible,
@@ -52,8 +55,11 @@ from pilothouse.runtime.store.memory import (
     visible_history,
 )
 from pilothouse.runtime.store.migrations import (
+    INSERT_AGENT,
     LATEST_VERSION,
     SCHEMA_MIGRATIONS_TABLE,
+    SELECT_AGENT,
+    UPSERT_AGENT,
     pending,
 )
 
@@ -506,6 +512,31 @@ class SqliteSessionStore:
         except sqlite3.IntegrityError as exc:
             raise _exists_error(record.id) from exc
 
+    # --- agents -----------------------------------------------------------
+
+    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
+        params = (record.name, agent_config_text(record.config), record.source, record.updated_at)
+        sql = (UPSERT_AGENT if replace else INSERT_AGENT).format(p1="?1", p2="?2", p3="?3", p4="?4")
+        async with self._transaction() as conn:
+            try:
+                await conn.execute(sql, params)
+            except sqlite3.IntegrityError as exc:
+                raise agent_exists(record.name) from exc
+            rows = list(await conn.execute_fetchall(f"{SELECT_AGENT} WHERE name = ?", (record.name,)))
+        return agent_from_row(rows[0])
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        rows = await self._read(f"{SELECT_AGENT} WHERE name = ?", (name,))
+        return agent_from_row(rows[0]) if rows else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return [agent_from_row(r) for r in await self._read(f"{SELECT_AGENT} ORDER BY name", ())]
+
+    async def delete_agent(self, name: str) -> bool:
+        rows = await self._write("DELETE FROM agents WHERE name = ? RETURNING name", (name,))
+        return bool(rows)
+
+
 
 def _exists_error(session_id: str) -> AlreadyExistsError:
     return AlreadyExistsError(
@@ -528,3 +559,4 @@ def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[s
             clauses.append(f"{column} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
