@@ -246,3 +246,49 @@ async def test_export_and_import_over_grpc(client, fake_model, session_of):
     assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert "line 3" in error.value.message
     assert len(await client.list_sessions()) == before
+
+
+async def test_the_agent_registry_is_shared_and_versioned(fake_model, tool_server, tmp_path):
+    agents = tmp_path / "agents.toml"
+    agents.write_text('[[agents]]\nname = "keeper"\nsystem_prompt = "v1"\n')
+
+    def settings():
+        return app_settings(
+            fake_model, tool_server, store_url="sqlite:///registry.db", data_dir=tmp_path,
+            agents_file=agents,
+        )
+
+    one = await start_app(settings())
+    two = await start_app(settings())
+    try:
+        async with PilothouseClient(f"127.0.0.1:{one.port}") as a, \
+                PilothouseClient(f"127.0.0.1:{two.port}") as b:
+            assert (await b.get_agent("keeper")).version == 1  # loaded twice, one version
+            created = await a.create_agent("api-agent", tools=["text_stats"])
+            seen = await b.get_agent("api-agent")
+            assert (seen.version, seen.source, list(seen.config.tools)) == (1, "api", ["text_stats"])
+            assert "api-agent" in [x.config.name for x in await b.list_agents()]
+            assert created.config.name == "api-agent"
+
+            session = await b.create_session("api-agent")
+            fake_model.responder.push(text_reply("Served by replica two."))
+            reply = await b.send_to(session.id, "hi", timeout=30)
+            assert reply.response.final_response == "Served by replica two."
+
+            await a.delete_agent("api-agent")
+            for call in (b.get_agent("api-agent"), b.send_to(session.id, "again", timeout=30)):
+                with pytest.raises(PilothouseRpcError) as error:
+                    await call
+                assert error.value.code is grpc.StatusCode.NOT_FOUND
+                assert error.value.reason == "AGENT_NOT_FOUND"
+
+            # A new config in the agents file is a new version for everyone.
+            await two.stop(0)
+            agents.write_text('[[agents]]\nname = "keeper"\nsystem_prompt = "v2"\n')
+            three = await start_app(settings())
+            await three.stop(0)
+            keeper = await a.get_agent("keeper")
+            assert (keeper.version, keeper.config.system_prompt) == (2, "v2")
+    finally:
+        await one.stop(0)
+        await two.stop(0)

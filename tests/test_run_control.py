@@ -533,9 +533,8 @@ async def test_session_busy_on_another_replica_is_rejected(fake_model, tool_serv
             apps.append(await start_app(settings))
         async with PilothouseClient(f"127.0.0.1:{apps[0].port}") as one, \
                 PilothouseClient(f"127.0.0.1:{apps[1].port}") as two:
-            for c in (one, two):
-                await c.create_agent("shared-agent")
-            session = await one.create_session("shared-agent")
+            await one.create_agent("shared-agent")  # the registry is shared too
+            session = await two.create_session("shared-agent")
             release = asyncio.Event()
             fake_model.responder.push(held_text("From replica one.", release))
             stream = one.stream_to(session.id, "hi")

@@ -49,13 +49,15 @@ class AgentConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ..., approval_policy: _Optional[_Union[ApprovalPolicy, str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ..., context_window: _Optional[int] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("config", "tools", "create_time", "source")
+    __slots__ = ("config", "tools", "create_time", "source", "version")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     config: AgentConfig
     tools: _containers.RepeatedCompositeFieldContainer[_tool_pb2.Tool]
     create_time: _timestamp_pb2.Timestamp
     source: str
-    def __init__(self, config: _Optional[_Union[AgentConfig, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tool_pb2.Tool, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, config: _Optional[_Union[AgentConfig, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tool_pb2.Tool, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...

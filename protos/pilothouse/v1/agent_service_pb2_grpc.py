@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """AgentService registers and lists agents. Agents are immutable: to change
-    one, delete it and create it again.
+    """AgentService registers and lists agents. The registry lives in the session
+    store, so every replica on the store sees the same agents. Agents are
+    immutable: to change one, delete it and create it again (an agent from the
+    agents file gets a new version when the file changes its config).
     """
 
     def __init__(self, channel):
@@ -59,8 +61,10 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """AgentService registers and lists agents. Agents are immutable: to change
-    one, delete it and create it again.
+    """AgentService registers and lists agents. The registry lives in the session
+    store, so every replica on the store sees the same agents. Agents are
+    immutable: to change one, delete it and create it again (an agent from the
+    agents file gets a new version when the file changes its config).
     """
 
     def CreateAgent(self, request, context):
@@ -126,8 +130,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """AgentService registers and lists agents. Agents are immutable: to change
-    one, delete it and create it again.
+    """AgentService registers and lists agents. The registry lives in the session
+    store, so every replica on the store sees the same agents. Agents are
+    immutable: to change one, delete it and create it again (an agent from the
+    agents file gets a new version when the file changes its config).
     """
 
     @staticmethod

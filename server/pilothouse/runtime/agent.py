@@ -110,12 +110,14 @@ class AgentConfig(BaseModel):
 @dataclass(frozen=True, slots=True)
 class Agent:
     """An immutable agent: its config (with `model` resolved), the snapshot
-    of its tool schemas, when and how it was registered ("file" or "api")."""
+    of its tool schemas, when and how it was registered ("file" or "api"),
+    and its version in the registry."""
 
     config: AgentConfig
     tools: tuple[ToolSpec, ...] = ()
     created_at: float = field(default_factory=time.time)
     source: str = "api"
+    version: int = 1
 
     @property
     def name(self) -> str:

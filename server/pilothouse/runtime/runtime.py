@@ -24,7 +24,6 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pilothouse.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -53,6 +52,7 @@ from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.runs import Run, RunState
 from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
+    AgentRecord,
     RunOutcome,
     SessionRecord,
     SessionState,
@@ -227,15 +227,7 @@ class Runtime:
 
     # --- Agents -----------------------------------------------------------
 
-    def add_agent(self, config: AgentConfig, *, source: str = "api") -> Agent:
-        """Register an agent (seed `add_agent`). ALREADY_EXISTS for a taken
-        name; FAILED_PRECONDITION when a tool it names is not registered."""
-        if config.name in self._agents:
-            raise AlreadyExistsError(
-                f"agent {config.name!r} already exists",
-                reason="AGENT_EXISTS",
-                metadata={"agent": config.name},
-            )
+    def _check_tools(self, config: AgentConfig) -> None:
         missing = self.tools.missing(config.tools)
         if missing:
             raise FailedPreconditionError(
@@ -243,40 +235,79 @@ class Runtime:
                 reason="TOOL_NOT_AVAILABLE",
                 metadata={"agent": config.name, "tools": ",".join(missing)},
             )
+
+    async def add_agent(
+        self, config: AgentConfig, *, source: str = "api", replace: bool = False
+    ) -> Agent:
+        """Register an agent in the store's registry, shared by every replica
+        (seed `add_agent`). ALREADY_EXISTS for a taken name unless `replace`
+        (the agents file: a changed config gets a new version);
+        FAILED_PRECONDITION when a tool it names is not registered here."""
+        self._check_tools(config)
+        now = time.time()
+        record = await self.store.put_agent(
+            AgentRecord(config.name, config.model_dump(mode="json"), source, 0, now, now),
+            replace=replace,
+        )
+        agent = self._agent_of(record)
+        log.info(
+            "agent %s v%d registered (%s, model %s)",
+            agent.name, agent.version, source, agent.config.model,
+        )
+        return agent
+
+    def _agent_of(self, record: AgentRecord) -> Agent:
+        """The immutable agent for a stored record, built once per version
+        (the default model and this replica's tool schemas filled in)."""
+        cached = self._agents.get(record.name)
+        if cached is not None and cached.version == record.version:
+            return cached
+        config = AgentConfig.model_validate(record.config)
         if not config.model:
             config = config.model_copy(update={"model": self.default_model})
-        agent = Agent(config, self.tools.snapshot(config.tools), source=source)
-        self._agents[config.name] = agent
-        log.info("agent %s registered (%s, model %s)", config.name, source, config.model)
+        agent = Agent(
+            config,
+            self.tools.snapshot(config.tools),
+            created_at=record.created_at,
+            source=record.source,
+            version=record.version,
+        )
+        self._agents[record.name] = agent
         return agent
 
-    def get_agent(self, name: str, field: str = "name") -> Agent:
-        """The agent; INVALID_ARGUMENT for an empty name, NOT_FOUND if unknown."""
+    async def get_agent(self, name: str, field: str = "name") -> Agent:
+        """The agent as the registry has it now (another replica may have
+        replaced or deleted it). INVALID_ARGUMENT for an empty name,
+        NOT_FOUND if unknown."""
         _require(name, field)
-        agent = self._agents.get(name)
-        if agent is None:
+        record = await self.store.get_agent(name)
+        if record is None:
+            self._agents.pop(name, None)
             raise agent_not_found(name)
-        return agent
+        return self._agent_of(record)
 
-    def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
+    async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
         """A page of agents in alphabetical order and the next page token."""
         limit = page_size(size, default=50)
         after = decode_token(token, "agents") or ""
-        names = sorted(n for n in self._agents if n > after)
-        page = [self._agents[n] for n in names[:limit]]
-        more = len(names) > limit
+        records = [r for r in await self.store.list_agents() if r.name > after]
+        page = [self._agent_of(r) for r in records[:limit]]
+        more = len(records) > limit
         return page, encode_token("agents", page[-1].name) if more and page else ""
 
-    def delete_agent(self, name: str) -> None:
+    async def delete_agent(self, name: str) -> None:
+        """Remove an agent from the registry; NOT_FOUND if unknown. Its
+        sessions stay readable; new runs on them fail with NOT_FOUND."""
         _require(name, "name")
-        if self._agents.pop(name, None) is None:
+        self._agents.pop(name, None)
+        if not await self.store.delete_agent(name):
             raise agent_not_found(name)
 
     # --- Sessions ---------------------------------------------------------
 
     async def create_session(self, agent: str, created_by: str) -> SessionRecord:
         """Open a new session. NOT_FOUND for an unknown agent."""
-        self.get_agent(agent, "agent")
+        await self.get_agent(agent, "agent")
         now = time.time()
         record = SessionRecord(uuid.uuid4().hex, agent, created_by, now, now)
         await self.store.create(record)
@@ -285,7 +316,7 @@ class Runtime:
     async def get_or_create_session(self, agent: str, created_by: str) -> tuple[SessionRecord, bool]:
         """The open session of (agent, created_by), or a new one (seed
         `get_or_create_session`); the bool says whether it was created."""
-        self.get_agent(agent, "agent")
+        await self.get_agent(agent, "agent")
         async with self._identity_lock:
             existing = await self.store.find_open(agent, created_by)
             if existing is not None:
@@ -366,7 +397,7 @@ class Runtime:
         marker. FAILED_PRECONDITION while a run is active or for an empty
         history; UNAVAILABLE when the model fails."""
         record = await self.get_session(session_id)
-        agent = self.get_agent(record.agent)
+        agent = await self.get_agent(record.agent)
         async with self._locks[session_id]:
             self._check_idle(record)
             history = await self._history(record)
@@ -402,7 +433,7 @@ class Runtime:
             content,
             new_id=uuid.uuid4().hex,
             now=time.time(),
-            check_agent=lambda agent: self.get_agent(agent, "content"),
+            check_agent=lambda agent: self.get_agent(agent, "content"),  # awaited there
         )
 
     async def _history(self, record: SessionRecord) -> list[Message]:
@@ -461,7 +492,8 @@ class Runtime:
             )
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        agent = self.get_agent(record.agent)
+        agent = await self.get_agent(record.agent)
+        self._check_tools(agent.config)
         async with self._locks[session_id]:
             current = self._active.get(session_id)
             queue = self._queued[session_id]

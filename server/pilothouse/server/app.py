@@ -230,7 +230,7 @@ async def start_app(settings: Settings) -> App:
         )
         await runtime.start()
         for config in read_agents_file(settings.agents_file):
-            runtime.add_agent(config, source="file")
+            await runtime.add_agent(config, source="file", replace=True)
         server = await start_server(
             [
                 Service(

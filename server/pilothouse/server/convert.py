@@ -211,6 +211,7 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         ],
         create_time=timestamp(agent.created_at),
         source=agent.source,
+        version=agent.version,
     )
 
 

@@ -34,24 +34,24 @@ class AgentService(agents_grpc.AgentServiceServicer):
 
     @handle_errors
     async def CreateAgent(self, request, context):
-        agent = self.runtime.add_agent(convert.config_from_proto(request.config))
+        agent = await self.runtime.add_agent(convert.config_from_proto(request.config))
         return agents_pb.CreateAgentResponse(agent=convert.agent_to_proto(agent))
 
     @handle_errors
     async def GetAgent(self, request, context):
-        agent = self.runtime.get_agent(request.name)
+        agent = await self.runtime.get_agent(request.name)
         return agents_pb.GetAgentResponse(agent=convert.agent_to_proto(agent))
 
     @handle_errors
     async def ListAgents(self, request, context):
-        agents, token = self.runtime.list_agents(request.page_size, request.page_token)
+        agents, token = await self.runtime.list_agents(request.page_size, request.page_token)
         return agents_pb.ListAgentsResponse(
             agents=[convert.agent_to_proto(a) for a in agents], next_page_token=token
         )
 
     @handle_errors
     async def DeleteAgent(self, request, context):
-        self.runtime.delete_agent(request.name)
+        await self.runtime.delete_agent(request.name)
         return agents_pb.DeleteAgentResponse()
 
 

@@ -25,6 +25,7 @@ line types are not.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -364,7 +365,9 @@ async def import_jsonl(
     """
     meta, items = parse_jsonl(data)
     if check_agent is not None:
-        check_agent(meta.agent)
+        checked = check_agent(meta.agent)
+        if inspect.isawaitable(checked):
+            await checked
     record = record_from_meta(meta, items, new_id=new_id, now=now)
     await store.import_session(record, items)
     return record
