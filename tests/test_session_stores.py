@@ -982,3 +982,17 @@ async def test_agents_are_shared_by_every_store_on_the_storage(durable: Backend)
     assert (await two.get_agent("shared")).config == {"name": "shared", "model": "m"}
     assert await two.delete_agent("shared")
     assert await one.get_agent("shared") is None
+
+
+async def test_run_owner_is_the_latest_run_and_shared(backend: Backend) -> None:
+    one = await backend.open()
+    await one.create(record("s1"))
+    assert await one.get_run_owner("s1") is None
+    await one.set_run_owner("s1", "r1", "10.0.0.1:50051")
+    await one.set_run_owner("s1", "r2", "10.0.0.2:50051")
+    assert await one.get_run_owner("s1") == ("r2", "10.0.0.2:50051")
+    if backend.kind != "memory":
+        two = await backend.open()
+        assert await two.get_run_owner("s1") == ("r2", "10.0.0.2:50051")
+    await one.delete("s1")
+    assert await one.get_run_owner("s1") is None

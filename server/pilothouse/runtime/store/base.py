@@ -225,3 +225,14 @@ class SessionStore(Protocol):
     async def delete_agent(self, name: str) -> bool:
         """Remove an agent; False if there was none."""
         ...
+
+    # --- Which replica runs a session's latest run --------------------------
+
+    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
+        """Record that `owner` (a replica's gRPC address) runs `run_id`, the
+        session's latest run."""
+        ...
+
+    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
+        """(run_id, owner) of the session's latest run, or None."""
+        ...

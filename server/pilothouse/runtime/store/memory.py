@@ -67,6 +67,7 @@ class MemorySessionStore:
         self._items: dict[str, list[TranscriptItem]] = {}
         self._lease_until: dict[str, float] = {}
         self._agents: dict[str, AgentRecord] = {}
+        self._owners: dict[str, tuple[str, str]] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
@@ -135,6 +136,7 @@ class MemorySessionStore:
         del self._records[session_id]
         del self._items[session_id]
         self._lease_until.pop(session_id, None)
+        self._owners.pop(session_id, None)
 
     async def load_history(self, session_id: str) -> list[Message]:
         self._record(session_id)
@@ -276,3 +278,11 @@ class MemorySessionStore:
 
     async def delete_agent(self, name: str) -> bool:
         return self._agents.pop(name, None) is not None
+
+    # --- Run owners -------------------------------------------------------
+
+    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
+        self._owners[session_id] = (run_id, owner)
+
+    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
+        return self._owners.get(session_id)

@@ -25,7 +25,9 @@ Schema (version 1):
 
 Version 2 adds `agents`, the registry every replica shares: `name`,
 `config` (canonical JSON of the AgentConfig as given), `source`, `version`,
-`created_at`, `updated_at`.
+`created_at`, `updated_at`. Version 3 adds `run_owners`: per session, the
+latest run and the address of the replica that runs it, so other replicas
+can forward calls about that run.
 """
 
 from __future__ import annotations
@@ -161,6 +163,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "run owners",
+        sqlite=(
+            """CREATE TABLE run_owners (
+                session_id TEXT PRIMARY KEY,
+                run_id TEXT NOT NULL,
+                owner TEXT NOT NULL
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE run_owners (
+                session_id TEXT PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+                run_id TEXT NOT NULL,
+                owner TEXT NOT NULL
+            )""",
+        ),
+    ),
+)
+
+#: Records which replica runs (or ran) a session's latest run.
+UPSERT_RUN_OWNER = (
+    "INSERT INTO run_owners (session_id, run_id, owner) VALUES ({p1}, {p2}, {p3})"
+    " ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner"
 )
 
 #: Upsert of an agent (both backends): a replaced agent's version goes up

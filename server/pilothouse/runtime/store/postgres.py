@@ -65,6 +65,7 @@ from pilothouse.runtime.store.migrations import (
     SCHEMA_MIGRATIONS_TABLE,
     SELECT_AGENT,
     UPSERT_AGENT,
+    UPSERT_RUN_OWNER,
     pending,
 )
 
@@ -562,6 +563,19 @@ class PostgresSessionStore:
     async def delete_agent(self, name: str) -> bool:
         rows = await self._fetch("DELETE FROM agents WHERE name = $1 RETURNING name", name)
         return bool(rows)
+
+    # --- run owners -------------------------------------------------------
+
+    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
+        await self._fetch(
+            UPSERT_RUN_OWNER.format(p1="$1", p2="$2", p3="$3"), session_id, run_id, owner
+        )
+
+    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
+        rows = await self._fetch(
+            "SELECT run_id, owner FROM run_owners WHERE session_id = $1", session_id
+        )
+        return (rows[0]["run_id"], rows[0]["owner"]) if rows else None
 
 
 

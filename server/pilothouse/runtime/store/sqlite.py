@@ -60,6 +60,7 @@ from pilothouse.runtime.store.migrations import (
     SCHEMA_MIGRATIONS_TABLE,
     SELECT_AGENT,
     UPSERT_AGENT,
+    UPSERT_RUN_OWNER,
     pending,
 )
 
@@ -296,6 +297,7 @@ class SqliteSessionStore:
             if cursor.rowcount == 0:
                 raise session_not_found(session_id)
             await conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
+            await conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
 
     # --- history ----------------------------------------------------------
 
@@ -535,6 +537,19 @@ class SqliteSessionStore:
     async def delete_agent(self, name: str) -> bool:
         rows = await self._write("DELETE FROM agents WHERE name = ? RETURNING name", (name,))
         return bool(rows)
+
+    # --- run owners -------------------------------------------------------
+
+    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
+        await self._write(
+            UPSERT_RUN_OWNER.format(p1="?1", p2="?2", p3="?3"), (session_id, run_id, owner)
+        )
+
+    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
+        rows = await self._read(
+            "SELECT run_id, owner FROM run_owners WHERE session_id = ?", (session_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
 
 
 
