@@ -19,11 +19,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pilothouse.client import PilothouseClient, PilothouseRpcError
+from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
 from pilothouse.server.app import start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
 from pilothouse.v1 import event_pb2, message_pb2
-from tests.conftest import app_settings, assert_valid_history, wait_until
+from tests.conftest import app_settings, assert_valid_history, collect, wait_until
 from tests.pg import pg_server  # noqa: F401 - fixture
 
 AGENTS = '[[agents]]\nname = "keeper"\ntools = ["text_stats"]\n'
@@ -292,3 +292,69 @@ async def test_the_agent_registry_is_shared_and_versioned(fake_model, tool_serve
     finally:
         await one.stop(0)
         await two.stop(0)
+
+
+async def test_calls_about_a_run_are_forwarded_to_the_replica_that_runs_it(
+    fake_model, tool_server, tmp_path
+):
+    """Attach, Steer (attach), SteerSession, SubmitDecision and Cancel reach
+    the run through any replica."""
+    apps = [
+        await start_app(
+            app_settings(fake_model, tool_server, store_url="sqlite:///fwd.db", data_dir=tmp_path)
+        )
+        for _ in range(2)
+    ]
+    one, two = apps
+    try:
+        assert one.runtime.address == f"127.0.0.1:{one.port}"
+        async with PilothouseClient(f"127.0.0.1:{one.port}") as a, \
+                PilothouseClient(f"127.0.0.1:{two.port}") as b:
+            await a.create_agent("fwd", tools=["delete_records"])
+            session = await a.create_session("fwd")
+            release = asyncio.Event()
+            held = text_reply("Finished on replica one.").events
+            fake_model.responder.push(
+                tool_calls_reply([("d1", "delete_records", json.dumps({"table": "t"}))]),
+                SSEReply([*held[:2], Pause(release), *held[2:]]),
+            )
+            stream = a.stream_to(session.id, "Clean up")
+            events = []
+            async for event in stream:
+                events.append(event)
+                if event.HasField("approval_required"):
+                    break
+            run_id = events[0].run_id
+
+            # Replica two has no such run: it forwards to replica one.
+            watcher = asyncio.create_task(collect(b.attach(session.id, after_sequence=0)))
+            assert await b.submit_decision(
+                session.id, decision("d1", event_pb2.VERDICT_APPROVE)
+            ) == run_id
+            async for event in stream:
+                events.append(event)
+                if event.HasField("text_delta"):
+                    break
+            assert await b.steer_session(session.id, "too late for this round") == run_id
+            steer = await b.steer_attach(session.id, run_id, events[-1].sequence)
+            cancelled = await b.cancel(session.id, reason="from replica two")
+            assert (cancelled.run_id, cancelled.already_finished) == (run_id, False)
+            assert cancelled.stop_reason == event_pb2.STOP_REASON_CANCELLED
+            release.set()
+            tail = [e async for e in steer]
+            watched = await watcher
+            events += [e async for e in stream]
+
+            assert tail[-1].done.stop_reason == event_pb2.STOP_REASON_CANCELLED
+            assert tail[0].sequence == events[len(events) - len(tail)].sequence
+            assert [e.SerializeToString() for e in watched] == [e.SerializeToString() for e in events]
+            assert [s.content for s in watched[-1].done.unapplied_steering] == ["too late for this round"]
+            result = next(e.tool_result for e in watched if e.HasField("tool_result"))
+            assert result.output == "deleted all records of t"
+
+            # Finished: re-attaching by run id through either replica works.
+            again = await collect(b.attach(session.id, run_id, watched[-1].sequence - 1))
+            assert [e.WhichOneof("event") for e in again] == ["done"]
+    finally:
+        for app in apps:
+            await app.stop(0)

@@ -2,8 +2,9 @@
 
 Every handler is wrapped by `handle_errors`: a `PilothouseError` becomes its
 status code with `google.rpc.ErrorInfo` (and `BadRequest` field violations);
-any other exception is logged and becomes INTERNAL with a generic message,
-so no Python text reaches a client as UNKNOWN.
+the error of an upstream gRPC call the handler made passes through with its
+own status; any other exception is logged and becomes INTERNAL with a
+generic message, so no Python text reaches a client as UNKNOWN.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def status_of(error: PilothouseError) -> grpc.Status:
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, PilothouseError):
         await context.abort_with_status(status_of(exc))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # A call this handler made upstream (a forwarded call) failed: its
+        # status, details and rich-status trailers pass through unchanged.
+        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
     log.exception("unhandled error in handler", exc_info=exc)
     await context.abort_with_status(
         rich_status(grpc.StatusCode.INTERNAL, "internal error; see the server log", "INTERNAL")

@@ -99,6 +99,17 @@ def valid_prefix(history: list[Message], start: int) -> list[Message]:
     return history
 
 
+class RunElsewhere(Exception):
+    """The run asked for is held by another replica, at `owner` (its gRPC
+    address): the caller forwards the request there."""
+
+    def __init__(self, owner: str, session_id: str, run_id: str) -> None:
+        super().__init__(f"run {run_id} of session {session_id} is on {owner}")
+        self.owner = owner
+        self.session_id = session_id
+        self.run_id = run_id
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RuntimeLimits:
     """Tunables, in bytes, seconds and counts."""
@@ -147,6 +158,9 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._keeper: asyncio.Task[None] | None = None
+        #: This replica's gRPC address as other replicas reach it; "" when
+        #: runs are not announced (a single process).
+        self.address = ""
         #: Called with (run, response, duration_s) when a run ends.
         self.on_run_end: list[Callable[[Run, AgentResponse, float], None]] = []
 
@@ -518,6 +532,7 @@ class Runtime:
             await self.store.begin_run(
                 session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
             )
+            await self._announce(run)
             self._admit(run)
             self._active[session_id] = run
             run.task = asyncio.create_task(self._execute(run, agent, None), name=f"run-{run.id}")
@@ -556,23 +571,27 @@ class Runtime:
 
     async def steer_session(self, session_id: str, content: str, sender: str = "") -> Run:
         """Steer the session's active (or else next queued) run.
-        FAILED_PRECONDITION (NO_ACTIVE_RUN) when there is none."""
+        FAILED_PRECONDITION (NO_ACTIVE_RUN) when there is none; RunElsewhere
+        when another replica runs it."""
         await self.get_session(session_id)
         run = self._active.get(session_id) or next(iter(self._queued[session_id]), None)
         if run is None:
+            await self._check_elsewhere(session_id)
             raise no_active_run(session_id)
         self.steer(run, content, sender)
         return run
 
     async def find_run(self, session_id: str, run_id: str = "") -> Run:
         """A run kept by this process: `run_id`, else the session's active
-        run, else its next queued run, else its last run.
-        NOT_FOUND (RUN_NOT_FOUND) for an unknown or expired run id;
-        FAILED_PRECONDITION (NO_ACTIVE_RUN) when the session has none."""
+        run, else its next queued run, else its last run. RunElsewhere when
+        the run is another replica's (the store records who runs a session's
+        latest run). NOT_FOUND (RUN_NOT_FOUND) for an unknown or expired run
+        id; FAILED_PRECONDITION (NO_ACTIVE_RUN) when the session has none."""
         await self.get_session(session_id)
         if run_id:
             run = self._runs.get(run_id)
             if run is None or run.session_id != session_id:
+                await self._check_elsewhere(session_id, run_id)
                 raise NotFoundError(
                     f"run {run_id!r} of session {session_id!r} not found (or no longer kept)",
                     reason="RUN_NOT_FOUND",
@@ -581,11 +600,33 @@ class Runtime:
             return run
         run = self._active.get(session_id) or next(iter(self._queued[session_id]), None)
         if run is None:
+            await self._check_elsewhere(session_id)
             last = self._last_run.get(session_id)
             run = self._runs.get(last) if last else None
         if run is None:
             raise no_active_run(session_id)
         return run
+
+    async def _announce(self, run: Run) -> None:
+        """Record this replica as the owner of `run` (for forwarding)."""
+        if not self.address:
+            return
+        try:
+            await self.store.set_run_owner(run.session_id, run.id, self.address)
+        except PilothouseError as exc:
+            log.warning("run %s: could not record its owner: %s", run.id, exc.message)
+
+    async def _check_elsewhere(self, session_id: str, run_id: str = "") -> None:
+        """Raise RunElsewhere when the session's latest run (or `run_id`,
+        if it is that run) belongs to another replica."""
+        if not self.address:
+            return
+        owner = await self.store.get_run_owner(session_id)
+        if owner is None:
+            return
+        latest, address = owner
+        if address != self.address and (not run_id or run_id == latest):
+            raise RunElsewhere(address, session_id, latest)
 
     async def cancel(self, session_id: str, run_id: str = "", reason: str = "") -> tuple[Run, bool]:
         """Cancel a run and wait until it has stopped and its history is
@@ -606,6 +647,8 @@ class Runtime:
             if decision.request_id in run.control.pending_requests():
                 run.control.decide(decision)
                 return run
+        if not candidates:
+            await self._check_elsewhere(session_id)
         raise NotFoundError(
             f"session {session_id!r} has no pending request {decision.request_id!r}",
             reason="DECISION_NOT_PENDING",
@@ -714,6 +757,7 @@ class Runtime:
                 run.finish(Done(AgentResponse("", 0, StopReason.ERROR, [], "", error=exc.message)))
                 self._after(run, time.monotonic())
                 return False
+            await self._announce(run)
             self._active[run.session_id] = run
         return True
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,17 @@ from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.server.agents_file import read_agents_file
 from pilothouse.server.content import ContentRecordingModel
+from pilothouse.server.forwarding import RunForwarder
 from pilothouse.server.health import Dependency, HealthMonitor
 from pilothouse.server.metrics import MetricsPipeline, RuntimeMetrics, start_metrics
 from pilothouse.server.services import AgentService, RunService, SessionService
 from pilothouse.server.settings import TEST_MODEL_NAME, Settings
-from pilothouse.server.telemetry import add_span_processor, configure_tracing, resource_for
+from pilothouse.server.telemetry import (
+    add_span_processor,
+    configure_tracing,
+    resource_for,
+    tracing_client_interceptors,
+)
 from pilothouse.server.tool_client import ToolExecutorClient
 from pilothouse.testmodel import start_scripted_model
 from pilothouse.v1 import (
@@ -67,6 +74,7 @@ class App:
     metrics: MetricsPipeline | None = None
     runtime_metrics: RuntimeMetrics | None = None
     health: HealthMonitor | None = None
+    forwarder: RunForwarder | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -115,6 +123,8 @@ class App:
         # and end by themselves (the grace only bounds stuck clients).
         await self.server.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.tools.close()
         await self.model.aclose()
         if self.test_model_server is not None:
@@ -229,6 +239,10 @@ async def start_app(settings: Settings) -> App:
             ),
         )
         await runtime.start()
+        forwarder = RunForwarder(
+            max_message_bytes=settings.max_message_bytes,
+            interceptors=tracing_client_interceptors(),
+        )
         for config in read_agents_file(settings.agents_file):
             await runtime.add_agent(config, source="file", replace=True)
         server = await start_server(
@@ -245,7 +259,7 @@ async def start_app(settings: Settings) -> App:
                 ),
                 Service(
                     run_service_pb2_grpc.add_RunServiceServicer_to_server,
-                    RunService(runtime, settings.heartbeat_interval),
+                    RunService(runtime, settings.heartbeat_interval, forwarder),
                     RUN_SERVICE,
                 ),
             ],
@@ -254,6 +268,7 @@ async def start_app(settings: Settings) -> App:
             keepalive=settings.keepalive,
             interceptors=[runtime_metrics.event_interceptor()],
         )
+        runtime.address = advertised_address(settings, server.port)
         health = HealthMonitor(
             server,
             dependencies_of(settings, store, tools),
@@ -284,10 +299,26 @@ async def start_app(settings: Settings) -> App:
             raise
         message = exc.message if isinstance(exc, PilothouseError) else str(exc)
         raise StartupError(message) from exc
-    log.info("pilothouse-server listening on port %d", server.port)
-    return App(
-        settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics, health
+    log.info(
+        "pilothouse-server listening on port %d (other replicas reach it at %s)",
+        server.port, runtime.address,
     )
+    return App(
+        settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
+        health, forwarder,
+    )
+
+
+def advertised_address(settings: Settings, port: int) -> str:
+    """How other replicas reach this one: PILOTHOUSE_ADVERTISE_ADDRESS, else
+    the listen host (this host's name when it listens on every interface)
+    with the bound port."""
+    if settings.advertise_address:
+        return settings.advertise_address
+    host = settings.listen_address.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def dependencies_of(

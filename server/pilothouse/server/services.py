@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from pilothouse.errors import InvalidArgumentError
+from pilothouse.errors import InvalidArgumentError, NotFoundError
 from pilothouse.rpc.errors import handle_errors
 from pilothouse.runtime.control import DisconnectPolicy, RunOptions
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.runs import Run
-from pilothouse.runtime.runtime import Runtime
+from pilothouse.runtime.runtime import RunElsewhere, Runtime
 from pilothouse.server import convert
+from pilothouse.server.forwarding import RunForwarder
 from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
@@ -129,10 +130,23 @@ class RunService(runs_grpc.RunServiceServicer):
     DISCONNECT_POLICY_CANCEL. Streams carry a heartbeat while the run is
     quiet."""
 
-    def __init__(self, runtime: Runtime, heartbeat_s: float = 15.0) -> None:
+    def __init__(
+        self, runtime: Runtime, heartbeat_s: float = 15.0, forwarder: RunForwarder | None = None
+    ) -> None:
         self.runtime = runtime
         self.heartbeat_s = heartbeat_s
+        self.forwarder = forwarder
         self._cancellations: set[asyncio.Task[object]] = set()
+
+    def _forward(self, context, where: RunElsewhere):
+        """(stub, call kwargs) for the replica that holds the run."""
+        if self.forwarder is None:
+            raise NotFoundError(
+                f"run {where.run_id} of session {where.session_id!r} is on another replica",
+                reason="RUN_NOT_FOUND",
+                metadata={"session_id": where.session_id, "run_id": where.run_id},
+            )
+        return self.forwarder.target(context, where)
 
     def _heartbeat(self, options: runs_pb.RunOptions) -> float:
         return convert.heartbeat_seconds(
@@ -182,7 +196,16 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def Attach(self, request, context):
-        run = await self.runtime.find_run(request.session_id, request.run_id)
+        try:
+            run = await self.runtime.find_run(request.session_id, request.run_id)
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            forwarded = runs_pb.AttachRequest()
+            forwarded.CopyFrom(request)
+            forwarded.run_id = request.run_id or where.run_id
+            async for response in stub.Attach(forwarded, **kwargs):
+                yield response
+            return
         heartbeat = convert.heartbeat_seconds(
             request.heartbeat_interval, self.heartbeat_s, "heartbeat_interval"
         )
@@ -198,7 +221,16 @@ class RunService(runs_grpc.RunServiceServicer):
             after, heartbeat = 0, self._heartbeat(first.start.options)
         elif kind == "attach":
             attach = first.attach
-            run = await self.runtime.find_run(attach.session_id, attach.run_id)
+            try:
+                run = await self.runtime.find_run(attach.session_id, attach.run_id)
+            except RunElsewhere as where:
+                stub, kwargs = self._forward(context, where)
+                forwarded = runs_pb.SteerRequest()
+                forwarded.CopyFrom(first)
+                forwarded.attach.run_id = attach.run_id or where.run_id
+                async for response in stub.Steer(_prepend(forwarded, request_iterator), **kwargs):
+                    yield response
+                return
             options, after, owned = run.options, attach.after_sequence, False
             heartbeat = convert.heartbeat_seconds(
                 attach.heartbeat_interval, self.heartbeat_s, "attach.heartbeat_interval"
@@ -217,12 +249,24 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def SteerSession(self, request, context):
-        run = await self.runtime.steer_session(request.session_id, request.content, request.sender)
+        try:
+            run = await self.runtime.steer_session(
+                request.session_id, request.content, request.sender
+            )
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            return await stub.SteerSession(request, **kwargs)
         return runs_pb.SteerSessionResponse(run_id=run.id)
 
     @handle_errors
     async def Cancel(self, request, context):
-        run, already = await self.runtime.cancel(request.session_id, request.run_id, request.reason)
+        try:
+            run, already = await self.runtime.cancel(
+                request.session_id, request.run_id, request.reason
+            )
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            return await stub.Cancel(request, **kwargs)
         assert run.response is not None
         return runs_pb.CancelResponse(
             run_id=run.id,
@@ -232,13 +276,24 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def SubmitDecision(self, request, context):
-        run = await self.runtime.submit_decision(
-            request.session_id, convert.decision_from_proto(request.decision)
-        )
+        try:
+            run = await self.runtime.submit_decision(
+                request.session_id, convert.decision_from_proto(request.decision)
+            )
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            return await stub.SubmitDecision(request, **kwargs)
         return runs_pb.SubmitDecisionResponse(run_id=run.id)
 
 
 _END = object()
+
+
+async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:
+    """`first`, then everything `rest` yields."""
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def _merge_commands(

@@ -35,6 +35,11 @@ class Settings(ServerProcessSettings):
     model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
 
     listen_address: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
+    advertise_address: str = Field(
+        "",
+        description="host:port other replicas reach this one at (default: the listen address, "
+        "with this host's name when it listens on every interface)",
+    )
     model_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
     )
