@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
 from pilothouse.server.app import start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
-from pilothouse.v1 import event_pb2, message_pb2
+from pilothouse.v1 import event_pb2, message_pb2, run_service_pb2
 from tests.conftest import app_settings, assert_valid_history, collect, wait_until
 from tests.pg import pg_server  # noqa: F401 - fixture
 
@@ -355,6 +355,51 @@ async def test_calls_about_a_run_are_forwarded_to_the_replica_that_runs_it(
             # Finished: re-attaching by run id through either replica works.
             again = await collect(b.attach(session.id, run_id, watched[-1].sequence - 1))
             assert [e.WhichOneof("event") for e in again] == ["done"]
+    finally:
+        for app in apps:
+            await app.stop(0)
+
+
+async def test_double_texting_policies_apply_on_the_replica_that_runs_the_session(
+    fake_model, tool_server, tmp_path
+):
+    apps = [
+        await start_app(
+            app_settings(fake_model, tool_server, store_url="sqlite:///dt.db", data_dir=tmp_path)
+        )
+        for _ in range(2)
+    ]
+    try:
+        async with PilothouseClient(f"127.0.0.1:{apps[0].port}") as a, \
+                PilothouseClient(f"127.0.0.1:{apps[1].port}") as b:
+            await a.create_agent("dt")
+            session = await a.create_session("dt")
+            release = asyncio.Event()
+            held = text_reply("First answer.").events
+            fake_model.responder.push(
+                SSEReply([*held[:2], Pause(release), *held[2:]]), text_reply("Queued answer.")
+            )
+            stream = a.stream_to(session.id, "first")
+            events = await first(stream, "text_delta")
+
+            with pytest.raises(PilothouseRpcError) as error:  # REJECT: not forwarded
+                await b.send_to(session.id, "rejected", timeout=10)
+            assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
+            queued = asyncio.create_task(b.send_to(
+                session.id, "second",
+                options=run_service_pb2.RunOptions(if_active=run_service_pb2.ACTIVE_RUN_POLICY_ENQUEUE),
+                timeout=30,
+            ))
+            await wait_until(lambda: bool(apps[0].runtime._queued.get(session.id)))
+            release.set()
+            events += [e async for e in stream]
+            reply = await queued
+
+            assert events[-1].done.final_response == "First answer."
+            assert reply.response.final_response == "Queued answer."
+            assert [m.content for m in await b.list_messages(session.id)] == [
+                "first", "First answer.", "second", "Queued answer.",
+            ]
     finally:
         for app in apps:
             await app.stop(0)

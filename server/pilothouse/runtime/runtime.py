@@ -496,7 +496,9 @@ class Runtime:
         INVALID_ARGUMENT: empty or oversized content. NOT_FOUND: unknown
         session or agent. FAILED_PRECONDITION: the session is closed, or busy
         and the policy is REJECT (ErrorInfo metadata `active_run_id`).
-        UNAVAILABLE: the server is draining or the store is down."""
+        UNAVAILABLE: the server is draining or the store is down. RunElsewhere
+        when the session is busy on another replica and the policy is not
+        REJECT (the caller forwards the message there)."""
         options = options or RunOptions()
         self._check_content(content)
         record = await self.get_session(session_id)
@@ -529,9 +531,15 @@ class Runtime:
                 else:
                     raise run_active(session_id, (current or busiest).id)
             run = Run(uuid.uuid4().hex, session_id, agent.name, content, sender, options)
-            await self.store.begin_run(
-                session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
-            )
+            try:
+                await self.store.begin_run(
+                    session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
+                )
+            except FailedPreconditionError as exc:
+                # Busy on another replica: its policy is applied there.
+                if exc.reason == "RUN_ACTIVE" and options.if_active is not ActiveRunPolicy.REJECT:
+                    await self._check_elsewhere(session_id)
+                raise
             await self._announce(run)
             self._admit(run)
             self._active[session_id] = run

@@ -173,7 +173,11 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def SendTo(self, request, context):
-        run, options, owned = await self._start(request)
+        try:
+            run, options, owned = await self._start(request)
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            return await stub.SendTo(request, **kwargs)
         try:
             response = await run.wait()
         except asyncio.CancelledError:
@@ -183,7 +187,13 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def StreamTo(self, request, context):
-        run, options, owned = await self._start(request)
+        try:
+            run, options, owned = await self._start(request)
+        except RunElsewhere as where:
+            stub, kwargs = self._forward(context, where)
+            async for response in stub.StreamTo(request, **kwargs):
+                yield response
+            return
         heartbeat = self._heartbeat(request.options)
         completed = False
         try:
@@ -217,7 +227,13 @@ class RunService(runs_grpc.RunServiceServicer):
         first = await anext(aiter(request_iterator), None)
         kind = first.WhichOneof("action") if first is not None else None
         if kind == "start":
-            run, options, owned = await self._start(first.start, "start.options")
+            try:
+                run, options, owned = await self._start(first.start, "start.options")
+            except RunElsewhere as where:
+                stub, kwargs = self._forward(context, where)
+                async for response in stub.Steer(_prepend(first, request_iterator), **kwargs):
+                    yield response
+                return
             after, heartbeat = 0, self._heartbeat(first.start.options)
         elif kind == "attach":
             attach = first.attach
