@@ -24,7 +24,7 @@ from pilothouse.rpc.serving import RunningServer
 from pilothouse.server.app import App, start_app
 from pilothouse.server.settings import Settings
 from pilothouse.testmodel import ChatCompletionsServer, QueueResponder
-from pilothouse.tools import ToolRegistry
+from pilothouse.tools import AskUser, ToolRegistry, current_answer
 from pilothouse.tools.builtins import register_builtins
 from pilothouse.tools.service import serve_tools
 
@@ -68,6 +68,18 @@ def build_test_tools() -> ToolRegistry:
             table: The table to empty.
         """
         return f"deleted all records of {table}"
+
+    @registry.tool
+    def confirm(action: str) -> str:
+        """Do `action` once the user confirms it.
+
+        Args:
+            action: What to do.
+        """
+        answer = current_answer()
+        if answer is None:
+            raise AskUser(f"Really {action}?", options=["yes", "no"])
+        return f"{action}: done" if answer.selected_options == ("yes",) else f"{action}: skipped"
 
     @registry.tool
     def fail(message: str) -> str:

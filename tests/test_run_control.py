@@ -14,7 +14,14 @@ from google.protobuf import duration_pb2
 from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
 from pilothouse.server.app import start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
-from pilothouse.v1 import agent_pb2, event_pb2, message_pb2, run_service_pb2
+from pilothouse.v1 import (
+    agent_pb2,
+    event_pb2,
+    message_pb2,
+    run_service_pb2,
+    tool_executor_service_pb2 as tx,
+    tool_executor_service_pb2_grpc as tx_grpc,
+)
 from tests.conftest import (
     CANCELLED_GATES,
     app_settings,
@@ -606,3 +613,39 @@ async def test_approval_policy_never_and_per_tool(client, fake_model, session_of
             await stream.decide(decision("c", event_pb2.VERDICT_APPROVE))
     assert kinds(events).count("approval_required") == 1
     assert {e.tool_result.call_id for e in events if e.HasField("tool_result")} == {"t", "c"}
+
+
+async def test_a_tool_can_ask_the_user_before_it_finishes(client, fake_model, session_of, tool_server):
+    session_id = await session_of(tools=("confirm",))
+    fake_model.responder.push(
+        tool_calls_reply([("k1", "confirm", json.dumps({"action": "reboot the server"}))]),
+        text_reply("Rebooted."),
+    )
+
+    stream = await client.steer(session_id, "Reboot it")
+    events = []
+    async for event in stream:
+        events.append(event)
+        if event.HasField("question_asked"):
+            asked = event.question_asked
+            assert (asked.request_id, asked.question) == ("k1", "Really reboot the server?")
+            assert list(asked.options) == ["yes", "no"]
+            await stream.decide(decision("k1", selected_options=["yes"]))
+
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert result.output == "reboot the server: done"
+    assert events[-1].done.final_response == "Rebooted."
+    assert_valid_history(await client.list_messages(session_id))
+
+    # The ToolExecutor itself, over gRPC: a question first, the output with the answer.
+    import grpc as _grpc
+
+
+    async with _grpc.aio.insecure_channel(tool_server.address) as channel:
+        stub = tx_grpc.ToolExecutorServiceStub(channel)
+        request = tx.ExecuteToolRequest(call_id="x", name="confirm", arguments_json='{"action": "a"}')
+        first_reply = await stub.ExecuteTool(request, timeout=10)
+        assert first_reply.WhichOneof("outcome") == "question"
+        request.answer.selected_options.append("no")
+        second_reply = await stub.ExecuteTool(request, timeout=10)
+        assert second_reply.output == "a: skipped"

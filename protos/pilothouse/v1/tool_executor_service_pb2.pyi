@@ -18,7 +18,7 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[_tool_pb2.Tool, _Mapping]]] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
-    __slots__ = ("call_id", "name", "arguments_json", "agent", "sender", "session_id", "run_id")
+    __slots__ = ("call_id", "name", "arguments_json", "agent", "sender", "session_id", "run_id", "answer")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ExecuteToolRequest(_message.Message):
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     name: str
     arguments_json: str
@@ -33,12 +34,15 @@ class ExecuteToolRequest(_message.Message):
     sender: str
     session_id: str
     run_id: str
-    def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., agent: _Optional[str] = ..., sender: _Optional[str] = ..., session_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    answer: _tool_pb2.Answer
+    def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., agent: _Optional[str] = ..., sender: _Optional[str] = ..., session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., answer: _Optional[_Union[_tool_pb2.Answer, _Mapping]] = ...) -> None: ...
 
 class ExecuteToolResponse(_message.Message):
-    __slots__ = ("output", "error")
+    __slots__ = ("output", "error", "question")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
     output: str
     error: str
-    def __init__(self, output: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    question: _tool_pb2.Question
+    def __init__(self, output: _Optional[str] = ..., error: _Optional[str] = ..., question: _Optional[_Union[_tool_pb2.Question, _Mapping]] = ...) -> None: ...

@@ -66,7 +66,13 @@ from pilothouse.runtime.events import (
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.model.base import ChatChunk, ChatModel, ModelError
 from pilothouse.runtime.model.builder import MessageBuilder
-from pilothouse.runtime.tools import ASK_USER, ToolContext, ToolDispatcher
+from pilothouse.runtime.tools import (
+    ASK_USER,
+    ToolAnswer,
+    ToolContext,
+    ToolDispatcher,
+    ToolQuestion,
+)
 
 tracer = trace.get_tracer("pilothouse.runtime")
 
@@ -78,6 +84,8 @@ REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 
 #: Context window assumed when the agent does not declare one, in tokens.
 DEFAULT_CONTEXT_WINDOW = 128_000
+#: Questions one tool call may ask before its answer.
+MAX_TOOL_QUESTIONS = 3
 #: How long an approval or question waits by default, seconds.
 DEFAULT_DECISION_TIMEOUT_S = 600.0
 
@@ -506,8 +514,9 @@ async def _run_call(
                 if denial is not None:
                     output, error = None, denial
                 else:
-                    outcome = await dispatcher.dispatch(call, tool_context)
-                    output, error = outcome.output, outcome.error
+                    output, error = await _dispatch_with_answers(
+                        dispatcher, call, tool_context, ctx, events, span
+                    )
         except asyncio.CancelledError:
             # The SDK records only Exceptions: mark the cancellation here.
             span.add_event("cancelled")
@@ -557,6 +566,37 @@ async def _approve(
     return None
 
 
+async def _ask(
+    request_id: str,
+    question: ToolQuestion,
+    ctx: LoopContext,
+    events: asyncio.Queue[object],
+    span: Span,
+) -> Decision | None:
+    """Emit `QuestionAsked`, wait for the answer; None when none came in
+    time."""
+    timeout = ctx.control.options.decision_timeout_s or ctx.decision_timeout_s
+    events.put_nowait(
+        QuestionAsked(
+            request_id, question.question, list(question.options), question.multi_select,
+            time.time() + timeout,
+        )
+    )
+    span.add_event("question_wait_started")
+    decision = await _wait_decision(
+        request_id, "question", ctx, timeout,
+        options=question.options, multi_select=question.multi_select,
+    )
+    if decision is not None:
+        events.put_nowait(DecisionApplied(request_id, decision))
+    return decision
+
+
+def _no_answer(ctx: LoopContext) -> str:
+    timeout = ctx.control.options.decision_timeout_s or ctx.decision_timeout_s
+    return f"the user did not answer within {timeout:g}s"
+
+
 async def _ask_user(
     call: ToolCall, ctx: LoopContext, events: asyncio.Queue[object], span: Span
 ) -> tuple[str | None, str | None]:
@@ -564,24 +604,44 @@ async def _ask_user(
     try:
         args = json.loads(call.arguments or "{}")
         question = args["question"]
-        options = [str(o) for o in args.get("options", [])]
+        options = tuple(str(o) for o in args.get("options", []))
         multi = bool(args.get("multi_select", False))
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
     except (ValueError, KeyError, TypeError) as exc:
         return None, f"invalid arguments for ask_user: {exc}"
-    timeout = ctx.control.options.decision_timeout_s or ctx.decision_timeout_s
-    events.put_nowait(QuestionAsked(call.id, question, options, multi, time.time() + timeout))
-    span.add_event("question_wait_started")
-    decision = await _wait_decision(
-        call.id, "question", ctx, timeout, options=tuple(options), multi_select=multi
-    )
+    decision = await _ask(call.id, ToolQuestion(question, options, multi), ctx, events, span)
     if decision is None:
-        return None, f"the user did not answer within {timeout:g}s"
-    events.put_nowait(DecisionApplied(call.id, decision))
+        return None, _no_answer(ctx)
     answer: dict[str, object] = {}
     if decision.selected_options:
         answer["selected_options"] = list(decision.selected_options)
     if decision.text:
         answer["text"] = decision.text
     return json.dumps(answer, ensure_ascii=False), None
+
+
+async def _dispatch_with_answers(
+    dispatcher: ToolDispatcher,
+    call: ToolCall,
+    tool_context: ToolContext,
+    ctx: LoopContext,
+    events: asyncio.Queue[object],
+    span: Span,
+) -> tuple[str | None, str | None]:
+    """Dispatch `call`; while the tool answers with a question, ask the
+    user and dispatch again with the answer (at most MAX_TOOL_QUESTIONS
+    times). Returns (output, error)."""
+    outcome = await dispatcher.dispatch(call, tool_context)
+    for asked in range(1, MAX_TOOL_QUESTIONS + 1):
+        if outcome.question is None:
+            return outcome.output, outcome.error
+        request_id = call.id if asked == 1 else f"{call.id}:{asked}"
+        decision = await _ask(request_id, outcome.question, ctx, events, span)
+        if decision is None:
+            return None, _no_answer(ctx)
+        answer = ToolAnswer(decision.selected_options, decision.text)
+        outcome = await dispatcher.dispatch(call, tool_context, answer)
+    if outcome.question is not None:
+        return None, f"tool {call.name!r} asked more than {MAX_TOOL_QUESTIONS} questions"
+    return outcome.output, outcome.error

@@ -46,12 +46,30 @@ class ToolContext:
     run_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolQuestion:
+    """A question a tool asks the user before it can finish."""
+
+    question: str
+    options: tuple[str, ...] = ()
+    multi_select: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnswer:
+    """The user's answer, given to the tool on its next call."""
+
+    selected_options: tuple[str, ...] = ()
+    text: str = ""
+
+
 @dataclass(slots=True)
 class ToolOutcome:
-    """Exactly one of `output` and `error` is set."""
+    """Exactly one of `output`, `error` and `question` is set."""
 
     output: str | None = None
     error: str | None = None
+    question: ToolQuestion | None = None
 
 
 class ToolDispatcher(Protocol):
@@ -59,7 +77,12 @@ class ToolDispatcher(Protocol):
     `ToolOutcome(error=...)`, which the model reads); it only propagates
     `asyncio.CancelledError`."""
 
-    async def dispatch(self, call: ToolCall, context: ToolContext) -> ToolOutcome: ...
+    async def dispatch(
+        self, call: ToolCall, context: ToolContext, answer: ToolAnswer | None = None
+    ) -> ToolOutcome:
+        """Run `call`; `answer` is the user's answer when the tool asked a
+        question on the previous dispatch of the same call."""
+        ...
 
 
 class ToolRegistry:

@@ -29,7 +29,14 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from pilothouse.errors import UnavailableError
 from pilothouse.rpc.serving import channel_options
 from pilothouse.runtime.messages import ToolCall
-from pilothouse.runtime.tools import ToolContext, ToolOutcome, ToolRegistry, ToolSpec
+from pilothouse.runtime.tools import (
+    ToolAnswer,
+    ToolContext,
+    ToolOutcome,
+    ToolQuestion,
+    ToolRegistry,
+    ToolSpec,
+)
 from pilothouse.server.telemetry import tracing_client_interceptors
 from pilothouse.v1 import tool_executor_service_pb2 as pb, tool_executor_service_pb2_grpc as pb_grpc
 
@@ -155,8 +162,11 @@ class ToolExecutorClient:
             pb.ListToolsRequest(), timeout=wait_seconds, wait_for_ready=True
         )
 
-    async def dispatch(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
-        """Run one call on the executor that offers it; never raises but for
+    async def dispatch(
+        self, call: ToolCall, context: ToolContext, answer: ToolAnswer | None = None
+    ) -> ToolOutcome:
+        """Run one call on the executor that offers it (with the user's
+        `answer` when the tool asked a question); never raises but for
         cancellation."""
         executor = self._routes.get(call.name)
         if executor is None:
@@ -170,6 +180,9 @@ class ToolExecutorClient:
             session_id=context.session_id,
             run_id=context.run_id,
         )
+        if answer is not None:
+            request.answer.selected_options.extend(answer.selected_options)
+            request.answer.text = answer.text
         span = trace.get_current_span()
         if self.record_content and span.is_recording():
             span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS, request.arguments_json)
@@ -177,7 +190,13 @@ class ToolExecutorClient:
             reply = await executor.stub.ExecuteTool(request, timeout=self.call_timeout)
         except grpc.aio.AioRpcError as exc:
             return ToolOutcome(error=_describe_failure(call.name, executor.address, exc, self.call_timeout))
-        if reply.WhichOneof("outcome") == "error":
+        kind = reply.WhichOneof("outcome")
+        if kind == "question":
+            ask = reply.question
+            return ToolOutcome(
+                question=ToolQuestion(ask.question, tuple(ask.options), ask.multi_select)
+            )
+        if kind == "error":
             outcome = ToolOutcome(error=reply.error)
         else:
             outcome = ToolOutcome(output=reply.output)

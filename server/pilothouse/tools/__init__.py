@@ -7,7 +7,15 @@ another set.
 """
 
 from pilothouse.tools.builtins import register_builtins
-from pilothouse.tools.registry import RegisteredTool, ToolRegistry, ToolResult, default_registry
+from pilothouse.tools.registry import (
+    Answer,
+    AskUser,
+    RegisteredTool,
+    ToolRegistry,
+    ToolResult,
+    current_answer,
+    default_registry,
+)
 
 register_builtins(default_registry)
 
@@ -15,4 +23,13 @@ register_builtins(default_registry)
 #: description=..., metadata={...})`.
 tool = default_registry.tool
 
-__all__ = ["RegisteredTool", "ToolRegistry", "ToolResult", "default_registry", "tool"]
+__all__ = [
+    "Answer",
+    "AskUser",
+    "RegisteredTool",
+    "ToolRegistry",
+    "ToolResult",
+    "current_answer",
+    "default_registry",
+    "tool",
+]

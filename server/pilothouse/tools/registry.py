@@ -25,11 +25,12 @@ text the model can read (see `ToolResult`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -53,7 +54,38 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Longest rendering of a rejected argument value quoted in an error text.
 _MAX_INPUT_REPR = 80
 
-Outcome = Literal["ok", "invalid_arguments", "error"]
+Outcome = Literal["ok", "invalid_arguments", "error", "question"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The user's answer to a tool's question: chosen options or text."""
+
+    selected_options: tuple[str, ...] = ()
+    text: str = ""
+
+
+class AskUser(Exception):
+    """Raise from a tool to ask the user first. The runtime asks (a
+    `question_asked` event), then calls the tool again with the same
+    arguments; `current_answer()` then returns the answer."""
+
+    def __init__(self, question: str, options: Sequence[str] = (), multi_select: bool = False):
+        super().__init__(question)
+        self.question = question
+        self.options = tuple(options)
+        self.multi_select = multi_select
+
+
+_ANSWER: contextvars.ContextVar[Answer | None] = contextvars.ContextVar(
+    "pilothouse_tool_answer", default=None
+)
+
+
+def current_answer() -> Answer | None:
+    """Inside a tool: the user's answer to the question it asked on an
+    earlier call of the same tool call, or None."""
+    return _ANSWER.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +95,14 @@ class ToolResult:
     `outcome` is "ok" (output set), "invalid_arguments" (the arguments
     were not valid JSON, not an object or failed validation; `error` lists
     every problem) or "error" (the tool raised; `error` is
-    "<ExceptionType>: message").
+    "<ExceptionType>: message") or "question" (the tool raised `AskUser`;
+    `question` holds it, output and error are None).
     """
 
     output: str | None = None
     error: str | None = None
     outcome: Outcome = "ok"
+    question: AskUser | None = None
 
     @property
     def ok(self) -> bool:
@@ -128,7 +162,7 @@ class RegisteredTool:
                 kwargs[parameter] = value
         return args, kwargs
 
-    async def run(self, arguments_json: str) -> ToolResult:
+    async def run(self, arguments_json: str, answer: Answer | None = None) -> ToolResult:
         """Validate the arguments and call the tool.
 
         Sync tools run in a worker thread (`asyncio.to_thread`); async tools
@@ -142,13 +176,19 @@ class RegisteredTool:
             args, kwargs = self.parse_arguments(arguments_json)
         except _InvalidArguments as exc:
             return ToolResult(error=str(exc), outcome="invalid_arguments")
+        token = _ANSWER.set(answer)
         try:
             if self.is_async:
                 value = await self.function(*args, **kwargs)
             else:
+                # to_thread copies the context: the answer reaches the thread.
                 value = await asyncio.to_thread(self.function, *args, **kwargs)
+        except AskUser as question:
+            return ToolResult(outcome="question", question=question)
         except Exception as exc:  # the model reads it; never a crash
             return ToolResult(error=_describe_exception(exc), outcome="error")
+        finally:
+            _ANSWER.reset(token)
         if isinstance(value, str):
             return ToolResult(output=value)
         try:
@@ -249,7 +289,9 @@ class ToolRegistry:
         """Registered names, in registration order."""
         return list(self._tools)
 
-    async def execute(self, name: str, arguments_json: str) -> ToolResult:
+    async def execute(
+        self, name: str, arguments_json: str, answer: Answer | None = None
+    ) -> ToolResult:
         """Run the tool `name` with a JSON arguments document (see
         `RegisteredTool.run`). Raises NotFoundError (reason TOOL_NOT_FOUND,
         metadata {"tool": name}) for an unknown name."""
@@ -258,7 +300,7 @@ class ToolRegistry:
             raise NotFoundError(
                 f"no tool named {name!r}", reason="TOOL_NOT_FOUND", metadata={"tool": name}
             )
-        return await registered.run(arguments_json)
+        return await registered.run(arguments_json, answer)
 
 
 #: The registry served by `pilothouse-tools`; `pilothouse.tools` registers

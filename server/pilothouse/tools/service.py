@@ -26,7 +26,7 @@ from pilothouse.rpc.serving import (
     start_server,
 )
 from pilothouse.server.metrics import ToolExecutorMetrics
-from pilothouse.tools.registry import RegisteredTool, ToolRegistry
+from pilothouse.tools.registry import Answer, RegisteredTool, ToolRegistry
 from pilothouse.v1 import (
     tool_executor_service_pb2 as pb,
     tool_executor_service_pb2_grpc as pb_grpc,
@@ -78,7 +78,9 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
         INVALID_ARGUMENT (BadRequest on "name") for an empty name; NOT_FOUND
         (ErrorInfo reason TOOL_NOT_FOUND, metadata "tool") for an unknown
         one. A tool still running when the deadline arrives is cancelled and
-        the call ends DEADLINE_EXCEEDED; a call cancelled by the client
+        the call ends DEADLINE_EXCEEDED. A tool that raises `AskUser` answers
+        `question`; the runtime calls again with `answer`. A call cancelled by
+        the client
         cancels the tool (asyncio.CancelledError in an async tool; a sync
         tool's thread runs on, its result discarded).
         """
@@ -99,8 +101,13 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
                     metadata={"tool": request.name},
                 )
             try:
+                answer = (
+                    Answer(tuple(request.answer.selected_options), request.answer.text)
+                    if request.HasField("answer")
+                    else None
+                )
                 async with asyncio.timeout(_remaining(context)):
-                    result = await tool.run(request.arguments_json)
+                    result = await tool.run(request.arguments_json, answer)
             except TimeoutError:
                 outcome = "deadline_exceeded"
                 await context.abort_with_status(
@@ -112,6 +119,13 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
                     )
                 )
             outcome = result.outcome
+            if result.question is not None:
+                ask = result.question
+                return pb.ExecuteToolResponse(
+                    question=tool_pb2.Question(
+                        question=ask.question, options=ask.options, multi_select=ask.multi_select
+                    )
+                )
             if result.error is not None:
                 return pb.ExecuteToolResponse(error=result.error)
             return pb.ExecuteToolResponse(output=result.output or "")
