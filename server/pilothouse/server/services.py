@@ -128,7 +128,8 @@ class RunService(runs_grpc.RunServiceServicer):
     """A run outlives these RPCs: a cancelled or failed RPC only ends its
     subscription, unless the run was started with
     DISCONNECT_POLICY_CANCEL. Streams carry a heartbeat while the run is
-    quiet."""
+    quiet. A call about a run another replica holds is forwarded there
+    (`pilothouse.server.forwarding`)."""
 
     def __init__(
         self, runtime: Runtime, heartbeat_s: float = 15.0, forwarder: RunForwarder | None = None
