@@ -278,3 +278,29 @@ async def test_startup_fails_for_an_agents_file_naming_a_missing_tool(fake_model
     agents.write_text('[[agents]]\nname = "1bad"\n')
     with pytest.raises(StartupError, match=r"agents\[0\]\.name"):
         await start_app(app_settings(fake_model, tool_server, agents_file=agents))
+
+
+async def test_delete_session_state_filter_and_newest_first(client, fake_model, session_of):
+    session_id = await session_of()
+    fake_model.responder.push(text_reply("one"), text_reply("two"))
+    await client.send_to(session_id, "first", timeout=30)
+    await client.send_to(session_id, "second", timeout=30)
+    newest = await client.sessions.ListMessages(
+        session_service_pb2.ListMessagesRequest(session_id=session_id, newest_first=True, page_size=3),
+        timeout=5,
+    )
+    assert [m.content for m in newest.messages] == ["two", "second", "one"]
+    agent = (await client.get_session(session_id)).agent
+    other = await client.create_session(agent, "filter")
+    await client.close_session(other.id)
+    closed = await client.sessions.ListSessions(
+        session_service_pb2.ListSessionsRequest(agent=agent, state=session_pb2.SESSION_STATE_CLOSED),
+        timeout=5,
+    )
+    assert [s.id for s in closed.sessions] == [other.id]
+
+    await client.delete_session(session_id)
+    error = await rpc_error(client.get_session(session_id))
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    error = await rpc_error(client.delete_session(session_id))
+    assert error.code is grpc.StatusCode.NOT_FOUND

@@ -81,8 +81,11 @@ class SessionService(sessions_grpc.SessionServiceServicer):
 
     @handle_errors
     async def ListSessions(self, request, context):
+        state = convert.session_state_from_proto(request.state)
+        if request.state and state is None:
+            raise InvalidArgumentError.field("state", f"unknown value {request.state}")
         records, token = await self.runtime.list_sessions(
-            request.agent, request.created_by, request.page_size, request.page_token
+            request.agent, request.created_by, request.page_size, request.page_token, state
         )
         return sessions_pb.ListSessionsResponse(
             sessions=[self._session(r) for r in records], next_page_token=token
