@@ -241,7 +241,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"Event loops: bench client **{env['client_loop']}**; fake model server **{env['model_loop']}**; "
         "runtime and ToolExecutor as named in each row (`asyncio` is the shipped "
-        "`python -m pilothouse.server.main`; `uvloop` is the same entry point started by "
+        "`python -m pilothouse.app.main`; `uvloop` is the same entry point started by "
         "`bench/serve.py` with uvloop's policy installed); peers **uvloop**. Every process on 127.0.0.1; "
         "the runtime, the ToolExecutor, the model server and the client are separate processes sharing "
         f"the {m['cpus']} cores. Medians and p99 are over the samples of the same run; ratios compare "

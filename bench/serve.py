@@ -7,7 +7,7 @@ for:
 The servers' own entry points call `asyncio.run()`; installing uvloop's
 event-loop policy first makes that loop a uvloop one without touching the
 runtime's code or dependencies (uvloop lives in the bench's own directory).
-With `asyncio`, this is exactly `python -m pilothouse.server.main`.
+With `asyncio`, this is exactly `python -m pilothouse.app.main`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ def main() -> None:
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if which == "runtime":
-        from pilothouse.server.main import main as runtime_main
+        from pilothouse.app.main import main as runtime_main
 
         runtime_main(rest)
     elif which == "tools":
-        from pilothouse.tools.main import main as tools_main
+        from pilothouse.toolexecutor.main import main as tools_main
 
         sys.exit(tools_main(rest))
     else:

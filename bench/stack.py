@@ -67,7 +67,7 @@ def start_runtime(
         paths.deps, PILOTHOUSE_TOOLS_LISTEN_ADDRESS=f"127.0.0.1:{tools_port}"
     )
     tools = start_grpc(
-        f"{name}-tools", _server_argv(loop, "tools", "pilothouse.tools.main"), tools_env,
+        f"{name}-tools", _server_argv(loop, "tools", "pilothouse.toolexecutor.main"), tools_env,
         paths.work, loop, tools_port,
     )
     port = free_port()
@@ -87,7 +87,7 @@ def start_runtime(
     )
     try:
         runtime = start_grpc(
-            name, _server_argv(loop, "runtime", "pilothouse.server.main"), env, paths.work, loop, port
+            name, _server_argv(loop, "runtime", "pilothouse.app.main"), env, paths.work, loop, port
         )
     except BaseException:
         tools.stop()

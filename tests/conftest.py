@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from pilothouse.app.settings import Settings
+from pilothouse.app.startup import App, start_app
 from pilothouse.client import PilothouseClient
 from pilothouse.rpc.serving import RunningServer
-from pilothouse.server.app import App, start_app
-from pilothouse.server.settings import Settings
 from pilothouse.testmodel import ChatCompletionsServer, QueueResponder
-from pilothouse.tools import AskUser, ToolRegistry, current_answer
-from pilothouse.tools.builtins import register_builtins
-from pilothouse.tools.service import serve_tools
+from pilothouse.toolexecutor import AskUser, ToolRegistry, current_answer
+from pilothouse.toolexecutor.builtins import register_builtins
+from pilothouse.toolexecutor.service import serve_tools
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "sse"

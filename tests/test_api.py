@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from pilothouse.app.startup import StartupError, start_app
 from pilothouse.client import PilothouseRpcError
-from pilothouse.server.app import StartupError, start_app
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from pilothouse.v1 import (
     agent_pb2,
@@ -237,7 +237,7 @@ async def test_executor_down_gives_the_model_an_error_result(fake_model):
     """A ToolExecutor that goes away mid-life: the call fails with an error
     result naming it, and the run goes on to the model's answer."""
     from pilothouse.client import PilothouseClient
-    from pilothouse.tools.service import serve_tools
+    from pilothouse.toolexecutor.service import serve_tools
     from tests.conftest import build_test_tools
 
     tools = await serve_tools(build_test_tools(), "127.0.0.1:0")

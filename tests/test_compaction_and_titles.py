@@ -8,9 +8,9 @@ import json
 import grpc
 import pytest
 
+from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient, PilothouseRpcError
 from pilothouse.runtime.compaction import COMPACTION_PROMPT
-from pilothouse.server.app import start_app
 from pilothouse.testmodel import JSONReply, text_reply, tool_calls_reply
 from tests.conftest import app_settings, collect, kinds, wait_until
 

@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from pilothouse.rpc.serving import Keepalive
-from pilothouse.server.app import (
+from pilothouse.app.settings import Settings
+from pilothouse.app.startup import (
     AGENT_SERVICE,
     RUN_SERVICE,
     STREAM_GRACE_S,
 )
-from pilothouse.server.settings import Settings
-from pilothouse.tools.main import ToolsSettings
-from pilothouse.tools.service import SERVICE_NAME as EXECUTOR_SERVICE
+from pilothouse.rpc.serving import Keepalive
+from pilothouse.toolexecutor.main import ToolsSettings
+from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE
 from pilothouse.v1 import agent_service_pb2, run_service_pb2, tool_executor_service_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,8 +256,8 @@ def test_dockerfile_is_slim_non_root_and_matches_the_code():
     assert re.search(r'^ENTRYPOINT \["pilothouse-server"\]$', DOCKER, re.MULTILINE)  # exec form: PID 1
     assert re.search(r"^STOPSIGNAL SIGTERM$", DOCKER, re.MULTILINE)
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'pilothouse-server = "pilothouse.server.main:main"' in pyproject
-    assert 'pilothouse-tools = "pilothouse.tools.main:main"' in pyproject
+    assert 'pilothouse-server = "pilothouse.app.main:main"' in pyproject
+    assert 'pilothouse-tools = "pilothouse.toolexecutor.main:main"' in pyproject
     # What the image copies is what the wheel is built from.
     for source in ("protos/pilothouse", "server/pilothouse", "clients/python/pilothouse"):
         assert f"COPY {source} {source}" in DOCKER

@@ -1,6 +1,6 @@
 """Graceful drain of real processes on SIGTERM.
 
-`python -m pilothouse.server.main` runs as a subprocess against the fake
+`python -m pilothouse.app.main` runs as a subprocess against the fake
 model of this test process (held mid-answer with `Pause`) and the test
 ToolExecutor, with a SQLite store so the history can be read after the
 process has gone. State is awaited by bounded polling of health and of the
@@ -22,12 +22,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pilothouse.app.startup import AGENT_SERVICE, RUN_SERVICE, SESSION_SERVICE, start_app
 from pilothouse.client import PilothouseClient, PilothouseRpcError
 from pilothouse.errors import UnavailableError
 from pilothouse.runtime.store.factory import open_store
-from pilothouse.server.app import AGENT_SERVICE, RUN_SERVICE, SESSION_SERVICE, start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply
-from pilothouse.tools.service import SERVICE_NAME as EXECUTOR_SERVICE, serve_tools
+from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE, serve_tools
 from pilothouse.v1 import (
     event_pb2,
     tool_executor_service_pb2 as tools_pb,
@@ -90,7 +90,7 @@ class ServerProcess:
 async def start_server_process(model_server, tool_server, tmp_path: Path, **env: str) -> ServerProcess:
     address = f"127.0.0.1:{free_port()}"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pilothouse.server.main",
+        sys.executable, "-m", "pilothouse.app.main",
         env=clean_env(
             PILOTHOUSE_LISTEN_ADDRESS=address,
             PILOTHOUSE_MODEL_BASE_URL=model_server.base_url,
@@ -237,8 +237,8 @@ async def test_what_outlives_the_drain_is_cancelled_with_a_valid_history(
 
 HOLDING_TOOLS = """
 import asyncio, sys
-from pilothouse.tools import ToolRegistry
-from pilothouse.tools import main
+from pilothouse.toolexecutor import ToolRegistry
+from pilothouse.toolexecutor import main
 
 registry = ToolRegistry()
 

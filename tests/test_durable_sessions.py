@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
-from pilothouse.server.app import start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
 from pilothouse.v1 import event_pb2, message_pb2, run_service_pb2
 from tests.conftest import app_settings, assert_valid_history, collect, wait_until
@@ -74,7 +74,7 @@ async def runtime_process(
     }
     log = (tmp_path / "server.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pilothouse.server.main"], env=environment,
+        [sys.executable, "-m", "pilothouse.app.main"], env=environment,
         stdout=log, stderr=log,
     )
     try:

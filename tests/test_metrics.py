@@ -14,12 +14,13 @@ import pytest_asyncio
 from opentelemetry.sdk.resources import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
+from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient
-from pilothouse.server.app import start_app
-from pilothouse.server.metrics import ToolExecutorMetrics, start_metrics
+from pilothouse.ops.metrics import start_metrics
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
-from pilothouse.tools import default_registry
-from pilothouse.tools.service import serve_tools
+from pilothouse.toolexecutor import default_registry
+from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
+from pilothouse.toolexecutor.service import serve_tools
 from pilothouse.v1 import (
     event_pb2,
     tool_executor_service_pb2 as tools_pb,

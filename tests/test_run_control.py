@@ -11,8 +11,8 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
-from pilothouse.server.app import start_app
 from pilothouse.testmodel import Pause, SSEReply, text_reply, tool_calls_reply
 from pilothouse.v1 import (
     agent_pb2,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from pilothouse.app.agents_file import read_agents_file
+from pilothouse.app.settings import load_settings
 from pilothouse.errors import InvalidArgumentError
-from pilothouse.server.agents_file import read_agents_file
-from pilothouse.server.settings import load_settings
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import Field
 
 from pilothouse.rpc.errors import error_details
-from pilothouse.tools import ToolRegistry, default_registry
-from pilothouse.tools.builtins import calculate, register_builtins
-from pilothouse.tools.registry import parse_docstring
-from pilothouse.tools.service import SERVICE_NAME, serve_tools
+from pilothouse.toolexecutor import ToolRegistry, default_registry
+from pilothouse.toolexecutor.builtins import calculate, register_builtins
+from pilothouse.toolexecutor.registry import parse_docstring
+from pilothouse.toolexecutor.service import SERVICE_NAME, serve_tools
 from pilothouse.v1 import tool_executor_service_pb2 as pb, tool_executor_service_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -507,12 +507,12 @@ async def test_client_cancel_cancels_the_tool(stub):
 
 
 async def test_each_call_is_logged_without_arguments(stub, caplog):
-    caplog.set_level(logging.INFO, logger="pilothouse.tools.service")
+    caplog.set_level(logging.INFO, logger="pilothouse.toolexecutor.service")
     await execute(
         stub, "text_stats", {"text": "top secret words"}, call_id="call-7", session_id="sess-3"
     )
     await error_of(stub, "explode", {"reason": "classified"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "pilothouse.tools.service"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pilothouse.toolexecutor.service"]
     assert any(
         "name=text_stats" in line
         and "call_id=call-7" in line
@@ -615,7 +615,7 @@ async def test_main_process_serves_and_exits_zero_on_sigterm():
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "pilothouse.tools.main",
+        "pilothouse.toolexecutor.main",
         "--listen",
         f"127.0.0.1:{port}",
         cwd=REPO,

@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
+from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient
-from pilothouse.server import logs, telemetry
-from pilothouse.server.app import start_app
+from pilothouse.ops import logs, telemetry
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from tests.conftest import CANCELLED_GATES, GATES, app_settings, collect, wait_until
 

@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     tools_address = env.setdefault("PILOTHOUSE_TOOLS_LISTEN_ADDRESS", "127.0.0.1:50052")
     server_address = env.setdefault("PILOTHOUSE_LISTEN_ADDRESS", "127.0.0.1:50051")
     env.setdefault("PILOTHOUSE_TOOL_EXECUTORS", tools_address)
-    tools = _start("pilothouse.tools.main", env)
+    tools = _start("pilothouse.toolexecutor.main", env)
     server = None
     code = 0
     try:
         wait_serving(tools_address, 30, tools)
-        server = _start("pilothouse.server.main", env)
+        server = _start("pilothouse.app.main", env)
         wait_serving(server_address, 30, server)
         if args.mode == "run":
             print(f"[devstack] runtime on {server_address}, tools on {tools_address}; Ctrl-C stops",

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from pilothouse.server.telemetry import tracing_server_interceptor
+from pilothouse.ops.telemetry import tracing_server_interceptor
 
 log = logging.getLogger(__name__)
 

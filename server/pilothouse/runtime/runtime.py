@@ -58,7 +58,7 @@ from pilothouse.runtime.store.base import (
     SessionState,
     SessionStore,
 )
-from pilothouse.runtime.tools import ASK_USER, ToolDispatcher, ToolRegistry
+from pilothouse.runtime.tools import ASK_USER, ToolCatalog, ToolDispatcher
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("pilothouse.runtime")
@@ -133,7 +133,7 @@ class Runtime:
         model: ChatModel,
         default_model: str,
         dispatcher: ToolDispatcher,
-        tools: ToolRegistry,
+        tools: ToolCatalog,
         store: SessionStore,
         limits: RuntimeLimits | None = None,
     ) -> None:

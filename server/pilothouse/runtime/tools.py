@@ -85,8 +85,9 @@ class ToolDispatcher(Protocol):
         ...
 
 
-class ToolRegistry:
-    """Tool schemas by name, in registration order."""
+class ToolCatalog:
+    """The tool schemas the runtime knows (from every ToolExecutor's
+    ListTools), by name, in registration order."""
 
     def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
         self._specs: dict[str, ToolSpec] = {}

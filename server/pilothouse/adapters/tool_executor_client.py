@@ -27,17 +27,17 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from pilothouse.errors import UnavailableError
+from pilothouse.ops.telemetry import tracing_client_interceptors
 from pilothouse.rpc.serving import channel_options
 from pilothouse.runtime.messages import ToolCall
 from pilothouse.runtime.tools import (
     ToolAnswer,
+    ToolCatalog,
     ToolContext,
     ToolOutcome,
     ToolQuestion,
-    ToolRegistry,
     ToolSpec,
 )
-from pilothouse.server.telemetry import tracing_client_interceptors
 from pilothouse.v1 import tool_executor_service_pb2 as pb, tool_executor_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,13 @@ class ToolExecutorClient:
 
         await asyncio.gather(*(check(e) for e in self._executors))
 
-    async def discover(self, wait_seconds: float) -> ToolRegistry:
+    async def discover(self, wait_seconds: float) -> ToolCatalog:
         """ListTools on every executor (waiting up to `wait_seconds` for each
         to come up) and return the registry of their tools. A name offered
         twice goes to the first executor; a tool whose schema is not a JSON
         object is skipped with a warning. Raises UnavailableError naming an
         executor that did not answer."""
-        registry = ToolRegistry()
+        registry = ToolCatalog()
         replies = await asyncio.gather(
             *(self._list(e, wait_seconds) for e in self._executors), return_exceptions=True
         )

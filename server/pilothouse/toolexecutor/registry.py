@@ -19,7 +19,7 @@ a parameter's description comes from `Annotated[..., Field(description=...)]`
 or else from the docstring's Google-style ``Args:`` section, and the tool's
 description from the docstring's first paragraph. Running a tool never
 raises for a bad argument or a failing tool: both come back as an error
-text the model can read (see `ToolResult`).
+text the model can read (see `ExecutionResult`).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from pydantic.fields import FieldInfo
 from pilothouse.errors import NotFoundError
 
 __all__ = [
+    "ExecutionResult",
     "RegisteredTool",
     "ToolRegistry",
-    "ToolResult",
     "default_registry",
     "parse_docstring",
 ]
@@ -89,7 +89,7 @@ def current_answer() -> Answer | None:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolResult:
+class ExecutionResult:
     """What running a tool produced: exactly one of `output` and `error`.
 
     `outcome` is "ok" (output set), "invalid_arguments" (the arguments
@@ -162,7 +162,7 @@ class RegisteredTool:
                 kwargs[parameter] = value
         return args, kwargs
 
-    async def run(self, arguments_json: str, answer: Answer | None = None) -> ToolResult:
+    async def run(self, arguments_json: str, answer: Answer | None = None) -> ExecutionResult:
         """Validate the arguments and call the tool.
 
         Sync tools run in a worker thread (`asyncio.to_thread`); async tools
@@ -175,7 +175,7 @@ class RegisteredTool:
         try:
             args, kwargs = self.parse_arguments(arguments_json)
         except _InvalidArguments as exc:
-            return ToolResult(error=str(exc), outcome="invalid_arguments")
+            return ExecutionResult(error=str(exc), outcome="invalid_arguments")
         token = _ANSWER.set(answer)
         try:
             if self.is_async:
@@ -184,17 +184,17 @@ class RegisteredTool:
                 # to_thread copies the context: the answer reaches the thread.
                 value = await asyncio.to_thread(self.function, *args, **kwargs)
         except AskUser as question:
-            return ToolResult(outcome="question", question=question)
+            return ExecutionResult(outcome="question", question=question)
         except Exception as exc:  # the model reads it; never a crash
-            return ToolResult(error=_describe_exception(exc), outcome="error")
+            return ExecutionResult(error=_describe_exception(exc), outcome="error")
         finally:
             _ANSWER.reset(token)
         if isinstance(value, str):
-            return ToolResult(output=value)
+            return ExecutionResult(output=value)
         try:
-            return ToolResult(output=pydantic_core.to_json(value).decode())
+            return ExecutionResult(output=pydantic_core.to_json(value).decode())
         except pydantic_core.PydanticSerializationError as exc:
-            return ToolResult(
+            return ExecutionResult(
                 error=f"tool returned a value that cannot be encoded as JSON: {exc}",
                 outcome="error",
             )
@@ -291,7 +291,7 @@ class ToolRegistry:
 
     async def execute(
         self, name: str, arguments_json: str, answer: Answer | None = None
-    ) -> ToolResult:
+    ) -> ExecutionResult:
         """Run the tool `name` with a JSON arguments document (see
         `RegisteredTool.run`). Raises NotFoundError (reason TOOL_NOT_FOUND,
         metadata {"tool": name}) for an unknown name."""
@@ -303,7 +303,7 @@ class ToolRegistry:
         return await registered.run(arguments_json, answer)
 
 
-#: The registry served by `pilothouse-tools`; `pilothouse.tools` registers
+#: The registry served by `pilothouse-tools`; `pilothouse.toolexecutor` registers
 #: the built-ins on it and exports its `tool` decorator.
 default_registry = ToolRegistry()
 

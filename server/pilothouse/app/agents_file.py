@@ -14,7 +14,7 @@ def read_agents_file(path: Path | None) -> list[AgentConfig]:
     """The agent configs in `path`, or in the built-in default file when
     None. Raises InvalidArgumentError naming the file and the bad field."""
     if path is None:
-        text = resources.files("pilothouse.server").joinpath("default_agents.toml").read_text()
+        text = resources.files("pilothouse.app").joinpath("default_agents.toml").read_text()
         origin = "built-in default_agents.toml"
     else:
         text = path.read_text()

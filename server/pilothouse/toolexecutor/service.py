@@ -25,8 +25,8 @@ from pilothouse.rpc.serving import (
     Service,
     start_server,
 )
-from pilothouse.server.metrics import ToolExecutorMetrics
-from pilothouse.tools.registry import Answer, RegisteredTool, ToolRegistry
+from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
+from pilothouse.toolexecutor.registry import Answer, RegisteredTool, ToolRegistry
 from pilothouse.v1 import (
     tool_executor_service_pb2 as pb,
     tool_executor_service_pb2_grpc as pb_grpc,

@@ -19,13 +19,18 @@ from pathlib import Path
 
 import pydantic
 
+from pilothouse.app.settings import load_settings
+from pilothouse.app.startup import (
+    SERVICE_NAME,
+    StandInModelStarter,
+    StartupError,
+    start_app,
+)
+from pilothouse.ops.logs import configure_logging
+from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider
 from pilothouse.rpc.serving import StopSignals
-from pilothouse.server.app import SERVICE_NAME, StartupError, start_app
-from pilothouse.server.logs import configure_logging
-from pilothouse.server.settings import load_settings
-from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider
 
-log = logging.getLogger("pilothouse.server")
+log = logging.getLogger("pilothouse.app")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +46,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--log-format", choices=["text", "json"], help="log lines (else PILOTHOUSE_LOG_FORMAT, text)"
     )
     return parser.parse_args(argv)
+
+
+def scripted_model_starter() -> StandInModelStarter | None:
+    """The built-in scripted test model, when its package can be imported
+    (it needs the `testmodel` extra: aiohttp); None otherwise."""
+    try:
+        from pilothouse.testmodel import start_scripted_model
+    except ImportError as exc:
+        log.info("the scripted test model is not installed (%s)", exc)
+        return None
+    return start_scripted_model
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -62,7 +78,14 @@ async def _serve(args: argparse.Namespace) -> int:
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     try:
-        app = await start_app(settings)
+        stand_in = scripted_model_starter() if settings.uses_test_model else None
+        if settings.uses_test_model and stand_in is None:
+            log.error(
+                "cannot start: no model endpoint is configured (PILOTHOUSE_MODEL_BASE_URL) and "
+                "the scripted test model is not installed (pip install 'pilothouse[testmodel]')"
+            )
+            return 1
+        app = await start_app(settings, stand_in_model=stand_in)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

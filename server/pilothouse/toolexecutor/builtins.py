@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
-from pilothouse.tools.registry import ToolRegistry
+from pilothouse.toolexecutor.registry import ToolRegistry
 
 __all__ = [
     "BUILTIN_TOOLS",

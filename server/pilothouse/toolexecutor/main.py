@@ -32,15 +32,16 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from pilothouse.ops.logs import configure_logging
+from pilothouse.ops.metrics import start_metrics
+from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider, resource_for
 from pilothouse.rpc.serving import StopSignals
 from pilothouse.rpc.settings import ServerProcessSettings
-from pilothouse.server.logs import configure_logging
-from pilothouse.server.metrics import ToolExecutorMetrics, start_metrics
-from pilothouse.server.telemetry import configure_tracing, installed_tracer_provider, resource_for
-from pilothouse.tools import ToolRegistry, default_registry
-from pilothouse.tools.service import serve_tools
+from pilothouse.toolexecutor import ToolRegistry, default_registry
+from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
+from pilothouse.toolexecutor.service import serve_tools
 
-log = logging.getLogger("pilothouse.tools")
+log = logging.getLogger("pilothouse.toolexecutor")
 
 SERVICE_NAME = "pilothouse-tools"
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:50052"

@@ -2,17 +2,17 @@
 
 `tool` is the decorator of `default_registry`, the registry that
 `pilothouse-tools` serves; it already holds the safe built-ins
-(`pilothouse.tools.builtins`). Build a `ToolRegistry` of your own to serve
+(`pilothouse.toolexecutor.builtins`). Build a `ToolRegistry` of your own to serve
 another set.
 """
 
-from pilothouse.tools.builtins import register_builtins
-from pilothouse.tools.registry import (
+from pilothouse.toolexecutor.builtins import register_builtins
+from pilothouse.toolexecutor.registry import (
     Answer,
     AskUser,
+    ExecutionResult,
     RegisteredTool,
     ToolRegistry,
-    ToolResult,
     current_answer,
     default_registry,
 )
@@ -26,9 +26,9 @@ tool = default_registry.tool
 __all__ = [
     "Answer",
     "AskUser",
+    "ExecutionResult",
     "RegisteredTool",
     "ToolRegistry",
-    "ToolResult",
     "current_answer",
     "default_registry",
     "tool",

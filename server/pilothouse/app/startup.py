@@ -8,31 +8,32 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
+from pilothouse.adapters.content import ContentRecordingModel
+from pilothouse.adapters.forwarding import RunForwarder
+from pilothouse.adapters.tool_executor_client import ToolExecutorClient
+from pilothouse.app.agents_file import read_agents_file
+from pilothouse.app.health import Dependency, HealthMonitor
+from pilothouse.app.metrics import RuntimeMetrics
+from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
+from pilothouse.handlers.services import AgentService, RunService, SessionService
+from pilothouse.ops.metrics import MetricsPipeline, start_metrics
+from pilothouse.ops.telemetry import (
+    add_span_processor,
+    configure_tracing,
+    resource_for,
+    tracing_client_interceptors,
+)
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.model.openai import OpenAIChatModel
 from pilothouse.runtime.runtime import Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
-from pilothouse.server.agents_file import read_agents_file
-from pilothouse.server.content import ContentRecordingModel
-from pilothouse.server.forwarding import RunForwarder
-from pilothouse.server.health import Dependency, HealthMonitor
-from pilothouse.server.metrics import MetricsPipeline, RuntimeMetrics, start_metrics
-from pilothouse.server.services import AgentService, RunService, SessionService
-from pilothouse.server.settings import TEST_MODEL_NAME, Settings
-from pilothouse.server.telemetry import (
-    add_span_processor,
-    configure_tracing,
-    resource_for,
-    tracing_client_interceptors,
-)
-from pilothouse.server.tool_client import ToolExecutorClient
-from pilothouse.testmodel import start_scripted_model
 from pilothouse.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -61,6 +62,17 @@ class StartupError(Exception):
     """The server cannot start; the message says why."""
 
 
+class StandInModelServer(Protocol):
+    """A model server started in-process when no endpoint is configured."""
+
+    async def stop(self) -> None: ...
+
+
+#: Starts a stand-in model server (the scripted test model, from the entry
+#: point or the dev stack) and returns it with its OpenAI-compatible base URL.
+StandInModelStarter = Callable[[], Awaitable[tuple[StandInModelServer, str]]]
+
+
 @dataclass(slots=True)
 class App:
     """A running runtime server and what it owns."""
@@ -70,7 +82,7 @@ class App:
     server: RunningServer
     tools: ToolExecutorClient
     model: OpenAIChatModel
-    test_model_server: Any | None = None
+    test_model_server: StandInModelServer | None = None
     metrics: MetricsPipeline | None = None
     runtime_metrics: RuntimeMetrics | None = None
     health: HealthMonitor | None = None
@@ -170,10 +182,13 @@ async def open_session_store(settings: Settings) -> SessionStore:
         raise StartupError(str(exc)) from exc
 
 
-async def start_app(settings: Settings) -> App:
+async def start_app(
+    settings: Settings, *, stand_in_model: StandInModelStarter | None = None
+) -> App:
     """Start everything `settings` describe. Raises StartupError with the
-    cause when a ToolExecutor does not answer, the agents file is bad, or
-    the address cannot be bound.
+    cause when a ToolExecutor does not answer, the agents file is bad, the
+    address cannot be bound, or no model endpoint is configured and no
+    `stand_in_model` is given.
 
     Tracing is configured from the environment unless a tracer provider is
     installed already (`telemetry.configure_tracing`); the metrics derived
@@ -191,7 +206,12 @@ async def start_app(settings: Settings) -> App:
     runtime: Runtime | None = None
     try:
         if settings.uses_test_model:
-            test_model_server, base_url = await start_scripted_model()
+            if stand_in_model is None:
+                raise StartupError(
+                    "no model endpoint is configured: set PILOTHOUSE_MODEL_BASE_URL "
+                    "(and PILOTHOUSE_MODEL)"
+                )
+            test_model_server, base_url = await stand_in_model()
             default_model = settings.model or TEST_MODEL_NAME
             log.warning(
                 "no model endpoint configured (PILOTHOUSE_MODEL_BASE_URL): using the built-in "

@@ -11,7 +11,7 @@ Environment (read here and by the SDK):
 - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`: the resource.
 - `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`: the sampler (read by
   the SDK). Unsampled spans are still *recorded* (not exported), so the
-  metrics derived from spans (`pilothouse.server.metrics`) count every run,
+  metrics derived from spans (`pilothouse.app.metrics`) count every run,
   model round and tool call whatever the sampling rate.
 
 Context propagation uses opentelemetry-instrumentation-grpc's aio

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from pilothouse.adapters.forwarding import RunForwarder
 from pilothouse.errors import InvalidArgumentError, NotFoundError
+from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
 from pilothouse.runtime.control import DisconnectPolicy, RunOptions
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.runs import Run
 from pilothouse.runtime.runtime import RunElsewhere, Runtime
-from pilothouse.server import convert
-from pilothouse.server.forwarding import RunForwarder
 from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
@@ -132,7 +132,7 @@ class RunService(runs_grpc.RunServiceServicer):
     subscription, unless the run was started with
     DISCONNECT_POLICY_CANCEL. Streams carry a heartbeat while the run is
     quiet. A call about a run another replica holds is forwarded there
-    (`pilothouse.server.forwarding`)."""
+    (`pilothouse.adapters.forwarding`)."""
 
     def __init__(
         self, runtime: Runtime, heartbeat_s: float = 15.0, forwarder: RunForwarder | None = None

@@ -1,5 +1,6 @@
-"""OpenTelemetry metrics of the runtime and the ToolExecutor, exposed for
-Prometheus scraping and, when configured, pushed over OTLP.
+"""OpenTelemetry metrics of the runtime server, exposed through the shared
+pipeline (`pilothouse.ops.metrics`: Prometheus scraping and, when
+configured, OTLP).
 
 Most runtime metrics are derived from the spans the runtime already makes
 (`RuntimeMetrics.span_processor`): one place measures, traces and metrics
@@ -27,40 +28,29 @@ Names (Prometheus spelling in brackets; histograms add `_bucket`, `_sum`,
 - `pilothouse.run.steering_messages`, `pilothouse.run.cancellations`,
   `pilothouse.run.compactions` by gen_ai.agent.name;
   `pilothouse.tool.approval_decisions` by gen_ai.tool.name and pilothouse.verdict
-- ToolExecutor: `pilothouse.tool_executor.call.duration` s by
-  gen_ai.tool.name and pilothouse.tool.outcome, `pilothouse.tool_executor.calls.active`
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pilothouse.ops.metrics import DURATION_BUCKETS, ERROR_TYPE, TOOL_OUTCOME, histogram
 
 log = logging.getLogger(__name__)
 
 RUNTIME_SCOPE = "pilothouse.runtime"
-METER_NAME = "pilothouse"
-
-#: Seconds, for runs and tool calls (a run may take minutes).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: The GenAI semantic conventions' advice for operation durations.
 GENAI_DURATION_BUCKETS = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -75,127 +65,12 @@ TOKEN_BUCKETS = (
 )
 
 STOP_REASON = "pilothouse.run.stop_reason"
-TOOL_OUTCOME = "pilothouse.tool.outcome"
 EVENT_TYPE = "pilothouse.event.type"
 RPC_METHOD = "rpc.method"
 DEPENDENCY = "pilothouse.dependency"
-ERROR_TYPE = "error.type"
-
-
-# --- The pipeline: provider, Prometheus endpoint, OTLP ---------------------
-
-
-def metric_readers_from_env() -> list[MetricReader]:
-    """Push readers `OTEL_METRICS_EXPORTER` asks for: `otlp` (also when
-    unset and an OTLP endpoint is configured), `console`; `prometheus` and
-    `none` add nothing here (the Prometheus reader is always present)."""
-    names = [
-        n.strip().lower()
-        for n in os.environ.get("OTEL_METRICS_EXPORTER", "").split(",")
-        if n.strip()
-    ]
-    if not names and (
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-    ):
-        names = ["otlp"]
-    readers: list[MetricReader] = []
-    for name in names:
-        if name in {"none", "prometheus"}:
-            continue
-        if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        elif name == "console":
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
-        else:
-            log.warning("unknown OTEL_METRICS_EXPORTER %r ignored", name)
-    return readers
-
-
-@dataclass(slots=True)
-class MetricsPipeline:
-    """A meter provider with a Prometheus reader on its own registry and,
-    when `port` was not 0, the HTTP endpoint serving it (`port` is then the
-    bound port, else 0)."""
-
-    provider: MeterProvider
-    registry: CollectorRegistry
-    host: str = ""
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    def meter(self, name: str = METER_NAME) -> Meter:
-        return self.provider.get_meter(name)
-
-    def scrape(self) -> str:
-        """The Prometheus text exposition, as a scrape would get it."""
-        return generate_latest(self.registry).decode()
-
-    async def shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        self.provider.shutdown()
-
-
-async def start_metrics(
-    resource: Resource,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    readers: Iterable[MetricReader] | None = None,
-) -> MetricsPipeline:
-    """Build the meter provider (Prometheus reader plus `readers`, by
-    default those of the environment) and serve `GET /metrics` on
-    host:port unless `port` is 0. A port that cannot be bound is logged as
-    an error and leaves the endpoint off: metrics must not keep a server
-    from serving."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-    registry = CollectorRegistry(auto_describe=True)
-    all_readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
-    all_readers += list(metric_readers_from_env() if readers is None else readers)
-    # Exemplars are not exposed in Prometheus' text format; sampling them on
-    # every histogram record costs CPU on the turn's path (make bench).
-    provider = MeterProvider(
-        resource=resource, metric_readers=all_readers, exemplar_filter=AlwaysOffExemplarFilter()
-    )
-    pipeline = MetricsPipeline(provider, registry)
-    if port:
-        app = web.Application()
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            log.error("metrics endpoint off: cannot listen on %s:%d: %s", host, port, exc)
-            await runner.cleanup()
-        else:
-            pipeline._runner = runner
-            pipeline.host = host
-            pipeline.port = runner.addresses[0][1] if runner.addresses else port
-            log.info("metrics on http://%s:%d/metrics", host, pipeline.port)
-    return pipeline
 
 
 # --- Runtime metrics -------------------------------------------------------
-
-
-def _histogram(meter: Meter, name: str, unit: str, description: str, buckets):
-    return meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
-    )
 
 
 class RuntimeMetrics:
@@ -204,23 +79,23 @@ class RuntimeMetrics:
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
-        self.token_usage = _histogram(
+        self.token_usage = histogram(
             meter, gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE, "{token}",
             "Number of input and output tokens used.", TOKEN_BUCKETS,
         )
-        self.operation_duration = _histogram(
+        self.operation_duration = histogram(
             meter, gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION, "s",
             "GenAI operation duration.", GENAI_DURATION_BUCKETS,
         )
-        self.time_to_first_chunk = _histogram(
+        self.time_to_first_chunk = histogram(
             meter, gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK, "s",
             "Time from the model request to the first chunk of its stream.", TTFC_BUCKETS,
         )
-        self.run_duration = _histogram(
+        self.run_duration = histogram(
             meter, "pilothouse.run.duration", "s",
             "Duration of a run, from start to stored history, by stop reason.", DURATION_BUCKETS,
         )
-        self.tool_duration = _histogram(
+        self.tool_duration = histogram(
             meter, "pilothouse.tool.duration", "s",
             "Duration of a tool call as the runtime sees it (approval waits included).",
             DURATION_BUCKETS,
@@ -450,28 +325,3 @@ class EventCountingInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-
-
-# --- ToolExecutor metrics --------------------------------------------------
-
-
-@dataclass(slots=True)
-class ToolExecutorMetrics:
-    """The reference ToolExecutor's instruments."""
-
-    meter: Meter
-    duration: Any = field(init=False)
-    active: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.duration = _histogram(
-            self.meter, "pilothouse.tool_executor.call.duration", "s",
-            "Duration of ExecuteTool calls, by tool and outcome.", DURATION_BUCKETS,
-        )
-        self.active = self.meter.create_up_down_counter(
-            "pilothouse.tool_executor.calls.active", unit="{call}",
-            description="ExecuteTool calls in progress.",
-        )
-
-    def record(self, tool: str, outcome: str, seconds: float) -> None:
-        self.duration.record(seconds, {gen_ai.GEN_AI_TOOL_NAME: tool, TOOL_OUTCOME: outcome})

@@ -1,0 +1,2 @@
+"""The runtime's gRPC handlers: thin, typed translations between
+`pilothouse.v1` messages and the runtime (`convert` holds the mapping)."""
