@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pilothouse/v1/tool.proto\x12\rpilothouse.v1\"\xaf\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.pilothouse.v1.Tool.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07options\x18\x02 \x03(\t\x12\x14\n\x0cmulti_select\x18\x03 \x01(\x08\"0\n\x06\x41nswer\x12\x18\n\x10selected_options\x18\x01 \x03(\t\x12\x0c\n\x04text\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pilothouse/v1/tool.proto\x12\rpilothouse.v1\"\x86\x02\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.pilothouse.v1.Tool.MetadataEntry\x12\x12\n\nidempotent\x18\x05 \x01(\x08\x12\x11\n\tread_only\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65structive\x18\x07 \x01(\x08\x12\x19\n\x11requires_approval\x18\x08 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07options\x18\x02 \x03(\t\x12\x14\n\x0cmulti_select\x18\x03 \x01(\x08\"0\n\x06\x41nswer\x12\x18\n\x10selected_options\x18\x01 \x03(\t\x12\x0c\n\x04text\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOL_METADATAENTRY']._loaded_options = None
   _globals['_TOOL_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_TOOL']._serialized_start=44
-  _globals['_TOOL']._serialized_end=219
-  _globals['_TOOL_METADATAENTRY']._serialized_start=172
-  _globals['_TOOL_METADATAENTRY']._serialized_end=219
-  _globals['_TOOLCALL']._serialized_start=221
-  _globals['_TOOLCALL']._serialized_end=281
-  _globals['_QUESTION']._serialized_start=283
-  _globals['_QUESTION']._serialized_end=350
-  _globals['_ANSWER']._serialized_start=352
-  _globals['_ANSWER']._serialized_end=400
+  _globals['_TOOL']._serialized_end=306
+  _globals['_TOOL_METADATAENTRY']._serialized_start=259
+  _globals['_TOOL_METADATAENTRY']._serialized_end=306
+  _globals['_TOOLCALL']._serialized_start=308
+  _globals['_TOOLCALL']._serialized_end=368
+  _globals['_QUESTION']._serialized_start=370
+  _globals['_QUESTION']._serialized_end=437
+  _globals['_ANSWER']._serialized_start=439
+  _globals['_ANSWER']._serialized_end=487
 # @@protoc_insertion_point(module_scope)

@@ -151,7 +151,19 @@ class ToolExecutorClient:
                 if not isinstance(parameters, dict):
                     log.warning("tool %s from %s: schema is not an object; skipped", tool.name, executor.address)
                     continue
-                registry.register(ToolSpec(tool.name, tool.description, parameters, dict(tool.metadata)))
+                registry.register(
+                    ToolSpec(
+                        tool.name,
+                        tool.description,
+                        parameters,
+                        dict(tool.metadata),
+                        idempotent=tool.idempotent,
+                        read_only=tool.read_only,
+                        destructive=tool.destructive,
+                        requires_approval=tool.requires_approval
+                        or tool.metadata.get("requires_approval", "").lower() == "true",
+                    )
+                )
                 self._routes[tool.name] = executor
             log.info("ToolExecutor %s offers %d tools", executor.address, len(reply.tools))
         return registry

@@ -424,7 +424,7 @@ def needs_approval(agent: Agent, call: ToolCall, approved: set[str]) -> str | No
     if call.name in agent.config.approval_required_tools:
         return "the agent's policy requires approval of this tool"
     spec = next((t for t in agent.tools if t.name == call.name), None)
-    if spec is not None and spec.metadata.get("requires_approval", "").lower() == "true":
+    if spec is not None and spec.requires_approval:
         return "the ToolExecutor declares that this tool requires approval"
     return None
 

@@ -17,12 +17,19 @@ from pilothouse.runtime.messages import ToolCall
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """One tool: `parameters` is its JSON Schema (an object schema)."""
+    """One tool: `parameters` is its JSON Schema (an object schema); the
+    flags are what its ToolExecutor declares (see `Tool` in tool.proto):
+    `idempotent` tools may be called again when a run resumes after a
+    crash, `requires_approval` tools wait for a decision on every call."""
 
     name: str
     description: str
     parameters: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False
+    read_only: bool = False
+    destructive: bool = False
+    requires_approval: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """The tool as a Chat Completions `tools[]` entry."""

@@ -43,6 +43,7 @@ from pilothouse.errors import NotFoundError
 __all__ = [
     "ExecutionResult",
     "RegisteredTool",
+    "ToolFlags",
     "ToolRegistry",
     "default_registry",
     "parse_docstring",
@@ -114,12 +115,28 @@ class _InvalidArguments(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolFlags:
+    """What a tool declares about its effects (ListTools' `Tool` flags).
+
+    `idempotent`: a second call with the same arguments changes nothing
+    more, so a run resumed after a crash may call it again; `read_only`:
+    it changes nothing; `destructive`: it may delete or overwrite data;
+    `requires_approval`: every call waits for a human decision.
+    """
+
+    idempotent: bool = False
+    read_only: bool = False
+    destructive: bool = False
+    requires_approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteredTool:
     """One registered tool.
 
     `parameters_schema` is the JSON Schema (an object schema, without
     titles) of the arguments; `metadata` is free-form string metadata shown
-    to clients by ListTools.
+    to clients by ListTools; `flags` what it declares about its effects.
     """
 
     name: str
@@ -128,6 +145,7 @@ class RegisteredTool:
     metadata: Mapping[str, str]
     function: Callable[..., Any]
     is_async: bool
+    flags: ToolFlags
     _arguments_model: type[pydantic.BaseModel] = field(repr=False)
     # (field name in the model, parameter name, passed positionally?)
     _parameters: tuple[tuple[str, str, bool], ...] = field(repr=False)
@@ -216,6 +234,7 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        flags: ToolFlags | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 
     def tool(
@@ -226,17 +245,18 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        flags: ToolFlags | None = None,
     ) -> Any:
         """Decorator registering a function as a tool, bare (`@registry.tool`)
         or with options (`@registry.tool(name=..., description=...,
-        metadata={...})`). Returns the function unchanged. Raises like
-        `register`."""
+        metadata={...}, flags=ToolFlags(idempotent=True))`). Returns the
+        function unchanged. Raises like `register`."""
         if function is not None:
             self.register(function)
             return function
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(fn, name=name, description=description, metadata=metadata)
+            self.register(fn, name=name, description=description, metadata=metadata, flags=flags)
             return fn
 
         return decorator
@@ -248,6 +268,7 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        flags: ToolFlags | None = None,
     ) -> RegisteredTool:
         """Register `function` as a tool and return its description.
 
@@ -257,7 +278,9 @@ class ToolRegistry:
         TypeError for a function that cannot be a tool (*args/**kwargs, a
         Field used as a default, a generator, non-str metadata).
         """
-        registered = build_tool(function, name=name, description=description, metadata=metadata)
+        registered = build_tool(
+            function, name=name, description=description, metadata=metadata, flags=flags
+        )
         if registered.name in self._tools:
             raise ValueError(f"a tool named {registered.name!r} is already registered")
         self._tools[registered.name] = registered
@@ -317,6 +340,7 @@ def build_tool(
     name: str | None = None,
     description: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    flags: ToolFlags | None = None,
 ) -> RegisteredTool:
     """Describe `function` as a tool without registering it (see
     `ToolRegistry.register` for the rules and errors)."""
@@ -381,6 +405,7 @@ def build_tool(
         metadata=tool_metadata,
         function=function,
         is_async=_is_async(function),
+        flags=flags or ToolFlags(),
         _arguments_model=model,
         _parameters=tuple(parameters),
     )

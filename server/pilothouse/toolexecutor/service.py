@@ -51,6 +51,10 @@ def tool_to_proto(tool: RegisteredTool) -> tool_pb2.Tool:
             tool.parameters_schema, separators=(",", ":"), ensure_ascii=False
         ),
         metadata=dict(tool.metadata),
+        idempotent=tool.flags.idempotent,
+        read_only=tool.flags.read_only,
+        destructive=tool.flags.destructive,
+        requires_approval=tool.flags.requires_approval,
     )
 
 
