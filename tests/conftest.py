@@ -29,7 +29,7 @@ from pilothouse.toolexecutor.builtins import register_builtins
 from pilothouse.toolexecutor.service import serve_tools
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "sse"
+FIXTURES = REPO / "tests" / "data" / "fixtures" / "sse"
 
 #: Gates the `wait_for_gate` test tool waits on, by name.
 GATES: dict[str, asyncio.Event] = {}

@@ -41,7 +41,7 @@ from pilothouse.testmodel import (
     tool_calls_reply,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sse"
+FIXTURES = Path(__file__).resolve().parent / "data" / "fixtures" / "sse"
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"captured streams not found at {FIXTURES}"
 )

@@ -31,7 +31,7 @@ from pilothouse.testmodel import (
 )
 from pilothouse.testmodel.scripted import INTRO
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sse"
+FIXTURES = Path(__file__).resolve().parent / "data" / "fixtures" / "sse"
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"captured streams not found at {FIXTURES}"
 )
