@@ -366,9 +366,21 @@ class MemorySessionStore:
     async def prune_events(self, ended_before: float) -> int:
         pruned = 0
         for run in self._runs.values():
-            if run.status.ended and run.ended_at < ended_before and run.id in self._events:
-                pruned += len(self._events.pop(run.id))
+            log = self._events.get(run.id)
+            if run.status.ended and run.ended_at < ended_before and log and len(log) > 1:
+                pruned += len(log) - 1
+                self._events[run.id] = log[-1:]
         return pruned
+
+    async def end_queued_run(
+        self, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+    ) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.QUEUED:
+            return False
+        _apply(run, update)
+        self._add_events(events)
+        return True
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
         record = self._record(session_id)
