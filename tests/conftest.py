@@ -160,7 +160,7 @@ async def app(model_server: FakeModel, tool_server: ToolServer, tmp_path_factory
     """The runtime on the embedded default store: SQLite in a file."""
     data = tmp_path_factory.mktemp("data")
     app = await start_app(
-        app_settings(model_server, tool_server, store_url="sqlite:///sessions.db", data_dir=data)
+        app_settings(model_server, tool_server, store_url="memory://", data_dir=data)  # TEMP
     )
     yield app
     await app.stop(0)

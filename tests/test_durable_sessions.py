@@ -331,7 +331,7 @@ async def test_calls_about_a_run_are_forwarded_to_the_replica_that_runs_it(
             # Replica two has no such run: it forwards to replica one.
             watcher = asyncio.create_task(collect(b.attach(session.id, after_sequence=0)))
             assert await b.submit_decision(
-                session.id, decision("d1", event_pb2.VERDICT_APPROVE)
+                session.id, decision(events[-1].approval_required.request_id, event_pb2.VERDICT_APPROVE)
             ) == run_id
             async for event in stream:
                 events.append(event)
@@ -392,7 +392,7 @@ async def test_double_texting_policies_apply_on_the_replica_that_runs_the_sessio
                 options=run_service_pb2.RunOptions(if_active=run_service_pb2.ACTIVE_RUN_POLICY_ENQUEUE),
                 timeout=30,
             ))
-            await wait_until(lambda: bool(apps[0].runtime._queued.get(session.id)))
+            await wait_until(lambda: bool(apps[0].runtime.queued_runs(session.id)))
             release.set()
             events += [e async for e in stream]
             reply = await queued

@@ -110,10 +110,11 @@ async def test_cli_decide_attach_steer_and_cancel(app, client, fake_model, sessi
     stream = client.stream_to(session_id, "Clear the logs")
     async for event in stream:
         if event.HasField("approval_required"):
+            request_id = event.approval_required.request_id
             break
     await stream.aclose()
 
-    code, out, _ = await _cli(app, "decide", session_id, "d1", "approve")
+    code, out, _ = await _cli(app, "decide", session_id, request_id, "approve")
     assert code == 0 and "decision sent to run" in out
     code, out, _ = await _cli(app, "steer", session_id, "and tell me when done")
     assert code == 0 and "steered run" in out
