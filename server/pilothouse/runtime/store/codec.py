@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
     AgentRecord,
+    Checkpoint,
     CompactMarker,
-    RunOutcome,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -126,6 +126,10 @@ def _text_safe(text: str) -> bool:
     return True
 
 
+#: Public name for the other codecs of stored text.
+text_safe = _text_safe
+
+
 def encode_item(item: Message | CompactMarker) -> ItemRow:
     """A transcript item as stored columns (see the module docstring)."""
     if isinstance(item, CompactMarker):
@@ -205,15 +209,15 @@ def decode_rows(rows: Sequence[Sequence[Any]], decode: Callable[..., _T]) -> lis
         gc.enable()
 
 
-def run_items(outcome: RunOutcome) -> tuple[list[TranscriptItem], bool]:
-    """The transcript items a run appends, in order (`messages_before_compact`,
-    the compact marker stamped `finished_at`, `messages`), and whether a
-    marker is among them."""
-    items: list[TranscriptItem] = list(outcome.messages_before_compact)
-    compact = outcome.compact_summary is not None
+def checkpoint_items(checkpoint: Checkpoint) -> tuple[list[TranscriptItem], bool]:
+    """The transcript items a checkpoint appends, in order
+    (`messages_before_compact`, the compact marker stamped `now`,
+    `messages`), and whether a marker is among them."""
+    items: list[TranscriptItem] = list(checkpoint.messages_before_compact)
+    compact = checkpoint.compact_summary is not None
     if compact:
-        items.append(CompactMarker(outcome.compact_summary or "", outcome.finished_at))
-    items.extend(outcome.messages)
+        items.append(CompactMarker(checkpoint.compact_summary or "", checkpoint.now))
+    items.extend(checkpoint.messages)
     return items, compact
 
 
