@@ -376,8 +376,18 @@ class SessionStore(Protocol):
         ...
 
     async def prune_events(self, ended_before: float) -> int:
-        """Delete the event logs of runs that ended before `ended_before`
-        (their records stay); returns how many events were deleted."""
+        """Delete the events of runs that ended before `ended_before`, all
+        but each run's last (its `done`); records stay. Returns how many
+        events were deleted."""
+        ...
+
+    async def end_queued_run(
+        self, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+    ) -> bool:
+        """End a run that never started (cancelled while QUEUED, or its
+        session became unusable): apply `update` (its final status, stop
+        reason, end time) and append `events`, in one transaction, only if
+        the run is still QUEUED; False otherwise (nothing written)."""
         ...
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
