@@ -41,7 +41,7 @@ Version 4 (durable runs) adds:
   (session_id, idempotency_key) where the key is not empty; (session_id,
   created_at, id) for `list_runs` and `latest_run` (newest first) and a
   session's queued runs; the active runs by `owner` for `claim_runs` with
-  a stale owner; ended runs whose events remain by `ended_at`, for
+  a stale owner; ended runs not yet pruned by `ended_at`, for
   `prune_events`.
 - `run_events`: (run_id, sequence) primary key, `time`, `kind` and
   `payload` (the event's JSON text); one run's log is one range of the key
@@ -92,7 +92,8 @@ _RUN_INDEXES = (
     "CREATE INDEX runs_active_by_owner ON runs (owner)"
     " WHERE status IN ('running', 'waiting_for_decision')",
     # prune_events: ended runs whose events remain.
-    "CREATE INDEX runs_to_prune ON runs (ended_at) WHERE ended_at > 0 AND events_pruned = 0",
+    "CREATE INDEX runs_to_prune ON runs (ended_at)"
+    " WHERE status IN ('finished', 'interrupted') AND events_pruned = 0",
 )
 
 _RUN_STATUSES = "('queued', 'running', 'waiting_for_decision', 'finished', 'interrupted')"

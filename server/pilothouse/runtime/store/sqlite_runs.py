@@ -16,13 +16,22 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from pilothouse.errors import lease_lost, session_closed, session_not_found
+from pilothouse.errors import (
+    lease_lost,
+    run_active,
+    run_exists,
+    run_not_found,
+    session_closed,
+    session_not_found,
+)
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     Checkpoint,
+    RunOutcome,
     RunRecord,
     RunStatus,
+    RunUpdate,
     SessionRecord,
     SessionState,
     StoredEvent,
@@ -35,9 +44,9 @@ from pilothouse.runtime.store.codec import (
     encode_usage,
     record_from_row,
 )
-from pilothouse.runtime.store.common import run_busy, run_exists, run_not_found
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
+    LEGACY_RUNS,
     RUN_COLUMN_COUNT,
     RUN_COLUMNS,
     dumps,
@@ -45,6 +54,7 @@ from pilothouse.runtime.store.runcodec import (
     event_params,
     has_update,
     key_column,
+    legacy_checkpoint,
     run_from_row,
     run_params,
     update_assignments,
@@ -63,6 +73,7 @@ _INSERT_EVENT = (
 _SELECT_RUN = f"SELECT {RUN_COLUMNS}, {LAST_SEQUENCE} FROM runs"
 _ACTIVE = f"('{RunStatus.RUNNING.value}', '{RunStatus.WAITING_FOR_DECISION.value}')"
 _UPDATE_RUN = f"UPDATE runs SET {update_assignments(['?'] * 7)} WHERE id = ?"
+_ENDED = f"('{RunStatus.FINISHED.value}', '{RunStatus.INTERRUPTED.value}')"
 _IN_JSON = "IN (SELECT value FROM json_each(?))"
 
 #: What `begin_run` reads first: the session, its active run's status, and
@@ -163,7 +174,7 @@ class SqliteRuns:
             if not exists:
                 raise session_not_found(record.session_id)
             if clash is not None:
-                raise run_exists(record.session_id, clash, idempotency_key=record.idempotency_key)
+                raise run_exists(record.session_id, clash)
             await conn.execute(_INSERT_RUN, params)
 
     async def begin_run(
@@ -193,23 +204,22 @@ class SqliteRuns:
             if not rows:
                 raise session_not_found(session_id)
             state, active, lease_until, active_status, run_session, key_run = rows[0]
-            if run_row is not None:
-                if run_session is not None or key_run is not None:
-                    clash = key_run if key_run is not None else run_id
-                    raise run_exists(session_id, clash, idempotency_key=new_run.idempotency_key)  # type: ignore[union-attr]
-            elif run_session != session_id:
-                raise run_not_found(session_id, run_id)
             if state == SessionState.CLOSED.value:
                 raise session_closed(session_id)
+            if run_row is not None:
+                if run_session is not None or key_run is not None:
+                    raise run_exists(session_id, key_run if key_run is not None else run_id)
+            elif run_session != session_id and not LEGACY_RUNS:
+                raise run_not_found(session_id, run_id)
             takeover = False
-            if active:
+            if active and active != run_id:
                 expired = lease_until <= now
                 if not expired or (active_status is not None and not _ended(active_status)):
-                    raise run_busy(session_id, active, lease_expired=expired)
+                    raise run_active(session_id, active, lease_expired=expired)
                 takeover = True
             if run_row is not None:
                 await conn.execute(_INSERT_RUN, run_row)
-            else:
+            elif run_session == session_id:
                 await conn.execute(
                     "UPDATE runs SET status = ?, started_at = ? WHERE id = ?",
                     (RunStatus.RUNNING.value, now, run_id),
@@ -284,12 +294,11 @@ class SqliteRuns:
                 return []
             claimed = [(s, a) for s, a, status in rows if status is not None and not _ended(status)]
             lost = [s for s, _, status in rows if status is None or _ended(status)]
-            sessions = dumps([s for s, _, _ in rows])
+            sessions = dumps([s for s, _ in claimed])
             active = dumps([a for _, a in claimed])
             if claimed:
                 await conn.execute(
-                    f"UPDATE sessions SET lease_until = ? WHERE id {_IN_JSON}",
-                    (now + lease_s, dumps([s for s, _ in claimed])),
+                    f"UPDATE sessions SET lease_until = ? WHERE id {_IN_JSON}", (now + lease_s, sessions)
                 )
                 await conn.execute(
                     f"UPDATE runs SET owner = ?, attempt = attempt + 1 WHERE id {_IN_JSON}",
@@ -302,6 +311,8 @@ class SqliteRuns:
                     f"WHERE id {_IN_JSON}",
                     (dumps(lost),),
                 )
+            if not claimed:
+                return []
             await conn.execute(
                 f"UPDATE runs SET owner = ? WHERE session_id {_IN_JSON} AND status = 'queued'",
                 (owner, sessions),
@@ -378,23 +389,82 @@ class SqliteRuns:
 
     async def prune_events(self: _Connected, ended_before: float) -> int:
         """Prune in transactions of up to `PRUNE_BATCH` runs, so that other
-        writers wait at most one batch."""
+        writers wait at most one batch; a pruned run is marked so that the
+        next prune skips it."""
         deleted = 0
         while True:
             async with self._transaction() as conn:
                 rows = await conn.execute_fetchall(
-                    "SELECT id FROM runs WHERE ended_at > 0 AND ended_at < ? AND events_pruned = 0 "
-                    "LIMIT ?",
+                    f"SELECT id FROM runs WHERE status IN {_ENDED} AND events_pruned = 0 "
+                    "AND ended_at < ? LIMIT ?",
                     (ended_before, PRUNE_BATCH),
                 )
                 if not rows:
                     return deleted
                 ids = dumps([row[0] for row in rows])
-                cursor = await conn.execute(f"DELETE FROM run_events WHERE run_id {_IN_JSON}", (ids,))
+                cursor = await conn.execute(
+                    f"DELETE FROM run_events WHERE run_id {_IN_JSON} AND sequence < "
+                    "(SELECT MAX(e.sequence) FROM run_events e WHERE e.run_id = run_events.run_id)",
+                    (ids,),
+                )
                 deleted += max(cursor.rowcount, 0)
                 await conn.execute(f"UPDATE runs SET events_pruned = 1 WHERE id {_IN_JSON}", (ids,))
             if len(rows) < PRUNE_BATCH:
                 return deleted
+
+    async def end_queued_run(
+        self: _Connected, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+    ) -> bool:
+        params = (*update_params(update), run_id)
+        event_rows = [event_params(e) for e in events]
+        async with self._transaction() as conn:
+            cursor = await conn.execute(f"{_UPDATE_RUN} AND status = 'queued'", params)
+            if cursor.rowcount != 1:
+                return False
+            if event_rows:
+                await conn.executemany(_INSERT_EVENT, event_rows)
+        return True
+
+    # --- Transitional: the run API before durable runs (removed with it) ---
+
+    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
+        return await self.checkpoint(  # type: ignore[attr-defined]
+            session_id, run_id, legacy_checkpoint(outcome)
+        )
+
+    async def abandon_run(
+        self: _Connected, session_id: str, run_id: str, stop_reason: str, now: float
+    ) -> None:
+        rows = await self._write(
+            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = ?, "
+            "last_run_stop_reason = ?, updated_at = ? WHERE id = ? AND active_run_id = ? "
+            "RETURNING 1",
+            (run_id, stop_reason, now, session_id, run_id),
+        )
+        if not rows:
+            await self._require(session_id)
+
+    async def recover_interrupted(self: _Connected, now: float) -> list[str]:
+        rows = await self._write(
+            f"UPDATE sessions SET last_run_id = active_run_id, "
+            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
+            "WHERE active_run_id <> '' AND lease_until <= ? RETURNING id",
+            (now,),
+        )
+        return [row[0] for row in rows]
+
+    async def set_run_owner(self: _Connected, session_id: str, run_id: str, owner: str) -> None:
+        await self._write(
+            "INSERT INTO run_owners (session_id, run_id, owner) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner",
+            (session_id, run_id, owner),
+        )
+
+    async def get_run_owner(self: _Connected, session_id: str) -> tuple[str, str] | None:
+        rows = await self._read(
+            "SELECT run_id, owner FROM run_owners WHERE session_id = ?", (session_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
 
 
 #: Runs whose events one `prune_events` transaction deletes.
