@@ -194,6 +194,10 @@ class MemorySessionStore:
         self._check_new_run(record)
         self._runs[record.id] = copy.deepcopy(record)
 
+    def _is_run_of(self, run_id: str, session_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and run.session_id == session_id
+
     def _lease_state(self, record: SessionRecord, now: float) -> tuple[bool, bool]:
         """(held by a run whose record has not ended, lease expired)."""
         run = self._runs.get(record.active_run_id)
@@ -222,7 +226,7 @@ class MemorySessionStore:
             raise session_closed(session_id)
         if new_run is not None:
             self._check_new_run(new_run)
-        elif run_id not in self._runs and not _LEGACY:
+        elif not self._is_run_of(run_id, session_id) and not _LEGACY:
             raise run_not_found(session_id, run_id)
         if record.active_run_id and record.active_run_id != run_id:
             live_record, expired = self._lease_state(record, now)
@@ -231,7 +235,7 @@ class MemorySessionStore:
             self._interrupt(record)
         if new_run is not None:
             self._runs[run_id] = copy.deepcopy(new_run)
-        run = self._runs.get(run_id)
+        run = self._runs.get(run_id) if self._is_run_of(run_id, session_id) else None
         if run is not None:
             run.status = RunStatus.RUNNING
             run.started_at = now
