@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilothouse.errors import InvalidArgumentError
+from pilothouse.errors import InvalidArgumentError, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     CompactMarker,
@@ -42,7 +42,7 @@ from pilothouse.runtime.store.base import (
     TranscriptItem,
 )
 from pilothouse.runtime.store.codec import ROLES, message_fields, message_from_fields
-from pilothouse.runtime.store.memory import session_not_found, visible_history
+from pilothouse.runtime.store.common import visible_history
 
 #: The format version written in the meta line.
 FORMAT_VERSION = 1

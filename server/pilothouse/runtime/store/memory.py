@@ -1,8 +1,5 @@
 """An in-process session store: tests, and single-process use without
-durability. Same semantics as the durable stores (see `base`).
-
-The error helpers (`session_not_found`, `run_active`, ...) are re-exported
-here for the other stores."""
+durability. Same semantics as the durable stores (see `base`)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import dataclasses
 from collections.abc import Collection, Sequence
 
 from pilothouse.errors import (
-    AlreadyExistsError,
     agent_exists,
     lease_lost,
     run_active,
@@ -21,17 +17,6 @@ from pilothouse.errors import (
     session_not_found,
 )
 from pilothouse.runtime.messages import Message, Usage
-
-__all__ = [
-    "MemorySessionStore",
-    "lease_lost",
-    "run_active",
-    "run_not_found",
-    "session_closed",
-    "session_not_found",
-    "visible_history",
-]
-
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     AgentRecord,
@@ -45,22 +30,7 @@ from pilothouse.runtime.store.base import (
     StoredEvent,
     TranscriptItem,
 )
-
-
-def visible_history(items: list[TranscriptItem]) -> list[Message]:
-    """The model-visible history of a transcript: after the last compact
-    marker, with its summary as the first (user) message."""
-    start = 0
-    summary: str | None = None
-    for index, item in enumerate(items):
-        if isinstance(item, CompactMarker):
-            start, summary = index + 1, item.summary
-    history = [m for m in items[start:] if isinstance(m, Message)]
-    if summary is not None:
-        marker = items[start - 1]
-        history.insert(0, Message.user(summary))
-        history[0].created_at = marker.created_at
-    return history
+from pilothouse.runtime.store.common import session_exists, visible_history
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
@@ -97,11 +67,7 @@ class MemorySessionStore:
 
     def _check_new(self, session_id: str) -> None:
         if session_id in self._records:
-            raise AlreadyExistsError(
-                f"session {session_id!r} already exists",
-                reason="SESSION_EXISTS",
-                metadata={"session_id": session_id},
-            )
+            raise session_exists(session_id)
 
     async def create(self, record: SessionRecord) -> None:
         self._check_new(record.id)

@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
+from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     AgentRecord,
@@ -50,7 +50,7 @@ from pilothouse.runtime.store.codec import (
     record_from_row,
     record_params,
 )
-from pilothouse.runtime.store.memory import session_not_found, visible_history
+from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -276,7 +276,7 @@ class PostgresSessionStore(PostgresRuns):
                 *record_params(record),
             )
         except asyncpg.UniqueViolationError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     async def get(self, session_id: str) -> SessionRecord | None:
         rows = await self._fetch(f"{_SELECT} WHERE id = $1", session_id)
@@ -422,7 +422,7 @@ class PostgresSessionStore(PostgresRuns):
         try:
             await self._fetch(_IMPORT, *params, len(items), history_seq, *item_arrays(items))
         except asyncpg.UniqueViolationError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     # --- agents -----------------------------------------------------------
 
@@ -455,12 +455,3 @@ class PostgresSessionStore(PostgresRuns):
     async def delete_agent(self, name: str) -> bool:
         rows = await self._fetch("DELETE FROM agents WHERE name = $1 RETURNING name", name)
         return bool(rows)
-
-
-def _exists_error(session_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        f"session {session_id!r} already exists",
-        reason="SESSION_EXISTS",
-        metadata={"session_id": session_id},
-    )
-

@@ -251,13 +251,14 @@ class _Connected(Protocol):
 class PostgresRuns:
     """The `SessionStore` run methods of `PostgresSessionStore`."""
 
-    async def _clash(self: _Connected, record: RunRecord, key: str) -> str:
+    async def _clash(self: _Connected, record: RunRecord, key: str) -> Exception:
+        """RUN_EXISTS naming the run `record` clashes with (by key first)."""
         rows = await self._fetch(
-            "SELECT id FROM runs WHERE id = $1 OR ($2 <> '' AND session_id = $3 "
+            "SELECT session_id, id FROM runs WHERE id = $1 OR ($2 <> '' AND session_id = $3 "
             "AND idempotency_key = $2) ORDER BY id = $1 LIMIT 1",
             record.id, key, record.session_id,
         )  # fmt: skip
-        return rows[0][0] if rows else record.id
+        return run_exists(*rows[0]) if rows else run_exists(record.session_id, record.id)
 
     async def insert_run(self: _Connected, record: RunRecord) -> None:
         params = run_params(record)
@@ -271,8 +272,7 @@ class PostgresRuns:
         except asyncpg.ForeignKeyViolationError as exc:
             raise session_not_found(record.session_id) from exc
         if not rows:
-            clash = await PostgresRuns._clash(self, record, params[9])  # type: ignore[arg-type]
-            raise run_exists(record.session_id, clash)
+            raise await PostgresRuns._clash(self, record, params[9])  # type: ignore[arg-type]
 
     async def begin_run(
         self: _Connected,
@@ -307,7 +307,9 @@ class PostgresRuns:
                     raise session_closed(session_id)
                 if run_row:
                     if run_session is not None or key_run is not None:
-                        raise run_exists(session_id, key_run if key_run is not None else run_id)
+                        if key_run is not None:
+                            raise run_exists(session_id, key_run)
+                        raise run_exists(run_session, run_id)
                 elif run_session != session_id and not LEGACY_RUNS:
                     raise run_not_found(session_id, run_id)
                 takeover = False
@@ -323,7 +325,7 @@ class PostgresRuns:
             if new_run is None or exc.constraint_name not in _RUN_KEYS:
                 raise
             # A run inserted since the read (its transaction had not committed).
-            raise run_exists(session_id, await PostgresRuns._clash(self, new_run, key)) from exc
+            raise await PostgresRuns._clash(self, new_run, key) from exc
         return record_from_row(session[0])
 
     async def renew_run(

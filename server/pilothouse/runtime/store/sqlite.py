@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
+from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     AgentRecord,
@@ -43,7 +43,7 @@ from pilothouse.runtime.store.codec import (
     record_from_row,
     record_params,
 )
-from pilothouse.runtime.store.memory import session_not_found, visible_history
+from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -251,7 +251,7 @@ class SqliteSessionStore(SqliteRuns):
                 record_params(record),
             )
         except sqlite3.IntegrityError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     async def get(self, session_id: str) -> SessionRecord | None:
         rows = await self._read(f"{_SELECT} WHERE id = ?", (session_id,))
@@ -413,7 +413,7 @@ class SqliteSessionStore(SqliteRuns):
                 )
                 await conn.executemany(_INSERT_ITEM, rows)
         except sqlite3.IntegrityError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     # --- agents -----------------------------------------------------------
 
@@ -439,13 +439,6 @@ class SqliteSessionStore(SqliteRuns):
         rows = await self._write("DELETE FROM agents WHERE name = ? RETURNING name", (name,))
         return bool(rows)
 
-
-def _exists_error(session_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        f"session {session_id!r} already exists",
-        reason="SESSION_EXISTS",
-        metadata={"session_id": session_id},
-    )
 
 
 def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, list[Any]]:

@@ -166,15 +166,18 @@ class SqliteRuns:
         async with self._transaction() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT (SELECT 1 FROM sessions WHERE id = :id), "
-                "(SELECT id FROM runs WHERE id = :run OR "
-                "(:key <> '' AND session_id = :id AND idempotency_key = :key) LIMIT 1)",
+                "(SELECT session_id FROM runs WHERE id = :run), "
+                "(SELECT id FROM runs WHERE :key <> '' AND session_id = :id "
+                "AND idempotency_key = :key)",
                 {"id": record.session_id, "run": record.id, "key": params[9]},
             )
-            exists, clash = rows[0]
+            exists, run_session, key_run = rows[0]
             if not exists:
                 raise session_not_found(record.session_id)
-            if clash is not None:
-                raise run_exists(record.session_id, clash)
+            if key_run is not None:
+                raise run_exists(record.session_id, key_run)
+            if run_session is not None:
+                raise run_exists(run_session, record.id)
             await conn.execute(_INSERT_RUN, params)
 
     async def begin_run(
@@ -208,7 +211,9 @@ class SqliteRuns:
                 raise session_closed(session_id)
             if run_row is not None:
                 if run_session is not None or key_run is not None:
-                    raise run_exists(session_id, key_run if key_run is not None else run_id)
+                    if key_run is not None:
+                        raise run_exists(session_id, key_run)
+                    raise run_exists(run_session, run_id)
             elif run_session != session_id and not LEGACY_RUNS:
                 raise run_not_found(session_id, run_id)
             takeover = False
