@@ -19,6 +19,7 @@ from pilothouse.errors import (
     UnavailableError,
 )
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
@@ -268,6 +269,80 @@ async def test_compaction_during_a_run_keeps_the_messages_before_it(
     )
     assert done.message_count == 4
     assert (await store.load_history("s1"))[-2:] == [user("a", 29.0), user("b", 30.0)]
+
+
+async def test_pages_by_bytes_as_well_as_by_count(store: SessionStore) -> None:
+    """With `max_bytes`, a page stops before the message that would pass
+    it (text as UTF-8, tool calls as their JSON), but holds at least one."""
+    await store.create(record("s1"))
+    messages = [
+        user("a" * 1000, 1.0), assistant("b" * 1000, 2.0),
+        user("c" * 1000, 3.0), assistant("é" * 600, 4.0),  # 1,200 bytes
+    ]  # fmt: skip
+    await run(store, "s1", "r1", messages)
+
+    async def page(offset: int, limit: int, max_bytes: int, **kw) -> list[Message]:
+        return await store.list_messages("s1", offset, limit, max_bytes=max_bytes, **kw)
+
+    assert await page(0, 10, 2000) == messages[:2]  # exactly full
+    assert await page(0, 10, 1999) == messages[:1]
+    assert await page(0, 10, 10) == messages[:1]  # always one
+    assert await page(2, 10, 2199) == messages[2:3]
+    assert await page(2, 10, 2200) == messages[2:]
+    assert await page(0, 10, 2200, newest_first=True) == messages[::-1][:2]
+    assert await page(0, 1, 10**6) == messages[:1]  # the count still applies
+    assert await page(0, 10, 0) == messages  # no budget
+    assert await page(4, 10, 10) == []
+    # A tool call counts with its arguments; a result with its call id and name.
+    call = ToolCall("c1", "calculate", '{"expression":"' + "9" * 500 + '"}')
+    calls = [assistant("", 5.0, tool_calls=[call]), Message(
+        Role.TOOL, "x" * 100, tool_call_id="c1", name="calculate", created_at=6.0)]  # fmt: skip
+    await run(store, "s1", "r2", calls)
+    sizes = await page(4, 10, 520)
+    assert sizes == calls[:1]  # the call's JSON is over 500 bytes: the result does not fit
+    assert await page(4, 10, 700) == calls
+    with pytest.raises(NotFoundError):
+        await store.list_messages("nope", 0, 10, max_bytes=100)
+
+
+async def test_transcript_pages_join_up(store: SessionStore) -> None:
+    await store.create(record("s1"))
+    await run(store, "s1", "r1", conversation(5))
+    await store.compact("s1", "summary " * 50, 30.0)
+    await run(store, "s1", "r2", [user("x" * 3000, 40.0), *tool_round("c1", 41.0)])
+    everything = await store.transcript("s1")
+    assert len(everything) == 9
+    assert await store.transcript_page("s1", 0, 100) == everything
+    assert await store.transcript_page("s1", 3, 4) == everything[3:7]
+    assert await store.transcript_page("s1", 9, 4) == []
+    pages, offset = [], 0
+    while page := await store.transcript_page("s1", offset, 3, max_bytes=500):
+        assert len(page) <= 3
+        pages.append(page)
+        offset += len(page)
+    assert [item for page in pages for item in page] == everything
+    assert [len(page) for page in pages] == [3, 3, 1, 2]  # the long message alone
+    with pytest.raises(NotFoundError):
+        await store.transcript_page("nope", 0, 10)
+
+
+async def test_export_reads_the_transcript_in_bounded_pages(store: SessionStore) -> None:
+    """`iter_jsonl` gives the file `dump_jsonl` makes of the whole
+    transcript, one chunk per page of the bounds."""
+    await store.create(record("s1", title="Long"))
+    for i in range(4):
+        await run(store, "s1", f"r{i}", [user(f"q{i} " + "x" * 300 * i, 10.0 * i),
+                                         *tool_round(f"c{i}", 10.0 * i + 1)])  # fmt: skip
+        if i == 1:
+            await store.compact("s1", f"summary {i}", 10.0 * i + 2)
+    whole = jsonl.dump_jsonl(await store.get("s1"), await store.transcript("s1"))  # type: ignore[arg-type]
+    chunks = [c async for c in jsonl.iter_jsonl(store, "s1", page_items=2, page_bytes=400)]
+    assert b"".join(chunks) == whole == await jsonl.export_jsonl(store, "s1")
+    lines = [chunk.count(b"\n") for chunk in chunks]
+    assert lines[0] == 1 and max(lines[1:]) <= 2 and sum(lines) == 14
+    assert 1 in lines[1:]  # the 900-byte question came alone
+    with pytest.raises(NotFoundError):
+        [c async for c in jsonl.iter_jsonl(store, "nope")]
 
 
 async def test_every_message_field_survives(store: SessionStore) -> None:

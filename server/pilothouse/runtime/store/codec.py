@@ -148,6 +148,33 @@ def encode_item(item: Message | CompactMarker) -> ItemRow:
     return MESSAGE, item.role.value, content, sender, tool_call_id, name, payload, item.created_at
 
 
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def stored_size(row: Sequence[Any]) -> int:
+    """The stored size of a transcript item (`ItemRow`), in bytes: the
+    UTF-8 of its text columns and its JSON payload. The unit of the stores'
+    `max_bytes` pages (PostgreSQL computes the same with `octet_length`)."""
+    return (
+        _utf8_size(row[2]) + _utf8_size(row[3]) + _utf8_size(row[4]) + _utf8_size(row[5])
+        + (len(row[6]) if row[6] is not None else 0)
+    )  # fmt: skip
+
+
+def budget(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many of the items of `sizes` (bytes) a page of `max_bytes`
+    holds: those that fit, and at least one."""
+    if max_bytes <= 0:
+        return len(sizes)
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > max_bytes:
+            return max(count, 1)
+    return len(sizes)
+
+
 def decode_visible(
     kind: str,
     role: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Collection, Sequence
+from typing import TypeVar
 
 from pilothouse.errors import (
     agent_exists,
@@ -30,6 +31,7 @@ from pilothouse.runtime.store.base import (
     StoredEvent,
     TranscriptItem,
 )
+from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
 
 
@@ -122,16 +124,29 @@ class MemorySessionStore:
         return [m.copy() for m in visible_history(self._items[session_id])]
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         history = await self.load_history(session_id)
         if newest_first:
             history.reverse()
-        return history[offset : offset + limit]
+        return _cut(history[offset : offset + limit], max_bytes)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         self._record(session_id)
         return [_copy_item(i) for i in self._items[session_id]]
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        self._record(session_id)
+        page = self._items[session_id][max(offset, 0) : max(offset, 0) + max(limit, 0)]
+        return [_copy_item(i) for i in _cut(page, max_bytes)]
 
     # --- Runs ---------------------------------------------------------------
 
@@ -452,9 +467,19 @@ class MemorySessionStore:
         return self._agents.pop(name, None) is not None
 
 
+_T = TypeVar("_T", bound=Message | CompactMarker)
+
 #: Transitional: begin_run accepts a run without a record (the runtime
 #: before durable runs).
 _LEGACY = True
+
+
+def _cut(items: list[_T], max_bytes: int) -> list[_T]:
+    """The first of `items` that fit in `max_bytes` of stored size (at
+    least one); all of them without a budget."""
+    if max_bytes <= 0:
+        return items
+    return items[: budget([stored_size(encode_item(i)) for i in items], max_bytes)]
 
 
 def _apply(run: RunRecord, update: RunUpdate) -> None:

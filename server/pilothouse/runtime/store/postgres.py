@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -80,6 +80,12 @@ _COLUMNS = RECORD_COLUMNS.replace("always_approved_tools", "always_approved_tool
 _SELECT = f"SELECT {_COLUMNS} FROM sessions"
 _ITEM_COLUMNS = ", ".join(f"i.{c}" for c in ITEM_COLUMNS).replace("i.payload", "i.payload::text")
 _RETURNING = f"RETURNING {_COLUMNS}"
+#: `codec.stored_size` of the transcript item `i`, in SQL.
+_STORED_SIZE = (
+    "octet_length(i.content) + octet_length(i.sender) + octet_length(i.tool_call_id) "
+    "+ octet_length(i.name) + COALESCE(octet_length(i.payload::text), 0)"
+)
+_T = TypeVar("_T")
 _INSERT_COLUMNS = RECORD_COLUMNS
 _INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb"
 
@@ -353,31 +359,70 @@ class PostgresSessionStore(PostgresRuns):
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq).
         if newest_first:
-            sql = (
-                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
-                "JOIN transcript_items i ON i.session_id = s.id "
-                "AND i.seq >= s.history_seq "
-                "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2 "
-                "WHERE s.id = $1 ORDER BY i.seq DESC"
+            where = (
+                "i.seq >= s.history_seq "
+                "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2"
             )
         else:
-            sql = (
-                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
-                "JOIN transcript_items i ON i.session_id = s.id "
-                "AND i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3 "
-                "WHERE s.id = $1 ORDER BY i.seq"
-            )
-        rows = await self._fetch(sql, session_id, max(offset, 0), max(limit, 0))
-        if not rows:
-            await self._require(session_id)
-        return decode_rows(rows, decode_visible)
+            where = "i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3"
+        return await self._page(
+            where, newest_first, session_id, offset, limit, max_bytes, decode_visible
+        )
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        where = "i.seq >= $2 AND i.seq < $2 + $3 AND i.seq < s.next_seq"
+        return await self._page(where, False, session_id, offset, limit, max_bytes, decode_item)
+
+    async def _page(
+        self,
+        where: str,
+        descending: bool,
+        session_id: str,
+        offset: int,
+        limit: int,
+        max_bytes: int,
+        decode: Callable[..., _T],
+    ) -> list[_T]:
+        """The session's items in the `where` range ($2 offset, $3 limit),
+        by seq; with `max_bytes` > 0 ($4), only those that fit in it (at
+        least one): a window sum of their sizes, computed without reading
+        the text itself (`octet_length` reads TOAST headers), picks them."""
+        order = "i.seq DESC" if descending else "i.seq"
+        args: list[Any] = [session_id, max(offset, 0), max(limit, 0)]
+        items = (
+            "FROM sessions s JOIN transcript_items i ON i.session_id = s.id "
+            f"AND {where} WHERE s.id = $1"
+        )
+        if max_bytes <= 0:
+            sql = f"SELECT {_ITEM_COLUMNS} {items} ORDER BY {order}"
+        else:
+            args.append(max_bytes)
+            sql = (
+                f"WITH page AS (SELECT i.seq, SUM({_STORED_SIZE}) OVER w AS running, "
+                f"row_number() OVER w AS n {items} WINDOW w AS (ORDER BY {order})) "
+                f"SELECT {_ITEM_COLUMNS} FROM page "
+                "JOIN transcript_items i ON i.session_id = $1 AND i.seq = page.seq "
+                f"WHERE page.running <= $4 OR page.n = 1 ORDER BY {order}"
+            )
+        rows = await self._fetch(sql, *args)
+        if not rows:
+            await self._require(session_id)
+        return decode_rows(rows, decode)
 
     # --- metadata ---------------------------------------------------------
 

@@ -42,6 +42,7 @@ from pilothouse.runtime.store.codec import (
     encode_tools,
     record_from_row,
     record_params,
+    stored_size,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import (
@@ -318,7 +319,13 @@ class SqliteSessionStore(SqliteRuns):
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq):
         # a page is a range of the primary key, whatever the offset.
@@ -340,13 +347,51 @@ class SqliteSessionStore(SqliteRuns):
                 "WHERE s.id = :id ORDER BY i.seq"
             )
         params = {"id": session_id, "offset": max(offset, 0), "limit": max(limit, 0)}
-        rows = await self._read(sql, params)
+        rows = await self._read_page(sql, params, max_bytes)
         if not rows:
             await self._require(session_id)
         return decode_rows(rows, decode_visible)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        sql = (
+            f"SELECT {_ITEM_COLUMNS} FROM sessions s "
+            "JOIN transcript_items i ON i.session_id = s.id "
+            "AND i.seq >= :offset AND i.seq < :offset + :limit AND i.seq < s.next_seq "
+            "WHERE s.id = :id ORDER BY i.seq"
+        )
+        params = {"id": session_id, "offset": max(offset, 0), "limit": max(limit, 0)}
+        rows = await self._read_page(sql, params, max_bytes)
+        if not rows:
+            await self._require(session_id)
+        return decode_rows(rows, decode_item)
+
+    async def _read_page(self, sql: str, params: dict[str, Any], max_bytes: int) -> list[Any]:
+        """The item rows of `sql`, only as many as fit in `max_bytes` of
+        stored size (at least one) when it is > 0: read from one statement
+        (one snapshot) in growing batches, so that rows past the budget are
+        never read."""
+        if max_bytes <= 0:
+            return await self._read(sql, params)
+        conn = self._read_conn()
+        rows: list[Any] = []
+        total, batch = 0, 8
+        with self._errors():
+            async with conn.execute(sql, params) as cursor:
+                while True:
+                    fetched = await cursor.fetchmany(batch)
+                    for row in fetched:
+                        total += stored_size(row)
+                        if total > max_bytes and rows:
+                            return rows
+                        rows.append(row)
+                    if len(fetched) < batch:
+                        return rows
+                    batch = min(batch * 2, 256)
 
     # --- metadata ---------------------------------------------------------
 
