@@ -118,8 +118,8 @@ async def test_cli_decide_attach_steer_and_cancel(app, client, fake_model, sessi
     assert code == 0 and "decision sent to run" in out
     code, out, _ = await _cli(app, "steer", session_id, "and tell me when done")
     assert code == 0 and "steered run" in out
-    follower = asyncio.create_task(_cli(app, "attach", session_id, "--json"))
     run = app.runtime.active_run(session_id)
+    follower = asyncio.create_task(_cli(app, "attach", session_id, "--run", run.id, "--json"))
     await wait_until(lambda: run.log.last_sequence > 0 and any(
         e.event.__class__.__name__ == "TextDelta" for e in run.log._events))
     code, out, _ = await _cli(app, "cancel", session_id, "--reason", "enough")

@@ -5,8 +5,8 @@ fake model's `Pause` and the `wait_for_gate` tool, never with sleeps."""
 from __future__ import annotations
 
 import asyncio
-import time
 import json
+import time
 
 import grpc
 import pytest

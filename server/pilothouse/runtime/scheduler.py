@@ -47,6 +47,7 @@ from pilothouse.runtime.events import (
     AgentResponse,
     AgentStep,
     Done,
+    RunEvent,
     RunQueued,
     RunResumed,
     RunStarted,
@@ -160,6 +161,8 @@ class RunScheduler:
         self._queued: defaultdict[str, list[Run]] = defaultdict(list)
         self._runs: dict[str, Run] = {}
         self._journals: dict[str, RunJournal] = {}
+        #: Runs that ended but whose end is not stored yet (store down).
+        self._unsettled: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._draining = False
@@ -250,7 +253,7 @@ class RunScheduler:
         replica took it over) is stopped."""
         while True:
             await asyncio.sleep(self.limits.lease_s / 3)
-            for run in list(self._active.values()):
+            for run in [*self._active.values(), *self._unsettled.values()]:
                 try:
                     held = await self.store.renew_run(
                         run.session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
@@ -447,12 +450,7 @@ class RunScheduler:
     ) -> RunLocation:
         """The run an idempotency key already names."""
         if record.content != content:
-            raise InvalidArgumentError(
-                f"idempotency key {record.idempotency_key!r} was used on session "
-                f"{record.session_id!r} for another message",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"session_id": record.session_id, "run_id": record.id},
-            )
+            raise _key_reused(record.session_id, record.id, record.idempotency_key)
         local = self._runs.get(record.id)
         return local if local is not None else await locate(record)
 
@@ -480,6 +478,13 @@ class RunScheduler:
     ) -> tuple[RunLocation, bool]:
         session_id = record.id
         async with self.locks(session_id):
+            if idempotency_key:  # a call with the same key that got here first
+                same = next((r for r in self.session_runs(session_id)
+                             if r.idempotency_key == idempotency_key), None)
+                if same is not None:
+                    if same.content != content:
+                        raise _key_reused(session_id, same.id, idempotency_key)
+                    return same, False
             current = self._active.get(session_id)
             queue = self._queued[session_id]
             busiest = queue[-1] if queue else current
@@ -711,8 +716,7 @@ class RunScheduler:
         """End the run: hand it over, or store `done` with the outcome and
         publish it; release the session; bookkeeping."""
         try:
-            if done is None or (run.control.stop_reason is StopReason.HANDOVER and
-                                done.response.stop_reason is StopReason.HANDOVER):
+            if done is None:
                 await self._release(run, journal)
                 return
             recorded = run.done_event(done)
@@ -732,6 +736,12 @@ class RunScheduler:
                 )
                 recorded = dataclasses.replace(recorded, event=Done(response))
                 session = None
+                if not _lease_lost(exc):
+                    # Clients learn the outcome now; the store when it is back
+                    # (the lease stays renewed meanwhile, so nobody resumes it).
+                    self._unsettled[run.id] = run
+                    self.spawn(self._settle_later(run, journal, recorded, response),
+                               f"settle-{run.id}")
             if session is not None and history is not None:
                 self.sessions.remember(session, history)
             run.finish(recorded)
@@ -744,6 +754,29 @@ class RunScheduler:
                 del self._active[run.session_id]
             self._journals.pop(run.id, None)
             self._after(run, started)
+
+    async def _settle_later(
+        self, run: Run, journal: RunJournal, done: RunEvent, response: AgentResponse
+    ) -> None:
+        """Store the end of a run whose final checkpoint failed, retrying
+        until the store takes it (or the lease is lost)."""
+        delay = 0.5
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await journal.finish(
+                        done, stop_reason=response.stop_reason.value, error=response.error,
+                        usage=response.usage, iterations=response.iterations, uptime_s=0.0,
+                    )
+                    log.info("run %s: its end is stored now", run.id)
+                    return
+                except PilothouseError as exc:
+                    if _lease_lost(exc):
+                        return
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._unsettled.pop(run.id, None)
 
     async def _release(self, run: Run, journal: RunJournal) -> None:
         """Hand the run over: its state stored, its lease released."""
@@ -820,6 +853,18 @@ class RunScheduler:
 
     def journal_of(self, run_id: str) -> RunJournal | None:
         return self._journals.get(run_id)
+
+
+def _key_reused(session_id: str, run_id: str, key: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"idempotency key {key!r} was used on session {session_id!r} for another message",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        metadata={"session_id": session_id, "run_id": run_id},
+    )
+
+
+def _lease_lost(exc: PilothouseError) -> bool:
+    return isinstance(exc, FailedPreconditionError) and exc.reason == "LEASE_LOST"
 
 
 def _error_done(agent: Agent, error: str, usage: Usage) -> Done:
