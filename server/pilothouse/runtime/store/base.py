@@ -262,13 +262,31 @@ class SessionStore(Protocol):
         ...
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
-        """A page of `load_history`, oldest first (or newest first)."""
+        """A page of `load_history`, oldest first (or newest first): up to
+        `limit` messages from `offset`, and, when `max_bytes` > 0, only as
+        many as fit in `max_bytes` of stored size (`codec.stored_size`): the
+        page stops before the message that would pass it, but always holds
+        at least one message."""
         ...
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         """Everything ever stored, in order, compact markers included."""
+        ...
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        """`transcript()[offset:offset + limit]`, cut by `max_bytes` as
+        `list_messages` is: read a long transcript in bounded pages (the
+        transcript only grows, so consecutive pages join up)."""
         ...
 
     # --- Runs: lease, checkpoints, records, events -------------------------

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
     AgentRecord,
+    Checkpoint,
     CompactMarker,
-    RunOutcome,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -126,6 +126,10 @@ def _text_safe(text: str) -> bool:
     return True
 
 
+#: Public name for the other codecs of stored text.
+text_safe = _text_safe
+
+
 def encode_item(item: Message | CompactMarker) -> ItemRow:
     """A transcript item as stored columns (see the module docstring)."""
     if isinstance(item, CompactMarker):
@@ -142,6 +146,33 @@ def encode_item(item: Message | CompactMarker) -> ItemRow:
     content, sender, tool_call_id, name = text
     payload = _dumps(fields) if fields else None
     return MESSAGE, item.role.value, content, sender, tool_call_id, name, payload, item.created_at
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def stored_size(row: Sequence[Any]) -> int:
+    """The stored size of a transcript item (`ItemRow`), in bytes: the
+    UTF-8 of its text columns and its JSON payload. The unit of the stores'
+    `max_bytes` pages (PostgreSQL computes the same with `octet_length`)."""
+    return (
+        _utf8_size(row[2]) + _utf8_size(row[3]) + _utf8_size(row[4]) + _utf8_size(row[5])
+        + (len(row[6]) if row[6] is not None else 0)
+    )  # fmt: skip
+
+
+def budget(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many of the items of `sizes` (bytes) a page of `max_bytes`
+    holds: those that fit, and at least one."""
+    if max_bytes <= 0:
+        return len(sizes)
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > max_bytes:
+            return max(count, 1)
+    return len(sizes)
 
 
 def decode_visible(
@@ -205,15 +236,15 @@ def decode_rows(rows: Sequence[Sequence[Any]], decode: Callable[..., _T]) -> lis
         gc.enable()
 
 
-def run_items(outcome: RunOutcome) -> tuple[list[TranscriptItem], bool]:
-    """The transcript items a run appends, in order (`messages_before_compact`,
-    the compact marker stamped `finished_at`, `messages`), and whether a
-    marker is among them."""
-    items: list[TranscriptItem] = list(outcome.messages_before_compact)
-    compact = outcome.compact_summary is not None
+def checkpoint_items(checkpoint: Checkpoint) -> tuple[list[TranscriptItem], bool]:
+    """The transcript items a checkpoint appends, in order
+    (`messages_before_compact`, the compact marker stamped `now`,
+    `messages`), and whether a marker is among them."""
+    items: list[TranscriptItem] = list(checkpoint.messages_before_compact)
+    compact = checkpoint.compact_summary is not None
     if compact:
-        items.append(CompactMarker(outcome.compact_summary or "", outcome.finished_at))
-    items.extend(outcome.messages)
+        items.append(CompactMarker(checkpoint.compact_summary or "", checkpoint.now))
+    items.extend(checkpoint.messages)
     return items, compact
 
 

@@ -1,17 +1,14 @@
 """An in-process session store: tests, and single-process use without
-durability. Same semantics as the durable stores (see `base`).
-
-The error helpers (`session_not_found`, `run_active`, ...) are re-exported
-here for the other stores."""
+durability. Same semantics as the durable stores (see `base`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 from collections.abc import Collection, Sequence
+from typing import TypeVar
 
 from pilothouse.errors import (
-    AlreadyExistsError,
     agent_exists,
     lease_lost,
     run_active,
@@ -21,17 +18,6 @@ from pilothouse.errors import (
     session_not_found,
 )
 from pilothouse.runtime.messages import Message, Usage
-
-__all__ = [
-    "MemorySessionStore",
-    "lease_lost",
-    "run_active",
-    "run_not_found",
-    "session_closed",
-    "session_not_found",
-    "visible_history",
-]
-
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     AgentRecord,
@@ -45,22 +31,8 @@ from pilothouse.runtime.store.base import (
     StoredEvent,
     TranscriptItem,
 )
-
-
-def visible_history(items: list[TranscriptItem]) -> list[Message]:
-    """The model-visible history of a transcript: after the last compact
-    marker, with its summary as the first (user) message."""
-    start = 0
-    summary: str | None = None
-    for index, item in enumerate(items):
-        if isinstance(item, CompactMarker):
-            start, summary = index + 1, item.summary
-    history = [m for m in items[start:] if isinstance(m, Message)]
-    if summary is not None:
-        marker = items[start - 1]
-        history.insert(0, Message.user(summary))
-        history[0].created_at = marker.created_at
-    return history
+from pilothouse.runtime.store.codec import budget, encode_item, stored_size
+from pilothouse.runtime.store.common import session_exists, visible_history
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
@@ -97,11 +69,7 @@ class MemorySessionStore:
 
     def _check_new(self, session_id: str) -> None:
         if session_id in self._records:
-            raise AlreadyExistsError(
-                f"session {session_id!r} already exists",
-                reason="SESSION_EXISTS",
-                metadata={"session_id": session_id},
-            )
+            raise session_exists(session_id)
 
     async def create(self, record: SessionRecord) -> None:
         self._check_new(record.id)
@@ -156,16 +124,29 @@ class MemorySessionStore:
         return [m.copy() for m in visible_history(self._items[session_id])]
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         history = await self.load_history(session_id)
         if newest_first:
             history.reverse()
-        return history[offset : offset + limit]
+        return _cut(history[offset : offset + limit], max_bytes)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         self._record(session_id)
         return [_copy_item(i) for i in self._items[session_id]]
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        self._record(session_id)
+        page = self._items[session_id][max(offset, 0) : max(offset, 0) + max(limit, 0)]
+        return [_copy_item(i) for i in _cut(page, max_bytes)]
 
     # --- Runs ---------------------------------------------------------------
 
@@ -193,6 +174,10 @@ class MemorySessionStore:
         self._record(record.session_id)
         self._check_new_run(record)
         self._runs[record.id] = copy.deepcopy(record)
+
+    def _is_run_of(self, run_id: str, session_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and run.session_id == session_id
 
     def _lease_state(self, record: SessionRecord, now: float) -> tuple[bool, bool]:
         """(held by a run whose record has not ended, lease expired)."""
@@ -222,7 +207,7 @@ class MemorySessionStore:
             raise session_closed(session_id)
         if new_run is not None:
             self._check_new_run(new_run)
-        elif run_id not in self._runs and not _LEGACY:
+        elif not self._is_run_of(run_id, session_id) and not _LEGACY:
             raise run_not_found(session_id, run_id)
         if record.active_run_id and record.active_run_id != run_id:
             live_record, expired = self._lease_state(record, now)
@@ -231,7 +216,7 @@ class MemorySessionStore:
             self._interrupt(record)
         if new_run is not None:
             self._runs[run_id] = copy.deepcopy(new_run)
-        run = self._runs.get(run_id)
+        run = self._runs.get(run_id) if self._is_run_of(run_id, session_id) else None
         if run is not None:
             run.status = RunStatus.RUNNING
             run.started_at = now
@@ -482,9 +467,19 @@ class MemorySessionStore:
         return self._agents.pop(name, None) is not None
 
 
+_T = TypeVar("_T", bound=Message | CompactMarker)
+
 #: Transitional: begin_run accepts a run without a record (the runtime
 #: before durable runs).
 _LEGACY = True
+
+
+def _cut(items: list[_T], max_bytes: int) -> list[_T]:
+    """The first of `items` that fit in `max_bytes` of stored size (at
+    least one); all of them without a budget."""
+    if max_bytes <= 0:
+        return items
+    return items[: budget([stored_size(encode_item(i)) for i in items], max_bytes)]
 
 
 def _apply(run: RunRecord, update: RunUpdate) -> None:
