@@ -1,0 +1,188 @@
+/**
+ * The bidirectional `RunService.Steer` call: one stream that starts (or
+ * attaches to) a run, carries its events back, and takes steering,
+ * cancellation and decisions from the client while the run goes on.
+ */
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { DecisionInit } from "./decisions.js";
+import { PilothouseError } from "./errors.js";
+import type { AgentEvent, AgentResponse } from "./gen/pilothouse/v1/event_pb.js";
+import type { SteerRequestSchema, SteerResponse } from "./gen/pilothouse/v1/run_service_pb.js";
+import { approve, deny } from "./decisions.js";
+
+/** One request of a Steer call, as it may be written. */
+export type SteerRequestInit = MessageInitShape<typeof SteerRequestSchema>;
+
+/**
+ * An async iterable fed by `push`; ends after `close`. Connect reads a bidi
+ * call's requests from it, in order.
+ */
+class RequestQueue<T> implements AsyncIterable<T> {
+  private readonly items: T[] = [];
+  private waiting: ((result: IteratorResult<T>) => void) | undefined;
+  private closed = false;
+
+  push(item: T): void {
+    if (this.closed) {
+      throw new Error("the Steer stream's sending side is closed");
+    }
+    if (this.waiting) {
+      const wake = this.waiting;
+      this.waiting = undefined;
+      wake({ value: item, done: false });
+    } else {
+      this.items.push(item);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.waiting && this.items.length === 0) {
+      const wake = this.waiting;
+      this.waiting = undefined;
+      wake({ value: undefined, done: true });
+    }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return {
+      next: () => {
+        const item = this.items.shift();
+        if (item !== undefined) {
+          return Promise.resolve({ value: item, done: false });
+        }
+        if (this.closed) {
+          return Promise.resolve({ value: undefined, done: true });
+        }
+        return new Promise((resolve) => {
+          this.waiting = resolve;
+        });
+      },
+      return: () => {
+        this.closed = true;
+        this.items.length = 0;
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
+
+/**
+ * A `Steer` call. Iterate it (once) for the run's events, ending with
+ * `done`; meanwhile `send` steering, `decide` (or `approve`/`deny`) pending
+ * approvals and questions, `cancelRun`. Requests are queued and written in
+ * order. `closeSend` half-closes the call: the run goes on and its events
+ * keep coming until `done`. Errors are thrown as `PilothouseError`.
+ *
+ * A Steer call does not re-attach by itself after a cut (a steering message
+ * in flight could be lost or applied); re-attach with
+ * `PilothouseClient.steerAttach(sessionId, { runId, afterSequence })`.
+ */
+export class SteerStream implements AsyncIterable<AgentEvent> {
+  /** The run, once its first event arrived (or as given to attach). */
+  runId: string;
+  /** Sequence of the last event delivered (0n before any). */
+  lastSequence = 0n;
+  /** The `done` payload, once seen. */
+  response: AgentResponse | undefined;
+
+  private readonly queue = new RequestQueue<SteerRequestInit>();
+  private readonly open: (requests: AsyncIterable<SteerRequestInit>) => AsyncIterable<SteerResponse>;
+  private readonly heartbeats: boolean;
+  private iterated = false;
+
+  constructor(init: {
+    first: SteerRequestInit;
+    open: (requests: AsyncIterable<SteerRequestInit>) => AsyncIterable<SteerResponse>;
+    runId?: string;
+    heartbeats?: boolean;
+  }) {
+    this.open = init.open;
+    this.runId = init.runId ?? "";
+    this.heartbeats = init.heartbeats ?? false;
+    this.queue.push(init.first);
+  }
+
+  /** Queue steering content for the run (appended before its next model round). */
+  send(content: string, sender = ""): void {
+    this.queue.push({ action: { case: "steer", value: { content, sender } } });
+  }
+
+  /** Answer an approval or a question (see `approve`, `deny`, `answer` in decisions). */
+  decide(decision: DecisionInit): void {
+    this.queue.push({ action: { case: "decision", value: decision } });
+  }
+
+  /** Approve the pending tool call `requestId`. */
+  approve(requestId: string): void {
+    this.decide(approve(requestId));
+  }
+
+  /** Deny the pending tool call `requestId`; the model reads `reason`. */
+  deny(requestId: string, reason = ""): void {
+    this.decide(deny(requestId, reason));
+  }
+
+  /** Ask the run to stop; its `done` (STOP_REASON_CANCELLED) still arrives. */
+  cancelRun(reason = ""): void {
+    this.queue.push({ action: { case: "cancel", value: { reason } } });
+  }
+
+  /** Close the sending side. The run is not cancelled; events go on until `done`. */
+  closeSend(): void {
+    this.queue.close();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<AgentEvent> {
+    if (this.iterated) {
+      throw new Error("a SteerStream can be iterated once");
+    }
+    this.iterated = true;
+    return this.events();
+  }
+
+  /** Read the stream to its end and return the run's outcome (`done`). */
+  async result(): Promise<AgentResponse> {
+    for await (const _event of this) {
+      // Only the end matters.
+    }
+    if (this.response === undefined) {
+      throw new Error("the stream ended without a done event");
+    }
+    return this.response;
+  }
+
+  private async *events(): AsyncGenerator<AgentEvent, void, undefined> {
+    try {
+      for await (const response of this.open(this.queue)) {
+        const event = response.event;
+        if (event === undefined) {
+          continue;
+        }
+        if (event.event.case === "heartbeat") {
+          if (this.heartbeats) {
+            yield event;
+          }
+          continue;
+        }
+        this.lastSequence = event.sequence;
+        if (this.runId === "") {
+          this.runId = event.runId;
+        }
+        if (event.event.case === "done") {
+          this.response = event.event.value;
+        }
+        yield event;
+      }
+    } catch (error) {
+      throw PilothouseError.from(error);
+    } finally {
+      this.queue.close();
+    }
+  }
+}
