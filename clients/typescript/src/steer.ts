@@ -15,60 +15,52 @@ import { approve, deny } from "./decisions.js";
 export type SteerRequestInit = MessageInitShape<typeof SteerRequestSchema>;
 
 /**
- * An async iterable fed by `push`; ends after `close`. Connect reads a bidi
- * call's requests from it, in order.
+ * Requests fed by `push`, read by Connect as the call's request stream (an
+ * async generator: Connect needs `return` and `throw` on it). Ends after
+ * `close`, once the queued requests are read.
  */
-class RequestQueue<T> implements AsyncIterable<T> {
+class RequestQueue<T> {
   private readonly items: T[] = [];
-  private waiting: ((result: IteratorResult<T>) => void) | undefined;
+  private wake: (() => void) | undefined;
   private closed = false;
 
   push(item: T): void {
     if (this.closed) {
       throw new Error("the Steer stream's sending side is closed");
     }
-    if (this.waiting) {
-      const wake = this.waiting;
-      this.waiting = undefined;
-      wake({ value: item, done: false });
-    } else {
-      this.items.push(item);
-    }
+    this.items.push(item);
+    this.notify();
   }
 
   close(): void {
     this.closed = true;
-    if (this.waiting && this.items.length === 0) {
-      const wake = this.waiting;
-      this.waiting = undefined;
-      wake({ value: undefined, done: true });
+    this.notify();
+  }
+
+  async *drain(): AsyncGenerator<T, void, undefined> {
+    try {
+      for (;;) {
+        const item = this.items.shift();
+        if (item !== undefined) {
+          yield item;
+        } else if (this.closed) {
+          return;
+        } else {
+          await new Promise<void>((resolve) => {
+            this.wake = resolve;
+          });
+        }
+      }
+    } finally {
+      this.closed = true;
+      this.items.length = 0;
     }
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<T> {
-    return {
-      next: () => {
-        const item = this.items.shift();
-        if (item !== undefined) {
-          return Promise.resolve({ value: item, done: false });
-        }
-        if (this.closed) {
-          return Promise.resolve({ value: undefined, done: true });
-        }
-        return new Promise((resolve) => {
-          this.waiting = resolve;
-        });
-      },
-      return: () => {
-        this.closed = true;
-        this.items.length = 0;
-        return Promise.resolve({ value: undefined, done: true });
-      },
-    };
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 }
 
@@ -159,7 +151,7 @@ export class SteerStream implements AsyncIterable<AgentEvent> {
 
   private async *events(): AsyncGenerator<AgentEvent, void, undefined> {
     try {
-      for await (const response of this.open(this.queue)) {
+      for await (const response of this.open(this.queue.drain())) {
         const event = response.event;
         if (event === undefined) {
           continue;
