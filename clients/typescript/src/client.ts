@@ -89,6 +89,7 @@ export class PilothouseClient {
   readonly runs: Client<typeof RunService>;
   readonly timeoutMs: number;
   private readonly sessionManager: Http2SessionManager | undefined;
+  private closed = false;
 
   constructor(options: ClientOptions = {}) {
     let transport = options.transport;
@@ -114,6 +115,7 @@ export class PilothouseClient {
 
   /** Close the HTTP/2 connection (open streams end with CANCELED or UNAVAILABLE). */
   close(): void {
+    this.closed = true;
     this.sessionManager?.abort();
   }
 
@@ -265,6 +267,7 @@ export class PilothouseClient {
     const stream: RunStream = new RunStream({
       sessionId,
       resumable: false,
+      closed: () => this.closed,
       options,
       first: () =>
         this.runs.streamTo(
@@ -291,6 +294,7 @@ export class PilothouseClient {
       runId: options.runId ?? "",
       afterSequence: options.afterSequence ?? 0n,
       resumable: true,
+      closed: () => this.closed,
       options,
       first: (afterSequence) => this.attachCall(sessionId, stream.runId, afterSequence, options),
       reattachFrom: (afterSequence) => this.attachCall(sessionId, stream.runId, afterSequence, options),

@@ -5,9 +5,15 @@
  * `RunService.Attach(session_id, run_id, after_sequence)` replays what came
  * after a sequence, then follows the live run. A RunStream remembers the
  * last sequence it delivered; when its stream fails with a code that means
- * "the connection broke" (UNAVAILABLE, INTERNAL as an HTTP/2 RST_STREAM
- * surfaces, DEADLINE_EXCEEDED of the stream's own deadline) or ends before
- * `done`, it re-attaches from there, until `done`: no gap, no duplicate.
+ * "the connection broke" or ends before `done`, it re-attaches from there,
+ * until `done`: no gap, no duplicate.
+ *
+ * The codes that mean a broken connection: UNAVAILABLE (connection refused
+ * or lost, GOAWAY), INTERNAL (an HTTP/2 RST_STREAM with INTERNAL_ERROR, as
+ * proxies send), DEADLINE_EXCEEDED (the stream's own `timeoutMs`), and
+ * CANCELED when neither the caller's signal nor `PilothouseClient.close()`
+ * asked for it: Node's http2 module closes every stream of a connection
+ * that dies with RST_STREAM CANCEL, which Connect reports as CANCELED.
  */
 
 import { type CallOptions, ConnectError } from "@connectrpc/connect";
@@ -25,7 +31,11 @@ export interface ReattachOptions {
   readonly initialDelayMs?: number;
   /** Longest wait between attempts, milliseconds (default 2000). */
   readonly maxDelayMs?: number;
-  /** Status codes that count as a cut stream (default UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED). */
+  /**
+   * Status codes that count as a cut stream (default UNAVAILABLE, INTERNAL,
+   * DEADLINE_EXCEEDED, CANCELED). CANCELED counts only when the caller did
+   * not cancel (its signal, or closing the client).
+   */
   readonly codes?: readonly Code[];
   /** Called before each attempt, after the delay was chosen; for logs and tests. */
   readonly onReattach?: (attempt: ReattachAttempt) => void;
@@ -69,7 +79,12 @@ export interface StreamOptions {
 /** Opens one stream of events after `afterSequence`; its items may carry no event. */
 export type EventSource = (afterSequence: bigint) => AsyncIterable<{ event?: AgentEvent }>;
 
-const DEFAULT_CODES: readonly Code[] = [Code.Unavailable, Code.Internal, Code.DeadlineExceeded];
+const DEFAULT_CODES: readonly Code[] = [
+  Code.Unavailable,
+  Code.Internal,
+  Code.DeadlineExceeded,
+  Code.Canceled,
+];
 
 /**
  * The events of one run, as an async iterable (iterate it once), ending
@@ -90,6 +105,7 @@ export class RunStream implements AsyncIterable<AgentEvent> {
   private readonly reattachFrom: EventSource;
   private readonly options: StreamOptions;
   private readonly resumable: boolean;
+  private readonly closed: () => boolean;
   private iterated = false;
 
   /**
@@ -98,6 +114,7 @@ export class RunStream implements AsyncIterable<AgentEvent> {
    * @param resumable whether a cut before the first event may be
    *   re-attached (true for Attach, false for StreamTo: before its first
    *   event nobody knows whether the run started).
+   * @param closed tells whether the client was closed (no re-attach then).
    */
   constructor(init: {
     sessionId: string;
@@ -106,6 +123,7 @@ export class RunStream implements AsyncIterable<AgentEvent> {
     first: EventSource;
     reattachFrom: EventSource;
     resumable: boolean;
+    closed?: () => boolean;
     options?: StreamOptions;
   }) {
     this.sessionId = init.sessionId;
@@ -114,6 +132,7 @@ export class RunStream implements AsyncIterable<AgentEvent> {
     this.first = init.first;
     this.reattachFrom = init.reattachFrom;
     this.resumable = init.resumable;
+    this.closed = init.closed ?? (() => false);
     this.options = init.options ?? {};
   }
 
@@ -212,7 +231,7 @@ export class RunStream implements AsyncIterable<AgentEvent> {
     seenEvent: boolean,
   ): number | undefined {
     const settings = this.options.reattach;
-    if (settings === false || this.options.signal?.aborted) {
+    if (settings === false || this.options.signal?.aborted || this.closed()) {
       return undefined;
     }
     if (!seenEvent && !this.resumable) {
