@@ -1,10 +1,14 @@
 /**
- * The `buf curl` commands of the README's "Debugging with `buf curl` and
- * grpcurl" section, run as written against real servers: only the ports
- * (50051 for the runtime, 50052 for the ToolExecutor) and the `SESSION_ID`
- * placeholder (taken from what GetOrCreateSession printed, as a reader
- * would) are filled in. `buf` is the one in node_modules. The grpcurl lines
- * are not run: grpcurl is not installed here.
+ * What the README shows, run against real servers.
+ *
+ * - The `buf curl` commands of the "Debugging with `buf curl` and grpcurl"
+ *   section, as written: only the ports (50051 for the runtime, 50052 for
+ *   the ToolExecutor) and the `SESSION_ID` placeholder (taken from what
+ *   GetOrCreateSession printed, as a reader would) are filled in. `buf` is
+ *   the one in node_modules. The grpcurl lines are not run: grpcurl is not
+ *   installed here.
+ * - The TypeScript example of the "TypeScript client" section, which is
+ *   examples/quickstart.ts verbatim (compiled with the package).
  */
 
 import assert from "node:assert/strict";
@@ -17,6 +21,16 @@ import { PACKAGE, REPO, type Servers, startServers } from "./support/servers.js"
 
 const run = promisify(execFile);
 const HEADING = "### Debugging with `buf curl` and grpcurl";
+const TS_HEADING = "### TypeScript client";
+
+/** The first fenced block in `language` after `heading`. */
+function codeBlock(readme: string, heading: string, language: string): string {
+  const start = readme.indexOf(heading);
+  assert.ok(start >= 0, `the README has no "${heading}" section`);
+  const match = new RegExp("```" + language + "\\n([\\s\\S]*?)```").exec(readme.slice(start));
+  assert.ok(match, `no ${language} block under "${heading}"`);
+  return match[1]!;
+}
 
 /** The `buf curl` commands of the section's code blocks, continuation lines joined. */
 function bufCurlCommands(readme: string): string[] {
@@ -111,4 +125,18 @@ test("the README's buf curl commands work as written", async () => {
     }
   }
   assert.ok(checked.includes("ListAgents"), `checked: ${checked}`);
+});
+
+test("the README's TypeScript example is examples/quickstart.ts, and it runs", async () => {
+  const readme = await readFile(join(REPO, "README.md"), "utf8");
+  const example = await readFile(join(PACKAGE, "examples", "quickstart.ts"), "utf8");
+  assert.equal(codeBlock(readme, TS_HEADING, "ts"), example, "update the README from examples/quickstart.ts");
+  const { stdout } = await run(process.execPath, [join(PACKAGE, "dist", "examples", "quickstart.js")], {
+    env: { ...process.env, PILOTHOUSE_ADDRESS: servers.address },
+    timeout: 60_000,
+  });
+  assert.match(stdout, /calls: current_time, calculate, json_query, text_stats/);
+  assert.match(stdout, /\[TEXT_RESPONSE\]/);
+  // Two answers: the streamed run's and the steered run's.
+  assert.equal(stdout.match(/scripted test model/g)?.length, 2, stdout);
 });
