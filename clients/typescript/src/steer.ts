@@ -138,13 +138,18 @@ export class SteerStream implements AsyncIterable<AgentEvent> {
     return this.events();
   }
 
-  /** Read the stream to its end and return the run's outcome (`done`). */
+  /**
+   * Read the stream to its end and return the run's outcome (`done`); after
+   * an iteration that reached `done`, return it at once.
+   */
   async result(): Promise<AgentResponse> {
-    for await (const _event of this) {
-      // Only the end matters.
+    if (!this.iterated) {
+      for await (const _event of this) {
+        // Only the end matters.
+      }
     }
     if (this.response === undefined) {
-      throw new Error("the stream ended without a done event");
+      throw new Error("no done event: the stream ended early, or is still being read");
     }
     return this.response;
   }

@@ -116,6 +116,7 @@ describe("conversation", () => {
     assert.match(text, /current_time ->/);
 
     const done = stream.response!;
+    assert.equal(await stream.result(), done);
     assert.equal(done.stopReason, StopReason.TEXT_RESPONSE);
     assert.equal(done.iterations, 2);
     assert.equal(done.finalResponse, text);
