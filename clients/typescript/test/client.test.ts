@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
+  answer,
   ApprovalPolicy,
   approve,
   type AgentEvent,
@@ -172,6 +173,22 @@ describe("approvals", () => {
     const result = ofKind(rest, "toolResult")[0]!;
     assert.equal(result.outcome.case, "error");
     assert.match(String(result.outcome.value), /not today/);
+    assert.equal(ofKind(rest, "done")[0]!.stopReason, StopReason.TEXT_RESPONSE);
+  });
+});
+
+describe("questions", () => {
+  test("the agent's ask_user question is answered with SubmitDecision", async () => {
+    const agent = await client.createAgent({ name: unique("asker"), tools: ["ask_user"] });
+    const session = await client.createSession(agent.config!.name, "ts-tests");
+    const stream = client.streamTo(session.id, "Which colour?")[Symbol.asyncIterator]();
+    const asked = ofKind(await readUntil(stream, "questionAsked"), "questionAsked")[0]!;
+    assert.equal(asked.multiSelect, false);
+    await client.submitDecision(session.id, answer(asked.requestId, { text: "blue" }));
+    const rest = await drain(stream);
+    const result = ofKind(rest, "toolResult")[0]!;
+    assert.equal(result.name, "ask_user");
+    assert.deepEqual(JSON.parse(String(result.outcome.value)), { text: "blue" });
     assert.equal(ofKind(rest, "done")[0]!.stopReason, StopReason.TEXT_RESPONSE);
   });
 });
