@@ -48,7 +48,7 @@ ifeq ($(NODE),)
 	@$(NODE_MISSING)
 else
 	$(MAKE) --no-print-directory $(TS_STAMP)
-	cd $(TS) && npm run --silent typecheck
+	cd $(TS) && npm run --silent lint
 endif
 
 test: $(STAMP)

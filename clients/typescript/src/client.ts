@@ -5,7 +5,13 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { type CallOptions, type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  type CallOptions,
+  type Client,
+  createClient,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { DecisionInit } from "./decisions.js";
 import { translated } from "./errors.js";
@@ -19,7 +25,10 @@ import {
   type SendToResponse,
 } from "./gen/pilothouse/v1/run_service_pb.js";
 import type { Session, SessionState } from "./gen/pilothouse/v1/session_pb.js";
-import { type CompactSessionResponse, SessionService } from "./gen/pilothouse/v1/session_service_pb.js";
+import {
+  type CompactSessionResponse,
+  SessionService,
+} from "./gen/pilothouse/v1/session_service_pb.js";
 import { RunStream, type StreamOptions } from "./run-stream.js";
 import { SteerStream } from "./steer.js";
 
@@ -208,7 +217,12 @@ export class PilothouseClient {
     return allPages(async (pageToken) => {
       const reply = await translated(() =>
         this.sessions.listMessages(
-          { sessionId, pageToken, pageSize: options.pageSize ?? 0, newestFirst: options.newestFirst ?? false },
+          {
+            sessionId,
+            pageToken,
+            pageSize: options.pageSize ?? 0,
+            newestFirst: options.newestFirst ?? false,
+          },
           this.unary(),
         ),
       );
@@ -274,7 +288,8 @@ export class PilothouseClient {
           { sessionId, content, sender: options.sender ?? "", options: runOptions },
           streamCall(options),
         ),
-      reattachFrom: (afterSequence) => this.attachCall(sessionId, stream.runId, afterSequence, options),
+      reattachFrom: (afterSequence) =>
+        this.attachCall(sessionId, stream.runId, afterSequence, options),
     });
     return stream;
   }
@@ -297,19 +312,27 @@ export class PilothouseClient {
       closed: () => this.closed,
       options,
       first: (afterSequence) => this.attachCall(sessionId, stream.runId, afterSequence, options),
-      reattachFrom: (afterSequence) => this.attachCall(sessionId, stream.runId, afterSequence, options),
+      reattachFrom: (afterSequence) =>
+        this.attachCall(sessionId, stream.runId, afterSequence, options),
     });
     return stream;
   }
 
-  private attachCall(sessionId: string, runId: string, afterSequence: bigint, options: StreamOptions) {
+  private attachCall(
+    sessionId: string,
+    runId: string,
+    afterSequence: bigint,
+    options: StreamOptions,
+  ) {
     return this.runs.attach(
       {
         sessionId,
         runId,
         afterSequence,
         heartbeatInterval:
-          options.heartbeatIntervalMs === undefined ? undefined : durationFromMs(options.heartbeatIntervalMs),
+          options.heartbeatIntervalMs === undefined
+            ? undefined
+            : durationFromMs(options.heartbeatIntervalMs),
       },
       streamCall(options),
     );
@@ -351,7 +374,9 @@ export class PilothouseClient {
             runId: options.runId ?? "",
             afterSequence: options.afterSequence ?? 0n,
             heartbeatInterval:
-              options.heartbeatIntervalMs === undefined ? undefined : durationFromMs(options.heartbeatIntervalMs),
+              options.heartbeatIntervalMs === undefined
+                ? undefined
+                : durationFromMs(options.heartbeatIntervalMs),
           },
         },
       },
@@ -378,7 +403,10 @@ export class PilothouseClient {
    * has stopped and its history is stored. A finished run is OK
    * (`alreadyFinished`).
    */
-  async cancel(sessionId: string, options: { runId?: string; reason?: string } = {}): Promise<CancelResponse> {
+  async cancel(
+    sessionId: string,
+    options: { runId?: string; reason?: string } = {},
+  ): Promise<CancelResponse> {
     return translated(() =>
       this.runs.cancel(
         { sessionId, runId: options.runId ?? "", reason: options.reason ?? "" },
@@ -409,7 +437,10 @@ function streamCall(options: StreamOptions): CallOptions {
   return { signal: options.signal, timeoutMs: options.timeoutMs, headers: options.headers };
 }
 
-function withHeartbeat(options: RunOptionsInit | undefined, heartbeatIntervalMs: number | undefined) {
+function withHeartbeat(
+  options: RunOptionsInit | undefined,
+  heartbeatIntervalMs: number | undefined,
+) {
   if (heartbeatIntervalMs === undefined) {
     return options;
   }

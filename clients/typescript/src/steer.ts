@@ -84,7 +84,9 @@ export class SteerStream implements AsyncIterable<AgentEvent> {
   response: AgentResponse | undefined;
 
   private readonly queue = new RequestQueue<SteerRequestInit>();
-  private readonly open: (requests: AsyncIterable<SteerRequestInit>) => AsyncIterable<SteerResponse>;
+  private readonly open: (
+    requests: AsyncIterable<SteerRequestInit>,
+  ) => AsyncIterable<SteerResponse>;
   private readonly heartbeats: boolean;
   private iterated = false;
 

@@ -64,7 +64,10 @@ async function readUntil(stream: AsyncIterator<AgentEvent>, kind: string): Promi
  * way (a steered run makes a new round, and the scripted model calls its
  * tools again).
  */
-async function approveRest(sessionId: string, stream: AsyncIterator<AgentEvent>): Promise<AgentEvent[]> {
+async function approveRest(
+  sessionId: string,
+  stream: AsyncIterator<AgentEvent>,
+): Promise<AgentEvent[]> {
   const events: AgentEvent[] = [];
   for (let next = await stream.next(); !next.done; next = await stream.next()) {
     events.push(next.value);
@@ -103,16 +106,20 @@ describe("conversation", () => {
     assert.equal(seen.at(-1), "done");
     assert.equal(ofKind(events, "runStarted")[0]!.sender, "ts");
     const calls = ofKind(events, "toolCallsStart")[0]!.toolCalls;
-    assert.deepEqual(
-      calls.map((call) => call.name).sort(),
-      ["calculate", "current_time", "json_query", "text_stats"],
-    );
+    assert.deepEqual(calls.map((call) => call.name).sort(), [
+      "calculate",
+      "current_time",
+      "json_query",
+      "text_stats",
+    ]);
     const results = ofKind(events, "toolResult");
     assert.deepEqual(
       results.map((result) => result.callId).sort(),
       calls.map((call) => call.id).sort(),
     );
-    const text = ofKind(events, "textDelta").map((delta) => delta.text).join("");
+    const text = ofKind(events, "textDelta")
+      .map((delta) => delta.text)
+      .join("");
     assert.match(text, /scripted test model/);
     assert.match(text, /current_time ->/);
 
@@ -202,7 +209,10 @@ describe("steering", () => {
 
     const other = new PilothouseClient({ address: servers.address });
     try {
-      assert.equal(await other.steerSession(sessionId, "Also say hello", "other"), before[0]!.runId);
+      assert.equal(
+        await other.steerSession(sessionId, "Also say hello", "other"),
+        before[0]!.runId,
+      );
       await other.submitDecision(sessionId, approve(request.requestId));
     } finally {
       other.close();
@@ -340,7 +350,10 @@ describe("errors", () => {
     await assert.rejects(client.createAgent({ name: "9 bad name" }), (error: unknown) => {
       assert.ok(error instanceof PilothouseError);
       assert.equal(error.code, Code.InvalidArgument);
-      assert.ok(error.fieldViolations.some((v) => v.field.endsWith("name")), JSON.stringify(error.fieldViolations));
+      assert.ok(
+        error.fieldViolations.some((v) => v.field.endsWith("name")),
+        JSON.stringify(error.fieldViolations),
+      );
       return true;
     });
   });

@@ -33,14 +33,20 @@ test("ErrorInfo, BadRequest and RetryInfo are decoded from the status trailer", 
     code: Code.Unavailable,
     message: "draining",
     details: [
-      anyPack(ErrorInfoSchema, create(ErrorInfoSchema, {
-        reason: "DRAINING",
-        domain: "pilothouse.v1",
-        metadata: { replica: "a" },
-      })),
-      anyPack(BadRequestSchema, create(BadRequestSchema, {
-        fieldViolations: [{ field: "content", description: "must not be empty" }],
-      })),
+      anyPack(
+        ErrorInfoSchema,
+        create(ErrorInfoSchema, {
+          reason: "DRAINING",
+          domain: "pilothouse.v1",
+          metadata: { replica: "a" },
+        }),
+      ),
+      anyPack(
+        BadRequestSchema,
+        create(BadRequestSchema, {
+          fieldViolations: [{ field: "content", description: "must not be empty" }],
+        }),
+      ),
       anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: durationFromMs(1500) })),
     ],
   });
@@ -63,10 +69,16 @@ test("ErrorInfo, BadRequest and RetryInfo are decoded from the status trailer", 
 });
 
 test("a status without details gives empty fields", () => {
-  const error = PilothouseError.from(findTrailerError(trailers(create(StatusSchema, {
-    code: Code.Internal,
-    message: "boom",
-  }))));
+  const error = PilothouseError.from(
+    findTrailerError(
+      trailers(
+        create(StatusSchema, {
+          code: Code.Internal,
+          message: "boom",
+        }),
+      ),
+    ),
+  );
   assert.equal(error.reason, "");
   assert.deepEqual(error.metadata, {});
   assert.deepEqual(error.fieldViolations, []);

@@ -33,7 +33,10 @@ test("the committed TypeScript stubs match the protos", async () => {
     assert.deepEqual(await filesUnder(committed), names, "stub files differ: run `make gen-ts`");
     const stale: string[] = [];
     for (const name of names) {
-      const [a, b] = await Promise.all([readFile(join(fresh, name)), readFile(join(committed, name))]);
+      const [a, b] = await Promise.all([
+        readFile(join(fresh, name)),
+        readFile(join(committed, name)),
+      ]);
       if (!a.equals(b)) {
         stale.push(name);
       }

@@ -40,7 +40,10 @@ function bufCurlCommands(readme: string): string[] {
   const end = rest.search(/^#{1,3} /m); // the next heading
   const section = end < 0 ? rest : rest.slice(0, end);
   const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
-  const lines = blocks.join("\n").replace(/\\\n\s*/g, "").split("\n");
+  const lines = blocks
+    .join("\n")
+    .replace(/\\\n\s*/g, "")
+    .split("\n");
   return lines.map((line) => line.trim()).filter((line) => line.startsWith("buf curl "));
 }
 
@@ -95,7 +98,9 @@ test("the README's buf curl commands work as written", async () => {
     }
     const { stdout } = await run("bash", ["-c", command], { env, timeout: 60_000 }).catch(
       (error: { stdout?: string; stderr?: string }) => {
-        assert.fail(`${written}\nfailed: ${error.stderr ?? ""}${error.stdout ?? ""}\n${servers.logs()}`);
+        assert.fail(
+          `${written}\nfailed: ${error.stderr ?? ""}${error.stdout ?? ""}\n${servers.logs()}`,
+        );
       },
     );
     const documents = jsonDocuments(stdout) as Record<string, any>[];
@@ -130,11 +135,19 @@ test("the README's buf curl commands work as written", async () => {
 test("the README's TypeScript example is examples/quickstart.ts, and it runs", async () => {
   const readme = await readFile(join(REPO, "README.md"), "utf8");
   const example = await readFile(join(PACKAGE, "examples", "quickstart.ts"), "utf8");
-  assert.equal(codeBlock(readme, TS_HEADING, "ts"), example, "update the README from examples/quickstart.ts");
-  const { stdout } = await run(process.execPath, [join(PACKAGE, "dist", "examples", "quickstart.js")], {
-    env: { ...process.env, PILOTHOUSE_ADDRESS: servers.address },
-    timeout: 60_000,
-  });
+  assert.equal(
+    codeBlock(readme, TS_HEADING, "ts"),
+    example,
+    "update the README from examples/quickstart.ts",
+  );
+  const { stdout } = await run(
+    process.execPath,
+    [join(PACKAGE, "dist", "examples", "quickstart.js")],
+    {
+      env: { ...process.env, PILOTHOUSE_ADDRESS: servers.address },
+      timeout: 60_000,
+    },
+  );
   assert.match(stdout, /calls: current_time, calculate, json_query, text_stats/);
   assert.match(stdout, /\[TEXT_RESPONSE\]/);
   // Two answers: the streamed run's and the steered run's.

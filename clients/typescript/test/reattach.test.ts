@@ -74,7 +74,9 @@ describe("re-attach after a cut stream", () => {
           proxy.hold();
           proxy.cut();
           await direct.submitDecision(sessionId, approve(event.event.value.requestId));
-          const finished = await direct.attach(sessionId, { runId: event.runId, afterSequence: event.sequence }).result();
+          const finished = await direct
+            .attach(sessionId, { runId: event.runId, afterSequence: event.sequence })
+            .result();
           assert.equal(finished.stopReason, StopReason.TEXT_RESPONSE);
           proxy.release();
         }
@@ -97,7 +99,10 @@ describe("re-attach after a cut stream", () => {
       // Exactly the run's log: nothing lost, nothing twice.
       const log = await logOf(sessionId, stream.runId);
       assert.deepEqual(kinds(events), kinds(log));
-      assert.deepEqual(events.map((e) => e.sequence), log.map((e) => e.sequence));
+      assert.deepEqual(
+        events.map((e) => e.sequence),
+        log.map((e) => e.sequence),
+      );
     } finally {
       viaProxy.close();
     }
@@ -122,7 +127,9 @@ describe("re-attach after a cut stream", () => {
       assert.ok(stream.reattachCount >= 1);
       const log = await logOf(sessionId, stream.runId);
       assert.deepEqual(kinds(events), kinds(log));
-      const text = ofKind(events, "textDelta").map((d) => d.text).join("");
+      const text = ofKind(events, "textDelta")
+        .map((d) => d.text)
+        .join("");
       assert.equal(text, stream.response?.finalResponse);
     } finally {
       viaProxy.close();
@@ -180,7 +187,10 @@ describe("re-attach after a cut stream", () => {
     const request = ofKind(events, "approvalRequired")[0]!;
 
     // The run went on (DISCONNECT_POLICY_CONTINUE): resume from where the stream stopped.
-    const resumed = direct.attach(sessionId, { runId: stream.runId, afterSequence: stream.lastSequence });
+    const resumed = direct.attach(sessionId, {
+      runId: stream.runId,
+      afterSequence: stream.lastSequence,
+    });
     const iterator = resumed[Symbol.asyncIterator]();
     await direct.submitDecision(sessionId, approve(request.requestId));
     for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
@@ -228,7 +238,10 @@ describe("re-attach after a cut stream", () => {
         })(),
         (error: unknown) => error instanceof PilothouseError,
       );
-      assert.deepEqual(attempts.map((a) => a.attempt), [1, 2]);
+      assert.deepEqual(
+        attempts.map((a) => a.attempt),
+        [1, 2],
+      );
     } finally {
       proxy.release();
       viaProxy.close();

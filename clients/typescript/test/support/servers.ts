@@ -102,11 +102,19 @@ export async function startServers(extraEnv: Record<string, string> = {}): Promi
   };
   try {
     // pilothouse-tools prints this line on stdout once it serves.
-    const toolsPort = await launch("pilothouse-tools", env, /pilothouse-tools listening on [\d.]+:(\d+)/);
+    const toolsPort = await launch(
+      "pilothouse-tools",
+      env,
+      /pilothouse-tools listening on [\d.]+:(\d+)/,
+    );
     // The runtime logs the port it bound once every service is up.
     const port = await launch(
       "pilothouse-server",
-      { ...env, PILOTHOUSE_LISTEN_ADDRESS: "127.0.0.1:0", PILOTHOUSE_TOOL_EXECUTORS: `127.0.0.1:${toolsPort}` },
+      {
+        ...env,
+        PILOTHOUSE_LISTEN_ADDRESS: "127.0.0.1:0",
+        PILOTHOUSE_TOOL_EXECUTORS: `127.0.0.1:${toolsPort}`,
+      },
       /pilothouse-server listening on port (\d+)/,
     );
     return { port, toolsPort, address: `http://127.0.0.1:${port}`, logs: () => output, stop };
