@@ -1,6 +1,7 @@
 /**
  * The committed stubs in src/gen are what `buf generate` makes from the
- * protos now (run `make gen-ts` after changing a proto).
+ * protos now (run `make gen-ts` after changing a proto), and the package
+ * exports all of them.
  */
 
 import assert from "node:assert/strict";
@@ -45,4 +46,13 @@ test("the committed TypeScript stubs match the protos", async () => {
   } finally {
     await rm(out, { recursive: true, force: true });
   }
+});
+
+test("src/index.ts re-exports every pilothouse.v1 module", async () => {
+  const index = await readFile(join(PACKAGE, "src", "index.ts"), "utf8");
+  const modules = (await readdir(join(PACKAGE, "src", "gen", "pilothouse", "v1")))
+    .filter((name) => name.endsWith("_pb.ts"))
+    .map((name) => `./gen/pilothouse/v1/${name.replace(/\.ts$/, ".js")}`);
+  const missing = modules.filter((module) => !index.includes(`export * from "${module}";`));
+  assert.deepEqual(missing, [], "add an export line to src/index.ts for each new proto file");
 });
