@@ -33,11 +33,20 @@ export interface Servers {
 
 const START_TIMEOUT_MS = 30_000;
 const running = new Set<ChildProcess>();
-process.on("exit", () => {
+// No server outlives the test process: not on a normal exit, and not when
+// the test runner stops this file with a signal (a test timeout).
+const killAll = () => {
   for (const child of running) {
     child.kill("SIGKILL");
   }
-});
+};
+process.on("exit", killAll);
+for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(1);
+  });
+}
 
 /** Start the ToolExecutor, then the runtime pointed at it. */
 export async function startServers(extraEnv: Record<string, string> = {}): Promise<Servers> {
