@@ -52,7 +52,7 @@ __all__ = [
     "default_registry",
 ]
 
-Outcome = Literal["ok", "invalid_arguments", "error", "question"]
+Outcome = Literal["ok", "invalid_arguments", "error", "question", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,9 @@ class ExecutionResult:
     were not valid JSON, not an object or failed validation; `error` lists
     every problem) or "error" (the tool raised; `error` is
     "<ExceptionType>: message") or "question" (the tool raised `AskUser`;
-    `question` holds it, output and error are None).
+    `question` holds it, output and error are None) or "unavailable" (what
+    runs the tool is down, e.g. an MCP server being restarted; `error` says
+    so).
     """
 
     output: str | None = None
@@ -177,8 +179,12 @@ class RegisteredTool:
                 kwargs[parameter] = value
         return args, kwargs
 
-    async def run(self, arguments_json: str, answer: Answer | None = None) -> ExecutionResult:
-        """Validate the arguments and call the tool.
+    async def run(
+        self, arguments_json: str, answer: Answer | None = None, *, timeout: float | None = None
+    ) -> ExecutionResult:
+        """Validate the arguments and call the tool. (`timeout`, the seconds
+        left before the call's deadline, is for tools that call further; the
+        caller enforces it.)
 
         Sync tools run in a worker thread (`asyncio.to_thread`); async tools
         are awaited. Cancellation propagates (`asyncio.CancelledError`); a

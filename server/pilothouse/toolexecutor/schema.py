@@ -29,6 +29,7 @@ __all__ = [
     "describe_validation_error",
     "function_schema",
     "json_type",
+    "location_text",
     "parse_docstring",
 ]
 
@@ -196,14 +197,16 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def location_text(loc: tuple[int | str, ...], empty: str = "(arguments)") -> str:
+    """A validation error's location as a path: `items[2].name` (`empty`
+    for the top level)."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
             text += f".{part}" if text else str(part)
-    return text or "(arguments)"
+    return text or empty
 
 
 def describe_validation_error(tool: str, error: pydantic.ValidationError) -> str:
@@ -211,7 +214,7 @@ def describe_validation_error(tool: str, error: pydantic.ValidationError) -> str
     the rejected value (cut to about 80 characters)."""
     problems = []
     for item in error.errors(include_url=False):
-        line = f"- {_location(item['loc'])}: {item['msg']}"
+        line = f"- {location_text(item['loc'])}: {item['msg']}"
         if item["type"] != "missing":
             shown = json.dumps(item["input"], default=repr, ensure_ascii=False)
             if len(shown) > MAX_INPUT_REPR:
