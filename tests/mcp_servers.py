@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
@@ -152,6 +152,20 @@ async def wait() -> str:
 def stats() -> dict[str, int]:
     """Calls of `wait` started and cancelled, and this process's id."""
     return {**counts, "pid": os.getpid()}
+
+
+def extra() -> str:
+    """A tool added while the server runs."""
+    return "extra"
+
+
+@server.tool(annotations=READ_ONLY)
+async def grow(ctx: Context) -> str:
+    """Add the tool `extra` and tell the client that the tools changed."""
+    if "extra" not in [tool.name for tool in await server.list_tools()]:
+        server.add_tool(extra, annotations=READ_ONLY)
+    await ctx.session.send_tool_list_changed()
+    return "grown"
 
 
 @server.tool(annotations=READ_ONLY)

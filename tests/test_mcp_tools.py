@@ -198,6 +198,18 @@ def test_annotations_map_to_flags_with_the_configured_approval():
     assert tool_flags(both, lenient).destructive is False
 
 
+async def test_tools_are_listed_again_when_the_server_says_they_changed(executor):
+    await up(executor, "local")
+    assert (await executor.call("local__grow")).output == "grown"
+
+    async def listed():
+        reply = await executor.stub.ListTools(pb.ListToolsRequest(), timeout=5)
+        return "local__extra" in [tool.name for tool in reply.tools]
+
+    await wait_until(listed)
+    assert (await executor.call("local__extra")).output == "extra"
+
+
 # --- calls -----------------------------------------------------------------------
 
 
