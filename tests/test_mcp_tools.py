@@ -31,7 +31,7 @@ from pilothouse.toolexecutor.mcp.config import (
     load_tools_config,
 )
 from pilothouse.toolexecutor.mcp.convert import exposed_name, tool_flags
-from pilothouse.toolexecutor.mcp.host import McpHosts
+from pilothouse.toolexecutor.mcp.hosts import McpHosts
 from pilothouse.toolexecutor.registry import ToolRegistry
 from pilothouse.toolexecutor.service import SERVICE_NAME, serve_tools
 from pilothouse.toolexecutor.sources import ToolSources

@@ -50,7 +50,7 @@ from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE, se
 from pilothouse.toolexecutor.sources import ToolSource, ToolSources
 
 if TYPE_CHECKING:  # the MCP SDK is imported only when a config names servers
-    from pilothouse.toolexecutor.mcp.host import McpHosts
+    from pilothouse.toolexecutor.mcp.hosts import McpHosts
 
 log = logging.getLogger("pilothouse.toolexecutor")
 
@@ -120,7 +120,7 @@ def load_config(settings: ToolsSettings) -> ToolsConfig | None:
     config = load_tools_config(settings.tools_config)
     if config.mcp_servers:
         try:
-            import pilothouse.toolexecutor.mcp.host  # noqa: F401
+            import pilothouse.toolexecutor.mcp.hosts  # noqa: F401
         except ImportError as exc:
             raise ConfigError(
                 f"{settings.tools_config} names MCP servers but the MCP SDK cannot be "
@@ -134,7 +134,7 @@ async def start_mcp_hosts(config: ToolsConfig | None) -> McpHosts | None:
     names none; returns once each server is up or failed its first try."""
     if config is None or not config.mcp_servers:
         return None
-    from pilothouse.toolexecutor.mcp.host import McpHosts
+    from pilothouse.toolexecutor.mcp.hosts import McpHosts
 
     hosts = McpHosts(config)
     await hosts.start()

@@ -13,8 +13,7 @@ is started again and an unreachable HTTP server retried. A
 While a server is down its tools stay listed as they were last seen (so an
 agent's tool list does not change under it) and each call answers at once
 with an error result saying the server is unavailable; its health service
-`mcp/<name>` is NOT_SERVING. `McpHosts` holds every configured server and
-serves their tools as one `ToolSource`.
+`mcp/<name>` is NOT_SERVING (`pilothouse.toolexecutor.mcp.hosts`).
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import httpx2
@@ -39,24 +38,18 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
-from pilothouse.toolexecutor.mcp.config import McpServerConfig, ToolsConfig
+from pilothouse.toolexecutor.mcp.config import McpServerConfig
 from pilothouse.toolexecutor.mcp.convert import exposed_name, render_result, tool_flags
 from pilothouse.toolexecutor.registry import Answer, ExecutionResult, ToolFlags
 from pilothouse.toolexecutor.schema import describe_exception, json_type
 
-__all__ = ["HealthReporter", "McpHosts", "McpServerHost", "McpTool"]
+__all__ = ["McpServerHost", "McpTool"]
 
 log = logging.getLogger(__name__)
 
 CLIENT_INFO = types.Implementation(name="pilothouse-tools", version="0.1.0")
 #: Most pages of tools/list read from one server.
 _MAX_TOOL_PAGES = 100
-
-
-class HealthReporter(Protocol):
-    """Where statuses go: `RunningServer.set_serving`."""
-
-    async def set_serving(self, service: str, serving: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,64 +403,3 @@ def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, MCPError):
         return f"MCP error {exc.code}: {exc.message}"
     return describe_exception(exc)
-
-
-class McpHosts:
-    """Every MCP server of a config, as one `ToolSource`: tools in config
-    order, then each server's order."""
-
-    def __init__(self, config: ToolsConfig) -> None:
-        self.config = config
-        self.hosts = [McpServerHost(server) for server in config.mcp_servers]
-        self._health: HealthReporter | None = None
-        self._services: list[str] = []
-        for host in self.hosts:
-            host.on_status(self._report)
-
-    async def start(self) -> None:
-        """Connect to every server; return once each has connected or failed
-        its first attempt (at most its `connect_timeout`, plus the time a
-        stdio server takes to start)."""
-        for host in self.hosts:
-            host.start()
-        await asyncio.gather(*(host.wait_first_attempt() for host in self.hosts))
-
-    async def close(self) -> None:
-        """Close every connection (stopping the stdio servers)."""
-        await asyncio.gather(*(host.close() for host in self.hosts))
-
-    def host(self, name: str) -> McpServerHost | None:
-        return next((h for h in self.hosts if h.name == name), None)
-
-    def get(self, name: str) -> McpTool | None:
-        for host in self.hosts:
-            for tool in host.tools:
-                if tool.name == name:
-                    return tool
-        return None
-
-    def __iter__(self) -> Iterator[McpTool]:
-        for host in self.hosts:
-            yield from host.tools
-
-    @property
-    def serving(self) -> bool:
-        """False while a `required` server is down."""
-        return all(h.up for h in self.hosts if h.config.required)
-
-    async def report_health(self, health: HealthReporter, services: list[str]) -> None:
-        """Report each server's status as `mcp/<name>` on `health` from now
-        on; `services` (the executor's own, and "") follow `serving`."""
-        self._health = health
-        self._services = services
-        await self._report()
-
-    async def _report(self) -> None:
-        health = self._health
-        if health is None:
-            return
-        for host in self.hosts:
-            await health.set_serving(host.config.health_service, host.up)
-        if any(h.config.required for h in self.hosts):
-            for service in self._services:
-                await health.set_serving(service, self.serving)
