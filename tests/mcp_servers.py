@@ -154,6 +154,18 @@ def stats() -> dict[str, int]:
     return {**counts, "pid": os.getpid()}
 
 
+@server.tool(annotations=READ_ONLY)
+def environment(name: str) -> str:
+    """The value of an environment variable of this process ("" if unset)."""
+    return os.environ.get(name, "")
+
+
+@server.tool(annotations=READ_ONLY)
+def request_header(name: str, ctx: Context) -> str:
+    """A header of the HTTP request that carried this call ("" over stdio)."""
+    return (ctx.headers or {}).get(name.lower(), "")
+
+
 def extra() -> str:
     """A tool added while the server runs."""
     return "extra"

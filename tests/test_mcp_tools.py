@@ -105,8 +105,14 @@ def servers_config(http_url: str) -> ToolsConfig:
     fast = {"backoff_initial": 1.0, "backoff_max": 2.0, "connect_timeout": 20.0}
     return ToolsConfig(
         mcp_servers=[
-            McpServerConfig(name="local", command=sys.executable, args=[MCP_SERVERS, "stdio"], **fast),
-            McpServerConfig(name="remote", url=http_url, ping_interval=0.2, required=True, **fast),
+            McpServerConfig(
+                name="local", command=sys.executable, args=[MCP_SERVERS, "stdio"],
+                env={"PILOTHOUSE_TEST_VALUE": "from the config"}, **fast,
+            ),
+            McpServerConfig(
+                name="remote", url=http_url, headers={"X-Test-Header": "from the config"},
+                ping_interval=0.2, required=True, **fast,
+            ),
         ]
     )
 
@@ -223,6 +229,20 @@ async def test_calls_return_text_and_structured_content(executor, server):
     # Structured content without a text block becomes the output.
     assert (await executor.call(f"{server}__report")).output == '{"rows":3,"ok":true}'
     assert (await executor.call(f"{server}__files_read", {"path": "/a"})).output == "contents of /a"
+
+
+async def test_stdio_env_and_http_headers_come_from_the_config(executor):
+    await up(executor, "local")
+    await up(executor, "remote")
+    env = await executor.call("local__environment", {"name": "PILOTHOUSE_TEST_VALUE"})
+    assert env.output == "from the config"
+    # Only a safe default environment (PATH, HOME, ...) is inherited, not
+    # the ToolExecutor's own variables (pytest sets PYTEST_VERSION).
+    assert os.environ.get("PYTEST_VERSION")
+    inherited = await executor.call("local__environment", {"name": "PYTEST_VERSION"})
+    assert inherited.output == ""
+    header = await executor.call("remote__request_header", {"name": "X-Test-Header"})
+    assert header.output == "from the config"
 
 
 async def test_binary_content_and_resources_are_described(executor):

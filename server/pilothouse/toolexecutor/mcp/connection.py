@@ -25,7 +25,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +76,7 @@ class _WatchedDispatcher(JSONRPCDispatcher):
     """The SDK's JSON-RPC dispatcher, telling when its receive loop ends:
     the transport closed (a stdio server exited, an HTTP transport failed)."""
 
-    def __init__(self, read_stream: Any, write_stream: Any, on_end: Any) -> None:
+    def __init__(self, read_stream: Any, write_stream: Any, on_end: Callable[[], None]) -> None:
         super().__init__(read_stream, write_stream)
         self._on_end = on_end
 
@@ -100,7 +100,6 @@ class McpServerHost:
         self.config = config
         self.state = "starting"
         self.last_error: str | None = None
-        self.restarts = 0
         self._session: ClientSession | None = None
         self._tools: dict[str, McpTool] = {}
         self._wake = asyncio.Event()
@@ -108,7 +107,7 @@ class McpServerHost:
         self._refresh = False
         self._first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._on_status: list[Any] = []
+        self._on_status: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def name(self) -> str:
@@ -133,7 +132,7 @@ class McpServerHost:
         """Until the first connection attempt succeeded or failed."""
         await self._first_attempt.wait()
 
-    def on_status(self, callback: Any) -> None:
+    def on_status(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Call the async `callback()` after every change of `state`."""
         self._on_status.append(callback)
 
@@ -248,7 +247,6 @@ class McpServerHost:
                 "restarting" if self.config.transport == "stdio" else "reconnecting", delay,
             )
             await asyncio.sleep(delay)
-            self.restarts += 1
 
     async def _connect_and_watch(self) -> None:
         self._lost, self._refresh = None, False
