@@ -18,13 +18,21 @@ import pytest
 import pytest_asyncio
 
 from pilothouse.runtime.messages import Message, ToolCall, Usage
-from pilothouse.runtime.model import ChatChunk, ChatRequest, MessageBuilder, ModelError
+from pilothouse.runtime.model import (
+    ChatChunk,
+    ChatRequest,
+    MessageBuilder,
+    ModelError,
+    ModelSettings,
+    ReasoningEffort,
+)
 from pilothouse.runtime.model.openai import (
     OpenAIChatModel,
     build_request_body,
     parse_retry_after,
     parse_usage,
 )
+from pilothouse.runtime.tools import ToolSpec
 from pilothouse.testmodel import (
     ChatCompletionsServer,
     ChunkFactory,
@@ -46,7 +54,7 @@ needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"captured streams not found at {FIXTURES}"
 )
 
-REQUEST = ChatRequest(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+REQUEST = ChatRequest(model="fake-model", messages=[Message.user("hi")])
 
 
 @dataclass
@@ -643,6 +651,7 @@ async def test_non_retryable_error_after_a_retry_is_reported_as_is(fake: Fake) -
     assert error.status_code == 404
     assert error.message == (
         "openai returned HTTP 404: model not found (code invalid_request_error)"
+        f" [host 127.0.0.1:{fake.server.port}]"
     )
     assert len(fake.server.requests) == 2
 
@@ -701,6 +710,7 @@ TOOL = {
     "type": "function",
     "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
 }
+TOOL_SPEC = ToolSpec("get_weather", "", {"type": "object", "properties": {}})
 
 
 @pytest.mark.parametrize(
@@ -716,10 +726,11 @@ async def test_request_body_tool_choice(fake: Fake, tool_choice: str, expected: 
     fake.queue.push(empty_reply())
     request = ChatRequest(
         model="gpt-x",
-        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-        tools=[TOOL],
+        messages=[Message.user("u")],
+        system="s",
+        tools=[TOOL_SPEC],
         tool_choice=tool_choice,
-        reasoning_effort="low",
+        settings=ModelSettings(reasoning_effort=ReasoningEffort.LOW),
     )
     await run(fake.model(), request)
     [body] = fake.server.requests

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from pilothouse.v1 import agent_pb2 as _agent_pb2
 from pilothouse.v1 import event_pb2 as _event_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -42,7 +43,7 @@ LATE_STEERING_POLICY_FOLLOW_UP: LateSteeringPolicy
 LATE_STEERING_POLICY_RETURN: LateSteeringPolicy
 
 class RunOptions(_message.Message):
-    __slots__ = ("on_disconnect", "if_active", "late_steering", "timeout", "token_budget", "heartbeat_interval", "decision_timeout")
+    __slots__ = ("on_disconnect", "if_active", "late_steering", "timeout", "token_budget", "heartbeat_interval", "decision_timeout", "overrides")
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     IF_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     LATE_STEERING_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +51,7 @@ class RunOptions(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     DECISION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     on_disconnect: DisconnectPolicy
     if_active: ActiveRunPolicy
     late_steering: LateSteeringPolicy
@@ -57,7 +59,8 @@ class RunOptions(_message.Message):
     token_budget: int
     heartbeat_interval: _duration_pb2.Duration
     decision_timeout: _duration_pb2.Duration
-    def __init__(self, on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., if_active: _Optional[_Union[ActiveRunPolicy, str]] = ..., late_steering: _Optional[_Union[LateSteeringPolicy, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., token_budget: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decision_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    overrides: _agent_pb2.ModelOverrides
+    def __init__(self, on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., if_active: _Optional[_Union[ActiveRunPolicy, str]] = ..., late_steering: _Optional[_Union[LateSteeringPolicy, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., token_budget: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decision_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., overrides: _Optional[_Union[_agent_pb2.ModelOverrides, _Mapping]] = ...) -> None: ...
 
 class SendToRequest(_message.Message):
     __slots__ = ("session_id", "content", "sender", "options")

@@ -250,14 +250,25 @@ class Runtime:
                 metadata={"agent": config.name, "tools": ",".join(missing)},
             )
 
+    def _check_model(self, config: AgentConfig) -> None:
+        """FAILED_PRECONDITION (UNKNOWN_MODEL_PROVIDER) when the agent's
+        model or fallback model names a provider the router does not have."""
+        check = getattr(self.model, "check_model", None)
+        if check is not None:
+            for name in (config.model or self.default_model, config.fallback_model):
+                if name:
+                    check(name)
+
     async def add_agent(
         self, config: AgentConfig, *, source: str = "api", replace: bool = False
     ) -> Agent:
         """Register an agent in the store's registry, shared by every replica
         (seed `add_agent`). ALREADY_EXISTS for a taken name unless `replace`
         (the agents file: a changed config gets a new version);
-        FAILED_PRECONDITION when a tool it names is not registered here."""
+        FAILED_PRECONDITION when a tool it names is not registered here or
+        its model names no configured provider."""
         self._check_tools(config)
+        self._check_model(config)
         now = time.time()
         record = await self.store.put_agent(
             AgentRecord(config.name, config.model_dump(mode="json"), source, 0, now, now),
@@ -508,8 +519,9 @@ class Runtime:
             )
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        agent = await self.get_agent(record.agent)
+        agent = (await self.get_agent(record.agent)).with_overrides(options.model_overrides)
         self._check_tools(agent.config)
+        self._check_model(agent.config)
         async with self._locks[session_id]:
             current = self._active.get(session_id)
             queue = self._queued[session_id]
@@ -880,7 +892,7 @@ class Runtime:
         prompt = TITLE_PROMPT.format(user=user[:200], assistant=assistant[:200])
         request = ChatRequest(
             model=agent.config.model if agent else self.default_model,
-            messages=[{"role": "user", "content": prompt}],
+            messages=[Message.user(prompt)],
         )
         try:
             parts = [c.content async for c in self.model.stream(request) if c.content]
