@@ -360,10 +360,13 @@ def _decode(provider: str, data: str) -> dict[str, Any]:
 
 def _on_event(kind: Any, payload: dict[str, Any], state: _StreamState) -> ChatChunk | None:
     if kind == "content_block_delta":
-        block = state.blocks.get(payload.get("index"))  # type: ignore[arg-type]
         delta = payload.get("delta")
-        if block is None or not isinstance(delta, dict):
+        if not isinstance(delta, dict):
             return None
+        block = state.blocks.get(payload.get("index"))  # type: ignore[arg-type]
+        if block is None:
+            # A delta of a block whose start was not seen: read it by its type.
+            block = _Block("text")
         delta_kind = delta.get("type")
         if delta_kind == "text_delta" and block.kind == "text":
             text = delta.get("text")
