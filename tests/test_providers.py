@@ -130,6 +130,35 @@ async def test_an_agents_file_naming_an_unknown_provider_is_a_startup_error(
         await start_app(settings)
 
 
+def test_model_settings_in_the_agents_file(tmp_path: Path) -> None:
+    from pilothouse.app.agents_file import read_agents_file
+    from pilothouse.errors import InvalidArgumentError
+    from pilothouse.runtime.model import ModelSettings, ReasoningEffort
+
+    path = tmp_path / "agents.toml"
+    path.write_text(
+        '[[agents]]\nname = "tuned"\nmodel = "anthropic/claude-sonnet-4-5"\ntemperature = 0.2\n'
+        'top_p = 0.9\nmax_tokens = 2000\nstop_sequences = ["END"]\nparallel_tool_calls = false\n'
+        'reasoning_effort = "medium"\nfallback_model = "default/gpt-4o-mini"\n'
+        '[[agents]]\nname = "old-style"\nthinking = true\n'
+    )
+    tuned, old_style = read_agents_file(path)
+    assert tuned.request_settings() == ModelSettings(
+        temperature=0.2, top_p=0.9, max_tokens=2000, stop=("END",), parallel_tool_calls=False,
+        reasoning_effort=ReasoningEffort.MEDIUM,
+    )  # fmt: skip
+    assert tuned.fallback_model == "default/gpt-4o-mini"
+    assert old_style.request_settings().reasoning_effort is ReasoningEffort.HIGH
+    for bad, field in (
+        ('reasoning_effort = "max"', "reasoning_effort"),
+        ("temperature = 3", "temperature"),
+        ('stop_sequences = [""]', "stop_sequences"),
+    ):
+        path.write_text(f'[[agents]]\nname = "bad"\n{bad}\n')
+        with pytest.raises(InvalidArgumentError, match=rf"agents\[0\]\.{field}"):
+            read_agents_file(path)
+
+
 # --- runs on the Anthropic provider ----------------------------------------------------------
 
 
