@@ -4,7 +4,9 @@
 message), `router` (the provider of each request, by model name), and the
 providers: `openai` (any Chat Completions endpoint) and `anthropic` (the
 Messages API), each over its wire module (`openai_wire`, `anthropic_wire`)
-and the shared `http` (client, timeouts, errors), `sse` and `retry`.
+and the shared `http` (client, retry loop, error mapping), `body` (reading
+under the first-byte and idle limits), `errors` (error bodies), `sse` and
+`retry`.
 """
 
 from pilothouse.runtime.model.base import (

@@ -43,7 +43,8 @@ from pilothouse.runtime.model.base import (
     ReasoningEffort,
     ToolCallDelta,
 )
-from pilothouse.runtime.model.http import Body, clip, describe_error_body
+from pilothouse.runtime.model.body import Body
+from pilothouse.runtime.model.errors import clip, describe_error_body
 from pilothouse.runtime.model.sse import EventStream, is_event_stream
 from pilothouse.runtime.tools import ToolSpec
 
