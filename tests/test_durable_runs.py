@@ -510,3 +510,58 @@ async def test_a_store_failure_during_a_run_ends_it_with_done_and_releases_the_s
     finally:
         release.set()
         pg.stop()
+
+
+# --- a model stream that fails after it began ------------------------------------
+
+
+async def test_a_cut_model_stream_is_retried_and_answers_once(client, fake_model, session_of):
+    from pilothouse.testmodel import cut_reply
+
+    session_id = await session_of(tools=("text_stats",))
+    fake_model.responder.push(
+        tool_calls_reply([("c1", "text_stats", json.dumps({"text": "a b c"}))]),
+        cut_reply("Three wo"), cut_reply("Three"), text_reply("Three words."),
+    )
+    events = await collect(client.stream_to(session_id, "Count"))
+    retried = [e.round_retried for e in events if e.HasField("round_retried")]
+    assert [r.attempt for r in retried] == [1, 2]
+    assert all(r.model == "fake-model" for r in retried)
+    assert events[-1].done.final_response == "Three words."
+    assert events[-1].done.stop_reason == event_pb2.STOP_REASON_TEXT_RESPONSE
+    history = await client.list_messages(session_id)
+    assert_valid_history(history)
+    assert [m.content for m in history if m.role == message_pb2.ROLE_ASSISTANT] == ["", "Three words."]
+
+
+async def test_an_idle_model_stream_is_retried(fake_model, tool_server):
+    release = asyncio.Event()
+    app = await start_app(app_settings(fake_model, tool_server, model_idle_timeout=0.3))
+    try:
+        async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
+            await client.create_agent("idle")
+            session = await client.create_session("idle")
+            fake_model.responder.push(paused(text_reply("Stalled mid-answer."), release, 3),
+                                      text_reply("Answered."))
+            events = await collect(client.stream_to(session.id, "Hi"))
+            retried = [e.round_retried for e in events if e.HasField("round_retried")]
+            assert [r.cause for r in retried] == ["idle_timeout"]
+            assert events[-1].done.final_response == "Answered."
+    finally:
+        release.set()
+        await app.stop(0)
+
+
+async def test_the_fallback_model_takes_over_when_retries_run_out(client, fake_model, session_of):
+    from pilothouse.testmodel import cut_reply
+
+    session_id = await session_of(fallback_model="fallback-model")
+    fake_model.responder.push(cut_reply("a"), cut_reply("b"), cut_reply("c"), text_reply("From the fallback."))
+    events = await collect(client.stream_to(session_id, "Hi"))
+    retried = [e.round_retried for e in events if e.HasField("round_retried")]
+    assert [(r.attempt, r.model) for r in retried] == [
+        (1, "fake-model"), (2, "fake-model"), (3, "fallback-model")
+    ]
+    assert [r["model"] for r in fake_model.requests] == ["fake-model"] * 3 + ["fallback-model"]
+    assert events[-1].done.final_response == "From the fallback."
+    assert [m.content for m in await client.list_messages(session_id)] == ["Hi", "From the fallback."]

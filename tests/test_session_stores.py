@@ -18,7 +18,7 @@ from pilothouse.errors import (
     NotFoundError,
     UnavailableError,
 )
-from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall, Usage
 from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
     AgentRecord,
@@ -365,6 +365,13 @@ async def test_every_message_field_survives(store: SessionStore) -> None:
         ),
         Message(Role.TOOL, "1024", tool_call_id="c1", name="calculate", created_at=5.0),
         Message(Role.TOOL, "", tool_call_id="c2", name="now", created_at=6.0),
+        Message(
+            Role.ASSISTANT,
+            "signed",
+            reasoning_content="step one",
+            reasoning_blocks=[ReasoningBlock("step one", "sig=="), ReasoningBlock(redacted="opaque")],
+            created_at=6.5,
+        ),
         Message(Role.ASSISTANT, "x" * 100_000, created_at=1.7e9 + 0.123456),
         Message(Role.USER, "lone surrogate \udc80 from a bad decode", created_at=7.0),
         Message(Role.USER, "odd sender", sender="nul\x00sender", created_at=8.0),
@@ -372,7 +379,7 @@ async def test_every_message_field_survives(store: SessionStore) -> None:
     ]
     await run(store, "s1", "r1", odd)
     assert await store.load_history("s1") == odd
-    assert await store.list_messages("s1", 0, 10, newest_first=True) == odd[::-1]
+    assert await store.list_messages("s1", 0, len(odd), newest_first=True) == odd[::-1]
 
 
 async def test_summaries_with_any_text_survive(store: SessionStore) -> None:

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from pilothouse.v1 import agent_pb2 as _agent_pb2
 from pilothouse.v1 import event_pb2 as _event_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -99,7 +100,7 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., session_id: _Optional[str] = ..., agent: _Optional[str] = ..., agent_version: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., stop_reason: _Optional[_Union[_event_pb2.StopReason, str]] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage: _Optional[_Union[_event_pb2.Usage, _Mapping]] = ..., iterations: _Optional[int] = ..., owner: _Optional[str] = ..., attempt: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., last_sequence: _Optional[int] = ..., content: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class RunOptions(_message.Message):
-    __slots__ = ("on_disconnect", "if_active", "late_steering", "timeout", "token_budget", "heartbeat_interval", "decision_timeout")
+    __slots__ = ("on_disconnect", "if_active", "late_steering", "timeout", "token_budget", "heartbeat_interval", "decision_timeout", "overrides")
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     IF_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     LATE_STEERING_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +108,7 @@ class RunOptions(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     DECISION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     on_disconnect: DisconnectPolicy
     if_active: ActiveRunPolicy
     late_steering: LateSteeringPolicy
@@ -114,7 +116,8 @@ class RunOptions(_message.Message):
     token_budget: int
     heartbeat_interval: _duration_pb2.Duration
     decision_timeout: _duration_pb2.Duration
-    def __init__(self, on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., if_active: _Optional[_Union[ActiveRunPolicy, str]] = ..., late_steering: _Optional[_Union[LateSteeringPolicy, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., token_budget: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decision_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    overrides: _agent_pb2.ModelOverrides
+    def __init__(self, on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., if_active: _Optional[_Union[ActiveRunPolicy, str]] = ..., late_steering: _Optional[_Union[LateSteeringPolicy, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., token_budget: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decision_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., overrides: _Optional[_Union[_agent_pb2.ModelOverrides, _Mapping]] = ...) -> None: ...
 
 class SendToRequest(_message.Message):
     __slots__ = ("session_id", "content", "sender", "options", "idempotency_key", "return_immediately")

@@ -18,6 +18,7 @@ from pilothouse.adapters.tool_executor_client import ToolExecutorClient
 from pilothouse.app.agents_file import read_agents_file
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
+from pilothouse.app.models import ProviderConfigError, build_router
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
@@ -32,7 +33,7 @@ from pilothouse.ops.telemetry import (
 )
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
-from pilothouse.runtime.model.openai import OpenAIChatModel
+from pilothouse.runtime.model.router import ModelRouter
 from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
@@ -83,7 +84,7 @@ class App:
     runtime: Runtime
     server: RunningServer
     tools: ToolExecutorClient
-    model: OpenAIChatModel
+    model: ModelRouter
     test_model_server: StandInModelServer | None = None
     metrics: MetricsPipeline | None = None
     runtime_metrics: RuntimeMetrics | None = None
@@ -210,7 +211,7 @@ async def start_app(
     add_span_processor(runtime_metrics.span_processor())
     test_model_server = None
     tools: ToolExecutorClient | None = None
-    model: OpenAIChatModel | None = None
+    model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
     try:
@@ -233,14 +234,10 @@ async def start_app(
             default_model = settings.model
             if not default_model:
                 raise StartupError("PILOTHOUSE_MODEL must name the default model of the endpoint")
-        model = OpenAIChatModel(
-            base_url=base_url,
-            api_key=settings.model_api_key.get_secret_value() if settings.model_api_key else None,
-            connect_timeout=settings.model_connect_timeout,
-            read_timeout=settings.model_read_timeout,
-            max_retries=settings.model_max_retries,
-            provider_name=settings.model_provider_name,
-        )
+        try:
+            model = build_router(settings, base_url, default_model)
+        except ProviderConfigError as exc:
+            raise StartupError(str(exc)) from exc
         tools = ToolExecutorClient(
             settings.tool_executors,
             call_timeout=settings.tool_timeout,

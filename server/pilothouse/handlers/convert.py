@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime import events as ev
-from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy
+from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy, ModelOverrides
 from pilothouse.runtime.control import (
     ActiveRunPolicy,
     DisconnectPolicy,
@@ -20,6 +20,7 @@ from pilothouse.runtime.control import (
 )
 from pilothouse.runtime.events import Decision, Verdict
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.model.base import ReasoningEffort
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     RunRecord,
@@ -63,6 +64,14 @@ _APPROVAL_POLICIES = {
     ApprovalPolicy.ALWAYS: agent_pb2.APPROVAL_POLICY_ALWAYS,
 }
 _APPROVAL_POLICY_OF = {proto: policy for policy, proto in _APPROVAL_POLICIES.items()}
+_REASONING_EFFORTS = {
+    ReasoningEffort.DEFAULT: agent_pb2.REASONING_EFFORT_UNSPECIFIED,
+    ReasoningEffort.NONE: agent_pb2.REASONING_EFFORT_NONE,
+    ReasoningEffort.LOW: agent_pb2.REASONING_EFFORT_LOW,
+    ReasoningEffort.MEDIUM: agent_pb2.REASONING_EFFORT_MEDIUM,
+    ReasoningEffort.HIGH: agent_pb2.REASONING_EFFORT_HIGH,
+}
+_REASONING_EFFORT_OF = {proto: effort for effort, proto in _REASONING_EFFORTS.items()}
 _VERDICTS = {
     Verdict.NONE: event_pb2.VERDICT_UNSPECIFIED,
     Verdict.APPROVE: event_pb2.VERDICT_APPROVE,
@@ -117,6 +126,34 @@ def options_from_proto(options: run_service_pb2.RunOptions, field: str = "option
         timeout_s=_seconds(options.timeout, f"{field}.timeout"),
         token_budget=options.token_budget,
         decision_timeout_s=_seconds(options.decision_timeout, f"{field}.decision_timeout"),
+        model_overrides=(
+            overrides_from_proto(options.overrides, f"{field}.overrides")
+            if options.HasField("overrides")
+            else None
+        ),
+    )
+
+
+def _optional(message: Any, name: str) -> Any:
+    """A proto3 `optional` field's value, None when unset."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def overrides_from_proto(overrides: agent_pb2.ModelOverrides, field: str) -> ModelOverrides:
+    """Domain model overrides; INVALID_ARGUMENT for an unknown reasoning
+    effort (the values themselves are checked against the agent)."""
+    effort = overrides.reasoning_effort
+    if effort not in _REASONING_EFFORT_OF:
+        raise InvalidArgumentError.field(f"{field}.reasoning_effort", f"unknown value {effort}")
+    return ModelOverrides(
+        model=overrides.model,
+        tool_choice=overrides.tool_choice,
+        temperature=_optional(overrides, "temperature"),
+        top_p=_optional(overrides, "top_p"),
+        max_tokens=_optional(overrides, "max_tokens"),
+        stop_sequences=tuple(overrides.stop_sequences),
+        parallel_tool_calls=_optional(overrides, "parallel_tool_calls"),
+        reasoning_effort=_REASONING_EFFORT_OF[effort] or None,
     )
 
 
@@ -237,6 +274,14 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             "approval_policy": _APPROVAL_POLICY_OF.get(config.approval_policy, config.approval_policy),
             "approval_required_tools": tuple(config.approval_required_tools),
             "context_window": config.context_window,
+            "temperature": _optional(config, "temperature"),
+            "top_p": _optional(config, "top_p"),
+            "max_tokens": config.max_tokens,
+            "stop_sequences": tuple(config.stop_sequences),
+            "parallel_tool_calls": _optional(config, "parallel_tool_calls"),
+            "reasoning_effort": _REASONING_EFFORT_OF.get(
+                config.reasoning_effort, config.reasoning_effort
+            ),
             "fallback_model": config.fallback_model,
         }
     )
@@ -258,6 +303,12 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             approval_policy=_APPROVAL_POLICIES[c.approval_policy],
             approval_required_tools=list(c.approval_required_tools),
             context_window=c.context_window,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_tokens=c.max_tokens,
+            stop_sequences=list(c.stop_sequences),
+            parallel_tool_calls=c.parallel_tool_calls,
+            reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
         ),
         tools=[
@@ -326,6 +377,7 @@ def usage_to_proto(usage: Usage) -> event_pb2.Usage:
         total_tokens=usage.total_tokens,
         cached_tokens=usage.cached_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 

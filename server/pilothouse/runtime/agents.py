@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, agent_not_found
@@ -27,11 +28,29 @@ class AgentRegistry:
     """Agents by name, in alphabetical order. Methods raise
     `PilothouseError` subclasses, see each docstring."""
 
-    def __init__(self, store: SessionStore, tools: ToolCatalog, default_model: str) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        tools: ToolCatalog,
+        default_model: str,
+        check_model: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.tools = tools
         self.default_model = default_model
+        #: Raises FailedPreconditionError (UNKNOWN_MODEL_PROVIDER) for a
+        #: model that names no configured provider.
+        self.check_model_name = check_model
         self._built: dict[str, Agent] = {}
+
+    def check_model(self, config: AgentConfig) -> None:
+        """FAILED_PRECONDITION (UNKNOWN_MODEL_PROVIDER) when the agent's
+        model or fallback model names a provider that is not configured."""
+        if self.check_model_name is None:
+            return
+        for name in (config.model or self.default_model, config.fallback_model):
+            if name:
+                self.check_model_name(name)
 
     def check_tools(self, config: AgentConfig) -> None:
         """FAILED_PRECONDITION (TOOL_NOT_AVAILABLE) when a tool the config
@@ -47,8 +66,10 @@ class AgentRegistry:
     async def add(self, config: AgentConfig, *, source: str = "api", replace: bool = False) -> Agent:
         """Register an agent. ALREADY_EXISTS for a taken name unless
         `replace` (the agents file: a changed config gets a new version);
-        FAILED_PRECONDITION when a tool it names is not offered."""
+        FAILED_PRECONDITION when a tool it names is not offered or its model
+        names no configured provider."""
         self.check_tools(config)
+        self.check_model(config)
         now = time.time()
         record = await self.store.put_agent(
             AgentRecord(config.name, config.model_dump(mode="json"), source, 0, now, now),

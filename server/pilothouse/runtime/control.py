@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from pilothouse.runtime.agent import ModelOverrides
 from pilothouse.runtime.events import Decision, StopReason, Verdict
 
 
@@ -34,7 +35,8 @@ class LateSteeringPolicy(StrEnum):
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     """Options of one run. Durations in seconds; None means no limit /
-    the server default; `token_budget` 0 means none."""
+    the server default; `token_budget` 0 means none; `model_overrides`
+    changes the agent's model settings for this run."""
 
     on_disconnect: DisconnectPolicy = DisconnectPolicy.CONTINUE
     if_active: ActiveRunPolicy = ActiveRunPolicy.REJECT
@@ -42,6 +44,7 @@ class RunOptions:
     timeout_s: float | None = None
     token_budget: int = 0
     decision_timeout_s: float | None = None
+    model_overrides: ModelOverrides | None = None
 
 
 class SteeringInbox:

@@ -408,6 +408,8 @@ async def _model_round(
                 error=state.error,
             )
         failure = state.failure
+        if failure is not None and failure.usage is not None:
+            ctx.usage = ctx.usage + failure.usage  # a failed stream's tokens still count
         if state.stopped or failure is None:
             yield builder
             return

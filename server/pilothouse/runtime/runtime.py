@@ -75,7 +75,9 @@ class Runtime:
         self.store = store
         self.tools = tools
         self.limits = limits or RuntimeLimits()
-        self.agents = AgentRegistry(store, tools, default_model)
+        self.agents = AgentRegistry(
+            store, tools, default_model, check_model=getattr(model, "check_model", None)
+        )
         locks = SessionLocks()
         self.sessions = Sessions(
             store, self.agents, model, locks, cache_size=self.limits.session_cache_size,

@@ -419,8 +419,9 @@ class RunScheduler:
             )
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        agent = await self.agents.get(record.agent)
+        agent = (await self.agents.get(record.agent)).with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
+        self.agents.check_model(agent.config)
         for _ in range(2):
             try:
                 return await self._admit_new(record, agent, content, sender, options, idempotency_key)

@@ -36,7 +36,7 @@ async def generate_title(
     if not user or not assistant:
         return
     prompt = TITLE_PROMPT.format(user=user[:200], assistant=assistant[:200])
-    request = ChatRequest(model=model_name, messages=[{"role": "user", "content": prompt}])
+    request = ChatRequest(model=model_name, messages=[Message.user(prompt)])
     try:
         parts = [c.content async for c in model.stream(request) if c.content]
         text = "".join(parts).replace("\x00", "").strip().strip('"')

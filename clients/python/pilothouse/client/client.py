@@ -198,8 +198,11 @@ class PilothouseClient:
         approval_policy: int = agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
         approval_required_tools: Iterable[str] = (),
         context_window: int = 0,
+        **settings: Any,
     ) -> agent_pb2.Agent:
-        """Register an agent (see `pilothouse.v1.AgentConfig` for the fields)."""
+        """Register an agent (see `pilothouse.v1.AgentConfig` for the fields;
+        `settings` are further AgentConfig fields, e.g. `fallback_model`,
+        `temperature`)."""
         config = agent_pb2.AgentConfig(
             name=name,
             description=description,
@@ -213,6 +216,7 @@ class PilothouseClient:
             approval_policy=approval_policy,
             approval_required_tools=list(approval_required_tools),
             context_window=context_window,
+            **settings,
         )
         reply = await self.agents.CreateAgent(
             agents_pb.CreateAgentRequest(config=config), timeout=self.timeout

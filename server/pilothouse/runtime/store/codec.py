@@ -4,14 +4,16 @@ by the SQL stores and the JSON Lines export.
 `message_fields` is a message as one JSON object of its non-default fields
 (`role` always) with the wire-format names: `content`, `reasoning_content`,
 `tool_calls` (`[{"id", "name", "arguments"}]`, `arguments` omitted when
-empty), `tool_call_id`, `name`, `sender`, `auto_injected`; JSON Lines
-writes that object per line.
+empty), `tool_call_id`, `name`, `sender`, `auto_injected`,
+`reasoning_blocks` (`[{"text", "signature"}]` or `[{"redacted"}]`, empty
+keys omitted); JSON Lines writes that object per line.
 
 The stores keep a transcript item as the columns `ITEM_COLUMNS`: `kind`
 (`message` or `compact`), `role`, the frequent text fields `content` (a
 compact marker's summary), `sender`, `tool_call_id` and `name` as plain
 TEXT, and `payload`: the JSON object of the remaining non-default fields
-(`tool_calls`, `reasoning_content`, `auto_injected`), NULL when there are
+(`tool_calls`, `reasoning_content`, `auto_injected`, `reasoning_blocks`),
+NULL when there are
 none, which is most messages. Loading a long session thus parses JSON only
 for tool calls. Text a TEXT column cannot hold (NUL, which PostgreSQL
 refuses, or a lone surrogate, which UTF-8 cannot encode) goes into the
@@ -26,7 +28,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
     AgentRecord,
     Checkpoint,
@@ -49,6 +51,7 @@ _USAGE_FIELDS = (
     "total_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "cache_write_tokens",
 )
 
 
@@ -75,7 +78,19 @@ def message_fields(message: Message) -> dict[str, Any]:
         fields["sender"] = message.sender
     if message.auto_injected:
         fields["auto_injected"] = True
+    if message.reasoning_blocks:
+        fields["reasoning_blocks"] = [
+            {k: v for k, v in (("text", b.text), ("signature", b.signature),
+                               ("redacted", b.redacted)) if v}
+            for b in message.reasoning_blocks
+        ]  # fmt: skip
     return fields
+
+
+def _blocks(raw: list[dict[str, str]] | None) -> list[ReasoningBlock]:
+    if not raw:
+        return []
+    return [ReasoningBlock(b.get("text", ""), b.get("signature", ""), b.get("redacted", "")) for b in raw]
 
 
 def message_from_fields(fields: dict[str, Any], created_at: float) -> Message:
@@ -92,6 +107,7 @@ def message_from_fields(fields: dict[str, Any], created_at: float) -> Message:
         fields.get("sender", ""),
         fields.get("auto_injected", False),
         created_at,
+        _blocks(fields.get("reasoning_blocks")),
     )
 
 
@@ -206,6 +222,7 @@ def decode_visible(
         fields.get("sender", sender),
         fields.get("auto_injected", False),
         created_at,
+        _blocks(fields.get("reasoning_blocks")),
     )
 
 

@@ -272,6 +272,23 @@ def _tool_calls(obj: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return calls
 
 
+def _reasoning_blocks(obj: dict[str, Any], role: str) -> None:
+    blocks = obj.get("reasoning_blocks", [])
+    if not isinstance(blocks, list):
+        raise _Bad(f'"reasoning_blocks" must be an array, not {_kind(blocks)}')
+    if blocks and role != "assistant":
+        raise _Bad(f'only assistant messages have "reasoning_blocks", not {role} messages')
+    for index, block in enumerate(blocks):
+        if not isinstance(block, dict) or not all(
+            key in ("text", "signature", "redacted") and isinstance(value, str)
+            for key, value in block.items()
+        ):
+            raise _Bad(
+                f'"reasoning_blocks[{index}]" must be an object of strings '
+                '"text", "signature", "redacted"'
+            )
+
+
 def _message(obj: dict[str, Any], default_time: float, calls: _ToolCallCheck, line: int) -> Message:
     role = _str(obj, "role", required=True)
     if role not in ROLES:
@@ -281,6 +298,7 @@ def _message(obj: dict[str, Any], default_time: float, calls: _ToolCallCheck, li
         _str(obj, key)
     if not isinstance(obj.get("auto_injected", False), bool):
         raise _Bad('"auto_injected" must be a boolean')
+    _reasoning_blocks(obj, role)
     tool_calls = _tool_calls(obj, role)
     if role == "tool":
         calls.answer(_str(obj, "tool_call_id", required=True, non_empty=True))
