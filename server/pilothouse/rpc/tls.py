@@ -46,7 +46,7 @@ CLIENT_RECHECK_S = 1.0
 _Stamp = tuple[tuple[int, int, int] | None, ...]
 
 
-def _stamp(paths: Sequence[Path | None]) -> _Stamp:
+def file_stamp(paths: Sequence[Path | None]) -> _Stamp:
     """What identifies the files' current content: (mtime_ns, size, inode)
     each, None for a missing file."""
     out: list[tuple[int, int, int] | None] = []
@@ -151,13 +151,13 @@ class _CertificateReloader:
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        stamp = _stamp(self._paths)
+        stamp = file_stamp(self._paths)
         configuration = self._configuration()
         self._loaded = stamp
         return configuration
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        stamp = _stamp(self._paths)
+        stamp = file_stamp(self._paths)
         if stamp == self._loaded:
             return None
         with self._lock:
@@ -253,7 +253,7 @@ class ClientChannels:
         self._interceptors = interceptors
         self._grace = close_grace_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stamp: _Stamp = _stamp(tls.files()) if tls else ()
+        self._stamp: _Stamp = file_stamp(tls.files()) if tls else ()
         self._checked = time.monotonic()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -276,7 +276,7 @@ class ClientChannels:
         if now - self._checked < CLIENT_RECHECK_S:
             return
         self._checked = now
-        stamp = _stamp(self.tls.files())
+        stamp = file_stamp(self.tls.files())
         if stamp == self._stamp:
             return
         try:
