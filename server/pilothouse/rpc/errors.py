@@ -99,9 +99,9 @@ def rich_status(
             )
         )
     details = []
-    for message in messages:
+    for detail in messages:
         packed = any_pb2.Any()
-        packed.Pack(message)
+        packed.Pack(detail)
         details.append(packed)
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(proto)

@@ -45,12 +45,16 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """Who a tool call is for."""
+    """Who a tool call is for: `principal` is the authenticated principal
+    of the run ("" when unknown) and `principal_roles` its roles; the
+    ToolExecutor receives both to authorise the call."""
 
     agent: str
     sender: str
     session_id: str
     run_id: str
+    principal: str = ""
+    principal_roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
