@@ -9,15 +9,23 @@ Settings (environment):
 - `PILOTHOUSE_TOOLS_SHUTDOWN_GRACE` (10): seconds in-flight calls get on SIGTERM
 - `PILOTHOUSE_TOOLS_METRICS_PORT` (9465, 0: off), `PILOTHOUSE_TOOLS_METRICS_HOST`
   (127.0.0.1): the Prometheus endpoint
-- shared with the runtime: `PILOTHOUSE_MAX_MESSAGE_BYTES`,
+- `PILOTHOUSE_TOOLS_HEALTH_LISTEN_ADDRESS` (empty: none): a plaintext port
+  serving only grpc.health.v1, for Kubernetes probes
+- shared with the runtime (same names, read from this process's
+  environment): TLS (`PILOTHOUSE_TLS_CERT_FILE`, `_KEY_FILE`,
+  `_CLIENT_CA_FILE` for mutual TLS) and authentication of the caller
+  (`PILOTHOUSE_AUTH`: `mtls` or `tokens` for the runtime; `none`, the
+  default, only on loopback unless `PILOTHOUSE_ALLOW_UNAUTHENTICATED=true`),
+  `PILOTHOUSE_MAX_MESSAGE_BYTES`,
   `PILOTHOUSE_GRPC_KEEPALIVE_TIME`, `_KEEPALIVE_TIMEOUT`, `_MIN_PING_INTERVAL`,
   `_MAX_CONNECTION_AGE`, `_MAX_CONNECTION_AGE_GRACE`, `PILOTHOUSE_LOG_FORMAT`
   (text, json), `PILOTHOUSE_LOG_LEVEL`, and the `OTEL_*` variables.
 
 SIGTERM or SIGINT drains: health NOT_SERVING at once, new calls refused,
 in-flight calls get the grace to finish; a second signal cancels them.
-Exits 0 after a signal, 1 if the address cannot be bound, 2 for bad
-settings.
+Exits 0 after a signal, 1 if it cannot start (an address cannot be bound,
+TLS files do not load, authentication is off on an exposed address), 2 for
+bad settings.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from pilothouse.auth import build_chain, check_exposure
 from pilothouse.ops.logs import configure_logging
 from pilothouse.ops.metrics import start_metrics
 from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider, resource_for
@@ -65,6 +74,9 @@ class ToolsSettings(ServerProcessSettings):
         DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
     )
     tools_metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    tools_health_listen_address: str = Field(
+        "", description="host:port of a plaintext port serving only grpc.health.v1 (empty: none)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,6 +107,13 @@ def _shown_address(listen: str, port: int) -> str:
 async def serve(settings: ToolsSettings, registry: ToolRegistry = default_registry) -> int:
     """Serve `registry` until SIGTERM/SIGINT, then drain; returns the exit
     code (1 if the address cannot be bound)."""
+    listen = settings.tools_listen_address
+    try:
+        check_exposure(settings, listen, SERVICE_NAME)
+        chain = build_chain(settings)
+    except (ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     metrics = await start_metrics(
@@ -102,7 +121,6 @@ async def serve(settings: ToolsSettings, registry: ToolRegistry = default_regist
         host=settings.tools_metrics_host,
         port=settings.tools_metrics_port,
     )
-    listen = settings.tools_listen_address
     try:
         running = await serve_tools(
             registry,
@@ -110,9 +128,12 @@ async def serve(settings: ToolsSettings, registry: ToolRegistry = default_regist
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
             metrics=ToolExecutorMetrics(metrics.meter()),
+            tls=settings.server_tls,
+            auth=None if chain.anonymous_only else chain,
+            health_address=settings.tools_health_listen_address,
         )
-    except RuntimeError as exc:
-        log.error("cannot listen on %s: %s", listen, exc)
+    except (RuntimeError, ValueError) as exc:
+        log.error("cannot start on %s: %s", listen, exc)
         await metrics.shutdown()
         return 1
     print(f"pilothouse-tools listening on {_shown_address(listen, running.port)}", flush=True)
