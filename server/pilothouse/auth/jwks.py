@@ -107,6 +107,7 @@ class JwksUrl:
         self._keys: list[Jwk] | None = None
         self._fetched_at = -float("inf")
         self._attempted_at = -float("inf")
+        self._forced_at = -float("inf")
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -116,6 +117,8 @@ class JwksUrl:
             return self._keys
         async with self._lock:  # one fetch at a time; the others use its result
             if self._due(refresh):
+                if self._keys is not None and time.monotonic() - self._fetched_at < self.cache_ttl_s:
+                    self._forced_at = time.monotonic()
                 await self._fetch()
         if self._keys is None:
             raise UnavailableError(
@@ -130,7 +133,8 @@ class JwksUrl:
             return now - self._attempted_at >= min(self.min_refresh_s, 1.0)
         if now - self._fetched_at >= self.cache_ttl_s:
             return now - self._attempted_at >= min(self.min_refresh_s, 1.0)
-        return refresh and now - self._attempted_at >= self.min_refresh_s
+        # An early fetch for an unknown key id: at most one per min_refresh_s.
+        return refresh and now - self._forced_at >= self.min_refresh_s
 
     async def _fetch(self) -> None:
         self._attempted_at = time.monotonic()

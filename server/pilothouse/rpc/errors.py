@@ -125,7 +125,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, grpc.aio.AioRpcError):
         # A call this handler made upstream (a forwarded call) failed: its
         # status, details and rich-status trailers pass through unchanged.
-        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+        # (grpc.aio gives trailers as a Metadata object; abort wants a tuple.)
+        await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
     log.exception("unhandled error in handler", exc_info=exc)
     await context.abort_with_status(
         rich_status(grpc.StatusCode.INTERNAL, "internal error; see the server log", "INTERNAL")

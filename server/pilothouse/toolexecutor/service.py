@@ -16,7 +16,8 @@ from typing import Any
 
 import grpc
 
-from pilothouse.auth import TOOL_EXECUTOR_POLICY, AuthChain, AuthInterceptor
+from pilothouse.auth import TOOL_EXECUTOR_POLICY, AuthChain, AuthInterceptor, Principal
+from pilothouse.auth.principal import current_principal
 from pilothouse.auth.audit import audit
 from pilothouse.errors import InvalidArgumentError, NotFoundError
 from pilothouse.rpc.errors import handle_errors, rich_status
@@ -109,10 +110,15 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
                 )
             if not tool.flags.allows(request.principal, request.principal_roles):
                 outcome = "permission_denied"
+                caller = current_principal()
                 audit(
-                    "tool.refused", server="pilothouse-tools", tool=request.name,
-                    principal=request.principal, roles=",".join(request.principal_roles),
-                    session_id=request.session_id, run_id=request.run_id, peer=context.peer(),
+                    "tool.refused",
+                    Principal(
+                        request.principal, frozenset(request.principal_roles), "runtime",
+                        forwarded_by=caller.id if caller is not None else "",
+                    ),
+                    server="pilothouse-tools", tool=request.name, session_id=request.session_id,
+                    run_id=request.run_id, peer=context.peer(),
                     detail="the tool is restricted to other principals or roles",
                 )
                 return pb.ExecuteToolResponse(
