@@ -18,7 +18,7 @@ from pilothouse.adapters.tool_executor_client import ToolExecutorClient
 from pilothouse.app.agents_file import read_agents_file
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
-from pilothouse.app.security import SecurityError, prepare_security
+from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.services import AgentService, RunService, SessionService
@@ -88,6 +88,7 @@ class App:
     runtime_metrics: RuntimeMetrics | None = None
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
+    security: Security | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -342,7 +343,7 @@ async def start_app(
     )
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder,
+        health, forwarder, security,
     )
 
 
