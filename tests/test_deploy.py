@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from pilothouse.app.settings import Settings
-from pilothouse.auth import check_exposure
 from pilothouse.app.startup import (
     AGENT_SERVICE,
     RUN_SERVICE,
     STREAM_GRACE_S,
 )
+from pilothouse.auth import check_exposure
 from pilothouse.rpc.serving import Keepalive
 from pilothouse.toolexecutor.main import ToolsSettings
 from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE

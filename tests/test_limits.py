@@ -44,7 +44,7 @@ def quota(error: PilothouseRpcError, limit: str) -> float:
 
 
 async def test_runs_per_minute(model_server, tool_server, fake_model):
-    async with limited(model_server, tool_server, limit_runs_per_minute=2) as (app, client):
+    async with limited(model_server, tool_server, limit_runs_per_minute=2) as (_app, client):
         session = await client.create_session("limited", "tester")
         fake_model.responder.push(text_reply("one"), text_reply("two"))
         for _ in range(2):
@@ -93,7 +93,7 @@ async def test_sessions_and_content_per_minute(model_server, tool_server, fake_m
     async with limited(
         model_server, tool_server, limit_sessions_per_minute=2,
         limit_content_bytes_per_minute=100, max_content_bytes=100,
-    ) as (app, client):
+    ) as (_app, client):
         session = await client.create_session("limited", "tester")
         again = await client.get_or_create_session("limited", "tester")
         assert again.id == session.id  # found, not created: not counted

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 
 from pilothouse.auth import TOOL_EXECUTOR_POLICY, AuthChain, AuthInterceptor, Principal
-from pilothouse.auth.principal import current_principal
 from pilothouse.auth.audit import audit
+from pilothouse.auth.principal import current_principal
 from pilothouse.errors import InvalidArgumentError, NotFoundError
 from pilothouse.rpc.errors import handle_errors, rich_status
 from pilothouse.rpc.serving import (
