@@ -270,7 +270,6 @@ async def start_app(
             ),
         )
         await runtime.start()
-        security.attach(runtime)
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
             interceptors=tracing_client_interceptors(),
@@ -278,6 +277,7 @@ async def start_app(
         )
         for config in read_agents_file(settings.agents_file):
             await runtime.add_agent(config, source="file", replace=True)
+        security.attach(runtime)
         server = await start_server(
             [
                 Service(

@@ -45,15 +45,15 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """Who a tool call is for: `principal` is the authenticated principal
-    of the run ("" when unknown) and `principal_roles` its roles; the
-    ToolExecutor receives both to authorise the call."""
+    """Who a tool call is for; `principal` is the authenticated caller who
+    started the run ("" without authentication)."""
 
     agent: str
     sender: str
     session_id: str
     run_id: str
     principal: str = ""
+    #: The principal's roles, sent to the ToolExecutor with each call.
     principal_roles: tuple[str, ...] = ()
 
 
