@@ -6,14 +6,6 @@ Cancel, SteerSession, SubmitDecision), the runtime raises `RunElsewhere`
 naming the owner's address (recorded in the store when the run started),
 and the servicer forwards the call there over gRPC, marked so that it is
 never forwarded twice.
-
-The forwarded call runs there as the same principal: it carries the
-caller's own `authorization` (the owner checks it again), or, for a caller
-authenticated by its certificate or its mesh identity, which cannot travel,
-`x-pilothouse-on-behalf-of` naming the principal, which the owner accepts
-only from replicas in PILOTHOUSE_AUTH_TRUSTED_PEERS (authenticated by this
-replica's client certificate or mesh identity). With `tls` the channels use
-TLS, re-opened when the certificate files change.
 """
 
 from __future__ import annotations
@@ -26,8 +18,8 @@ from pilothouse.auth.chain import ON_BEHALF_OF, on_behalf_of
 from pilothouse.auth.credentials import AUTHORIZATION
 from pilothouse.auth.principal import current_principal
 from pilothouse.errors import NotFoundError
+from pilothouse.rpc import tls as rpc_tls
 from pilothouse.rpc.serving import channel_options
-from pilothouse.rpc.tls import ClientChannels, ClientTls
 from pilothouse.runtime.runtime import RunElsewhere
 from pilothouse.v1 import run_service_pb2_grpc as runs_grpc
 
@@ -40,16 +32,24 @@ def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
 
 
 class RunForwarder:
-    """Channels to the other replicas, opened on first use."""
+    """Channels to the other replicas, opened on first use; with `tls` they
+    use TLS (and the runtime's client certificate), re-opened when the
+    certificate files change.
+
+    A forwarded call runs on the owner as the same principal: it carries
+    the caller's own `authorization` (the owner checks it again), or, for
+    a caller known by its certificate or mesh identity, which cannot
+    travel, `x-pilothouse-on-behalf-of` naming the principal, which the
+    owner accepts only from replicas in PILOTHOUSE_AUTH_TRUSTED_PEERS."""
 
     def __init__(
         self,
         *,
         max_message_bytes: int,
         interceptors: list[grpc.aio.ClientInterceptor] | None = None,
-        tls: ClientTls | None = None,
+        tls: rpc_tls.ClientTls | None = None,
     ) -> None:
-        self._channels = ClientChannels(
+        self._channels = rpc_tls.ClientChannels(
             tls,
             options=channel_options(max_message_bytes=max_message_bytes),
             interceptors=interceptors,
