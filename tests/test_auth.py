@@ -30,7 +30,7 @@ from pilothouse.app.startup import StartupError, start_app
 from pilothouse.auth import ON_BEHALF_OF, build_chain
 from pilothouse.auth.mesh import parse_xfcc, xfcc_identity
 from pilothouse.auth.settings import AuthSettings
-from pilothouse.auth.tokens import hash_token
+from pilothouse.auth.tokens import hash_token, read_tokens_file
 from pilothouse.client import PilothouseClient, PilothouseRpcError
 from pilothouse.rpc.errors import error_details
 from pilothouse.rpc.tls import ClientTls
@@ -44,6 +44,8 @@ from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
     event_pb2,
+    run_service_pb2 as runs_pb,
+    run_service_pb2_grpc as runs_grpc,
     tool_executor_service_pb2 as tx,
     tool_executor_service_pb2_grpc as tx_grpc,
 )
@@ -148,6 +150,12 @@ async def test_tokens_roles_and_the_audit_log(model_server, tool_server, tmp_pat
             grpc.StatusCode.PERMISSION_DENIED,
         )
         await refused(list_agents(port, bearer("carol-secret")), grpc.StatusCode.PERMISSION_DENIED)
+        # Streaming calls are refused the same way, before the handler runs.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stream = runs_grpc.RunServiceStub(channel).StreamTo(
+                runs_pb.StreamToRequest(session_id="s", content="hi"), timeout=10
+            )
+            await refused(anext(aiter(stream)), grpc.StatusCode.UNAUTHENTICATED)
 
         # The SDK's token option; the admin's CRUD is audited with its outcome.
         async with PilothouseClient(f"127.0.0.1:{port}", token="alice-secret") as alice:
@@ -198,8 +206,28 @@ async def test_tokens_roles_and_the_audit_log(model_server, tool_server, tmp_pat
     ]
 
 
-async def test_audit_lines_are_json_on_stderr(model_server, tool_server, tmp_path):
-    path = tokens_file(tmp_path / "tokens.toml", {"t": ("p", [])})
+async def test_token_cli_makes_entries_the_tokens_file_accepts(tmp_path):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pilothouse.auth", "new-token", "--principal", "ci-bot",
+        "--role", "user", "--role", "ops", stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    token, entry = out.decode().split("\n", 1)
+    path = tmp_path / "tokens.toml"
+    path.write_text(entry)
+    (only,) = read_tokens_file(path).values()
+    assert (only.principal, only.roles, only.sha256) == ("ci-bot", {"user", "ops"}, hash_token(token))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pilothouse.auth", "hash-token", "--principal", "ci-bot",
+        "--role", "user", "--role", "ops",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    again, _ = await process.communicate(token.encode())
+    assert again.decode() == entry
+
+
+async def test_audit_lines_are_json_on_stderr():
+    """Always JSON, whatever the root logger's format."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c",
         "import logging, pilothouse.auth.audit as a; "
@@ -211,7 +239,6 @@ async def test_audit_lines_are_json_on_stderr(model_server, tool_server, tmp_pat
     line = json.loads(err.decode().strip().splitlines()[-1])
     assert line["logger"] == "pilothouse.audit"
     assert (line["event"], line["method"], line["code"]) == ("call.refused", "/x/Y", "UNAUTHENTICATED")
-    assert path.exists()
 
 
 # --- JWT ------------------------------------------------------------------------
