@@ -31,13 +31,19 @@ class CallCredentials:
 
     @classmethod
     def of(cls, context) -> CallCredentials:
-        """From a grpc.aio ServicerContext."""
+        """From a grpc.aio ServicerContext (metadata and TLS peer)."""
+        metadata = cls.from_metadata(context.invocation_metadata()).metadata
+        return cls(metadata, context.auth_context() or {}, context.peer() or "")
+
+    @classmethod
+    def from_metadata(cls, invocation_metadata) -> CallCredentials:
+        """From a call's metadata alone (no TLS peer, no peer address)."""
         metadata: dict[str, str] = {}
-        for key, value in context.invocation_metadata() or ():
+        for key, value in invocation_metadata or ():
             if isinstance(value, bytes):  # "-bin" keys
                 continue
             metadata.setdefault(key.lower(), value)
-        return cls(metadata, context.auth_context() or {}, context.peer() or "")
+        return cls(metadata)
 
     @property
     def bearer(self) -> str | None:

@@ -39,12 +39,20 @@ def _target(request: Any) -> str:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates with `chain` and authorizes with `policy`; `server`
-    names this server in the audit log."""
+    names this server in the audit log.
+
+    When the credentials are all in the metadata (every mode but `mtls`),
+    the principal is resolved before the handler is chosen and set in the
+    call's context there (grpc.aio runs the interceptors and the handler in
+    the call's own task), so an admitted call's handler runs unwrapped: no
+    cost per streamed message. `mtls` needs the TLS peer, which only the
+    handler's ServicerContext has: the handler is wrapped then."""
 
     def __init__(self, chain: AuthChain, policy: MethodPolicy, server: str = "") -> None:
         self.chain = chain
         self.policy = policy
         self.server = server
+        self._needs_transport = "mtls" in chain.names
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -52,60 +60,99 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or is_open(method):
             return handler
         admin = method in self.policy.admin_methods
-        if handler.response_streaming:
-            return wrap_server_method_handler(lambda b: self._streaming(b, method), handler)
-        return wrap_server_method_handler(lambda b: self._unary(b, method, admin), handler)
+        if self._needs_transport:
+            if handler.response_streaming:
+                return wrap_server_method_handler(lambda b: self._streaming(b, method), handler)
+            return wrap_server_method_handler(lambda b: self._unary(b, method, admin), handler)
+        call = CallCredentials.from_metadata(handler_call_details.invocation_metadata)
+        try:
+            principal = await self._principal(method, call)
+        except _Refusal as refusal:
+            return self._refusing(handler, method, refusal)
+        set_principal(principal)  # the call's own context: seen by its handler only
+        if admin:
+            return wrap_server_method_handler(lambda b: self._audited(b, method, principal), handler)
+        return handler
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
-        """The caller's principal, or the call aborted (audited)."""
-        call = CallCredentials.of(context)
+    async def _principal(self, method: str, call: CallCredentials) -> Principal:
+        """The admitted principal; raises _Refusal."""
         try:
             principal = await self.chain.authenticate(call)
         except AuthRefused as refused:
-            self._refused(method, call, None, refused.error, refused.detail)
-            await context.abort_with_status(status_of(refused.error))
-            raise  # not reached: abort raises
+            raise _Refusal(None, refused.error, refused.detail) from None
         except PilothouseError as error:  # e.g. the JWKS cannot be fetched yet
-            self._refused(method, call, None, error, error.message)
-            await context.abort_with_status(status_of(error))
-            raise
+            raise _Refusal(None, error, error.message) from None
         if not self.policy.allows(principal, method):
-            error = permission_denied()
-            self._refused(method, call, principal, error, "the method needs another role")
-            await context.abort_with_status(status_of(error))
+            raise _Refusal(principal, permission_denied(), "the method needs another role")
         return principal
 
-    def _refused(
-        self,
-        method: str,
-        call: CallCredentials,
-        principal: Principal | None,
-        error: PilothouseError,
-        detail: str,
-    ) -> None:
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller's principal (from the metadata and the TLS peer), or
+        the call aborted (audited)."""
+        try:
+            return await self._principal(method, CallCredentials.of(context))
+        except _Refusal as refusal:
+            await self._refuse(method, context, refusal)
+            raise  # not reached: abort raises
+
+    async def _refuse(self, method: str, context, refusal: _Refusal) -> None:
+        error = refusal.error
         audit(
-            "call.refused", principal, server=self.server, method=method, peer=call.peer,
-            code=status_code_of(error).name, reason=error.reason, detail=detail,
+            "call.refused", refusal.principal, server=self.server, method=method,
+            peer=context.peer(), code=status_code_of(error).name, reason=error.reason,
+            detail=refusal.detail,
         )
+        await context.abort_with_status(status_of(error))
+
+    def _refusing(self, handler, method: str, refusal: _Refusal):
+        """A handler in place of `handler` that refuses the call."""
+        if handler.response_streaming:
+
+            def streaming(behavior):
+                async def refuse(request_or_iterator, context):
+                    await self._refuse(method, context, refusal)
+                    yield  # not reached: an async generator, as grpc expects here
+
+                return refuse
+
+            return wrap_server_method_handler(streaming, handler)
+
+        def unary(behavior):
+            async def refuse(request_or_iterator, context):
+                await self._refuse(method, context, refusal)
+
+            return refuse
+
+        return wrap_server_method_handler(unary, handler)
+
+    def _audited(self, behavior: Callable[..., Any], method: str, principal: Principal):
+        """An admin method's behavior, audited with its outcome."""
+
+        async def audited(request_or_iterator, context):
+            code = "OK"
+            try:
+                return await behavior(request_or_iterator, context)
+            except BaseException:
+                code = _code_name(context, "CANCELLED")
+                raise
+            finally:
+                audit(
+                    "admin.action", principal, server=self.server, method=method,
+                    peer=context.peer(), code=code, target=_target(request_or_iterator),
+                )
+
+        return audited
 
     def _unary(self, behavior: Callable[..., Any], method: str, admin: bool):
         async def authenticated(request_or_iterator, context):
             principal = await self._admit(method, context)
             token = set_principal(principal)
             try:
-                if not admin:
-                    return await behavior(request_or_iterator, context)
-                code = "OK"
-                try:
-                    return await behavior(request_or_iterator, context)
-                except BaseException:
-                    code = _code_name(context, "CANCELLED")
-                    raise
-                finally:
-                    audit(
-                        "admin.action", principal, server=self.server, method=method,
-                        peer=context.peer(), code=code, target=_target(request_or_iterator),
+                if admin:
+                    return await self._audited(behavior, method, principal)(
+                        request_or_iterator, context
                     )
+                return await behavior(request_or_iterator, context)
             finally:
                 reset_principal(token)
 
@@ -124,6 +171,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await result
 
         return authenticated
+
+
+class _Refusal(Exception):
+    def __init__(self, principal: Principal | None, error: PilothouseError, detail: str) -> None:
+        super().__init__(detail)
+        self.principal = principal
+        self.error = error
+        self.detail = detail
 
 
 def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
