@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pilothouse.v1 import tool_pb2 as pilothouse_dot_v1_dot_tool__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)pilothouse/v1/tool_executor_service.proto\x12\rpilothouse.v1\x1a\x18pilothouse/v1/tool.proto\"\x12\n\x10ListToolsRequest\"7\n\x11ListToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pilothouse.v1.Tool\"\xb5\x01\n\x12\x45xecuteToolRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12%\n\x06\x61nswer\x18\x08 \x01(\x0b\x32\x15.pilothouse.v1.Answer\"p\n\x13\x45xecuteToolResponse\x12\x10\n\x06output\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x12+\n\x08question\x18\x03 \x01(\x0b\x32\x17.pilothouse.v1.QuestionH\x00\x42\t\n\x07outcome2\xbb\x01\n\x13ToolExecutorService\x12N\n\tListTools\x12\x1f.pilothouse.v1.ListToolsRequest\x1a .pilothouse.v1.ListToolsResponse\x12T\n\x0b\x45xecuteTool\x12!.pilothouse.v1.ExecuteToolRequest\x1a\".pilothouse.v1.ExecuteToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)pilothouse/v1/tool_executor_service.proto\x12\rpilothouse.v1\x1a\x18pilothouse/v1/tool.proto\"\x12\n\x10ListToolsRequest\"7\n\x11ListToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pilothouse.v1.Tool\"\xe1\x01\n\x12\x45xecuteToolRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12%\n\x06\x61nswer\x18\x08 \x01(\x0b\x32\x15.pilothouse.v1.Answer\x12\x11\n\tprincipal\x18\t \x01(\t\x12\x17\n\x0fprincipal_roles\x18\n \x03(\t\"p\n\x13\x45xecuteToolResponse\x12\x10\n\x06output\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x12+\n\x08question\x18\x03 \x01(\x0b\x32\x17.pilothouse.v1.QuestionH\x00\x42\t\n\x07outcome2\xbb\x01\n\x13ToolExecutorService\x12N\n\tListTools\x12\x1f.pilothouse.v1.ListToolsRequest\x1a .pilothouse.v1.ListToolsResponse\x12T\n\x0b\x45xecuteTool\x12!.pilothouse.v1.ExecuteToolRequest\x1a\".pilothouse.v1.ExecuteToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTOOLSRESPONSE']._serialized_start=106
   _globals['_LISTTOOLSRESPONSE']._serialized_end=161
   _globals['_EXECUTETOOLREQUEST']._serialized_start=164
-  _globals['_EXECUTETOOLREQUEST']._serialized_end=345
-  _globals['_EXECUTETOOLRESPONSE']._serialized_start=347
-  _globals['_EXECUTETOOLRESPONSE']._serialized_end=459
-  _globals['_TOOLEXECUTORSERVICE']._serialized_start=462
-  _globals['_TOOLEXECUTORSERVICE']._serialized_end=649
+  _globals['_EXECUTETOOLREQUEST']._serialized_end=389
+  _globals['_EXECUTETOOLRESPONSE']._serialized_start=391
+  _globals['_EXECUTETOOLRESPONSE']._serialized_end=503
+  _globals['_TOOLEXECUTORSERVICE']._serialized_start=506
+  _globals['_TOOLEXECUTORSERVICE']._serialized_end=693
 # @@protoc_insertion_point(module_scope)

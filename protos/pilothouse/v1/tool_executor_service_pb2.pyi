@@ -18,7 +18,7 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[_tool_pb2.Tool, _Mapping]]] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
-    __slots__ = ("call_id", "name", "arguments_json", "agent", "sender", "session_id", "run_id", "answer")
+    __slots__ = ("call_id", "name", "arguments_json", "agent", "sender", "session_id", "run_id", "answer", "principal", "principal_roles")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class ExecuteToolRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_ROLES_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     name: str
     arguments_json: str
@@ -35,7 +37,9 @@ class ExecuteToolRequest(_message.Message):
     session_id: str
     run_id: str
     answer: _tool_pb2.Answer
-    def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., agent: _Optional[str] = ..., sender: _Optional[str] = ..., session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., answer: _Optional[_Union[_tool_pb2.Answer, _Mapping]] = ...) -> None: ...
+    principal: str
+    principal_roles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., agent: _Optional[str] = ..., sender: _Optional[str] = ..., session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., answer: _Optional[_Union[_tool_pb2.Answer, _Mapping]] = ..., principal: _Optional[str] = ..., principal_roles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecuteToolResponse(_message.Message):
     __slots__ = ("output", "error", "question")

@@ -11,6 +11,12 @@ so each ExecuteTool is a CLIENT span under the runtime's `execute_tool`
 span (the dispatch runs inside it), and the executor's SERVER span is its
 child. With `record_content`, the tool's arguments and result are set on
 the `execute_tool` span (`gen_ai.tool.call.arguments` / `.result`).
+
+Security: with `tls` the channels use TLS (and present the runtime's client
+certificate to executors that require mutual TLS), re-opened when the
+certificate files change; with `token` every call carries
+`authorization: Bearer <token>`. Each ExecuteTool names the run's
+principal and roles, so tools can authorise.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from pilothouse.errors import UnavailableError
 from pilothouse.ops.telemetry import tracing_client_interceptors
 from pilothouse.rpc.serving import channel_options
+from pilothouse.rpc.tls import ClientChannels, ClientTls, is_loopback
 from pilothouse.runtime.messages import ToolCall
 from pilothouse.runtime.tools import (
     ToolAnswer,
@@ -51,9 +58,24 @@ CHANNEL_OPTIONS = channel_options()
 
 @dataclass(slots=True)
 class _Executor:
+    """One executor address; its channel comes from the shared
+    ClientChannels (new after a certificate change), its stub follows."""
+
     address: str
-    channel: grpc.aio.Channel
-    stub: pb_grpc.ToolExecutorServiceStub
+    channels: ClientChannels
+    _channel: grpc.aio.Channel | None = None
+    _stub: pb_grpc.ToolExecutorServiceStub | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self.channels.get(self.address)
+
+    @property
+    def stub(self) -> pb_grpc.ToolExecutorServiceStub:
+        channel = self.channel
+        if channel is not self._channel or self._stub is None:
+            self._channel, self._stub = channel, pb_grpc.ToolExecutorServiceStub(channel)
+        return self._stub
 
 
 class ToolExecutorClient:
@@ -71,6 +93,8 @@ class ToolExecutorClient:
         lb_policy: str | None = None,
         record_content: bool = False,
         tracer_provider: Any = None,
+        tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         options = channel_options(
             keepalive_time_s=keepalive_time_s,
@@ -80,17 +104,21 @@ class ToolExecutorClient:
         )
         self.call_timeout = call_timeout
         self.record_content = record_content
-        self._executors = [
-            _Executor(
-                a,
-                ch := grpc.aio.insecure_channel(
-                    a, options=options, interceptors=tracing_client_interceptors(tracer_provider)
-                ),
-                pb_grpc.ToolExecutorServiceStub(ch),
-            )
-            for a in addresses
-        ]
+        self._channels = ClientChannels(
+            tls,
+            options=options,
+            interceptors=tracing_client_interceptors(tracer_provider),
+            close_grace_s=call_timeout,
+        )
+        self._executors = [_Executor(a, self._channels) for a in addresses]
         self._routes: dict[str, _Executor] = {}
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        if token and tls is None:
+            for address in addresses:
+                if not is_loopback(address):
+                    log.warning("the ToolExecutor token goes to %s without TLS", address)
 
     @property
     def addresses(self) -> list[str]:
@@ -168,10 +196,10 @@ class ToolExecutorClient:
             log.info("ToolExecutor %s offers %d tools", executor.address, len(reply.tools))
         return registry
 
-    @staticmethod
-    async def _list(executor: _Executor, wait_seconds: float) -> pb.ListToolsResponse:
+    async def _list(self, executor: _Executor, wait_seconds: float) -> pb.ListToolsResponse:
         return await executor.stub.ListTools(
-            pb.ListToolsRequest(), timeout=wait_seconds, wait_for_ready=True
+            pb.ListToolsRequest(), timeout=wait_seconds, wait_for_ready=True,
+            metadata=self._metadata,
         )
 
     async def dispatch(
@@ -191,6 +219,8 @@ class ToolExecutorClient:
             sender=context.sender,
             session_id=context.session_id,
             run_id=context.run_id,
+            principal=context.principal,
+            principal_roles=context.principal_roles,
         )
         if answer is not None:
             request.answer.selected_options.extend(answer.selected_options)
@@ -199,7 +229,9 @@ class ToolExecutorClient:
         if self.record_content and span.is_recording():
             span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS, request.arguments_json)
         try:
-            reply = await executor.stub.ExecuteTool(request, timeout=self.call_timeout)
+            reply = await executor.stub.ExecuteTool(
+                request, timeout=self.call_timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             return ToolOutcome(error=_describe_failure(call.name, executor.address, exc, self.call_timeout))
         kind = reply.WhichOneof("outcome")
@@ -220,8 +252,7 @@ class ToolExecutorClient:
         return outcome
 
     async def close(self) -> None:
-        for executor in self._executors:
-            await executor.channel.close()
+        await self._channels.close()
 
 
 def _describe_failure(name: str, address: str, exc: grpc.aio.AioRpcError, timeout: float) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from pilothouse.client.client import PilothouseClient, PilothouseRpcError, decision
+from pilothouse.client.connection import add_connection_arguments, connection_options
 from pilothouse.client.render import EventPrinter, event_json
 from pilothouse.v1 import event_pb2, run_service_pb2
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("PILOTHOUSE_SERVER", "127.0.0.1:50051"),
         help="runtime address host:port (PILOTHOUSE_SERVER)",
     )
+    add_connection_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     chat = commands.add_parser("chat", help="send a message and stream the run")
@@ -202,7 +204,7 @@ async def _follow(events, as_json: bool, answer_on=None, session_id: str = "") -
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with PilothouseClient(args.server) as client:
+    async with PilothouseClient(args.server, **connection_options(args)) as client:
         if args.command == "chat":
             return await _chat(client, args)
         if args.command == "attach":
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(_run(args))
     except PilothouseRpcError as exc:
         print(f"pilothouse: {exc.code.name}: {exc.message}", file=sys.stderr)
+        code = 2
+    except ValueError as exc:  # unusable TLS files or flags
+        print(f"pilothouse: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130

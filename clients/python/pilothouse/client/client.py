@@ -8,6 +8,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
+from pilothouse.client.connection import ClientTls, open_client_channel
 from pilothouse.rpc.errors import error_details
 from pilothouse.v1 import (
     agent_pb2,
@@ -144,13 +145,18 @@ class PilothouseClient:
         channel: grpc.aio.Channel | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: bool | ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         """`interceptors` go on the channel this client creates: pass
         OpenTelemetry's aio client interceptors to make your span the
-        parent of the run's trace."""
+        parent of the run's trace. `tls` (True: the system roots; a
+        ClientTls for a CA file and a client certificate) and `token` (a
+        bearer token sent with every call) say how to connect; see
+        `pilothouse.client.connection`."""
         self._owns_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
+        self.channel = channel or open_client_channel(
+            target, tls=tls, token=token, options=CHANNEL_OPTIONS, interceptors=interceptors
         )
         self.timeout = timeout
         self.agents = agents_grpc.AgentServiceStub(self.channel)
