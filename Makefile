@@ -11,16 +11,25 @@ PROTOS := $(wildcard protos/pilothouse/v1/*.proto)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The server distribution depends on the SDK (clients/python) by path, which
+# pip installs as a copy; the second step makes that copy editable too, so
+# the SDK's sources are the ones imported while developing.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps -e ./clients/python
 	touch $(STAMP)
 
-# Regenerate the Python stubs beside each .proto (committed).
+# Regenerate the Python stubs of protos/ into the SDK (committed), with
+# mypy-protobuf's type stubs for messages and for the sync and aio stubs.
+STUBS := clients/python
 gen: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--python_out=$(STUBS) --mypy_out=quiet:$(STUBS) \
+		--grpc_python_out=$(STUBS) --mypy_grpc_out=quiet:$(STUBS) $(PROTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests
