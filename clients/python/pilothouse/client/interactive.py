@@ -231,12 +231,14 @@ class InteractiveChat:
                 spawn(self._answer(handle, waiting.pop(0), line))
             elif line == "/cancel":
                 on_interrupt()
-            elif line.startswith("/steer "):
-                spawn(handle.steer(line.removeprefix("/steer ").strip(), self.user))
-            elif line.startswith("/"):
+            elif line.startswith("/") and not line.startswith("/steer "):
                 renderer.note("while a run streams: type to steer it, /cancel or Ctrl-C to cancel it")
             else:
-                spawn(handle.steer(line, self.user))
+                spawn(steer(line.removeprefix("/steer ").strip()))
+
+        async def steer(content: str) -> None:
+            await handle.steer(content, self.user)
+            renderer.note("[steering queued for the next model round]")
 
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
         lines = _Lines(on_line)
