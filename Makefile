@@ -30,9 +30,13 @@ gen: $(STAMP)
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--python_out=$(STUBS) --mypy_out=quiet:$(STUBS) \
 		--grpc_python_out=$(STUBS) --mypy_grpc_out=quiet:$(STUBS) $(PROTOS)
+	$(PY) clients/python/gen_events.py
 
+# mypy: the SDK strictly; the server against the baseline in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests
+	$(VENV)/bin/mypy --config-file clients/python/pyproject.toml
+	$(VENV)/bin/mypy
 	npx --yes @bufbuild/buf@1.75.0 lint
 
 test: $(STAMP)

@@ -1,7 +1,7 @@
-"""The committed Python stubs are what `make gen` writes from the protos:
-the protobuf and gRPC modules with mypy-protobuf's type stubs, in the SDK
-(clients/python/pilothouse/v1), and nothing generated left beside the
-protos."""
+"""The committed Python stubs and the SDK's typed events are what `make gen`
+writes from the protos: the protobuf and gRPC modules with mypy-protobuf's
+type stubs in the SDK (clients/python/pilothouse/v1), the event classes of
+pilothouse.client.events, and nothing generated left beside the protos."""
 
 from __future__ import annotations
 
@@ -43,3 +43,10 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
 def test_no_stubs_are_left_beside_the_protos() -> None:
     leftovers = [str(p.relative_to(REPO)) for p in PROTOS.rglob("*") if p.suffix in {".py", ".pyi"}]
     assert leftovers == [], "stubs live in clients/python/pilothouse/v1 (make gen)"
+
+
+def test_the_sdks_typed_events_match_the_event_oneof(tmp_path: Path) -> None:
+    output = tmp_path / "events.py"
+    subprocess.run([sys.executable, str(STUBS / "gen_events.py"), str(output)], check=True)
+    committed = STUBS / "pilothouse" / "client" / "events.py"
+    assert output.read_text() == committed.read_text(), "stale typed events: run `make gen`"

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _serve_and_chat(args: argparse.Namespace, env: dict[str, str], tools_address: str,
-                    server_address: str, log_of: dict[str, IO[bytes]]) -> int:
+                    server_address: str, log_of: Mapping[str, IO[bytes]]) -> int:
     tools = _start("pilothouse.toolexecutor.main", env, log_of.get("tools"))
     server = None
     code = 0
