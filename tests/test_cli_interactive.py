@@ -197,6 +197,17 @@ async def test_approvals_are_answered_at_the_prompt(app, client, fake_model, mak
     assert await terminal.close() == 0
 
 
+async def test_one_message_on_a_terminal_is_rendered_the_same_way(app, fake_model, make_agent, terminals):
+    agent = await make_agent()
+    fake_model.responder.push(text_reply("# Title\n\nSome *emphasis*."))
+    terminal = terminals(app.port, "chat", "--agent", agent, "--new", "Render this")
+    out = await terminal.expect(pexpect.EOF)
+    assert "Title" in out and "# Title" not in out and "Some emphasis." in out
+    assert "[done: text_response" in out and re.search(r"session: [0-9a-f]{32}", out)
+    terminal.child.close()
+    assert terminal.child.exitstatus == 0
+
+
 # --- Failed connections, in words --------------------------------------------
 
 
