@@ -414,7 +414,9 @@ async def test_second_run_on_a_busy_session_fails_precondition(app, client, fake
 
     assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert error.value.reason == "RUN_ACTIVE"
-    assert error.value.metadata == {"session_id": session_id, "active_run_id": run_id}
+    assert error.value.metadata == {
+        "session_id": session_id, "active_run_id": run_id, "lease_expired": "false"
+    }
     assert (await client.get_session(session_id)).active_run_id == run_id
     release.set()
     assert (await first).response.final_response == "ok"

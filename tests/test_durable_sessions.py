@@ -167,7 +167,9 @@ async def test_two_replicas_share_sessions_through_postgresql(tmp_path, fake_mod
         with pytest.raises(PilothouseRpcError) as error:
             await two.send_to(session.id, "Me too", timeout=30)
         assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
-        assert error.value.metadata == {"session_id": session.id, "active_run_id": events[0].run_id}
+        assert error.value.metadata == {
+            "session_id": session.id, "active_run_id": events[0].run_id, "lease_expired": "false"
+        }
         release.set()
         events += [e async for e in stream]
         assert events[-1].done.final_response == "Long answer on replica one."

@@ -421,7 +421,7 @@ async def test_one_run_at_a_time(store: SessionStore) -> None:
     with pytest.raises(FailedPreconditionError) as caught:
         await store.begin_run("s1", "r2", lease_s=60.0, now=101.0)
     assert caught.value.reason == "RUN_ACTIVE"
-    assert caught.value.metadata == {"session_id": "s1", "active_run_id": "r1"}
+    assert caught.value.metadata == {"session_id": "s1", "active_run_id": "r1", "lease_expired": "false"}
     done = await store.finish_run("s1", "r1", outcome([user("hi")], at=102.0))
     assert done.active_run_id == ""
     await store.begin_run("s1", "r2", lease_s=60.0, now=103.0)
@@ -728,7 +728,7 @@ async def test_replicas_share_sessions_and_one_gets_the_lease(pg_backend: Backen
         error = errors[0]
         assert isinstance(error, FailedPreconditionError) and error.reason == "RUN_ACTIVE"
         winner_store, winner = (one, f"a{attempt}") if results[0] is None else (two, f"b{attempt}")
-        assert error.metadata == {"session_id": "s1", "active_run_id": winner}
+        assert error.metadata == {"session_id": "s1", "active_run_id": winner, "lease_expired": "false"}
         other = two if winner_store is one else one
         assert (await other.get("s1")).active_run_id == winner  # type: ignore[union-attr]
         await winner_store.finish_run("s1", winner, outcome([user(f"m{attempt}")], at=200.0))
