@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,14 @@ def test_dockerfile_is_slim_non_root_and_matches_the_code():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'pilothouse-server = "pilothouse.app.main:main"' in pyproject
     assert 'pilothouse-tools = "pilothouse.toolexecutor.main:main"' in pyproject
-    # What the image copies is what the wheel is built from.
-    for source in ("protos/pilothouse", "server/pilothouse", "clients/python/pilothouse"):
-        assert f"COPY {source} {source}" in DOCKER
-        assert f'"{source}"' in pyproject
+    # What the image copies is what the wheels are built from: the server's
+    # package and the SDK distribution it depends on by path.
+    assert "COPY server/pilothouse server/pilothouse" in DOCKER
+    assert '"server/pilothouse"' in pyproject
+    assert "COPY clients/python clients/python" in DOCKER
+    assert "{root:uri}/clients/python" in pyproject
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    client = tomllib.loads((REPO / "clients" / "python" / "pyproject.toml").read_text())
+    for needed in ("server/pilothouse/**", "clients/python/pyproject.toml",
+                   f"clients/python/{client['project']['readme']}", "clients/python/pilothouse/**"):
+        assert f"!{needed}" in ignore

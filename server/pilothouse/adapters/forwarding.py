@@ -58,7 +58,7 @@ class RunForwarder:
 
     def target(
         self, context: grpc.aio.ServicerContext, where: RemoteRun
-    ) -> tuple[runs_grpc.RunServiceStub, dict[str, Any]]:
+    ) -> tuple[runs_grpc.RunServiceAsyncStub, dict[str, Any]]:
         """The owner's stub and the keyword arguments of a forwarded call
         (marking metadata, the caller's remaining deadline). NOT_FOUND when
         this call was itself forwarded (the replicas disagree on the owner)."""
@@ -73,7 +73,7 @@ class RunForwarder:
             "metadata": ((FORWARDED_KEY, "1"), *_identity(context)),
             "timeout": context.time_remaining(),
         }
-        return runs_grpc.RunServiceStub(channel), kwargs
+        return runs_grpc.RunServiceStub(channel), kwargs  # type: ignore[return-value]
 
     async def close(self) -> None:
         await self._channels.close()

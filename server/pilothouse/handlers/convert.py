@@ -238,12 +238,12 @@ def session_state_from_proto(state: int) -> SessionState | None:
     return _SESSION_STATE_OF.get(state)
 
 
-def stop_reason_value_to_proto(value: str) -> int:
+def stop_reason_value_to_proto(value: str) -> event_pb2.StopReason.ValueType:
     """A stored stop reason value ("" and unknown: unspecified)."""
     return _STOP_REASON_BY_VALUE.get(value, event_pb2.STOP_REASON_UNSPECIFIED)
 
 
-def stop_reason_to_proto(reason: ev.StopReason) -> int:
+def stop_reason_to_proto(reason: ev.StopReason) -> event_pb2.StopReason.ValueType:
     return _STOP_REASONS[reason]
 
 

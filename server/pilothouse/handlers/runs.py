@@ -58,7 +58,9 @@ class RunService(runs_grpc.RunServiceServicer):
 
     # --- helpers ---------------------------------------------------------------
 
-    def _peer(self, context: Context, where: RemoteRun) -> tuple[runs_grpc.RunServiceStub, dict[str, Any]]:
+    def _peer(
+        self, context: Context, where: RemoteRun
+    ) -> tuple[runs_grpc.RunServiceAsyncStub, dict[str, Any]]:
         """The stub and call options that forward a call to `where.owner`."""
         if self.forwarder is None:
             raise NotFoundError(

@@ -38,6 +38,8 @@ from typing import Any
 
 import grpc
 
+from pilothouse.client.connection import ClientTls
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at a client's TLS files (stat calls).
@@ -178,40 +180,6 @@ class _CertificateReloader:
             self.reloads += 1
             log.info("TLS certificate reloaded from %s", self._tls.cert_file)
             return configuration
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTls:
-    """TLS of a client channel: the CA to verify the server with (None: the
-    system roots), an optional client certificate and key (for servers that
-    require mutual TLS), and `server_name`, the name to verify in the
-    server's certificate instead of the target's host (e.g. when calling a
-    pod by its IP)."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("a client certificate needs both its certificate and its key file")
-
-    def files(self) -> tuple[Path | None, ...]:
-        return (self.ca_file, self.cert_file, self.key_file)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Channel credentials from the files as they are now. Raises
-        TlsFileError."""
-        roots = read_ca(self.ca_file) if self.ca_file else None
-        key = chain = None
-        if self.cert_file is not None and self.key_file is not None:
-            key, chain = read_key_pair(self.cert_file, self.key_file)
-        return grpc.ssl_channel_credentials(roots, key, chain)
-
-    def options(self) -> list[tuple[str, Any]]:
-        """Channel options TLS adds (the server-name override)."""
-        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
 def open_channel(

@@ -148,7 +148,7 @@ class Runtime:
         return await self.agents.get(name, field)
 
     async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
-        return await self.agents.list(size, token)
+        return await self.agents.list_agents(size, token)
 
     async def delete_agent(self, name: str) -> None:
         await self.agents.delete(name)
@@ -167,7 +167,7 @@ class Runtime:
     async def list_sessions(
         self, agent: str, created_by: str, size: int, token: str, state: SessionState | None = None
     ) -> tuple[list[SessionRecord], str]:
-        return await self.sessions.list(agent, created_by, size, token, state)
+        return await self.sessions.list_sessions(agent, created_by, size, token, state)
 
     async def close_session(self, session_id: str) -> SessionRecord:
         return await self.sessions.close(session_id)

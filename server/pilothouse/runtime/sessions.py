@@ -93,7 +93,7 @@ class Sessions:
             raise session_not_found(session_id)
         return record
 
-    async def list(
+    async def list_sessions(
         self,
         agent: str,
         created_by: str,
