@@ -229,7 +229,7 @@ class MemorySessionStore:
     def _append(self, record: SessionRecord, messages: list[Message], now: float) -> None:
         if messages:
             self._items[record.id].extend(m.copy() for m in messages)
-            record.message_count = len(visible_history(self._items[record.id]))
+            record.message_count += len(messages)
             record.updated_at = now
 
     def _add_events(self, events: Sequence[StoredEvent]) -> None:
@@ -261,8 +261,11 @@ class MemorySessionStore:
         if cp.compact_summary is not None:
             items.append(CompactMarker(cp.compact_summary, cp.now))
         items.extend(m.copy() for m in cp.messages)
-        if appended:
-            record.message_count = len(visible_history(items))
+        if appended:  # counted as the SQL stores do: no pass over the whole history
+            if cp.compact_summary is not None:
+                record.message_count = 1 + len(cp.messages)
+            else:
+                record.message_count += len(cp.messages_before_compact) + len(cp.messages)
             record.updated_at = cp.now
         run = self._runs.get(run_id)
         if run is not None:
