@@ -23,9 +23,11 @@ from pilothouse.runtime.store.base import (
     AgentRecord,
     Checkpoint,
     CompactMarker,
+    MessageMatch,
     RunRecord,
     RunStatus,
     RunUpdate,
+    SessionMatch,
     SessionRecord,
     SessionState,
     StoredEvent,
@@ -33,6 +35,7 @@ from pilothouse.runtime.store.base import (
 )
 from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.textsearch import SearchQuery, scan
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
@@ -369,6 +372,35 @@ class MemorySessionStore:
         _apply(run, update)
         self._add_events(events)
         return True
+
+    async def search_sessions(
+        self,
+        query: SearchQuery,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+        matches: int = 3,
+    ) -> list[SessionMatch]:
+        """A scan of every matching session's transcript (`textsearch.scan`)."""
+        found = []
+        for record in self._records.values():
+            if (agent and record.agent != agent) or (created_by and record.created_by != created_by):
+                continue
+            if state is not None and record.state is not state:
+                continue
+            hits = []
+            for position, item in enumerate(self._items[record.id]):
+                if isinstance(item, Message) and (hit := scan(query, item)) is not None:
+                    score, text, spans = hit
+                    hits.append(MessageMatch(position, item.role, text, spans, item.created_at, score))
+            if hits:
+                hits.sort(key=lambda m: (-m.score, m.position))
+                found.append(SessionMatch(self._copy(record), hits[0].score, hits[:matches]))
+        found.sort(key=lambda f: (f.score, f.session.updated_at, f.session.id), reverse=True)
+        return found[max(offset, 0) : max(offset, 0) + max(limit, 0)]
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
         record = self._record(session_id)

@@ -31,9 +31,11 @@ import asyncpg
 
 from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store import postgres_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
+    SessionMatch,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -66,6 +68,7 @@ from pilothouse.runtime.store.postgres_runs import (
     item_arrays,
     unnest_items,
 )
+from pilothouse.runtime.store.textsearch import SearchQuery
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +426,23 @@ class PostgresSessionStore(PostgresRuns):
         if not rows:
             await self._require(session_id)
         return decode_rows(rows, decode)
+
+    async def search_sessions(
+        self,
+        query: SearchQuery,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+        matches: int = 3,
+    ) -> list[SessionMatch]:
+        """Full-text search with tsvector and GIN (see `postgres_search`)."""
+        return await postgres_search.search_sessions(
+            self._fetch, query, agent=agent, created_by=created_by, state=state,
+            offset=offset, limit=limit, matches=matches,
+        )  # fmt: skip
 
     # --- metadata ---------------------------------------------------------
 

@@ -12,9 +12,11 @@ from typing import Any
 
 from pilothouse.errors import agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store import sqlite_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
+    SessionMatch,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -36,6 +38,7 @@ from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import INSERT_AGENT, SELECT_AGENT, UPSERT_AGENT
 from pilothouse.runtime.store.sqlite_base import PAGE_SIZE
 from pilothouse.runtime.store.sqlite_runs import INSERT_ITEM, SqliteRuns
+from pilothouse.runtime.store.textsearch import SearchQuery
 
 __all__ = ["PAGE_SIZE", "SqliteSessionStore"]
 
@@ -101,6 +104,7 @@ class SqliteSessionStore(SqliteRuns):
             if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
                 raise session_not_found(session_id)
             conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM message_texts WHERE session_id = ?", (session_id,))
             conn.execute(
                 "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE session_id = ?)",
                 (session_id,),
@@ -184,6 +188,23 @@ class SqliteSessionStore(SqliteRuns):
         if not rows:
             await self._require(session_id)
         return decode_rows(rows, decode_item)
+
+    async def search_sessions(
+        self,
+        query: SearchQuery,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+        matches: int = 3,
+    ) -> list[SessionMatch]:
+        """Full-text search with FTS5 (see `sqlite_search`)."""
+        return await sqlite_search.search_sessions(
+            self, query, agent=agent, created_by=created_by, state=state,
+            offset=offset, limit=limit, matches=matches,
+        )  # fmt: skip
 
     # --- metadata ---------------------------------------------------------
 
