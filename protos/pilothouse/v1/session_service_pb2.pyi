@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pilothouse.v1 import message_pb2 as _message_pb2
 from pilothouse.v1 import session_pb2 as _session_pb2
 from google.protobuf.internal import containers as _containers
@@ -151,3 +154,59 @@ class ImportSessionResponse(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     session: _session_pb2.Session
     def __init__(self, session: _Optional[_Union[_session_pb2.Session, _Mapping]] = ...) -> None: ...
+
+class SearchSessionsRequest(_message.Message):
+    __slots__ = ("query", "agent", "created_by", "state", "page_size", "page_token")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    agent: str
+    created_by: str
+    state: _session_pb2.SessionState
+    page_size: int
+    page_token: str
+    def __init__(self, query: _Optional[str] = ..., agent: _Optional[str] = ..., created_by: _Optional[str] = ..., state: _Optional[_Union[_session_pb2.SessionState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SearchSessionsResponse(_message.Message):
+    __slots__ = ("results", "next_page_token")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SessionSearchResult]
+    next_page_token: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SessionSearchResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SessionSearchResult(_message.Message):
+    __slots__ = ("session", "score", "matches")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    session: _session_pb2.Session
+    score: float
+    matches: _containers.RepeatedCompositeFieldContainer[MessageMatch]
+    def __init__(self, session: _Optional[_Union[_session_pb2.Session, _Mapping]] = ..., score: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[MessageMatch, _Mapping]]] = ...) -> None: ...
+
+class MessageMatch(_message.Message):
+    __slots__ = ("message_id", "role", "snippet", "highlights", "create_time")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    role: _message_pb2.Role
+    snippet: str
+    highlights: _containers.RepeatedCompositeFieldContainer[TextRange]
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., role: _Optional[_Union[_message_pb2.Role, str]] = ..., snippet: _Optional[str] = ..., highlights: _Optional[_Iterable[_Union[TextRange, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TextRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...

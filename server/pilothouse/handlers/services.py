@@ -18,6 +18,7 @@ from pilothouse.runtime.control import DisconnectPolicy, RunOptions
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.runs import Run
 from pilothouse.runtime.runtime import RunElsewhere, Runtime
+from pilothouse.runtime.store.base import SessionState
 from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
@@ -81,14 +82,24 @@ class SessionService(sessions_grpc.SessionServiceServicer):
 
     @handle_errors
     async def ListSessions(self, request, context):
-        state = convert.session_state_from_proto(request.state)
-        if request.state and state is None:
-            raise InvalidArgumentError.field("state", f"unknown value {request.state}")
+        state = _state_filter(request.state)
         records, token = await self.runtime.list_sessions(
             request.agent, request.created_by, request.page_size, request.page_token, state
         )
         return sessions_pb.ListSessionsResponse(
             sessions=[self._session(r) for r in records], next_page_token=token
+        )
+
+    @handle_errors
+    async def SearchSessions(self, request, context):
+        state = _state_filter(request.state)
+        found, token = await self.runtime.search_sessions(
+            request.query, agent=request.agent, created_by=request.created_by, state=state,
+            size=request.page_size, token=request.page_token,
+        )  # fmt: skip
+        return sessions_pb.SearchSessionsResponse(
+            results=[convert.session_match_to_proto(m, self._session(m.session)) for m in found],
+            next_page_token=token,
         )
 
     @handle_errors
@@ -369,3 +380,11 @@ async def _merge_commands(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _state_filter(value: int) -> SessionState | None:
+    """The `state` filter of ListSessions and SearchSessions (None: any)."""
+    state = convert.session_state_from_proto(value)
+    if value and state is None:
+        raise InvalidArgumentError.field("state", f"unknown value {value}")
+    return state

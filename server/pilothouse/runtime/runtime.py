@@ -35,7 +35,7 @@ from pilothouse.errors import (
     session_closed,
     session_not_found,
 )
-from pilothouse.runtime import compaction
+from pilothouse.runtime import compaction, search
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.control import ActiveRunPolicy, Decision, RunOptions
 from pilothouse.runtime.events import (
@@ -54,6 +54,7 @@ from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
     AgentRecord,
     RunOutcome,
+    SessionMatch,
     SessionRecord,
     SessionState,
     SessionStore,
@@ -367,6 +368,23 @@ class Runtime:
         more = len(records) > limit
         next_token = encode_token("sessions", offset + limit, filters) if more else ""
         return records[:limit], next_token
+
+    async def search_sessions(
+        self,
+        query: str,
+        *,
+        agent: str = "",
+        created_by: str = "",
+        state: SessionState | None = None,
+        size: int = 0,
+        token: str = "",
+    ) -> tuple[list[SessionMatch], str]:
+        """A page of the sessions whose messages match `query`, best first
+        (see `search.search_sessions`)."""
+        return await search.search_sessions(
+            self.store, query, agent=agent, created_by=created_by, state=state, size=size,
+            token=token,
+        )  # fmt: skip
 
     def _check_idle(self, record: SessionRecord) -> None:
         run = self._active.get(record.id)
