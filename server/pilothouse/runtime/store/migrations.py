@@ -345,7 +345,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=(
             "ALTER TABLE transcript_items ADD COLUMN search tsvector GENERATED ALWAYS AS ("
             "CASE WHEN kind = 'message' AND role IN ('user', 'assistant') AND content <> ''"
-            " AND (payload IS NULL OR payload ->> 'auto_injected' IS NULL)"
+            # Not `payload ->> 'auto_injected'`: that parses the JSON, and
+            # fails on the \\u0000 escape of text with NUL.
+            """ AND (payload IS NULL OR payload::text NOT LIKE '%"auto_injected":true%')"""
             " THEN to_tsvector('simple'::regconfig, content) END) STORED",
             "CREATE INDEX transcript_items_search ON transcript_items USING GIN (search)"
             " WHERE search IS NOT NULL",

@@ -9,7 +9,7 @@ its body raises) runs there as one function, so it costs one hop between
 the event loop and the thread whatever its number of statements, and the
 thread's queue serialises the transactions. A caller cancelled while its
 transaction runs does not stop it: the transaction commits or rolls back
-whole. Reads go through a read-only aiosqlite connection, so they never
+whole, and the cancelled call returns once it has. Reads go through a read-only aiosqlite connection, so they never
 wait behind a write and always see committed data only.
 """
 
@@ -89,11 +89,20 @@ class SqliteBase:
         if thread is None:
             raise self._not_open()
         try:
-            future = asyncio.get_running_loop().run_in_executor(thread, self._call, fn)
+            job = thread.submit(self._call, fn)
         except RuntimeError as exc:  # the thread was shut down by close()
             raise _unavailable(self.path, exc) from exc
-        with self._errors():
-            return await future
+        try:
+            with self._errors():
+                return await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            # A job not started yet never runs; a running one is waited for,
+            # so that when a cancelled call returns its write is settled
+            # (committed whole or not at all) and a read sees which.
+            if not job.cancel():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(job)
+            raise
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._writer is None:  # closed while this call waited in the queue
