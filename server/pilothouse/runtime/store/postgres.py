@@ -35,7 +35,6 @@ from pilothouse.runtime.store import postgres_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
-    SessionMatch,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -68,7 +67,6 @@ from pilothouse.runtime.store.postgres_runs import (
     item_arrays,
     unnest_items,
 )
-from pilothouse.runtime.store.textsearch import SearchQuery
 
 log = logging.getLogger(__name__)
 
@@ -427,22 +425,8 @@ class PostgresSessionStore(PostgresRuns):
             await self._require(session_id)
         return decode_rows(rows, decode)
 
-    async def search_sessions(
-        self,
-        query: SearchQuery,
-        *,
-        agent: str,
-        created_by: str,
-        state: SessionState | None,
-        offset: int,
-        limit: int,
-        matches: int = 3,
-    ) -> list[SessionMatch]:
-        """Full-text search with tsvector and GIN (see `postgres_search`)."""
-        return await postgres_search.search_sessions(
-            self._fetch, query, agent=agent, created_by=created_by, state=state,
-            offset=offset, limit=limit, matches=matches,
-        )  # fmt: skip
+    #: Full-text search (see `postgres_search`).
+    search_sessions = postgres_search.search_sessions
 
     # --- metadata ---------------------------------------------------------
 

@@ -49,7 +49,7 @@ FROM headlines ORDER BY rank DESC, seq
 
 
 async def search_sessions(
-    fetch: Any,
+    store: Any,
     query: SearchQuery,
     *,
     agent: str,
@@ -59,7 +59,8 @@ async def search_sessions(
     limit: int,
     matches: int = 3,
 ) -> list[SessionMatch]:
-    """`fetch(sql, *args)` runs a statement (the store's `_fetch`)."""
+    """`SessionStore.search_sessions` of `store` (a `PostgresSessionStore`)."""
+    fetch = store._fetch
     text = tsquery(query)
     args: list[Any] = [text, max(limit, 0), max(offset, 0)]
     where = []

@@ -16,7 +16,6 @@ from pilothouse.runtime.store import sqlite_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
-    SessionMatch,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -38,7 +37,6 @@ from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import INSERT_AGENT, SELECT_AGENT, UPSERT_AGENT
 from pilothouse.runtime.store.sqlite_base import PAGE_SIZE
 from pilothouse.runtime.store.sqlite_runs import INSERT_ITEM, SqliteRuns
-from pilothouse.runtime.store.textsearch import SearchQuery
 
 __all__ = ["PAGE_SIZE", "SqliteSessionStore"]
 
@@ -189,22 +187,8 @@ class SqliteSessionStore(SqliteRuns):
             await self._require(session_id)
         return decode_rows(rows, decode_item)
 
-    async def search_sessions(
-        self,
-        query: SearchQuery,
-        *,
-        agent: str,
-        created_by: str,
-        state: SessionState | None,
-        offset: int,
-        limit: int,
-        matches: int = 3,
-    ) -> list[SessionMatch]:
-        """Full-text search with FTS5 (see `sqlite_search`)."""
-        return await sqlite_search.search_sessions(
-            self, query, agent=agent, created_by=created_by, state=state,
-            offset=offset, limit=limit, matches=matches,
-        )  # fmt: skip
+    #: Full-text search (see `sqlite_search`).
+    search_sessions = sqlite_search.search_sessions
 
     # --- metadata ---------------------------------------------------------
 

@@ -61,6 +61,7 @@ async def search_sessions(
     limit: int,
     matches: int = 3,
 ) -> list[SessionMatch]:
+    """`SessionStore.search_sessions` of `store` (a `SqliteSessionStore`)."""
     params: dict[str, Any] = {"q": fts5_query(query), "limit": max(limit, 0),
                               "offset": max(offset, 0)}  # fmt: skip
     where = []
