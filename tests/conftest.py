@@ -24,7 +24,7 @@ from pilothouse.app.startup import App, start_app
 from pilothouse.client import PilothouseClient
 from pilothouse.rpc.serving import RunningServer
 from pilothouse.testmodel import ChatCompletionsServer, QueueResponder
-from pilothouse.toolexecutor import AskUser, ToolRegistry, current_answer
+from pilothouse.toolexecutor import AskUser, ToolFlags, ToolRegistry, current_answer
 from pilothouse.toolexecutor.builtins import register_builtins
 from pilothouse.toolexecutor.service import serve_tools
 
@@ -59,6 +59,20 @@ def build_test_tools() -> ToolRegistry:
             CANCELLED_GATES.append(name)
             raise
         return f"gate {name} opened"
+
+    @registry.tool(flags=ToolFlags(idempotent=True, read_only=True))
+    async def read_gate(name: str) -> str:
+        """Wait until the gate `name` opens, then say so (safe to repeat).
+
+        Args:
+            name: The gate to wait for.
+        """
+        try:
+            await gate(name).wait()
+        except asyncio.CancelledError:
+            CANCELLED_GATES.append(name)
+            raise
+        return f"gate {name} read"
 
     @registry.tool(metadata={"requires_approval": "true"})
     def delete_records(table: str) -> str:

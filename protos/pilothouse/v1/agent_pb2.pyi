@@ -21,7 +21,7 @@ APPROVAL_POLICY_NEVER: ApprovalPolicy
 APPROVAL_POLICY_ALWAYS: ApprovalPolicy
 
 class AgentConfig(_message.Message):
-    __slots__ = ("name", "description", "system_prompt", "model", "tools", "max_iterations", "tool_choice", "thinking", "compact_threshold", "approval_policy", "approval_required_tools", "context_window")
+    __slots__ = ("name", "description", "system_prompt", "model", "tools", "max_iterations", "tool_choice", "thinking", "compact_threshold", "approval_policy", "approval_required_tools", "context_window", "fallback_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class AgentConfig(_message.Message):
     APPROVAL_POLICY_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REQUIRED_TOOLS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     system_prompt: str
@@ -46,7 +47,8 @@ class AgentConfig(_message.Message):
     approval_policy: ApprovalPolicy
     approval_required_tools: _containers.RepeatedScalarFieldContainer[str]
     context_window: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ..., approval_policy: _Optional[_Union[ApprovalPolicy, str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ..., context_window: _Optional[int] = ...) -> None: ...
+    fallback_model: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., system_prompt: _Optional[str] = ..., model: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., max_iterations: _Optional[int] = ..., tool_choice: _Optional[str] = ..., thinking: _Optional[bool] = ..., compact_threshold: _Optional[int] = ..., approval_policy: _Optional[_Union[ApprovalPolicy, str]] = ..., approval_required_tools: _Optional[_Iterable[str]] = ..., context_window: _Optional[int] = ..., fallback_model: _Optional[str] = ...) -> None: ...
 
 class Agent(_message.Message):
     __slots__ = ("config", "tools", "create_time", "source", "version")

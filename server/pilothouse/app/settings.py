@@ -67,8 +67,26 @@ class Settings(ServerProcessSettings):
     data_dir: Path = Field(Path("data"), description="where file-based stores live")
     heartbeat_interval: float = Field(15.0, gt=0, description="seconds of quiet before a heartbeat")
     decision_timeout: float = Field(600.0, gt=0, description="seconds an approval or question waits")
-    event_retention: float = Field(300.0, ge=0, description="seconds a finished run's events are kept")
+    event_retention: float = Field(
+        300.0, ge=0, description="seconds a finished run stays in memory (later reads go to the store)"
+    )
+    event_log_retention: float = Field(
+        7 * 24 * 3600.0, ge=0,
+        description="seconds the store keeps a finished run's events (its done is kept)",
+    )
+    event_flush_interval: float = Field(
+        0.05, gt=0, description="seconds between batched writes of the durable event log"
+    )
     run_lease: float = Field(30.0, gt=0, description="seconds a run's session lease lasts unrenewed")
+    resume_policy: Literal["resume", "interrupt"] = Field(
+        "resume", description="what happens to a run whose server stopped: resume it or end it"
+    )
+    resume_poll_interval: float = Field(
+        2.0, gt=0, description="seconds between looks for runs to take over"
+    )
+    model_stream_retries: int = Field(
+        2, ge=0, le=10, description="retries of a model round whose stream failed after it began"
+    )
     session_cache_size: int = Field(1000, ge=0, description="histories kept in memory")
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 

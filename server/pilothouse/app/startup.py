@@ -20,7 +20,9 @@ from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
-from pilothouse.handlers.services import AgentService, RunService, SessionService
+from pilothouse.handlers.agents import AgentService
+from pilothouse.handlers.runs import RunService
+from pilothouse.handlers.sessions import SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
 from pilothouse.ops.telemetry import (
     add_span_processor,
@@ -31,7 +33,7 @@ from pilothouse.ops.telemetry import (
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.model.openai import OpenAIChatModel
-from pilothouse.runtime.runtime import Runtime, RuntimeLimits
+from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.v1 import (
@@ -105,10 +107,13 @@ class App:
            routing here) and new runs refused with UNAVAILABLE (DRAINING);
            other RPCs are still served.
         2. Active and queued runs get `grace` seconds (default
-           `settings.shutdown_grace`) to finish and store their history;
-           `force` being set (a second SIGTERM) cuts the wait short.
-        3. What still runs is cancelled (stop reason CANCELLED, history
-           valid) and stored.
+           `settings.shutdown_grace`) to finish and store their history.
+        3. What still runs is handed over: stopped at a safe point, its
+           state stored and its lease released, so another replica (or the
+           next start) resumes it; its streams end with UNAVAILABLE
+           (RUN_HANDED_OVER) and clients re-attach. `force` being set (a
+           second SIGTERM) cuts the wait short and cancels instead (stop
+           reason CANCELLED, history valid).
         4. Streams get up to STREAM_GRACE_S to deliver their last events,
            then the server stops and everything is closed.
         """
@@ -124,11 +129,15 @@ class App:
         if active:
             log.info("draining: %d active run(s) get up to %gs to finish", len(active), grace)
         finished = await _first(self.runtime.wait_idle(grace), force)
-        if not finished:
-            remaining = self.runtime.active_runs()
-            log.warning("cancelling %d run(s) still active after the drain", len(remaining))
-            for run in remaining:
-                run.control.request_stop(StopReason.CANCELLED, "the server is shutting down")
+        if not finished and not (force is not None and force.is_set()):
+            remaining = len(self.runtime.active_runs())
+            log.warning("handing over %d run(s) still active after the drain", remaining)
+            await _first(self.runtime.hand_over(CANCEL_WAIT_S), force)
+        if self.runtime.active_runs():
+            remaining_runs = self.runtime.active_runs()
+            log.warning("cancelling %d run(s) still active after the drain", len(remaining_runs))
+            for run in remaining_runs:
+                run.stop(StopReason.CANCELLED, "the server is shutting down")
             if not await self.runtime.wait_idle(CANCEL_WAIT_S):
                 log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
         # Every run has ended and published `done`: the streams deliver it
@@ -253,12 +262,16 @@ async def start_app(
                 max_content_bytes=settings.max_content_bytes,
                 lease_s=settings.run_lease,
                 event_retention_s=settings.event_retention,
+                event_log_retention_s=settings.event_log_retention,
+                event_flush_s=settings.event_flush_interval,
+                resume_policy=ResumePolicy(settings.resume_policy),
+                resume_poll_s=settings.resume_poll_interval,
+                stream_retries=settings.model_stream_retries,
                 decision_timeout_s=settings.decision_timeout,
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
         )
-        await runtime.start()
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
             interceptors=tracing_client_interceptors(),
@@ -289,6 +302,7 @@ async def start_app(
             interceptors=[runtime_metrics.event_interceptor()],
         )
         runtime.address = advertised_address(settings, server.port)
+        await runtime.start()  # takes over runs left by a crash or a drain
         health = HealthMonitor(
             server,
             dependencies_of(settings, store, tools),

@@ -14,14 +14,20 @@ from pilothouse.runtime import events as ev
 from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy
 from pilothouse.runtime.control import (
     ActiveRunPolicy,
-    Decision,
     DisconnectPolicy,
     LateSteeringPolicy,
     RunOptions,
-    Verdict,
 )
+from pilothouse.runtime.events import Decision, Verdict
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
-from pilothouse.runtime.store.base import INTERRUPTED, SessionMatch, SessionRecord, SessionState
+from pilothouse.runtime.store.base import (
+    INTERRUPTED,
+    RunRecord,
+    RunStatus,
+    SessionMatch,
+    SessionRecord,
+    SessionState,
+)
 from pilothouse.v1 import (
     agent_pb2,
     event_pb2,
@@ -132,6 +138,7 @@ def decision_from_proto(decision: event_pb2.Decision) -> Decision:
         reason=decision.reason,
         selected_options=tuple(decision.selected_options),
         text=decision.text,
+        edited_arguments=decision.edited_arguments_json,
     )
 
 
@@ -142,11 +149,63 @@ def decision_to_proto(decision: Decision) -> event_pb2.Decision:
         reason=decision.reason,
         selected_options=list(decision.selected_options),
         text=decision.text,
+        edited_arguments_json=decision.edited_arguments,
     )
+
+
+_RUN_STATUSES = {
+    RunStatus.QUEUED: run_service_pb2.RUN_STATUS_QUEUED,
+    RunStatus.RUNNING: run_service_pb2.RUN_STATUS_RUNNING,
+    RunStatus.WAITING_FOR_DECISION: run_service_pb2.RUN_STATUS_WAITING_FOR_DECISION,
+    RunStatus.FINISHED: run_service_pb2.RUN_STATUS_FINISHED,
+    RunStatus.INTERRUPTED: run_service_pb2.RUN_STATUS_INTERRUPTED,
+}
+_RUN_STATUS_OF = {proto: status for status, proto in _RUN_STATUSES.items()}
+
+
+def run_statuses_from_proto(values, field: str = "statuses") -> set[RunStatus]:
+    """Domain run statuses; INVALID_ARGUMENT for unknown or unspecified."""
+    statuses = set()
+    for value in values:
+        if value not in _RUN_STATUS_OF:
+            raise InvalidArgumentError.field(field, f"unknown value {value}")
+        statuses.add(_RUN_STATUS_OF[value])
+    return statuses
+
+
+def run_to_proto(record: RunRecord) -> run_service_pb2.Run:
+    run = run_service_pb2.Run(
+        run_id=record.id,
+        session_id=record.session_id,
+        agent=record.agent,
+        agent_version=record.agent_version,
+        status=_RUN_STATUSES[record.status],
+        stop_reason=_STOP_REASON_BY_VALUE.get(record.stop_reason, event_pb2.STOP_REASON_UNSPECIFIED),
+        error=record.error,
+        create_time=timestamp(record.created_at),
+        usage=usage_to_proto(record.usage),
+        iterations=record.iterations,
+        owner=record.owner,
+        attempt=record.attempt,
+        idempotency_key=record.idempotency_key,
+        last_sequence=record.last_sequence,
+        content=record.content,
+        sender=record.sender,
+    )
+    if record.started_at:
+        run.start_time.CopyFrom(timestamp(record.started_at))
+    if record.ended_at:
+        run.end_time.CopyFrom(timestamp(record.ended_at))
+    return run
 
 
 def session_state_from_proto(state: int) -> SessionState | None:
     return _SESSION_STATE_OF.get(state)
+
+
+def stop_reason_value_to_proto(value: str) -> int:
+    """A stored stop reason value ("" and unknown: unspecified)."""
+    return _STOP_REASON_BY_VALUE.get(value, event_pb2.STOP_REASON_UNSPECIFIED)
 
 
 def stop_reason_to_proto(reason: ev.StopReason) -> int:
@@ -180,6 +239,7 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             "approval_policy": _APPROVAL_POLICY_OF.get(config.approval_policy, config.approval_policy),
             "approval_required_tools": tuple(config.approval_required_tools),
             "context_window": config.context_window,
+            "fallback_model": config.fallback_model,
         }
     )
 
@@ -200,6 +260,7 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             approval_policy=_APPROVAL_POLICIES[c.approval_policy],
             approval_required_tools=list(c.approval_required_tools),
             context_window=c.context_window,
+            fallback_model=c.fallback_model,
         ),
         tools=[
             tool_pb2.Tool(
@@ -392,6 +453,16 @@ _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
         ),
     ),
     ev.Compacted: lambda e: ("compacted", event_pb2.Compacted(summary=e.summary)),
+    ev.RunResumed: lambda e: (
+        "run_resumed",
+        event_pb2.RunResumed(
+            attempt=e.attempt, last_stored_sequence=e.last_stored_sequence, reason=e.reason
+        ),
+    ),
+    ev.RoundRetried: lambda e: (
+        "round_retried",
+        event_pb2.RoundRetried(attempt=e.attempt, cause=e.cause, error=e.error, model=e.model),
+    ),
 }
 
 

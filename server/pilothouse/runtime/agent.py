@@ -51,6 +51,9 @@ class AgentConfig(BaseModel):
     approval_policy: ApprovalPolicy = ApprovalPolicy.DEFAULT
     approval_required_tools: tuple[str, ...] = ()
     context_window: int = Field(default=0, ge=0)
+    #: Tried for a round when the model's stream keeps failing (after the
+    #: stream retries) or the model is unavailable; "" for none.
+    fallback_model: str = ""
 
     @field_validator("name")
     @classmethod

@@ -66,7 +66,12 @@ class ModelError(Exception):
 
     `status_code` is the HTTP status when there was one; `code` the
     provider's error code when it sent one; `retryable` says whether the
-    same request may succeed later (429, 5xx, connection errors).
+    same request may succeed later (429, 5xx, connection errors);
+    `mid_stream` whether the stream had begun (a cut connection, an error
+    inside the stream, no bytes for the idle timeout), so the round's
+    partial output must be dropped before a retry; `cause` names the kind
+    of failure in a word or two (e.g. "connection_reset", "idle_timeout",
+    "server_error", "error_event").
     """
 
     def __init__(
@@ -76,12 +81,16 @@ class ModelError(Exception):
         status_code: int | None = None,
         code: str | None = None,
         retryable: bool = False,
+        mid_stream: bool = False,
+        cause: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.code = code
         self.retryable = retryable
+        self.mid_stream = mid_stream
+        self.cause = cause
 
 
 class ChatModel(Protocol):
