@@ -106,20 +106,6 @@ TranscriptItem = Message | CompactMarker
 
 
 @dataclass(slots=True)
-class RunOutcome:
-    """Transitional: what the pre-checkpoint `finish_run` stored (removed
-    once the runtime writes checkpoints)."""
-
-    messages: list[Message]
-    stop_reason: str
-    usage: Usage
-    uptime_s: float
-    finished_at: float
-    compact_summary: str | None = None
-    messages_before_compact: list[Message] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class RunRecord:
     """One run as stored.
 

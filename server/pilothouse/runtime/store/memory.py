@@ -52,7 +52,6 @@ class MemorySessionStore:
         self._agents: dict[str, AgentRecord] = {}
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[StoredEvent]] = {}
-        self._owners: dict[str, tuple[str, str]] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
@@ -120,7 +119,6 @@ class MemorySessionStore:
         for run_id in [r.id for r in self._runs.values() if r.session_id == session_id]:
             del self._runs[run_id]
             self._events.pop(run_id, None)
-        self._owners.pop(session_id, None)
 
     async def load_history(self, session_id: str) -> list[Message]:
         self._record(session_id)
@@ -210,7 +208,7 @@ class MemorySessionStore:
             raise session_closed(session_id)
         if new_run is not None:
             self._check_new_run(new_run)
-        elif not self._is_run_of(run_id, session_id) and not _LEGACY:
+        elif not self._is_run_of(run_id, session_id):
             raise run_not_found(session_id, run_id)
         if record.active_run_id and record.active_run_id != run_id:
             live_record, expired = self._lease_state(record, now)
@@ -432,41 +430,6 @@ class MemorySessionStore:
         self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
 
-    # --- Transitional: the run API before durable runs (removed with it) ---
-
-    async def finish_run(self, session_id: str, run_id: str, outcome) -> SessionRecord:
-        return await self.checkpoint(session_id, run_id, Checkpoint(
-            now=outcome.finished_at, messages=outcome.messages,
-            compact_summary=outcome.compact_summary,
-            messages_before_compact=outcome.messages_before_compact,
-            run=RunUpdate(stop_reason=outcome.stop_reason, usage=outcome.usage),
-            final=True, uptime_s=outcome.uptime_s,
-        ))
-
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        record = self._record(session_id)
-        if record.active_run_id != run_id:
-            return
-        record.active_run_id = ""
-        record.last_run_id = run_id
-        record.last_run_stop_reason = stop_reason
-        record.updated_at = now
-        self._lease_until.pop(session_id, None)
-
-    async def recover_interrupted(self, now: float) -> list[str]:
-        recovered = []
-        for record in self._records.values():
-            if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
-                self._interrupt(record)
-                recovered.append(record.id)
-        return recovered
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        self._owners[session_id] = (run_id, owner)
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        return self._owners.get(session_id)
-
     # --- Agents -----------------------------------------------------------
 
     async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
@@ -503,10 +466,6 @@ class MemorySessionStore:
 
 
 _T = TypeVar("_T", bound=Message | CompactMarker)
-
-#: Transitional: begin_run accepts a run without a record (the runtime
-#: before durable runs).
-_LEGACY = True
 
 
 def _cut(items: list[_T], max_bytes: int) -> list[_T]:

@@ -27,7 +27,6 @@ from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     Checkpoint,
-    RunOutcome,
     RunRecord,
     RunStatus,
     RunUpdate,
@@ -45,7 +44,6 @@ from pilothouse.runtime.store.codec import (
 )
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
-    LEGACY_RUNS,
     RUN_COLUMN_COUNT,
     RUN_COLUMNS,
     dumps,
@@ -53,7 +51,6 @@ from pilothouse.runtime.store.runcodec import (
     event_params,
     has_update,
     key_column,
-    legacy_checkpoint,
     run_from_row,
     run_params,
     update_assignments,
@@ -209,7 +206,7 @@ class SqliteRuns(SqliteBase):
                     raise run_exists(session_id, key_run)
                 if run_session is not None:
                     raise run_exists(run_session, run_id)
-            elif run_session != session_id and not LEGACY_RUNS:
+            elif run_session != session_id:
                 raise run_not_found(session_id, run_id)
             takeover = False
             if active and active != run_id:
@@ -429,47 +426,6 @@ class SqliteRuns(SqliteBase):
             return True
 
         return await self._transaction(end)
-
-    # --- Transitional: the run API before durable runs (removed with it) ---
-
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        return await self.checkpoint(  # type: ignore[attr-defined]
-            session_id, run_id, legacy_checkpoint(outcome)
-        )
-
-    async def abandon_run(
-        self, session_id: str, run_id: str, stop_reason: str, now: float
-    ) -> None:
-        rows = await self._write(
-            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = ?, "
-            "last_run_stop_reason = ?, updated_at = ? WHERE id = ? AND active_run_id = ? "
-            "RETURNING 1",
-            (run_id, stop_reason, now, session_id, run_id),
-        )
-        if not rows:
-            await self._require(session_id)
-
-    async def recover_interrupted(self, now: float) -> list[str]:
-        rows = await self._write(
-            f"UPDATE sessions SET last_run_id = active_run_id, "
-            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
-            "WHERE active_run_id <> '' AND lease_until <= ? RETURNING id",
-            (now,),
-        )
-        return [row[0] for row in rows]
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        await self._write(
-            "INSERT INTO run_owners (session_id, run_id, owner) VALUES (?, ?, ?) "
-            "ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner",
-            (session_id, run_id, owner),
-        )
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        rows = await self._read(
-            "SELECT run_id, owner FROM run_owners WHERE session_id = ?", (session_id,)
-        )
-        return (rows[0][0], rows[0][1]) if rows else None
 
 
 #: Runs whose events one `prune_events` transaction deletes.
