@@ -103,7 +103,7 @@ async def test_traceparent_makes_the_run_a_child_of_the_caller(model_server, too
 
 
 async def test_exposed_a2a_port_needs_authentication(model_server, tool_server):
-    with pytest.raises(StartupError, match="refusing to serve 0.0.0.0:0 without authentication"):
+    with pytest.raises(StartupError, match=r"refusing to serve 0\.0\.0\.0:0 without authentication"):
         await start_app(app_settings(model_server, tool_server, a2a_listen_address="0.0.0.0:0"))
 
 
