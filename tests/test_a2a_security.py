@@ -115,3 +115,24 @@ async def test_a2a_is_off_by_default(model_server, tool_server):
     finally:
         await app.stop(0)
 
+
+
+async def test_get_task_after_a_restart_reads_the_store(model_server, tool_server, fake_model, tmp_path):
+    settings = {"store_url": "sqlite:///sessions.db", "data_dir": tmp_path}
+    async with runtime(model_server, tool_server, **settings) as app:
+        async with PilothouseClient(f"127.0.0.1:{app.port}") as admin:
+            await admin.create_agent("durable", system_prompt="Be brief.")
+        assert app.a2a is not None
+        fake_model.responder.push(text_reply("Stored for later."))
+        url = f"http://127.0.0.1:{app.a2a.http_port}/agents/durable/"
+        async with await ClientFactory(ClientConfig()).create_from_url(url) as client:
+            events = await collect(client.send_message(user("Remember this")))
+        task_id = events[0].task.id
+    async with runtime(model_server, tool_server, **settings) as app:
+        assert app.a2a is not None
+        url = f"http://127.0.0.1:{app.a2a.http_port}/agents/durable/"
+        async with await ClientFactory(ClientConfig()).create_from_url(url) as client:
+            task = await client.get_task(pb.GetTaskRequest(id=task_id, history_length=1))
+    assert task.status.state == pb.TASK_STATE_COMPLETED
+    assert text_from([pb.StreamResponse(task=task)]) == "Stored for later."
+    assert len(task.history) == 1
