@@ -25,6 +25,7 @@ from pilothouse.runtime.store.base import (
     INTERRUPTED,
     RunRecord,
     RunStatus,
+    SessionMatch,
     SessionRecord,
     SessionState,
 )
@@ -34,6 +35,7 @@ from pilothouse.v1 import (
     message_pb2,
     run_service_pb2,
     session_pb2,
+    session_service_pb2,
     tool_pb2,
 )
 
@@ -283,6 +285,8 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
                 config.reasoning_effort, config.reasoning_effort
             ),
             "fallback_model": config.fallback_model,
+            "allowed_principals": tuple(config.allowed_principals),
+            "allowed_roles": tuple(config.allowed_roles),
         }
     )
 
@@ -310,6 +314,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             parallel_tool_calls=c.parallel_tool_calls,
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
+            allowed_principals=list(c.allowed_principals),
+            allowed_roles=list(c.allowed_roles),
         ),
         tools=[
             tool_pb2.Tool(
@@ -367,6 +373,26 @@ def message_to_proto(message: Message) -> message_pb2.Message:
         sender=message.sender,
         auto_injected=message.auto_injected,
         create_time=timestamp(message.created_at),
+    )
+
+
+def session_match_to_proto(
+    match: SessionMatch, session: session_pb2.Session
+) -> session_service_pb2.SessionSearchResult:
+    """A search result; `session` is the session as `session_to_proto` made it."""
+    return session_service_pb2.SessionSearchResult(
+        session=session,
+        score=match.score,
+        matches=[
+            session_service_pb2.MessageMatch(
+                message_id=str(m.position),
+                role=_ROLES[m.role],
+                snippet=m.snippet,
+                highlights=[session_service_pb2.TextRange(start=s, end=e) for s, e in m.highlights],
+                create_time=timestamp(m.created_at),
+            )
+            for m in match.matches
+        ],
     )
 
 
