@@ -14,6 +14,7 @@ from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
 from a2a.client.service_parameters import ServiceParameters
 from a2a.types import a2a_pb2 as pb
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -40,7 +41,7 @@ async def runtime(model_server, tool_server, **overrides):
 async def test_tokens_guard_both_bindings(model_server, tool_server, fake_model, tmp_path):
     path = tokens_file(tmp_path / "tokens.toml", {
         "admin-secret": ("root", ["admin"]), "bob-secret": ("bob", ["user"]),
-        "eve-secret": ("eve", ["auditor"]),
+        "eve-secret": ("eve", ["auditor"]), "alice-secret": ("alice", ["user"]),
     })
     async with runtime(model_server, tool_server, auth=["tokens"], auth_tokens_file=path) as app:
         async with PilothouseClient(f"127.0.0.1:{app.port}", token="admin-secret") as admin:
@@ -66,6 +67,14 @@ async def test_tokens_guard_both_bindings(model_server, tool_server, fake_model,
         async with PilothouseClient(f"127.0.0.1:{app.port}", token="admin-secret") as admin:
             session = await admin.get_session(events[0].task.context_id)
         assert session.created_by == "bob"  # the principal, when the message names no one
+
+        alice = httpx.AsyncClient(headers={"Authorization": "Bearer alice-secret"})
+        async with await ClientFactory(ClientConfig(httpx_client=alice)).create_from_url(url) as client:
+            with pytest.raises(TaskNotFoundError):  # bob's task is not alice's to see
+                await client.get_task(pb.GetTaskRequest(id=events[0].task.id))
+            with pytest.raises(InvalidParamsError):  # nor his context hers to write in
+                await collect(client.send_message(user("Hi", context_id=events[0].task.context_id)))
+        await alice.aclose()
 
         config = ClientConfig(supported_protocol_bindings=["GRPC"],
                               grpc_channel_factory=grpc.aio.insecure_channel)

@@ -8,8 +8,10 @@ Pilothouse run already is a durable, sequenced task:
 - An A2A task is a run (task id = run id), its `contextId` the run's
   session. A message without `taskId` starts a run: on the session its
   `contextId` names (which must belong to the agent), or on a new session
-  of the agent (`created_by` from the metadata `createdBy`, else the
-  authenticated principal, else "a2a"). Its `messageId` is the run's
+  of the agent (`created_by` from the metadata `createdBy`, which only an
+  admin may set to another principal than itself, else the authenticated
+  principal, else "a2a"). Contexts and tasks of other principals are not
+  found, as in the gRPC API. Its `messageId` is the run's
   idempotency key, so a retried send joins the run it started. A message
   for a session whose run is still going is queued behind it
   (ActiveRunPolicy.ENQUEUE: the new task is SUBMITTED until then).
@@ -162,7 +164,7 @@ class PilothouseRequestHandler(RequestHandler):
         sender = metadata_value("sender", message.metadata, params.metadata) or created_by
         if message.context_id:
             try:
-                session = await self.runtime.get_session(message.context_id)
+                session = await self.runtime.get_session(message.context_id, current_principal())
             except NotFoundError as exc:
                 raise invalid_params(
                     "unknown context; omit contextId to start a new conversation",
@@ -176,10 +178,11 @@ class PilothouseRequestHandler(RequestHandler):
                 await self.runtime.get_agent(agent, "tenant")
             except NotFoundError as exc:
                 raise invalid_params(f"no agent named {agent!r}", "tenant", agent=agent) from exc
-            session = await self.runtime.create_session(agent, created_by)
+            session = await self.runtime.create_session(agent, created_by, current_principal())
         key = message.message_id if _usable_key(message.message_id) else ""
         where, _ = await self.runtime.start_run(
-            session.id, text, sender, RunOptions(if_active=ActiveRunPolicy.ENQUEUE), idempotency_key=key
+            session.id, text, sender, RunOptions(if_active=ActiveRunPolicy.ENQUEUE),
+            idempotency_key=key, caller=current_principal(),
         )
         if isinstance(where, RemoteRun):
             record = await self.runtime.get_run(where.run_id, session.id)
@@ -211,7 +214,9 @@ class PilothouseRequestHandler(RequestHandler):
         if projection.pending:
             decision = decision_of(message, projection.pending)
             try:
-                outcome = await self.runtime.submit_decision(record.session_id, decision)
+                outcome = await self.runtime.submit_decision(
+                    record.session_id, decision, current_principal()
+                )
             except NotFoundError as exc:  # answered meanwhile, or timed out
                 raise to_a2a(exc, not_found=a2a_errors.InvalidParamsError) from exc
             if isinstance(outcome, RemoteRun):
@@ -241,7 +246,9 @@ class PilothouseRequestHandler(RequestHandler):
         record, _ = await self._task(params.id, self._agent(context))
         if record.status.ended:
             raise a2a_errors.TaskNotCancelableError(f"task {record.id} has already ended")
-        outcome = await self.runtime.cancel(record.session_id, record.id, CANCEL_REASON)
+        outcome = await self.runtime.cancel(
+            record.session_id, record.id, CANCEL_REASON, current_principal()
+        )
         if isinstance(outcome, RemoteRun):
             raise _elsewhere(outcome)
         run, already_finished = outcome
@@ -304,12 +311,12 @@ class PilothouseRequestHandler(RequestHandler):
         """The run `task_id` names, if it is one of `agent`'s, and where it
         is. TaskNotFoundError otherwise."""
         try:
-            record = await self.runtime.get_run(task_id)
+            record = await self.runtime.get_run(task_id, caller=current_principal())
         except NotFoundError as exc:
             raise a2a_errors.TaskNotFoundError(f"no task {task_id!r}") from exc
         if record.agent != agent:
             raise a2a_errors.TaskNotFoundError(f"no task {task_id!r}")
-        return record, await self.runtime.locate(record.session_id, record.id)
+        return record, await self.runtime.locate(record.session_id, record.id, current_principal())
 
     async def _events(self, where: RunLocation, after: int) -> AsyncGenerator[RunEvent, None]:
         """The run's events after `after`, live, wherever it runs; a run
