@@ -6,10 +6,12 @@ a2a-sdk client."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 
 import grpc
 import httpx
 import pytest
+import trustme
 from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
 from a2a.client.service_parameters import ServiceParameters
@@ -22,6 +24,7 @@ from pilothouse.app.startup import StartupError, start_app
 from pilothouse.client import PilothouseClient
 from pilothouse.ops import telemetry
 from pilothouse.testmodel import text_reply
+from tests.certs import issue, write_ca
 from tests.conftest import app_settings
 from tests.test_a2a import collect, states, text_from, user
 from tests.test_auth import tokens_file
@@ -145,3 +148,28 @@ async def test_get_task_after_a_restart_reads_the_store(model_server, tool_serve
     assert task.status.state == pb.TASK_STATE_COMPLETED
     assert text_from([pb.StreamResponse(task=task)]) == "Stored for later."
     assert len(task.history) == 1
+
+
+async def test_both_bindings_over_the_servers_tls(model_server, tool_server, fake_model, tmp_path):
+    ca = trustme.CA()
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    leaf = issue(ca, tmp_path, "runtime")
+    async with runtime(model_server, tool_server, tls_cert_file=leaf.cert_file,
+                       tls_key_file=leaf.key_file) as app:
+        assert app.a2a is not None
+        url = f"https://127.0.0.1:{app.a2a.http_port}/agents/assistant/"
+        credentials = grpc.ssl_channel_credentials(ca_file.read_bytes())
+        fake_model.responder.push(text_reply("Over TLS."), text_reply("Over gRPC TLS."))
+        http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca_file)))
+        async with await ClientFactory(ClientConfig(httpx_client=http)).create_from_url(url) as client:
+            assert text_from(await collect(client.send_message(user("Hi")))) == "Over TLS."
+        config = ClientConfig(
+            httpx_client=http, supported_protocol_bindings=["GRPC"],
+            grpc_channel_factory=lambda target: grpc.aio.secure_channel(target, credentials),
+        )
+        async with await ClientFactory(config).create_from_url(url) as client:
+            assert text_from(await collect(client.send_message(user("Hi")))) == "Over gRPC TLS."
+        await http.aclose()
+        async with httpx.AsyncClient() as plain:  # the CA is not trusted by default
+            with pytest.raises(httpx.ConnectError):
+                await plain.get(url + ".well-known/agent-card.json")
