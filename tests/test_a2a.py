@@ -410,3 +410,30 @@ async def test_readme_client_runs(a2a_app, fake_model, capsys):
     out = capsys.readouterr().out
     assert "17 * 23 = 391." in out and "calculate → 391" in out
     assert out.rstrip().endswith("[TASK_STATE_COMPLETED]")
+
+
+async def test_a2a_0_3_clients_are_served_on_the_same_endpoint(a2a_app, fake_model, make_agent):
+    """A client that speaks A2A 0.3 (`message/stream`, `tasks/get` on the
+    wire), as it would pick the card's 0.3 interface."""
+    agent = await make_agent(("calculate",))
+    fake_model.responder.push(
+        tool_calls_reply([("c1", "calculate", json.dumps({"expression": "6 * 7"}))]),
+        text_reply("It is 42."),
+    )
+    async with httpx.AsyncClient() as http:
+        url = f"{base_url(a2a_app)}/agents/{agent}/"
+        card = json_format.ParseDict(
+            (await http.get(url + ".well-known/agent-card.json")).json(), pb.AgentCard(),
+            ignore_unknown_fields=True,
+        )
+    legacy = [i for i in card.supported_interfaces if i.protocol_version == "0.3"]
+    assert [i.url for i in legacy] == [url]
+    del card.supported_interfaces[:]
+    card.supported_interfaces.extend(legacy)
+    async with ClientFactory(ClientConfig()).create(card) as client:
+        assert type(client._transport).__name__ == "CompatJsonRpcTransport"
+        events = await collect(client.send_message(user("What is 6 * 7?")))
+        assert states(events)[-1] == pb.TASK_STATE_COMPLETED
+        assert text_from(events) == "It is 42."
+        task = await client.get_task(pb.GetTaskRequest(id=events[0].task.id))
+    assert task.status.state == pb.TASK_STATE_COMPLETED

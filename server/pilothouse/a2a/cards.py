@@ -1,7 +1,9 @@
 """Agent cards: every Pilothouse agent described as an A2A agent.
 
 An agent named `name` lives at `<public URL>/agents/<name>/` (JSON-RPC
-over HTTP, its card at `/agents/<name>/.well-known/agent-card.json`) and,
+over HTTP, its card at `/agents/<name>/.well-known/agent-card.json`; the
+same endpoint also speaks A2A 0.3's JSON-RPC methods, and the card carries
+0.3's fields, for clients that have not moved to 1.0) and,
 when the gRPC binding is on, on the runtime's gRPC address with `tenant`
 = `name` (the SDK's client puts the interface's tenant in every request).
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from a2a.types import a2a_pb2 as pb
 from a2a.utils.constants import (
     AGENT_CARD_WELL_KNOWN_PATH,
+    PROTOCOL_VERSION_0_3,
     PROTOCOL_VERSION_CURRENT,
     TransportProtocol,
 )
@@ -65,13 +68,13 @@ def agent_card(agent: Agent, where: CardSettings) -> pb.AgentCard:
         default_input_modes=list(INPUT_MODES),
         default_output_modes=list(OUTPUT_MODES),
     )
-    card.supported_interfaces.append(
-        pb.AgentInterface(
-            url=where.public_url.rstrip("/") + agent_path(name),
-            protocol_binding=TransportProtocol.JSONRPC.value,
-            protocol_version=PROTOCOL_VERSION_CURRENT,
+    url = where.public_url.rstrip("/") + agent_path(name)
+    for version in (PROTOCOL_VERSION_CURRENT, PROTOCOL_VERSION_0_3):
+        card.supported_interfaces.append(
+            pb.AgentInterface(
+                url=url, protocol_binding=TransportProtocol.JSONRPC.value, protocol_version=version
+            )
         )
-    )
     if where.grpc_address:
         card.supported_interfaces.append(
             pb.AgentInterface(

@@ -6,7 +6,9 @@ Routes (`<name>` is an agent's name):
 - `POST /agents/<name>/`: JSON-RPC 2.0 (`SendMessage`,
   `SendStreamingMessage` and `SubscribeToTask` as server-sent events,
   `GetTask`, `CancelTask`, ...), dispatched by the SDK's
-  `JsonRpcDispatcher` to `PilothouseRequestHandler`.
+  `JsonRpcDispatcher` to `PilothouseRequestHandler`; A2A 0.3's methods
+  (`message/send`, `message/stream`, `tasks/get`, `tasks/cancel`,
+  `tasks/resubscribe`) too, through the SDK's 0.3 adapter.
 - `GET /agents/<name>/.well-known/agent-card.json`: the agent's card (404
   for an unknown agent).
 - `GET /agents/`: `{"agents": [{"name", "description", "url", "card"}]}`,
@@ -110,7 +112,7 @@ def build_app(
         Route(card_path("{agent}"), card, methods=["GET"]),
         *create_jsonrpc_routes(
             handler, agent_path("{agent}"), context_builder=_AgentContextBuilder(),
-            shutdown_grace_period=stream_grace_s,
+            enable_v0_3_compat=True, shutdown_grace_period=stream_grace_s,
         ),
     ]
     app: ASGIApp = Starlette(routes=routes)
