@@ -16,7 +16,7 @@ from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
 from a2a.client.service_parameters import ServiceParameters
 from a2a.types import a2a_pb2 as pb
-from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
+from a2a.utils.errors import InternalError, InvalidParamsError, TaskNotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -173,3 +173,23 @@ async def test_both_bindings_over_the_servers_tls(model_server, tool_server, fak
         async with httpx.AsyncClient() as plain:  # the CA is not trusted by default
             with pytest.raises(httpx.ConnectError):
                 await plain.get(url + ".well-known/agent-card.json")
+
+
+async def test_per_principal_limits_count_a2a_runs(model_server, tool_server, fake_model):
+    async with runtime(model_server, tool_server, limit_runs_per_minute=1) as app:
+        async with PilothouseClient(f"127.0.0.1:{app.port}") as admin:
+            await admin.create_agent("limited", system_prompt="Be brief.")
+        assert app.a2a is not None
+        url = f"http://127.0.0.1:{app.a2a.http_port}/agents/limited/"
+        fake_model.responder.push(text_reply("Once."))
+        async with await ClientFactory(ClientConfig()).create_from_url(url) as client:
+            assert text_from(await collect(client.send_message(user("Hi")))) == "Once."
+            with pytest.raises(InternalError) as caught:  # JSON-RPC has no code for limits
+                await collect(client.send_message(user("Again")))
+        assert caught.value.data["pilothouseCode"] == "RESOURCE_EXHAUSTED"
+        assert caught.value.data["limit"] == "runs_per_minute"
+        config = ClientConfig(supported_protocol_bindings=["GRPC"],
+                              grpc_channel_factory=grpc.aio.insecure_channel)
+        async with await ClientFactory(config).create_from_url(url) as client:
+            with pytest.raises(A2AClientError, match="RESOURCE_EXHAUSTED"):
+                await collect(client.send_message(user("Again")))

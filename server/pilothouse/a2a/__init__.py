@@ -19,6 +19,7 @@ from pilothouse.a2a.grpc_binding import A2A_SERVICE, a2a_service
 from pilothouse.a2a.handler import PilothouseRequestHandler
 from pilothouse.a2a.http_binding import HttpServer, build_app, serve_http
 from pilothouse.auth.chain import AuthChain
+from pilothouse.auth.limits import PrincipalLimiter
 from pilothouse.rpc.serving import Service
 from pilothouse.rpc.tls import ServerTls
 from pilothouse.runtime.runtime import Runtime
@@ -39,9 +40,9 @@ class A2AGateway:
     runtime's gRPC server, `start_http()` for the JSON-RPC port; the cards
     name `grpc_address` (set once the gRPC server is bound, "" for none)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, limiter: PrincipalLimiter | None = None) -> None:
         self.runtime = runtime
-        self.handler = PilothouseRequestHandler(runtime)
+        self.handler = PilothouseRequestHandler(runtime, limiter)
         self.grpc_address = ""
         self.public_url = ""
         self.bearer = False

@@ -53,7 +53,8 @@ from a2a.utils.task import apply_history_length, validate_history_length
 from pilothouse.a2a.errors import invalid_params, to_a2a
 from pilothouse.a2a.inbound import A2A_CREATED_BY, decision_of, metadata_value, text_of
 from pilothouse.a2a.tasks import TaskEvent, TaskProjection
-from pilothouse.auth.principal import current_principal
+from pilothouse.auth.limits import PrincipalLimiter
+from pilothouse.auth.principal import ANONYMOUS, current_principal
 from pilothouse.errors import NotFoundError, OutOfRangeError, PilothouseError, UnavailableError
 from pilothouse.runtime.control import ActiveRunPolicy, RunOptions
 from pilothouse.runtime.events import RunEvent
@@ -112,8 +113,11 @@ class PilothouseRequestHandler(RequestHandler):
     The agent of a request is the HTTP path's (`/agents/<name>/`, put in
     `context.state[AGENT_KEY]`) or the request's `tenant` (gRPC)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, limiter: PrincipalLimiter | None = None) -> None:
         self.runtime = runtime
+        #: The per-principal limits of the gRPC API, applied to A2A's runs,
+        #: new contexts and steering too (None: no limits).
+        self.limiter = limiter
 
     # --- messages ----------------------------------------------------------------
 
@@ -178,12 +182,24 @@ class PilothouseRequestHandler(RequestHandler):
                 await self.runtime.get_agent(agent, "tenant")
             except NotFoundError as exc:
                 raise invalid_params(f"no agent named {agent!r}", "tenant", agent=agent) from exc
-            session = await self.runtime.create_session(agent, created_by, current_principal())
+            refund = self._charge(sessions=1)
+            try:
+                session = await self.runtime.create_session(agent, created_by, current_principal())
+            except BaseException:
+                refund()
+                raise
         key = message.message_id if _usable_key(message.message_id) else ""
-        where, _ = await self.runtime.start_run(
-            session.id, text, sender, RunOptions(if_active=ActiveRunPolicy.ENQUEUE),
-            idempotency_key=key, caller=current_principal(),
-        )
+        slot = self.limiter.admit_run(_limited_id(), _size(text)) if self.limiter else None
+        try:
+            where, created = await self.runtime.start_run(
+                session.id, text, sender, RunOptions(if_active=ActiveRunPolicy.ENQUEUE),
+                idempotency_key=key, caller=current_principal(),
+            )
+            if slot is not None and created and isinstance(where, Run):
+                slot.bind(where.id)  # held until the run ends
+        finally:
+            if slot is not None:
+                slot.release_unless_bound()
         if isinstance(where, RemoteRun):
             record = await self.runtime.get_run(where.run_id, session.id)
             if not key or record.idempotency_key != key:
@@ -226,7 +242,13 @@ class PilothouseRequestHandler(RequestHandler):
         if not isinstance(where, Run):
             raise _elsewhere(where)
         sender = metadata_value("sender", message.metadata, params.metadata) or _principal_id() or A2A_CREATED_BY
-        self.runtime.steer(where, text_of(message), sender)
+        text = text_of(message)
+        refund = self._charge(content=_size(text))
+        try:
+            self.runtime.steer(where, text, sender)
+        except BaseException:
+            refund()
+            raise
         return where, projection
 
     # --- tasks ----------------------------------------------------------------------
@@ -300,6 +322,13 @@ class PilothouseRequestHandler(RequestHandler):
         raise a2a_errors.ExtendedAgentCardNotConfiguredError()
 
     # --- helpers --------------------------------------------------------------------
+
+    def _charge(self, *, sessions: int = 0, content: int = 0) -> Callable[[], None]:
+        """Take sessions or content from the caller's limits; the refund.
+        QuotaExceededError (RESOURCE_EXHAUSTED) past a limit."""
+        if self.limiter is None:
+            return lambda: None
+        return self.limiter.charge(_limited_id(), sessions=sessions, content=content)
 
     def _agent(self, context: ServerCallContext) -> str:
         name = context.state.get(AGENT_KEY) or context.tenant
@@ -381,6 +410,17 @@ class PilothouseRequestHandler(RequestHandler):
 def _principal_id() -> str:
     principal = current_principal()
     return principal.id if principal is not None and principal.source != "none" else ""
+
+
+def _limited_id() -> str:
+    """Whose limits a call counts against (the anonymous principal's
+    without authentication), as for the gRPC API."""
+    principal = current_principal()
+    return principal.id if principal is not None else ANONYMOUS.id
+
+
+def _size(text: str) -> int:
+    return len(text.encode())
 
 
 def _usable_key(message_id: str) -> bool:

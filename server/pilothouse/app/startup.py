@@ -296,7 +296,7 @@ async def start_app(
         for config in read_agents_file(settings.agents_file):
             await runtime.add_agent(config, source="file", replace=True)
         security.attach(runtime)
-        a2a = a2a_gateway(settings, runtime)
+        a2a = a2a_gateway(settings, runtime, security)
         server = await start_server(
             [
                 Service(
@@ -372,9 +372,10 @@ async def start_app(
     )
 
 
-def a2a_gateway(settings: Settings, runtime: Runtime) -> A2AGateway | None:
-    """The A2A bindings the settings ask for (None: off). StartupError
-    when the a2a-sdk is not installed."""
+def a2a_gateway(settings: Settings, runtime: Runtime, security: Security) -> A2AGateway | None:
+    """The A2A bindings the settings ask for (None: off), under the same
+    per-principal limits as the gRPC API. StartupError when the a2a-sdk is
+    not installed."""
     if not (settings.a2a_listen_address or settings.a2a_grpc):
         return None
     try:
@@ -383,7 +384,7 @@ def a2a_gateway(settings: Settings, runtime: Runtime) -> A2AGateway | None:
         raise StartupError(
             f"A2A needs the a2a-sdk ({exc}): pip install 'pilothouse[a2a]'"
         ) from exc
-    return A2AGateway(runtime)
+    return A2AGateway(runtime, security.limiter)
 
 
 async def start_a2a(a2a: A2AGateway, settings: Settings, grpc_address: str) -> None:
