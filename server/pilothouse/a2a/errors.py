@@ -17,6 +17,14 @@ the Pilothouse status itself, with its ErrorInfo (domain `pilothouse.v1`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from a2a.server.context import ServerCallContext
 from a2a.utils import errors as a2a_errors
 from a2a.utils.errors import A2AError
 
@@ -29,6 +37,8 @@ from pilothouse.errors import (
     PilothouseError,
 )
 from pilothouse.rpc.errors import status_code_of
+
+log = logging.getLogger(__name__)
 
 _MAPPED: tuple[tuple[type[PilothouseError], type[A2AError]], ...] = (
     (InvalidArgumentError, a2a_errors.InvalidParamsError),
@@ -75,3 +85,41 @@ def pilothouse_cause(error: BaseException) -> PilothouseError | None:
     """The Pilothouse error an A2A error was made from, if any."""
     cause = error.__cause__
     return cause if isinstance(cause, PilothouseError) else None
+
+
+def translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Let only A2AErrors out of a handler method (a coroutine or an
+    async generator): Pilothouse errors are translated, anything else is
+    logged and becomes InternalError."""
+
+    def translate(exc: Exception) -> A2AError:
+        if isinstance(exc, PilothouseError):
+            return to_a2a(exc)
+        log.exception("unhandled error in the A2A handler", exc_info=exc)
+        return a2a_errors.InternalError("internal error; see the server log")
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self: Any, params: Any, context: ServerCallContext) -> Any:
+            try:
+                async with contextlib.aclosing(method(self, params, context)) as items:
+                    async for item in items:
+                        yield item
+            except A2AError:
+                raise
+            except Exception as exc:
+                raise translate(exc) from exc
+
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self: Any, params: Any, context: ServerCallContext) -> Any:
+        try:
+            return await method(self, params, context)
+        except A2AError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    return unary

@@ -11,8 +11,9 @@ Pilothouse run already is a durable, sequenced task:
   of the agent (`created_by` from the metadata `createdBy`, which only an
   admin may set to another principal than itself, else the authenticated
   principal, else "a2a"). Contexts and tasks of other principals are not
-  found, as in the gRPC API. Its `messageId` is the run's
-  idempotency key, so a retried send joins the run it started. A message
+  found, as in the gRPC API. Its `messageId` is the run's idempotency key
+  in its session, so a retried send with the same contextId joins the run
+  it started (without a contextId each send makes a new context). A message
   for a session whose run is still going is queued behind it
   (ActiveRunPolicy.ENQUEUE: the new task is SUBMITTED until then).
 - A message with the `taskId` of a run that waits for input answers the
@@ -37,9 +38,6 @@ is logged and becomes InternalError without Python text.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
@@ -47,65 +45,24 @@ from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler, validate_request_params
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors as a2a_errors
-from a2a.utils.errors import A2AError
 from a2a.utils.task import apply_history_length, validate_history_length
 
-from pilothouse.a2a.errors import invalid_params, to_a2a
+from pilothouse.a2a.errors import invalid_params, to_a2a, translated
 from pilothouse.a2a.inbound import A2A_CREATED_BY, decision_of, metadata_value, text_of
 from pilothouse.a2a.tasks import TaskEvent, TaskProjection
 from pilothouse.auth.limits import PrincipalLimiter
 from pilothouse.auth.principal import ANONYMOUS, current_principal
-from pilothouse.errors import NotFoundError, OutOfRangeError, PilothouseError, UnavailableError
+from pilothouse.errors import NotFoundError, OutOfRangeError, UnavailableError
 from pilothouse.runtime.control import ActiveRunPolicy, RunOptions
 from pilothouse.runtime.events import RunEvent
 from pilothouse.runtime.runs import Run, StoredRun
 from pilothouse.runtime.runtime import RemoteRun, RunLocation, Runtime
 from pilothouse.runtime.store.base import RunRecord
 
-log = logging.getLogger(__name__)
-
 #: ServerCallContext.state key of the agent an HTTP request addresses.
 AGENT_KEY = "pilothouse_agent"
 MAX_MESSAGE_ID_KEY = 128
 CANCEL_REASON = "cancelled through A2A"
-
-
-def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Let only A2AErrors out of a handler method (a coroutine or an
-    async generator): Pilothouse errors are translated, anything else is
-    logged and becomes InternalError."""
-
-    def translate(exc: Exception) -> A2AError:
-        if isinstance(exc, PilothouseError):
-            return to_a2a(exc)
-        log.exception("unhandled error in the A2A handler", exc_info=exc)
-        return a2a_errors.InternalError("internal error; see the server log")
-
-    if inspect.isasyncgenfunction(method):
-
-        @functools.wraps(method)
-        async def stream(self: Any, params: Any, context: ServerCallContext) -> Any:
-            try:
-                async with contextlib.aclosing(method(self, params, context)) as items:
-                    async for item in items:
-                        yield item
-            except A2AError:
-                raise
-            except Exception as exc:
-                raise translate(exc) from exc
-
-        return stream
-
-    @functools.wraps(method)
-    async def unary(self: Any, params: Any, context: ServerCallContext) -> Any:
-        try:
-            return await method(self, params, context)
-        except A2AError:
-            raise
-        except Exception as exc:
-            raise translate(exc) from exc
-
-    return unary
 
 
 class PilothouseRequestHandler(RequestHandler):
@@ -121,7 +78,7 @@ class PilothouseRequestHandler(RequestHandler):
 
     # --- messages ----------------------------------------------------------------
 
-    @_translated
+    @translated
     @validate_request_params
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task:
         validate_history_length(params.configuration)
@@ -132,7 +89,7 @@ class PilothouseRequestHandler(RequestHandler):
                     pass
         return apply_history_length(projection.task(), params.configuration)
 
-    @_translated
+    @translated
     @validate_request_params
     async def on_message_send_stream(
         self, params: pb.SendMessageRequest, context: ServerCallContext
@@ -253,7 +210,7 @@ class PilothouseRequestHandler(RequestHandler):
 
     # --- tasks ----------------------------------------------------------------------
 
-    @_translated
+    @translated
     @validate_request_params
     async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task:
         validate_history_length(params)
@@ -262,7 +219,7 @@ class PilothouseRequestHandler(RequestHandler):
         await self._catch_up(where, projection)
         return apply_history_length(projection.task(), params)
 
-    @_translated
+    @translated
     @validate_request_params
     async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task:
         record, _ = await self._task(params.id, self._agent(context))
@@ -280,7 +237,7 @@ class PilothouseRequestHandler(RequestHandler):
             raise a2a_errors.TaskNotCancelableError(f"task {record.id} has already ended")
         return projection.task()
 
-    @_translated
+    @translated
     @validate_request_params
     async def on_subscribe_to_task(
         self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
@@ -298,7 +255,7 @@ class PilothouseRequestHandler(RequestHandler):
             async for update in updates:
                 yield update
 
-    @_translated
+    @translated
     async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
         raise a2a_errors.UnsupportedOperationError(
             "ListTasks is not supported: a task is a run, GetTask reads it by id"
