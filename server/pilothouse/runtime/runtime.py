@@ -79,7 +79,8 @@ class Runtime:
         self.tools = tools
         self.limits = limits or RuntimeLimits()
         self.agents = AgentRegistry(
-            store, tools, default_model, check_model=getattr(model, "check_model", None)
+            store, tools, default_model, check_model=getattr(model, "check_model", None),
+            approval_exempt=self.limits.approval_exempt_tools,
         )
         locks = SessionLocks()
         self.sessions = Sessions(
