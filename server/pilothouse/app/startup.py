@@ -10,7 +10,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pilothouse.adapters.content import ContentRecordingModel
 from pilothouse.adapters.forwarding import RunForwarder
@@ -46,6 +46,10 @@ from pilothouse.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from pilothouse.web import prepare_web_port
+
+if TYPE_CHECKING:
+    from pilothouse.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +96,17 @@ class App:
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
     security: Security | None = None
+    web: WebServer | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def web_port(self) -> int:
+        """The bound web port (0: none)."""
+        return self.web.port if self.web is not None else 0
 
     @property
     def metrics_port(self) -> int:
@@ -146,6 +156,8 @@ class App:
         # Every run has ended and published `done`: the streams deliver it
         # and end by themselves (the grace only bounds stuck clients).
         await self.server.stop(STREAM_GRACE_S)
+        if self.web is not None:
+            await self.web.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -216,10 +228,12 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    web: WebServer | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
-        except SecurityError as exc:
+            web_plan = prepare_web_port(settings)
+        except (SecurityError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         if settings.uses_test_model:
             if stand_in_model is None:
@@ -313,6 +327,12 @@ async def start_app(
             tls=settings.server_tls,
             health_address=settings.health_listen_address,
         )
+        if web_plan is not None:
+            try:
+                web = await web_plan.start(server.port)
+            except BaseException:
+                await server.stop(0)
+                raise
         runtime.address = advertised_address(settings, server.port)
         await runtime.start()  # takes over runs left by a crash or a drain
         health = HealthMonitor(
@@ -352,9 +372,13 @@ async def start_app(
         runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
+    if web is not None:
+        log.info("browsers reach it at %s://%s:%d/ (Connect, gRPC-Web%s)",
+                 "https" if web.tls else "http", web.host, web.port,
+                 ", the web console" if settings.web_console else "")
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security,
+        health, forwarder, security, web,
     )
 
 
