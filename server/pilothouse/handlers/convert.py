@@ -283,6 +283,8 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
                 config.reasoning_effort, config.reasoning_effort
             ),
             "fallback_model": config.fallback_model,
+            "allowed_principals": tuple(config.allowed_principals),
+            "allowed_roles": tuple(config.allowed_roles),
         }
     )
 
@@ -310,6 +312,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             parallel_tool_calls=c.parallel_tool_calls,
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
+            allowed_principals=list(c.allowed_principals),
+            allowed_roles=list(c.allowed_roles),
         ),
         tools=[
             tool_pb2.Tool(
