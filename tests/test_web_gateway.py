@@ -9,6 +9,10 @@ import base64
 import contextlib
 import json
 import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +29,7 @@ AGENTS = "/pilothouse.v1.AgentService"
 SESSIONS = "/pilothouse.v1.SessionService"
 RUNS = "/pilothouse.v1.RunService"
 ORIGIN = "https://console.example"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.asynccontextmanager
@@ -251,3 +256,21 @@ def test_the_gateway_calls_its_own_port_on_loopback():
     assert loopback_target("10.0.0.5:50051", 50051) == "10.0.0.5:50051"
     assert loopback_target("unix:/run/p.sock", 0) == "unix:/run/p.sock"
 
+
+
+def test_the_wheel_ships_the_console(tmp_path):
+    """`pip install` gets the built console: the wheel holds its files
+    (committed builds, so no Node.js is needed to install), and the web
+    extra names the web port's dependencies."""
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("pilothouse-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(n).decode() for n in names if n.endswith("/METADATA"))
+    for asset in ("index.html", "console.js", "console.css"):
+        assert f"pilothouse/web/console/{asset}" in names
+    assert "Provides-Extra: web" in metadata
+    assert "connectrpc" in metadata
