@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ssl
 import struct
 import subprocess
 import sys
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from google.rpc import error_details_pb2
 
 from pilothouse.app.startup import StartupError, start_app
 from pilothouse.testmodel import text_reply
 from pilothouse.v1 import agent_service_pb2 as agents_pb
 from pilothouse.web.options import loopback_target
+from tests.certs import issue, write_ca
 from tests.conftest import app_settings
 from tests.test_auth import tokens_file
 
@@ -274,3 +277,26 @@ def test_the_wheel_ships_the_console(tmp_path):
         assert f"pilothouse/web/console/{asset}" in names
     assert "Provides-Extra: web" in metadata
     assert "connectrpc" in metadata
+
+
+async def test_https_with_the_servers_certificate(tool_server, model_server, tmp_path):
+    """With TLS on the gRPC port the web port serves HTTPS with the same
+    certificate, and its own calls reach the gRPC port over TLS (the
+    replicas' client TLS settings)."""
+    ca = trustme.CA()
+    leaf = issue(ca, tmp_path, "runtime")
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    app = await start_app(app_settings(
+        model_server, tool_server, web_listen_address="127.0.0.1:0",
+        tls_cert_file=leaf.cert_file, tls_key_file=leaf.key_file, peer_ca_file=ca_file,
+    ))
+    try:
+        assert app.server.tls and app.web is not None and app.web.tls
+        async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{app.web_port}", verify=ssl.create_default_context(cafile=str(ca_file)), timeout=30
+        ) as https:
+            listed = await unary(https, f"{AGENTS}/ListAgents", {})
+            assert listed.status_code == 200, listed.text
+            assert "assistant" in [a["config"]["name"] for a in listed.json()["agents"]]
+    finally:
+        await app.stop(0)
