@@ -16,19 +16,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 const out = join(here, "..", "..", "server", "pilothouse", "web", "console");
 const check = process.argv.includes("--check");
 
+// Node's own resolution from this file: the ESM build of each package, as
+// its "import" export condition names it.
 const oneCopy = {
   name: "one-copy",
   setup(build) {
-    build.onResolve({ filter: /^@(bufbuild|connectrpc)\// }, (args) => {
-      if (args.pluginData?.resolved) {
-        return undefined;
-      }
-      return build.resolve(args.path, {
-        kind: args.kind,
-        resolveDir: here,
-        pluginData: { resolved: true },
-      });
-    });
+    build.onResolve({ filter: /^@(bufbuild|connectrpc)\// }, (args) => ({
+      path: fileURLToPath(import.meta.resolve(args.path)),
+    }));
   },
 };
 
