@@ -202,6 +202,10 @@ class Settings(ServerProcessSettings):
     peer_server_name: str = Field(
         "", description="name to verify in other replicas' certificates (they are called by IP)"
     )
+    approval_exempt_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="tools whose ToolExecutor's requires_approval is lifted (an audited admin setting)",
+    )
     # --- Browsers: the web port (Connect, gRPC-Web, the web console) ------
     web_listen_address: str = Field(
         "", description="host:port of the browser port (Connect, gRPC-Web, console); empty: off"
@@ -224,7 +228,7 @@ class Settings(ServerProcessSettings):
         0, ge=0, description="bytes of user and steering messages per principal per minute"
     )
 
-    @field_validator("tool_executors", "web_cors_origins", mode="before")
+    @field_validator("tool_executors", "approval_exempt_tools", "web_cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -109,6 +109,9 @@ class RuntimeLimits:
     resume_poll_s: float = 2.0
     event_flush_s: float = 0.05
     stream_retries: int = 2
+    #: Tools whose ToolExecutor's `requires_approval` an admin lifted
+    #: (PILOTHOUSE_APPROVAL_EXEMPT_TOOLS, audited at start).
+    approval_exempt_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
