@@ -27,7 +27,15 @@ export interface ConsoleConfig {
   readonly methods: readonly string[];
 }
 
+/** A session in the sidebar, with the passage that matched a search. */
+export interface Found {
+  readonly session: Session;
+  readonly snippet: string;
+}
+
 const TOKEN_KEY = "pilothouse.token";
+/** Search results shown at most. */
+const MAX_FOUND = 100;
 const UNARY_TIMEOUT_MS = 30_000;
 
 /** The bearer token this tab sends (kept for the tab's life only). */
@@ -83,24 +91,25 @@ export class Api {
   }
 
   /**
-   * The caller's sessions matching `query` (in the title, id or agent
-   * name), most recently active first.
-   *
-   * Hook: SessionService.SearchSessions (searching titles and message
-   * contents on the server) is on its way; once its stubs are generated,
-   * call it here when `query` is not empty. Until then the sessions are
-   * listed and filtered in the page.
+   * The caller's sessions, most recently active first, or with a `query`
+   * those whose messages match it (SessionService.SearchSessions: all the
+   * words, "quoted phrases", `prefix*`), best first, each with its best
+   * matching snippet.
    */
-  async searchSessions(query: string): Promise<Session[]> {
-    const sessions = await this.listSessions();
-    const words = query.toLowerCase().split(/\s+/).filter(Boolean);
-    if (words.length === 0) {
-      return sessions;
+  async searchSessions(query: string): Promise<Found[]> {
+    if (!query.trim()) {
+      return (await this.listSessions()).map((session) => ({ session, snippet: "" }));
     }
-    return sessions.filter((s) => {
-      const text = `${s.title} ${s.id} ${s.agent}`.toLowerCase();
-      return words.every((w) => text.includes(w));
-    });
+    const found: Found[] = [];
+    let pageToken = "";
+    do {
+      const reply = await this.sessions.searchSessions({ query, pageToken }, unary());
+      for (const result of reply.results) {
+        found.push({ session: result.session!, snippet: result.matches[0]?.snippet ?? "" });
+      }
+      pageToken = reply.nextPageToken;
+    } while (pageToken !== "" && found.length < MAX_FOUND);
+    return found;
   }
 
   async createSession(agent: string): Promise<Session> {

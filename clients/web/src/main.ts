@@ -81,7 +81,7 @@ async function selectAgent(name: string): Promise<void> {
 async function loadSessions(): Promise<void> {
   const found = await api.searchSessions(search.value);
   clear(sessionList);
-  for (const s of found) {
+  for (const { session: s, snippet } of found) {
     sessionList.append(
       h(
         "li",
@@ -97,6 +97,7 @@ async function loadSessions(): Promise<void> {
           { class: "meta" },
           `${s.agent} · ${s.messageCount} messages${s.activeRunId ? " · running" : ""}`,
         ),
+        snippet ? h("span", { class: "snippet", "data-testid": "snippet" }, snippet) : null,
       ),
     );
   }
