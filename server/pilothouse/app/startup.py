@@ -47,9 +47,11 @@ from pilothouse.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from pilothouse.web import prepare_web_port
 
 if TYPE_CHECKING:
     from pilothouse.a2a import A2AGateway
+    from pilothouse.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class App:
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
     security: Security | None = None
+    #: The web port (PILOTHOUSE_WEB_*), None when off.
+    web: WebServer | None = None
     #: The A2A bindings (PILOTHOUSE_A2A_*), None when off.
     a2a: A2AGateway | None = None
     _stopped: bool = field(default=False, repr=False)
@@ -103,6 +107,11 @@ class App:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def web_port(self) -> int:
+        """The bound web port (0: none)."""
+        return self.web.port if self.web is not None else 0
 
     @property
     def metrics_port(self) -> int:
@@ -154,6 +163,8 @@ class App:
         if self.a2a is not None:
             await self.a2a.stop()
         await self.server.stop(STREAM_GRACE_S)
+        if self.web is not None:
+            await self.web.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -224,11 +235,13 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    web: WebServer | None = None
     a2a: A2AGateway | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
-        except SecurityError as exc:
+            web_plan = prepare_web_port(settings)
+        except (SecurityError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         if settings.uses_test_model:
             if stand_in_model is None:
@@ -333,6 +346,12 @@ async def start_app(
             tls=settings.server_tls,
             health_address=settings.health_listen_address,
         )
+        if web_plan is not None:
+            try:
+                web = await web_plan.start(server.port)
+            except BaseException:
+                await server.stop(0)
+                raise
         runtime.address = advertised_address(settings, server.port)
         if a2a is not None:
             await start_a2a(a2a, settings, runtime.address)
@@ -353,6 +372,8 @@ async def start_app(
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
         if a2a is not None:
             await a2a.stop()
+        if web is not None:
+            await web.stop(0)
         if runtime is not None:
             await runtime.shutdown(0)  # closes the store
         elif store is not None:
@@ -376,9 +397,13 @@ async def start_app(
         runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
+    if web is not None:
+        log.info("browsers reach it at %s://%s:%d/ (Connect, gRPC-Web%s)",
+                 "https" if web.tls else "http", web.host, web.port,
+                 ", the web console" if settings.web_console else "")
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security, a2a,
+        health, forwarder, security, web=web, a2a=a2a,
     )
 
 

@@ -97,6 +97,8 @@ class RunStarted:
     model: str
     content: str
     sender: str
+    #: W3C traceparent of the context the run's spans are created in.
+    traceparent: str = ""
 
 
 @dataclass(slots=True)
