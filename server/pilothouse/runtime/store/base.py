@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.store.hook_state import HookStateStore
 
 
 class SessionState(StrEnum):
@@ -210,7 +211,7 @@ class Checkpoint:
     uptime_s: float = 0.0
 
 
-class SessionStore(Protocol):
+class SessionStore(HookStateStore, Protocol):
     """Where sessions (and the agent registry) live.
 
     Every method raises `pilothouse.errors.UnavailableError` when the store

@@ -34,13 +34,14 @@ from pilothouse.runtime.store.base import (
 )
 from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.hook_state import MemoryHookState
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
     return item.copy() if isinstance(item, Message) else dataclasses.replace(item)
 
 
-class MemorySessionStore:
+class MemorySessionStore(MemoryHookState):
     """Records and transcripts in dicts; every read returns copies."""
 
     def __init__(self) -> None:
@@ -119,6 +120,7 @@ class MemorySessionStore:
             del self._runs[run_id]
             self._events.pop(run_id, None)
         self._owners.pop(session_id, None)
+        self._delete_session_hook_state(session_id)
 
     async def load_history(self, session_id: str) -> builtins.list[Message]:
         self._record(session_id)

@@ -46,6 +46,11 @@ from pilothouse.runtime.store.codec import (
     stored_size,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.hook_state import (
+    DELETE_SESSION_SCOPE_SQLITE,
+    SqliteHookState,
+    session_scope,
+)
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -78,7 +83,7 @@ def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
     )
 
 
-class SqliteSessionStore(SqliteRuns):
+class SqliteSessionStore(SqliteRuns, SqliteHookState):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 
@@ -295,6 +300,7 @@ class SqliteSessionStore(SqliteRuns):
             )
             await conn.execute("DELETE FROM runs WHERE session_id = ?", (session_id,))
             await conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
+            await conn.execute(DELETE_SESSION_SCOPE_SQLITE, (session_scope(session_id),))
 
     # --- history ----------------------------------------------------------
 
