@@ -19,6 +19,7 @@ from pilothouse.app.agents_file import read_agents_file
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
+from pilothouse.app.plugins import PluginError, load_hooks
 from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
@@ -34,6 +35,7 @@ from pilothouse.ops.telemetry import (
 )
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
+from pilothouse.runtime.hookchain import HookChain
 from pilothouse.runtime.model.router import ModelRouter
 from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
@@ -146,6 +148,7 @@ class App:
         # Every run has ended and published `done`: the streams deliver it
         # and end by themselves (the grace only bounds stuck clients).
         await self.server.stop(STREAM_GRACE_S)
+        await self.runtime.hooks.close()  # after the last run, before the store closes
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -216,6 +219,7 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    hooks: HookChain | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
@@ -260,6 +264,7 @@ async def start_app(
         )
         registry = await tools.discover(settings.tool_discovery_timeout)
         store = await open_session_store(settings)
+        hooks = await start_hooks(settings, store)
         runtime = Runtime(
             model=ContentRecordingModel(model) if settings.record_content else model,
             default_model=default_model,
@@ -279,6 +284,7 @@ async def start_app(
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
+            hooks=hooks,
         )
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
@@ -329,6 +335,8 @@ async def start_app(
         )
         await health.start()
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if hooks is not None:
+            await hooks.close()
         if runtime is not None:
             await runtime.shutdown(0)  # closes the store
         elif store is not None:
@@ -356,6 +364,21 @@ async def start_app(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
         health, forwarder, security,
     )
+
+
+async def start_hooks(settings: Settings, store: SessionStore) -> HookChain:
+    """The hook plugins `settings.hooks` enables, started (each gets its
+    durable state in `store`). StartupError when one cannot be loaded or
+    fails to start."""
+    try:
+        hooks = load_hooks(settings.hooks, settings.hook_settings)
+    except PluginError as exc:
+        raise StartupError(str(exc)) from exc
+    try:
+        await hooks.start(store)
+    except PilothouseError as exc:
+        raise StartupError(exc.message) from exc
+    return hooks
 
 
 def advertised_address(settings: Settings, port: int) -> str:
