@@ -17,6 +17,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import pydantic
+
 from pilothouse.runtime.hookchain import HookChain
 from pilothouse.runtime.hooks import ENTRY_POINT_GROUP
 
@@ -64,7 +66,7 @@ def load_hooks(
             plugin = factory(dict(settings.get(name, {})))
         except Exception as exc:
             raise PluginError(
-                f"hook plugin {name!r}: its settings are refused: {type(exc).__name__}: {exc}"
+                f"hook plugin {name!r}: its settings are refused: {_described(exc)}"
             ) from exc
         try:
             plugin.name = name
@@ -75,6 +77,17 @@ def load_hooks(
     for name in sorted(set(settings) - set(names)):
         log.warning("settings for hook plugin %r, which is not enabled (PILOTHOUSE_HOOKS)", name)
     return HookChain(plugins)
+
+
+def _described(exc: Exception) -> str:
+    """One line: a pydantic ValidationError as `field: problem; ...`."""
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _listed(names: Iterable[str]) -> str:

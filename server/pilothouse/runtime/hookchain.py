@@ -191,7 +191,11 @@ class HookChain:
                      if _implements(p, method)]
             for method in HOOK_METHODS
         }
-        self.taps = [EventTap(name, fn, event_queue_size) for name, fn in self._methods["on_event"]]
+        self.taps = [
+            EventTap(plugin_name(p), p.on_event,  # type: ignore[attr-defined]
+                     int(getattr(p, "event_queue_size", event_queue_size)))
+            for p in self.plugins if _implements(p, "on_event")
+        ]
 
     def has(self, method: str) -> bool:
         return bool(self._methods.get(method))

@@ -56,7 +56,7 @@ state in the session store.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -218,9 +218,17 @@ class Hook:
     """Base class of plugins: override the methods you need (plain or
     `async def`); the defaults change nothing. See the module docstring
     for when each is called. `name` is set to the entry point's name when
-    the plugin is loaded."""
+    the plugin is loaded; `event_queue_size` bounds the events waiting for
+    its `on_event`."""
 
     name: str = ""
+    event_queue_size: int = 10_000
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        """`settings` is the plugin's table of the server's settings; this
+        default takes none (ValueError for any)."""
+        if settings:
+            raise ValueError(f"{type(self).__name__} takes no settings, not {sorted(settings)}")
 
     async def start(self, host: HookHost) -> None:
         """Called once when the server starts, before any run."""
