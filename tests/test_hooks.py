@@ -391,3 +391,48 @@ async def test_hooks_failing_before_a_run_refuse_the_call(fake_model, tool_serve
         assert error.value.metadata == {"hook": "failing", "method": method}
         if method == "preprocess":
             assert await client.list_messages(session.id) == []
+
+
+# --- the README's plugin ------------------------------------------------------
+
+
+def readme_block(first_line: str) -> str:
+    """The fenced block of README.md whose first line is `first_line`."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{first_line}\n") + 1
+    return text[start:text.index("\n```", start)] + "\n"
+
+
+async def test_the_readme_plugin_works_as_written(tmp_path, fake_model, tool_server):
+    """The plugin, pyproject entry point and settings of README's "Writing a
+    plugin", installed as a distribution's metadata and loaded by name."""
+    import tomllib
+
+    package = tmp_path / "acme_hooks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "profanity.py").write_text(readme_block("# acme_hooks/profanity.py"))
+    project = tomllib.loads(readme_block("# acme_hooks/pyproject.toml"))
+    settings = tomllib.loads(readme_block("# pilothouse.toml, after `pip install ./acme_hooks` next to the server"))
+    dist = tmp_path / "acme_hooks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-hooks\nVersion: 1.0\n")
+    entry_points = project["project"]["entry-points"]["pilothouse.hooks"]
+    (dist / "entry_points.txt").write_text(
+        "[pilothouse.hooks]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    )
+    sys.path.append(str(tmp_path))
+    try:
+        hooks = settings["hooks"]
+        plugin_settings = {k: v for k, v in hooks.items() if k != "enabled"}
+        async with hooked(fake_model, tool_server, *hooks["enabled"], **plugin_settings) as client:
+            await client.create_agent("talker")
+            session = await client.create_session("talker", "kid")
+            fake_model.responder.push(text_reply("Oh heck, no."))
+            reply = await client.send_to(session.id, "Say something", timeout=30)
+            assert reply.response.stop_reason == event_pb2.STOP_REASON_GUARDRAIL
+            assert reply.response.error == "the answer used a blocked word"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("acme_hooks.profanity", None)
+        sys.modules.pop("acme_hooks", None)
