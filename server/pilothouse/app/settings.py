@@ -213,6 +213,10 @@ class Settings(ServerProcessSettings):
     peer_server_name: str = Field(
         "", description="name to verify in other replicas' certificates (they are called by IP)"
     )
+    approval_exempt_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="tools whose ToolExecutor's requires_approval is lifted (an audited admin setting)",
+    )
     limit_concurrent_runs: int = Field(0, ge=0, description="active runs per principal (0: no limit)")
     limit_runs_per_minute: int = Field(0, ge=0, description="runs started per principal per minute")
     limit_sessions_per_minute: int = Field(
@@ -230,7 +234,7 @@ class Settings(ServerProcessSettings):
             raise ValueError(f"hooks are named twice: {', '.join(repeated)}")
         return value
 
-    @field_validator("tool_executors", "hooks", mode="before")
+    @field_validator("tool_executors", "approval_exempt_tools", "hooks", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

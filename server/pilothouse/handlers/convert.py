@@ -25,6 +25,7 @@ from pilothouse.runtime.store.base import (
     INTERRUPTED,
     RunRecord,
     RunStatus,
+    SessionMatch,
     SessionRecord,
     SessionState,
 )
@@ -34,6 +35,7 @@ from pilothouse.v1 import (
     message_pb2,
     run_service_pb2,
     session_pb2,
+    session_service_pb2,
     tool_pb2,
 )
 
@@ -289,6 +291,8 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             ),
             "fallback_model": config.fallback_model,
             "response_json_schema": config.response_json_schema,
+            "allowed_principals": tuple(config.allowed_principals),
+            "allowed_roles": tuple(config.allowed_roles),
         }
     )
 
@@ -317,6 +321,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
             response_json_schema=c.response_json_schema,
+            allowed_principals=list(c.allowed_principals),
+            allowed_roles=list(c.allowed_roles),
         ),
         tools=[
             tool_pb2.Tool(
@@ -374,6 +380,26 @@ def message_to_proto(message: Message) -> message_pb2.Message:
         sender=message.sender,
         auto_injected=message.auto_injected,
         create_time=timestamp(message.created_at),
+    )
+
+
+def session_match_to_proto(
+    match: SessionMatch, session: session_pb2.Session
+) -> session_service_pb2.SessionSearchResult:
+    """A search result; `session` is the session as `session_to_proto` made it."""
+    return session_service_pb2.SessionSearchResult(
+        session=session,
+        score=match.score,
+        matches=[
+            session_service_pb2.MessageMatch(
+                message_id=str(m.position),
+                role=_ROLES[m.role],
+                snippet=m.snippet,
+                highlights=[session_service_pb2.TextRange(start=s, end=e) for s, e in m.highlights],
+                create_time=timestamp(m.created_at),
+            )
+            for m in match.matches
+        ],
     )
 
 

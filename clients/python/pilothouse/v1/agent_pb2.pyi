@@ -107,6 +107,8 @@ class AgentConfig(_message.Message):
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
     RESPONSE_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    ALLOWED_PRINCIPALS_FIELD_NUMBER: _builtins.int
+    ALLOWED_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1-64 characters of [A-Za-z0-9_.-], starting with a letter."""
     description: _builtins.str
@@ -194,6 +196,17 @@ class AgentConfig(_message.Message):
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sequences that end the answer when generated (at most 16)."""
 
+    @_builtins.property
+    def allowed_principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principals (besides admins) that may run the agent; with
+        `allowed_roles`, both empty means every principal. Others get
+        PERMISSION_DENIED (AGENT_NOT_ALLOWED).
+        """
+
+    @_builtins.property
+    def allowed_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles that may run the agent."""
+
     def __init__(
         self,
         *,
@@ -217,10 +230,12 @@ class AgentConfig(_message.Message):
         reasoning_effort: Global___ReasoningEffort.ValueType = ...,
         fallback_model: _builtins.str = ...,
         response_json_schema: _builtins.str = ...,
+        allowed_principals: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
