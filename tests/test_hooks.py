@@ -436,3 +436,26 @@ async def test_the_readme_plugin_works_as_written(tmp_path, fake_model, tool_ser
         sys.path.remove(str(tmp_path))
         sys.modules.pop("acme_hooks.profanity", None)
         sys.modules.pop("acme_hooks", None)
+
+
+async def test_auto_injected_messages_of_an_import_are_not_shown_to_the_model(
+    client, fake_model, make_agent
+):
+    """Even without plugins: an earlier run's auto-injected message stays
+    stored (history is append-only) but the model no longer sees it."""
+    agent = await make_agent()
+    lines = [
+        {"type": "meta", "agent": agent, "created_by": "me"},
+        {"type": "message", "role": "user", "content": "Hi"},
+        {"type": "message", "role": "system", "content": "Old recall", "auto_injected": True},
+        {"type": "message", "role": "assistant", "content": "Hello."},
+    ]
+    session = await client.import_session("\n".join(json.dumps(line) for line in lines).encode())
+    fake_model.responder.push(text_reply("Again."))
+    await client.send_to(session.id, "Again?", timeout=30)
+    assert model_messages(fake_model.requests[0])[1:] == [
+        ("user", "Hi"), ("assistant", "Hello."), ("user", "Again?"),
+    ]
+    assert [m.content for m in await client.list_messages(session.id)] == [
+        "Hi", "Old recall", "Hello.", "Again?", "Again.",
+    ]

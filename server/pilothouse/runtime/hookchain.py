@@ -238,14 +238,16 @@ class HookChain:
         again. Raises HookError, or a plugin's own PilothouseError."""
         if not self.has("on_build_agent"):
             return config
+        names = []
         for name, fn in self._methods["on_build_agent"]:
             config = await _call(name, "on_build_agent", fn, config, expect=(AgentConfig,),
                                  passthrough=True)
+            names.append(name)
         try:
             return AgentConfig.parse(config.model_dump(), field_prefix="config")
         except InvalidArgumentError as exc:
-            raise HookError("on_build_agent", "on_build_agent",
-                            f"the hooks made an invalid config: {exc.message}") from None
+            raise HookError(",".join(names), "on_build_agent",
+                            f"it made an invalid config: {exc.message}") from None
 
     def bind(self, session: SessionInfo) -> RunHooks:
         """The chain as one run calls it."""
