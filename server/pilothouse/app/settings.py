@@ -110,6 +110,10 @@ class Settings(ServerProcessSettings):
     )
     agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
+    max_output_chars: int = Field(
+        4 * 1024 * 1024, gt=0,
+        description="characters one model round may produce (then STOP_REASON_OUTPUT_LIMIT)",
+    )
     shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
     store_url: str = Field(
         "sqlite:///sessions.db",

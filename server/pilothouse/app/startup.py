@@ -282,6 +282,8 @@ async def start_app(
                 resume_poll_s=settings.resume_poll_interval,
                 stream_retries=settings.model_stream_retries,
                 approval_exempt_tools=frozenset(settings.approval_exempt_tools),
+                max_output_chars=settings.max_output_chars,
+                page_bytes=settings.max_message_bytes // 4,
                 decision_timeout_s=settings.decision_timeout,
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,

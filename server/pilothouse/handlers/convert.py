@@ -58,6 +58,7 @@ _STOP_REASONS = {
     ev.StopReason.TIMEOUT: event_pb2.STOP_REASON_TIMEOUT,
     ev.StopReason.BUDGET_EXCEEDED: event_pb2.STOP_REASON_BUDGET_EXCEEDED,
     ev.StopReason.INTERRUPTED: event_pb2.STOP_REASON_INTERRUPTED,
+    ev.StopReason.OUTPUT_LIMIT: event_pb2.STOP_REASON_OUTPUT_LIMIT,
     ev.StopReason.GUARDRAIL: event_pb2.STOP_REASON_GUARDRAIL,
     ev.StopReason.MAX_TOKENS: event_pb2.STOP_REASON_MAX_TOKENS,
     ev.StopReason.CONTENT_FILTER: event_pb2.STOP_REASON_CONTENT_FILTER,
@@ -423,22 +424,58 @@ def tool_result_to_proto(result: ev.ToolResult) -> event_pb2.ToolResult:
     return proto
 
 
-def response_to_proto(response: ev.AgentResponse) -> event_pb2.AgentResponse:
+#: Bytes of step text (tool outputs and errors) a `done` carries at most;
+#: longer runs have their steps' tool outputs shortened (the whole history
+#: is in ListMessages), so `done` stays well under the message limit.
+DONE_STEPS_BUDGET = 2 * 1024 * 1024
+
+
+def _shortened(text: str, room: int) -> str:
+    if len(text) <= room:
+        return text
+    return text[: max(room, 0)] + f" [... {len(text) - max(room, 0)} more characters: see ListMessages]"
+
+
+def response_to_proto(
+    response: ev.AgentResponse, steps_budget: int = DONE_STEPS_BUDGET
+) -> event_pb2.AgentResponse:
+    """The run's outcome. The answer is not repeated: the last step's text,
+    when it is `final_response`, is left out of it, and each step's calls
+    are in `tool_calls` only (not again in its message). Tool outputs past
+    `steps_budget` characters in all are shortened with a note."""
+    room = steps_budget
+    steps = []
+    last = len(response.steps) - 1
+    for index, step in enumerate(response.steps):
+        message = message_to_proto(step.message)
+        del message.tool_calls[:]
+        if index == last and step.message.content == response.final_response:
+            message.content = ""
+        results = []
+        for result in step.tool_results:
+            proto = tool_result_to_proto(result)
+            text = result.output if result.error is None else result.error
+            if text and len(text) > room:
+                short = _shortened(text, room)
+                if result.error is None:
+                    proto.output = short
+                else:
+                    proto.error = short
+            room -= min(len(text or ""), max(room, 0))
+            results.append(proto)
+        steps.append(event_pb2.AgentStep(
+            message=message,
+            usage=usage_to_proto(step.usage),
+            finish_reason=step.finish_reason,
+            tool_calls=tool_calls_to_proto(step.tool_calls),
+            tool_results=results,
+        ))
     proto = event_pb2.AgentResponse(
         final_response=response.final_response,
         iterations=response.iterations,
         stop_reason=_STOP_REASONS[response.stop_reason],
         error=response.error,
-        steps=[
-            event_pb2.AgentStep(
-                message=message_to_proto(step.message),
-                usage=usage_to_proto(step.usage),
-                finish_reason=step.finish_reason,
-                tool_calls=tool_calls_to_proto(step.tool_calls),
-                tool_results=[tool_result_to_proto(r) for r in step.tool_results],
-            )
-            for step in response.steps
-        ],
+        steps=steps,
         model=response.model,
         usage=usage_to_proto(response.usage),
         unapplied_steering=[

@@ -129,8 +129,10 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def ExportSession(
         self, request: sessions_pb.ExportSessionRequest, context: Context
     ) -> sessions_pb.ExportSessionResponse:
-        content = await self.runtime.export_session(request.session_id, current_principal())
-        return sessions_pb.ExportSessionResponse(content=content)
+        content, token = await self.runtime.export_session(
+            request.session_id, current_principal(), request.page_token
+        )
+        return sessions_pb.ExportSessionResponse(content=content, next_page_token=token)
 
     @handle_errors
     async def ImportSession(

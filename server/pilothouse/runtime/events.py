@@ -44,6 +44,7 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     INTERRUPTED = "interrupted"
+    OUTPUT_LIMIT = "output_limit"
     #: A hook plugin stopped the run (`pilothouse.runtime.hooks.Stop`).
     GUARDRAIL = "guardrail"
     #: The model's finish reasons that end a run: "length" (the answer

@@ -90,6 +90,9 @@ from pilothouse.runtime.tools import ToolContext, ToolDispatcher
 DEFAULT_CONTEXT_WINDOW = 128_000
 #: Retries of a model round whose stream failed after it began.
 DEFAULT_STREAM_RETRIES = 2
+#: Most characters (text, reasoning and tool-call arguments) one model round
+#: may produce before its stream is closed.
+DEFAULT_MAX_OUTPUT_CHARS = 4 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_DECISION_TIMEOUT_S",
@@ -159,6 +162,7 @@ class LoopContext:
     remember_approval: Callable[[str], Awaitable[None]] | None = None
     decision_timeout_s: float = DEFAULT_DECISION_TIMEOUT_S
     stream_retries: int = DEFAULT_STREAM_RETRIES
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
     resume: Resume | None = None
     principal: str = ""
     principal_roles: tuple[str, ...] = ()
@@ -322,6 +326,10 @@ async def run_agent(
             return
 
         message = builder.build()
+        if round_state.truncated:
+            # Past the output limit: the text so far is the answer; calls
+            # whose arguments may be cut are dropped, so history stays valid.
+            message.tool_calls = []
         usage = round_state.usage or Usage()
         ctx.usage = ctx.usage + usage
         if usage != Usage():
@@ -348,7 +356,7 @@ async def run_agent(
             message, round_state.finish_reason = checked.message, checked.finish_reason
 
         # --- finish reasons that end the run: length, content filter, refusal
-        final_stop = None if message.tool_calls else answers.final_stop(
+        final_stop = None if message.tool_calls or round_state.truncated else answers.final_stop(
             round_state.finish_reason, round_state.refusal, agent.config.max_tokens or None
         )
         if final_stop is not None:
@@ -363,7 +371,7 @@ async def run_agent(
         # --- structured output: validated; an invalid answer is retried once
         structured: dict[str, Any] | None = None
         schema = agent.config.response_json_schema
-        if schema and message.content and not message.tool_calls:
+        if schema and message.content and not message.tool_calls and not round_state.truncated:
             structured, problem = answers.parse_structured(message.content, schema)
             if problem is not None:
                 if structured_retried:
@@ -411,6 +419,12 @@ async def run_agent(
                     yield Compacted(summary)
             continue
 
+        if round_state.truncated:
+            yield done(
+                StopReason.OUTPUT_LIMIT, final=message.content,
+                error=f"the model's output passed the limit of {ctx.max_output_chars} characters",
+            )
+            return
         if control.steering.pending() and control.options.late_steering is LateSteeringPolicy.FOLLOW_UP:
             continue  # steering that came in during the last round gets an answer
         yield done(StopReason.TEXT_RESPONSE, final=message.content, structured=structured)
@@ -444,6 +458,8 @@ class _RoundState:
     error: str | None = None
     failure: ModelError | None = None
     stopped: bool = False
+    #: The stream was closed at the output limit.
+    truncated: bool = False
     first_chunk_at: float | None = None
     started_at: float = field(default_factory=time.perf_counter)
 
@@ -479,10 +495,12 @@ async def _model_round(
     while True:
         builder = MessageBuilder()
         state.error = state.failure = state.first_chunk_at = state.usage = None
+        state.truncated = False
         state.finish_reason = state.response_model = state.refusal = ""
         state.started_at = time.perf_counter()
         with spans.chat_span(model.provider_name, model_name, ctx.session_id) as span:
-            async for event in _stream_round(model, request, builder, state, ctx.control):
+            async for event in _stream_round(model, request, builder, state, ctx.control,
+                                             ctx.max_output_chars):
                 yield event
             spans.end_chat_span(
                 span,
@@ -538,9 +556,12 @@ async def _stream_round(
     builder: MessageBuilder,
     state: _RoundState,
     control: RunControl,
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
 ) -> AsyncIterator[Event]:
     """Events of one model stream. The stream is read by a pump task so a
-    stop request can close it at once (the HTTP response is closed)."""
+    stop request can close it at once (the HTTP response is closed); past
+    `max_output_chars` characters of output the stream is closed too (`truncated`)."""
+    output = 0
     queue: asyncio.Queue[object] = asyncio.Queue()
     pump = asyncio.create_task(_pump(model.stream(request), queue))
     remove_waker = on_stop(control, lambda: queue.put_nowait(_STOP))
@@ -561,6 +582,12 @@ async def _stream_round(
             chunk: ChatChunk = item  # type: ignore[assignment]
             if state.first_chunk_at is None:
                 state.first_chunk_at = time.perf_counter()
+            output += len(chunk.content or "") + len(chunk.reasoning or "") + sum(
+                len(d.arguments or "") for d in chunk.tool_calls
+            )
+            if output > max_output_chars:
+                state.truncated = True
+                break
             if chunk.content:
                 if open_segment is not TextStart:
                     if open_segment is ThinkingStart:

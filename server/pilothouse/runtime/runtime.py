@@ -88,6 +88,7 @@ class Runtime:
         self.sessions = Sessions(
             store, self.agents, model, locks, cache_size=self.limits.session_cache_size,
             local_run=lambda sid: run.id if (run := self.scheduler.active(sid)) else "",
+            page_bytes=self.limits.page_bytes,
         )
         self.scheduler = RunScheduler(
             model=model, dispatcher=dispatcher, store=store, agents=self.agents,
@@ -226,8 +227,10 @@ class Runtime:
     ) -> tuple[str, SessionRecord]:
         return await self.sessions.compact(session_id, caller)
 
-    async def export_session(self, session_id: str, caller: Principal | None = None) -> bytes:
-        return await self.sessions.export(session_id, caller)
+    async def export_session(
+        self, session_id: str, caller: Principal | None = None, token: str = ""
+    ) -> tuple[bytes, str]:
+        return await self.sessions.export(session_id, caller, token)
 
     async def import_session(self, content: bytes, caller: Principal | None = None) -> SessionRecord:
         return await self.sessions.import_(content, caller)

@@ -445,16 +445,22 @@ class ExportSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id."""
+    page_token: _builtins.str
+    """From ExportSessionResponse.next_page_token, for the next part of a
+    long session's file.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -462,21 +468,27 @@ Global___ExportSessionRequest: _TypeAlias = ExportSessionRequest  # noqa: Y015
 
 @_typing.final
 class ExportSessionResponse(_message.Message):
-    """Response of ExportSession."""
+    """Response of ExportSession. A long session comes in pages of a few MiB
+    each: the file is the `content` of every page, in order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
-    """The session as JSON Lines (UTF-8)."""
+    """The session as JSON Lines (UTF-8), or the next part of it."""
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     def __init__(
         self,
         *,
         content: _builtins.bytes = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
