@@ -47,6 +47,13 @@ Version 4 (durable runs) adds:
   `payload` (the event's JSON text); one run's log is one range of the key
   (SQLite: WITHOUT ROWID, clustered like `transcript_items`).
 
+Version 8 (the event feed, `pilothouse.runtime.store.feed`) adds
+`run_events.feed_tx`: the transaction that stored the event (SQLite: the
+counter in the new one-row table `event_feed`, bumped by every transaction
+that stores events; PostgreSQL: `pg_current_xact_id()`, the column's
+default), 0 for the events stored before; and the index
+`run_events_by_feed` on (feed_tx, run_id, sequence), the feed order.
+
 `run_owners` is no longer written (a run's owner is `runs.owner`); it stays
 so that replicas of the previous version keep working during a rolling
 upgrade.
@@ -293,6 +300,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 payload TEXT NOT NULL,
                 PRIMARY KEY (run_id, sequence)
             )""",
+        ),
+    ),
+    Migration(
+        8,
+        "event feed order",
+        sqlite=(
+            "ALTER TABLE run_events ADD COLUMN feed_tx INTEGER NOT NULL DEFAULT 0",
+            "CREATE TABLE event_feed (id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " last_tx INTEGER NOT NULL)",
+            "INSERT INTO event_feed (id, last_tx) VALUES (1, 0)",
+            "CREATE INDEX run_events_by_feed ON run_events (feed_tx, run_id, sequence)",
+        ),
+        postgres=(
+            "ALTER TABLE run_events ADD COLUMN feed_tx BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE run_events ALTER COLUMN feed_tx"
+            " SET DEFAULT (pg_current_xact_id()::text::bigint)",
+            "CREATE INDEX run_events_by_feed ON run_events (feed_tx, run_id, sequence)",
         ),
     ),
 )

@@ -60,6 +60,7 @@ from pilothouse.runtime.store.migrations import (
     UPSERT_AGENT,
     pending,
 )
+from pilothouse.runtime.store.feed import PostgresFeed
 from pilothouse.runtime.store.postgres_runs import (
     ITEMS,
     T_ITEMS,
@@ -140,7 +141,7 @@ def _redacted(dsn: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
-class PostgresSessionStore(PostgresRuns):
+class PostgresSessionStore(PostgresRuns, PostgresFeed):
     """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
     `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
     `max_size` connections.

@@ -54,6 +54,7 @@ from pilothouse.runtime.store.migrations import (
     UPSERT_AGENT,
     pending,
 )
+from pilothouse.runtime.store.feed import SqliteFeed
 from pilothouse.runtime.store.sqlite_runs import SqliteRuns
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
     )
 
 
-class SqliteSessionStore(SqliteRuns):
+class SqliteSessionStore(SqliteRuns, SqliteFeed):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 

@@ -44,6 +44,7 @@ from pilothouse.runtime.store.codec import (
     encode_usage,
     record_from_row,
 )
+from pilothouse.runtime.store.feed import SQLITE_BUMP, SQLITE_INSERT_EVENT
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
     LEGACY_RUNS,
@@ -66,10 +67,6 @@ _INSERT_ITEM = (
     f"VALUES ({', '.join('?' * (len(ITEM_COLUMNS) + 1))}, ?)"
 )
 _INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * RUN_COLUMN_COUNT)})"
-_INSERT_EVENT = (
-    "INSERT INTO run_events (run_id, sequence, time, kind, payload) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT DO NOTHING"
-)
 _SELECT_RUN = f"SELECT {RUN_COLUMNS}, {LAST_SEQUENCE} FROM runs"
 _ACTIVE = f"('{RunStatus.RUNNING.value}', '{RunStatus.WAITING_FOR_DECISION.value}')"
 _UPDATE_RUN = f"UPDATE runs SET {update_assignments(['?'] * 7)} WHERE id = ?"
@@ -158,6 +155,13 @@ async def _append_items(
         )
 
 
+async def _insert_events(conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Append events (skipping those stored already), stamped with this
+    transaction's feed number (see `feed`)."""
+    await conn.execute(SQLITE_BUMP)
+    await conn.executemany(SQLITE_INSERT_EVENT, rows)
+
+
 class SqliteRuns:
     """The `SessionStore` run methods of `SqliteSessionStore`."""
 
@@ -238,7 +242,7 @@ class SqliteRuns:
             )  # fmt: skip
             await _append_items(conn, session_id, session[0][-1], encoded)
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
+                await _insert_events(conn, event_rows)
         return record_from_row(session[0])
 
     async def renew_run(
@@ -281,7 +285,7 @@ class SqliteRuns:
                 raise lease_lost(session_id, run_id) if exists else session_not_found(session_id)
             await _append_items(conn, session_id, rows[0][-1], encoded)
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
+                await _insert_events(conn, event_rows)
             if run_update is not None:
                 await conn.execute(_UPDATE_RUN, run_update)
         return record_from_row(rows[0])
@@ -337,7 +341,7 @@ class SqliteRuns:
             return
         rows = [event_params(e) for e in events]
         async with self._transaction() as conn:
-            await conn.executemany(_INSERT_EVENT, rows)
+            await _insert_events(conn, rows)
 
     async def list_events(
         self: _Connected, run_id: str, after_sequence: int, limit: int
@@ -427,7 +431,7 @@ class SqliteRuns:
             if cursor.rowcount != 1:
                 return False
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
+                await _insert_events(conn, event_rows)
         return True
 
     # --- Transitional: the run API before durable runs (removed with it) ---
