@@ -53,6 +53,12 @@ class EventWriter:
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_runs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Called after every write that stored events (wakes the event feed).
+        self.on_written: Callable[[], None] | None = None
+
+    def written(self) -> None:
+        if self.on_written is not None:
+            self.on_written()
 
     def mark(self, journal: RunJournal) -> None:
         """`journal` has events to write."""
@@ -91,6 +97,8 @@ class EventWriter:
             log.warning("event log batch not written (kept for the next one): %s", exc.message)
             for journal, events in taken:
                 journal.put_back(events)
+        else:
+            self.written()
         finally:
             inflight, self._inflight = self._inflight, None
             self._inflight_runs = set()
@@ -188,6 +196,8 @@ class RunJournal:
                 checkpoint.events = [eventcodec.encode(e) for e in [*events, *(extra or ())]]
                 try:
                     self.session = await self.store.checkpoint(self.session_id, self.run_id, checkpoint)
+                    if checkpoint.events:
+                        self.writer.written()
                     return self.session
                 except UnavailableError as exc:
                     self.put_back(events)

@@ -43,6 +43,7 @@ from pilothouse.runtime.store.base import (
     SessionState,
     SessionStore,
 )
+from pilothouse.runtime.subscriptions import EventFeed
 from pilothouse.runtime.tools import ASK_USER, ToolCatalog, ToolDispatcher
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,11 @@ class Runtime:
             model=model, dispatcher=dispatcher, store=store, agents=self.agents,
             sessions=self.sessions, locks=locks, limits=self.limits,
         )
+        # Every run's events, for SubscribeEvents; this replica's writes wake it.
+        self.feed = EventFeed(
+            store, poll_s=self.limits.subscription_poll_s, buffer=self.limits.subscription_buffer
+        )
+        self.scheduler.writer.on_written = self.feed.wake
 
     # --- lifecycle ---------------------------------------------------------------
 

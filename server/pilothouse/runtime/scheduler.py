@@ -93,7 +93,12 @@ class RuntimeLimits:
     memory (later reads come from the store); `event_log_retention_s`: how
     long the store keeps a finished run's events (its `done` stays);
     `resume_poll_s`: how often a replica looks for runs to take over;
-    `event_flush_s`: the batching interval of the durable event log.
+    `event_flush_s`: the batching interval of the durable event log;
+    `delegation_max_depth`: how deep delegations may nest (a child of a
+    client's run is at depth 1); `delegation_max_runs`: child runs one run
+    may start; `subscription_poll_s`: how often event subscriptions look
+    for other replicas' events; `subscription_buffer`: events a subscriber
+    may fall behind by before it is dropped.
     """
 
     max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES
@@ -107,6 +112,11 @@ class RuntimeLimits:
     resume_poll_s: float = 2.0
     event_flush_s: float = 0.05
     stream_retries: int = 2
+    # Delegation and subscriptions (see `runtime.delegation`, `runtime.subscriptions`).
+    delegation_max_depth: int = 3
+    delegation_max_runs: int = 8
+    subscription_poll_s: float = 0.25
+    subscription_buffer: int = 1024
 
 
 @dataclass(frozen=True, slots=True)

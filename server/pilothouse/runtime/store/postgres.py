@@ -52,6 +52,7 @@ from pilothouse.runtime.store.codec import (
     record_params,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.feed import PostgresFeed
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -60,7 +61,6 @@ from pilothouse.runtime.store.migrations import (
     UPSERT_AGENT,
     pending,
 )
-from pilothouse.runtime.store.feed import PostgresFeed
 from pilothouse.runtime.store.postgres_runs import (
     ITEMS,
     T_ITEMS,

@@ -46,6 +46,7 @@ from pilothouse.runtime.store.codec import (
     stored_size,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.feed import SqliteFeed
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -54,7 +55,6 @@ from pilothouse.runtime.store.migrations import (
     UPSERT_AGENT,
     pending,
 )
-from pilothouse.runtime.store.feed import SqliteFeed
 from pilothouse.runtime.store.sqlite_runs import SqliteRuns
 
 log = logging.getLogger(__name__)
