@@ -25,7 +25,7 @@ from typing import Any
 from pilothouse.errors import PilothouseError, UnavailableError
 from pilothouse.runtime import eventcodec
 from pilothouse.runtime.events import AgentStep, RunEvent
-from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.store.base import (
     Checkpoint,
     RunStatus,
@@ -160,6 +160,8 @@ class RunJournal:
         self.session: SessionRecord | None = None
         #: Called with an "approve always" tool name to store it.
         self.remember_approval: Callable[[str], Awaitable[None]] | None = None
+        #: A guest turn's agent: its assistant messages get it as `sender`.
+        self.speaker = ""
 
     # --- the event log's sink ------------------------------------------------
 
@@ -222,6 +224,10 @@ class RunJournal:
 
     async def round_done(self, messages: list[Message], step: AgentStep) -> None:
         self.round = None
+        if self.speaker:
+            for message in messages:
+                if message.role is Role.ASSISTANT:
+                    message.sender = self.speaker
         self.steps.append(_step_meta(step))
         self.usage = self.usage + step.usage
         self.tail += len(messages)

@@ -20,9 +20,11 @@ from pilothouse.errors import (
     no_active_run,
     run_not_found,
 )
+from pilothouse.runtime import remote_agents
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.control import RunOptions
+from pilothouse.runtime.delegation import Delegations
 from pilothouse.runtime.events import AgentResponse, Decision, StopReason
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
@@ -84,10 +86,18 @@ class Runtime:
             store, self.agents, model, locks, cache_size=self.limits.session_cache_size,
             local_run=lambda sid: run.id if (run := self.scheduler.active(sid)) else "",
         )
+        # Agents that call agents: `delegate` calls become child runs, the
+        # rest goes to the ToolExecutors (see runtime.delegation).
+        self.delegation = Delegations(
+            self, dispatcher, max_depth=self.limits.delegation_max_depth,
+            max_runs=self.limits.delegation_max_runs,
+            remote=remote_agents.RemoteAgents() if remote_agents.available() else None,
+        )
         self.scheduler = RunScheduler(
-            model=model, dispatcher=dispatcher, store=store, agents=self.agents,
+            model=model, dispatcher=self.delegation, store=store, agents=self.agents,
             sessions=self.sessions, locks=locks, limits=self.limits,
         )
+        self.scheduler.on_run_end.append(self.delegation.run_ended)
         # Every run's events, for SubscribeEvents; this replica's writes wake it.
         self.feed = EventFeed(
             store, poll_s=self.limits.subscription_poll_s, buffer=self.limits.subscription_buffer
@@ -136,6 +146,8 @@ class Runtime:
 
     async def shutdown(self, grace_s: float = 0.0) -> None:
         await self.scheduler.shutdown(grace_s)
+        if self.delegation.remote is not None:
+            await self.delegation.remote.aclose()
 
     @property
     def cached_sessions(self) -> int:
@@ -321,6 +333,9 @@ class Runtime:
             if decision.request_id in run.control.pending_requests():
                 run.decide(decision)
                 return run
+        child = self.delegation.route_decision(session_id, decision)  # a delegation's request
+        if child is not None:
+            return child
         if not candidates:
             latest = await self.store.latest_run(session_id)
             if latest is not None and not latest.status.ended:

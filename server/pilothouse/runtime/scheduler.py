@@ -327,6 +327,7 @@ class RunScheduler:
             self.store, self.writer, run.session_id, run.id, clock=time.time,
             steps=list(state.get("steps", [])), tail=int(state.get("tail", 1)),
         )
+        journal.speaker = run.options.agent  # a guest's answers say who gave them
         self._journals[run.id] = journal
         return journal
 
@@ -429,7 +430,12 @@ class RunScheduler:
             )
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        agent = (await self.agents.get(record.agent)).with_overrides(options.model_overrides)
+        if options.agent == record.agent:
+            options = dataclasses.replace(options, agent="")
+        # A guest turn runs another agent on this session (see Agent.host).
+        agent = (await self.agents.get(options.agent or record.agent, "options.agent")
+                 if options.agent else await self.agents.get(record.agent))
+        agent = agent.with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
         self.agents.check_model(agent.config)
         for _ in range(2):
@@ -662,6 +668,8 @@ class RunScheduler:
             try:
                 record = await self.sessions.get(run.session_id)
                 run.control.approved_tools = set(record.always_approved_tools)
+                if run.options.agent and not agent.host:
+                    agent = dataclasses.replace(agent, host=record.agent)
                 if resume_from is not None:
                     history, ctx.resume = await self._resume_point(resume_from, journal)
                 elif history is None:
