@@ -6,6 +6,7 @@ and the child's spans under the parent's tool span."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import grpc
@@ -14,6 +15,7 @@ from google.protobuf import json_format
 
 from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient, PilothouseRpcError, decision
+from pilothouse.client.render import EventPrinter
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from pilothouse.v1 import event_pb2, message_pb2, run_service_pb2 as runs_pb
 from tests.conftest import (
@@ -92,6 +94,14 @@ async def test_a_delegated_task_is_a_child_run_whose_progress_shows_in_the_paren
     messages = await client.list_messages(child_session)
     assert (messages[0].content, messages[0].sender) == ("Count the words of 'a b c'.", lead)
     assert_valid_history(messages)
+    # The CLI's plain rendering shows the child's progress indented.
+    out = io.StringIO()
+    printer = EventPrinter(out, color=False)
+    for event in events:
+        printer.print(event)
+    lines = out.getvalue().splitlines()
+    assert f"  ⤷ {researcher}: → text_stats({{\"text\": \"a b c\"}})" in lines
+    assert f"  ⤷ {researcher}: done: text_response" in lines
     # Its whole stream is an Attach away.
     full = await collect(client.attach(child_session, child_run))
     assert "text_delta" in kinds(full) and len(full) > len(forwarded)
@@ -114,6 +124,7 @@ async def test_cancelling_the_parent_cancels_the_child(client, fake_model, make_
             break
     child_session = progress(seen)[0].child_session_id
     child_run = progress(seen)[0].child_run_id
+    await wait_until(lambda: "deleg-cancel" in GATES)  # the child's tool is running
     cancelled = await client.cancel(session.id, reason="enough")
     assert not cancelled.already_finished
     child = await client.get_run(child_run)

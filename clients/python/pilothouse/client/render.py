@@ -54,6 +54,38 @@ class EventPrinter:
             self._write("\n")
         self._write(text + "\n")
 
+    def _delegation(self, progress: event_pb2.DelegationProgress, depth: int = 1) -> None:
+        """A child run's forwarded event, on one indented line."""
+        inner = progress.event
+        kind = inner.WhichOneof("event")
+        lead = "  " * depth + f"⤷ {progress.agent}"
+        if kind == "delegation":
+            self._delegation(inner.delegation, depth + 1)
+            return
+        if kind == "run_started":
+            text = f"started [session {progress.child_session_id or '-'}, run {progress.child_run_id}]"
+        elif kind == "text_delta":
+            text = short(inner.text_delta.text)
+        elif kind == "tool_calls_start":
+            text = ", ".join(f"→ {c.name}({short(c.arguments_json, 80)})"
+                             for c in inner.tool_calls_start.tool_calls)
+        elif kind == "tool_result":
+            result = inner.tool_result
+            failed = result.WhichOneof("outcome") == "error"
+            outcome = f"error: {short(result.error)}" if failed else short(result.output)
+            text = f"← {result.name}: {outcome}"
+        elif kind == "approval_required":
+            ask = inner.approval_required
+            text = (f"? approval needed for {ask.tool_call.name}: {ask.reason} [session "
+                    f"{progress.child_session_id}, request {ask.request_id}]")
+        elif kind == "question_asked":
+            text = f"? {inner.question_asked.question} [request {inner.question_asked.request_id}]"
+        elif kind == "done":
+            text = f"done: {stop_reason_name(inner.done.stop_reason)}"
+        else:
+            text = kind or "event"
+        self._line(self._style("2", f"{lead}: {text}"))
+
     def print(self, event: event_pb2.AgentEvent) -> None:
         kind = event.WhichOneof("event")
         if kind == "run_started":
@@ -97,6 +129,8 @@ class EventPrinter:
             self._line(self._style("2", "[history compacted]"))
         elif kind == "user_steered":
             self._line(self._style("33", f"[steered] {event.user_steered.content}"))
+        elif kind == "delegation":
+            self._delegation(event.delegation)
         elif kind == "done":
             done = event.done
             reason = stop_reason_name(done.stop_reason)
