@@ -3,11 +3,12 @@ the process's `EventFeed` (see `pilothouse.runtime.subscriptions`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
 
-from pilothouse.auth import current_principal
+from pilothouse.auth.principal import current_principal
 from pilothouse.errors import InvalidArgumentError, PermissionDeniedError
 from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
@@ -64,20 +65,25 @@ def start_of(request: events_pb.SubscribeEventsRequest) -> FeedPosition | None:
         ) from None
 
 
-def check_admin() -> None:
-    """PERMISSION_DENIED unless the caller is an admin: the stream shows
-    every principal's runs."""
-    principal = current_principal()
-    if principal is not None and not principal.is_admin:
+def restrict(feed_filter: FeedFilter) -> FeedFilter:
+    """A non-admin caller sees the runs of its own sessions only: its
+    filter's `created_by` becomes the caller's id (PERMISSION_DENIED when
+    it names another principal)."""
+    caller = current_principal()
+    if caller is None or caller.is_admin:
+        return feed_filter
+    if feed_filter.created_by - {caller.id}:
         raise PermissionDeniedError(
-            "SubscribeEvents shows every principal's runs: it needs the admin role",
+            "only an admin may watch the runs of other principals' sessions",
             reason="PERMISSION_DENIED",
-            metadata={"principal": principal.id},
+            metadata={"principal": caller.id},
         )
+    return dataclasses.replace(feed_filter, created_by=frozenset({caller.id}))
 
 
 class EventService(events_grpc.EventServiceServicer):
-    """See the module docstring. Callers need the admin role."""
+    """See the module docstring. An admin sees every run; another
+    principal the runs of its own sessions."""
 
     def __init__(self, feed: EventFeed, heartbeat_s: float = 15.0) -> None:
         self.feed = feed
@@ -87,8 +93,7 @@ class EventService(events_grpc.EventServiceServicer):
     async def SubscribeEvents(
         self, request: events_pb.SubscribeEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb.SubscribeEventsResponse]:
-        check_admin()
-        feed_filter = filter_from_proto(request)
+        feed_filter = restrict(filter_from_proto(request))
         start = start_of(request)
         heartbeat = convert.heartbeat_seconds(
             request.heartbeat_interval, self.heartbeat_s, "heartbeat_interval"

@@ -102,6 +102,9 @@ class AgentConfig(BaseModel):
     # may hand tasks to (the `delegate` tool; see `runtime.delegation`).
     delegates: tuple[str, ...] = ()
     remote_delegates: tuple[RemoteDelegate, ...] = ()
+    #: Who may run the agent (besides admins); both empty: everyone.
+    allowed_principals: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
 
     @field_validator("name")
     @classmethod

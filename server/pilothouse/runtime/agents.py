@@ -36,6 +36,7 @@ class AgentRegistry:
         tools: ToolCatalog,
         default_model: str,
         check_model: Callable[[str], None] | None = None,
+        approval_exempt: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
         self.tools = tools
@@ -43,6 +44,8 @@ class AgentRegistry:
         #: Raises FailedPreconditionError (UNKNOWN_MODEL_PROVIDER) for a
         #: model that names no configured provider.
         self.check_model_name = check_model
+        #: Tools whose executor-declared `requires_approval` is lifted.
+        self.approval_exempt = approval_exempt
         self._built: dict[str, Agent] = {}
 
     def check_model(self, config: AgentConfig) -> None:
@@ -117,8 +120,13 @@ class AgentRegistry:
     # --- delegation ------------------------------------------------------------------
 
     def _tool_specs(self, config: AgentConfig) -> tuple[ToolSpec, ...]:
-        """The config's tools, and the `delegate` tool when it has delegates."""
-        specs = self.tools.snapshot(config.tools)
+        """The config's tools (the approval-exempt ones exempted), and the
+        `delegate` tool when it has delegates."""
+        specs = tuple(
+            dataclasses.replace(spec, requires_approval=False)
+            if spec.name in self.approval_exempt else spec
+            for spec in self.tools.snapshot(config.tools)
+        )
         delegate = delegate_spec(config, self._description)
         return specs if delegate is None else (*specs, delegate)
 

@@ -38,6 +38,9 @@ Attach away (its session and run ids are in every forwarded event).
   is what the parent has left (its own tokens and its children's so far),
   and once the parent and its children together reach it the parent stops
   with BUDGET_EXCEEDED after the delegation's result is stored.
+- **Who.** A child runs for its parent's principal (its session is that
+  principal's; an agent the principal may not run refuses the delegation
+  with the reason as the call's error).
 - **Approvals inside a child** are the child's: its `approval_required`
   (and `question_asked`) is forwarded with the child's session and request
   id; answer with SubmitDecision on the child's session, or on the
@@ -61,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, PilothouseError
+from pilothouse.identity import Principal
 from pilothouse.runtime import remote_agents
 from pilothouse.runtime.agent import AgentConfig, RemoteDelegate
 from pilothouse.runtime.control import DelegationLink, RunOptions
@@ -286,9 +290,13 @@ class Delegations:
         link: DelegationLink, budget: int,
     ) -> tuple[ToolOutcome, int]:
         runtime = self.runtime
+        # The child runs for the parent's principal: its session is theirs,
+        # and an agent they may not run refuses them here too.
+        caller = (Principal(context.principal, frozenset(context.principal_roles), "delegation")
+                  if context.principal else None)
         try:
             parent_session = await runtime.get_session(parent.session_id)
-            session = await runtime.create_session(name, parent_session.created_by)
+            session = await runtime.create_session(name, parent_session.created_by, caller)
             options = RunOptions(
                 token_budget=budget,
                 decision_timeout_s=parent.options.decision_timeout_s,
@@ -297,7 +305,7 @@ class Delegations:
             )
             where, _ = await runtime.start_run(
                 session.id, task, context.agent, options,
-                idempotency_key=f"delegate:{parent.id}:{call.id}",
+                idempotency_key=f"delegate:{parent.id}:{call.id}", caller=caller,
             )
         except PilothouseError as exc:
             return ToolOutcome(error=f"cannot delegate to {name}: {exc.message}"), 0

@@ -108,6 +108,8 @@ class AgentConfig(_message.Message):
     FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
     DELEGATES_FIELD_NUMBER: _builtins.int
     REMOTE_DELEGATES_FIELD_NUMBER: _builtins.int
+    ALLOWED_PRINCIPALS_FIELD_NUMBER: _builtins.int
+    ALLOWED_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1-64 characters of [A-Za-z0-9_.-], starting with a letter."""
     description: _builtins.str
@@ -197,6 +199,17 @@ class AgentConfig(_message.Message):
     def remote_delegates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteDelegate]:
         """Remote A2A agents this agent may hand a task to, by agent card."""
 
+    @_builtins.property
+    def allowed_principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principals (besides admins) that may run the agent; with
+        `allowed_roles`, both empty means every principal. Others get
+        PERMISSION_DENIED (AGENT_NOT_ALLOWED).
+        """
+
+    @_builtins.property
+    def allowed_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles that may run the agent."""
+
     def __init__(
         self,
         *,
@@ -221,10 +234,12 @@ class AgentConfig(_message.Message):
         fallback_model: _builtins.str = ...,
         delegates: _abc.Iterable[_builtins.str] | None = ...,
         remote_delegates: _abc.Iterable[Global___RemoteDelegate] | None = ...,
+        allowed_principals: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "delegates", b"delegates", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "remote_delegates", b"remote_delegates", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "delegates", b"delegates", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "remote_delegates", b"remote_delegates", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015

@@ -45,6 +45,9 @@ class EventServiceStub:
     `PILOTHOUSE_SUBSCRIPTION_POLL_INTERVAL` on others); heartbeats keep a
     quiet stream alive and move its cursor on.
 
+    An admin sees every run; another principal only the runs of its own
+    sessions (PERMISSION_DENIED when `created_by` names someone else).
+
     A subscriber that reads slower than events come is dropped, never
     buffered without bound: RESOURCE_EXHAUSTED (ErrorInfo reason
     SUBSCRIBER_TOO_SLOW, metadata `cursor`: resume from it).
@@ -68,6 +71,9 @@ class EventServiceAsyncStub(EventServiceStub):
     `PILOTHOUSE_EVENT_FLUSH_INTERVAL` of being made on this replica, within
     `PILOTHOUSE_SUBSCRIPTION_POLL_INTERVAL` on others); heartbeats keep a
     quiet stream alive and move its cursor on.
+
+    An admin sees every run; another principal only the runs of its own
+    sessions (PERMISSION_DENIED when `created_by` names someone else).
 
     A subscriber that reads slower than events come is dropped, never
     buffered without bound: RESOURCE_EXHAUSTED (ErrorInfo reason
@@ -95,6 +101,9 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         `PILOTHOUSE_EVENT_FLUSH_INTERVAL` of being made on this replica, within
         `PILOTHOUSE_SUBSCRIPTION_POLL_INTERVAL` on others); heartbeats keep a
         quiet stream alive and move its cursor on.
+
+        An admin sees every run; another principal only the runs of its own
+        sessions (PERMISSION_DENIED when `created_by` names someone else).
 
         A subscriber that reads slower than events come is dropped, never
         buffered without bound: RESOURCE_EXHAUSTED (ErrorInfo reason

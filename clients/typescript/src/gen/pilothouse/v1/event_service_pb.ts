@@ -145,6 +145,9 @@ export const EventService: GenService<{
    * `PILOTHOUSE_SUBSCRIPTION_POLL_INTERVAL` on others); heartbeats keep a
    * quiet stream alive and move its cursor on.
    *
+   * An admin sees every run; another principal only the runs of its own
+   * sessions (PERMISSION_DENIED when `created_by` names someone else).
+   *
    * A subscriber that reads slower than events come is dropped, never
    * buffered without bound: RESOURCE_EXHAUSTED (ErrorInfo reason
    * SUBSCRIBER_TOO_SLOW, metadata `cursor`: resume from it).
