@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 import uuid
@@ -41,12 +42,9 @@ _WELL_KNOWN = "/.well-known/agent-card.json"
 
 
 def available() -> bool:
-    """Whether the a2a-sdk client can be imported."""
-    try:
-        import a2a.client  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the a2a-sdk is installed (found, not imported: importing it
+    costs start-up time, so that waits for the first remote call)."""
+    return importlib.util.find_spec("a2a") is not None
 
 
 def _split_card_url(url: str) -> tuple[str, str]:
