@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from pilothouse.app.startup import start_app
-from pilothouse.client import PilothouseClient
+from pilothouse.client import InvalidArgumentError, PilothouseClient
 from pilothouse.rpc.errors import error_details
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from pilothouse.v1 import (
@@ -239,3 +239,30 @@ async def test_a_replica_sees_the_runs_of_the_other(fake_model, tool_server, pg_
         await b.stop(0)
         await a.stop(0)
 
+
+async def test_the_sdk_subscribes_and_reports_bad_cursors(client, fake_model, session_of):
+    session_id = await session_of()
+    responses = []
+    started = asyncio.Event()
+
+    async def follow() -> None:
+        async for response in client.subscribe_events(
+            session_ids=[session_id], event_kinds=["run_started", "done"], heartbeat_interval=0.05
+        ):
+            started.set()
+            responses.append(response)
+            if response.event.HasField("done"):
+                return
+
+    follower = asyncio.create_task(follow())
+    await started.wait()  # the first heartbeat: live
+    fake_model.responder.push(text_reply("Through the SDK."))
+    reply = await client.send_to(session_id, "Hi", timeout=30)
+    await asyncio.wait_for(follower, 10)
+    events = [r.event for r in responses if not r.event.HasField("heartbeat")]
+    assert [e.WhichOneof("event") for e in events] == ["run_started", "done"]
+    assert all(e.run_id == reply.run_id for e in events)
+    with pytest.raises(InvalidArgumentError) as caught:
+        async for _ in client.subscribe_events(cursor="nonsense"):
+            pass
+    assert caught.value.field_violations[0][0] == "cursor"

@@ -251,8 +251,9 @@ class Delegations:
                 f"is {self.max_depth - 1}; do the task yourself"
             )
         ledger = self._ledgers.get(parent.id)
-        if ledger is not None and ledger.started >= self.max_runs:
-            raise _Refusal(f"this run has delegated {ledger.started} tasks, the limit")
+        started = ledger.started if ledger is not None else 0
+        if started >= self.max_runs:
+            raise _Refusal(f"this run has delegated {started} tasks, the limit")
         budget = parent.options.token_budget
         left = 0
         if budget:
