@@ -184,6 +184,35 @@ async def test_approvals_inside_a_child_are_answered_through_the_parents_session
     assert "decision_applied" in inner_kinds(progress(seen))
 
 
+async def test_a_childs_question_is_answered_on_the_parents_steer_stream(
+    client, fake_model, make_agent
+):
+    asker = await make_agent(("ask_user",))
+    lead = await make_agent(delegates=[asker])
+    session = await client.create_session(lead, "ann")
+    fake_model.responder.push(
+        tool_calls_reply([delegate("d1", asker, "Ask which colour.")]),
+        tool_calls_reply([("q1", "ask_user", json.dumps({"question": "Colour?",
+                                                          "options": ["red", "blue"]}))]),
+        text_reply("Blue it is."),
+        text_reply("They chose blue."),
+    )
+    stream = await client.steer(session.id, "Pick a colour")
+    seen: list = []
+    async for event in stream:
+        seen.append(event)
+        asked = [f for f in progress([event]) if f.event.HasField("question_asked")]
+        if asked:
+            await stream.decide(decision(asked[0].event.question_asked.request_id,
+                                         selected_options=["blue"]))
+        if event.HasField("done"):
+            break
+    assert seen[-1].done.final_response == "They chose blue."
+    child_session = progress(seen)[0].child_session_id
+    answer = next(m for m in await client.list_messages(child_session) if m.name == "ask_user")
+    assert json.loads(answer.content) == {"selected_options": ["blue"]}
+
+
 async def test_delegates_are_validated_and_round_trip(client):
     created = await client.create_agent(
         "with-delegates", delegates=["researcher"],

@@ -44,8 +44,9 @@ Attach away (its session and run ids are in every forwarded event).
 - **Approvals inside a child** are the child's: its `approval_required`
   (and `question_asked`) is forwarded with the child's session and request
   id; answer with SubmitDecision on the child's session, or on the
-  parent's: a request id no run of the session waits for is passed on to
-  the session's delegations (`route_decision`).
+  parent's, or on the parent's Steer stream: a request id no run of the
+  session waits for is passed on to the session's delegations
+  (`route_decision`).
 - **Traces.** The child's task is created inside the parent's
   `execute_tool delegate` span, so the child's `invoke_agent` span (and
   everything under it) nests under that tool span.

@@ -371,6 +371,18 @@ class Runtime:
         await where.wait()
         return where, False
 
+    def decide(self, run: Run, decision: Decision) -> Run:
+        """Answer a pending request of `run`, or of one of its delegations
+        (a child run's request forwarded into its stream); the run that
+        took it. NOT_FOUND (DECISION_NOT_PENDING) or INVALID_ARGUMENT as
+        `Run.decide`."""
+        if decision.request_id not in run.control.pending_requests():
+            child = self.delegation.route_decision(run.session_id, decision)
+            if child is not None:
+                return child
+        run.decide(decision)
+        return run
+
     async def submit_decision(
         self, session_id: str, decision: Decision, caller: Principal | None = None
     ) -> Run | RemoteRun:

@@ -1128,8 +1128,9 @@ class DelegationProgress(_message.Message):
     the child's answer.
 
     A child's approval or question is answered with SubmitDecision on
-    `child_session_id`, or on the parent's session: a request id that no run
-    of the session waits for is passed on to its delegations.
+    `child_session_id`, or on the parent's session, or with a `decision` on
+    the parent's Steer stream: a request id that no run of the session waits
+    for is passed on to its delegations.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
