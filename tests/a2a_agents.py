@@ -25,6 +25,8 @@ from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import a2a_pb2 as a2a
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 
 from tests.conftest import wait_until
 
@@ -35,6 +37,8 @@ class Seen:
 
     tasks: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    #: The `traceparent` header of every request but the agent card's.
+    traceparents: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -103,7 +107,16 @@ async def serve_agent(kind: str) -> AsyncIterator[A2AAgent]:
     )
     seen = Seen()
     handler = DefaultRequestHandler(_Executor(kind, seen), InMemoryTaskStore(), card)
-    app = Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
+
+    class Record(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            if request.method == "POST":
+                seen.traceparents.append(request.headers.get("traceparent", ""))
+            return await call_next(request)
+
+    app = Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")],
+                    middleware=[Middleware(Record)])
+
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -6,6 +6,8 @@ asks for input ends the call with an error the model reads."""
 
 from __future__ import annotations
 
+import re
+
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from pilothouse.v1 import agent_pb2
 from tests.a2a_agents import serve_agent
@@ -31,6 +33,9 @@ async def test_a_remote_agent_answers_a_delegated_task(client, fake_model, make_
     tools = {t["function"]["name"]: t["function"] for t in fake_model.requests[0]["tools"]}
     assert "- weather: Forecasts weather." in tools["delegate"]["description"]
     assert agent.seen.tasks == ["tokyo tomorrow"]
+    # The request carried the run's trace context.
+    assert agent.seen.traceparents and re.fullmatch(
+        r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", agent.seen.traceparents[0])
     result = next(e.tool_result for e in events if e.HasField("tool_result"))
     assert (result.call_id, result.output) == ("r1", "Forecast for TOKYO TOMORROW")
     forwarded = progress(events, "r1")

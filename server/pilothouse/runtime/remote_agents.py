@@ -13,6 +13,8 @@ authentication (it is cancelled: a delegated task cannot ask the user).
 Cancelling the call cancels the A2A task (CancelTask).
 
 Agent cards are fetched once per URL and kept for `card_ttl_s` seconds.
+Requests carry the trace context (`traceparent`), so a traced A2A agent's
+spans join the delegating run's trace under its `execute_tool` span.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry import propagate
 
 from pilothouse.runtime.agent import RemoteDelegate
 from pilothouse.runtime.events import AgentResponse, Done, Event, RunStarted, StopReason, TextDelta
@@ -60,7 +63,10 @@ class RemoteAgents:
     HTTP request (a stream's silence), in seconds."""
 
     def __init__(self, *, timeout_s: float = 300.0, card_ttl_s: float = 300.0) -> None:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            event_hooks={"request": [_traced]},
+        )
         self.card_ttl_s = card_ttl_s
         self._cards: dict[str, tuple[float, Any]] = {}
 
@@ -123,6 +129,12 @@ class RemoteAgents:
                 f"give: {state.status_text or 'no question given'}"
             ))
         return state.finish()
+
+
+async def _traced(request: httpx.Request) -> None:
+    """Send the trace context (W3C `traceparent`), so that a traced A2A
+    agent's spans join the delegating run's trace."""
+    propagate.inject(request.headers)
 
 
 def _metadata(values: dict[str, str]) -> Any:
