@@ -186,6 +186,18 @@ class Settings(ServerProcessSettings):
         False, description="record message contents and tool arguments/results in spans"
     )
 
+    # --- A2A: every agent as an A2A agent (off by default) ----------------
+    a2a_listen_address: str = Field(
+        "", description="host:port of the A2A JSON-RPC HTTP server (empty: off)"
+    )
+    a2a_grpc: bool = Field(
+        False, description="serve A2A's gRPC binding (lf.a2a.v1.A2AService) on the runtime's gRPC port"
+    )
+    a2a_public_url: str = Field(
+        "", description="the A2A server's URL as clients reach it, e.g. https://agents.example.com "
+        "(default: http://<listen address>)",
+    )
+
     @field_validator("providers")
     @classmethod
     def _unique_providers(cls, value: list[ProviderSettings]) -> list[ProviderSettings]:

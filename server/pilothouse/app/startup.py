@@ -10,7 +10,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pilothouse.adapters.content import ContentRecordingModel
 from pilothouse.adapters.forwarding import RunForwarder
@@ -50,6 +50,9 @@ from pilothouse.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from pilothouse.a2a import A2AGateway
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class App:
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
     security: Security | None = None
+    #: The A2A bindings (PILOTHOUSE_A2A_*), None when off.
+    a2a: A2AGateway | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -150,6 +155,8 @@ class App:
                 log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
         # Every run has ended and published `done`: the streams deliver it
         # and end by themselves (the grace only bounds stuck clients).
+        if self.a2a is not None:
+            await self.a2a.stop()
         await self.server.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
@@ -221,6 +228,7 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    a2a: A2AGateway | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
@@ -306,6 +314,7 @@ async def start_app(
         for config in read_agents_file(settings.agents_file):
             await runtime.add_agent(config, source="file", replace=True)
         security.attach(runtime)
+        a2a = a2a_gateway(settings, runtime, security)
         server = await start_server(
             [
                 Service(
@@ -328,6 +337,7 @@ async def start_app(
                     EventService(runtime.feed, settings.heartbeat_interval),
                     EVENT_SERVICE,
                 ),
+                *([a2a.grpc_service()] if a2a is not None and settings.a2a_grpc else []),
             ],
             settings.listen_address,
             max_message_bytes=settings.max_message_bytes,
@@ -337,6 +347,8 @@ async def start_app(
             health_address=settings.health_listen_address,
         )
         runtime.address = advertised_address(settings, server.port)
+        if a2a is not None:
+            await start_a2a(a2a, settings, runtime.address)
         await runtime.start()  # takes over runs left by a crash or a drain
         health = HealthMonitor(
             server,
@@ -352,6 +364,8 @@ async def start_app(
         )
         await health.start()
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if a2a is not None:
+            await a2a.stop()
         if runtime is not None:
             await runtime.shutdown(0)  # closes the store
         elif store is not None:
@@ -377,8 +391,48 @@ async def start_app(
     )
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security,
+        health, forwarder, security, a2a,
     )
+
+
+def a2a_gateway(settings: Settings, runtime: Runtime, security: Security) -> A2AGateway | None:
+    """The A2A bindings the settings ask for (None: off), under the same
+    per-principal limits as the gRPC API. StartupError when the a2a-sdk is
+    not installed."""
+    if not (settings.a2a_listen_address or settings.a2a_grpc):
+        return None
+    try:
+        from pilothouse.a2a import A2AGateway
+    except ImportError as exc:
+        raise StartupError(
+            f"A2A needs the a2a-sdk ({exc}): pip install 'pilothouse[a2a]'"
+        ) from exc
+    return A2AGateway(runtime, security.limiter)
+
+
+async def start_a2a(a2a: A2AGateway, settings: Settings, grpc_address: str) -> None:
+    """Start A2A's JSON-RPC port (when PILOTHOUSE_A2A_LISTEN_ADDRESS is
+    set), with the runtime's authentication and TLS; the cards name the gRPC
+    binding at `grpc_address` when PILOTHOUSE_A2A_GRPC is on. StartupError
+    for an exposed port without authentication; OSError when the address
+    cannot be bound."""
+    from pilothouse.auth import build_chain, check_exposure
+
+    if settings.a2a_grpc:
+        a2a.grpc_address = grpc_address
+    if not settings.a2a_listen_address:
+        return
+    try:
+        check_exposure(settings, settings.a2a_listen_address, "pilothouse-a2a")
+        chain = build_chain(settings)
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    await a2a.start_http(
+        settings.a2a_listen_address, chain, tls=settings.server_tls,
+        public_url=settings.a2a_public_url, grace_s=STREAM_GRACE_S,
+    )
+    log.info("A2A JSON-RPC on %s (agents at %s/agents/<name>/)%s", settings.a2a_listen_address,
+             a2a.public_url, "; gRPC binding on the runtime's port" if settings.a2a_grpc else "")
 
 
 def advertised_address(settings: Settings, port: int) -> str:

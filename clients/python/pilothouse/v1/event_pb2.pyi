@@ -60,7 +60,7 @@ class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason
     """
 
 class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
-    """Why a run ended (seed 003 `AgentStopReason`)."""
+    """Why a run ended."""
 
 STOP_REASON_UNSPECIFIED: StopReason.ValueType  # 0
 STOP_REASON_TEXT_RESPONSE: StopReason.ValueType  # 1
@@ -263,7 +263,7 @@ Global___AgentStep: _TypeAlias = AgentStep  # noqa: Y015
 
 @_typing.final
 class AgentResponse(_message.Message):
-    """AgentResponse is the outcome of a run (seed 003 `AgentResponse`)."""
+    """AgentResponse is the outcome of a run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -189,7 +189,7 @@ export const AgentStepSchema: GenMessage<AgentStep> = /*@__PURE__*/
   messageDesc(file_pilothouse_v1_event, 2);
 
 /**
- * AgentResponse is the outcome of a run (seed 003 `AgentResponse`).
+ * AgentResponse is the outcome of a run.
  *
  * @generated from message pilothouse.v1.AgentResponse
  */
@@ -1191,7 +1191,7 @@ export const DelegationProgressSchema: GenMessage<DelegationProgress> = /*@__PUR
   messageDesc(file_pilothouse_v1_event, 27);
 
 /**
- * Why a run ended (seed 003 `AgentStopReason`).
+ * Why a run ended.
  *
  * @generated from enum pilothouse.v1.StopReason
  */
