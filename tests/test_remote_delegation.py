@@ -6,12 +6,15 @@ asks for input ends the call with an error the model reads."""
 
 from __future__ import annotations
 
+import json
 import re
 
+from pilothouse.app.startup import start_app
+from pilothouse.client import PilothouseClient
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from pilothouse.v1 import agent_pb2
 from tests.a2a_agents import serve_agent
-from tests.conftest import collect, wait_until
+from tests.conftest import app_settings, collect, wait_until
 from tests.test_delegation import delegate, inner_kinds, progress
 
 
@@ -80,3 +83,38 @@ async def test_a_remote_agent_that_asks_for_input_gives_an_error_result(
     error = reply.response.steps[0].tool_results[0].error
     assert error == ("the A2A agent asker asked for input, which a delegated task cannot give: "
                      "Which city?")
+
+
+async def test_a_pilothouse_agent_delegates_to_another_pilothouse_over_a2a(
+    client, fake_model, make_agent, model_server, tool_server, tmp_path
+):
+    """The remote agent is Pilothouse's own A2A server (another runtime)."""
+    other = await start_app(app_settings(
+        model_server, tool_server, data_dir=tmp_path, a2a_listen_address="127.0.0.1:0",
+    ))
+    try:
+        async with PilothouseClient(f"127.0.0.1:{other.port}") as remote:
+            await remote.create_agent("counter", tools=["text_stats"], system_prompt="Count.")
+            assert other.a2a is not None
+            url = f"http://127.0.0.1:{other.a2a.http_port}/agents/counter/"
+            lead = await remote_lead(client, make_agent, "counter", url)
+            session = await client.create_session(lead, "ann")
+            fake_model.responder.push(
+                tool_calls_reply([delegate("r1", "counter", "Count the words of 'x y z'.")]),
+                tool_calls_reply([("c1", "text_stats", json.dumps({"text": "x y z"}))]),
+                text_reply("Three words."),
+                text_reply("The other agent counted three."),
+            )
+            events = await collect(client.stream_to(session.id, "How many words?"))
+            result = next(e.tool_result for e in events if e.HasField("tool_result"))
+            assert (result.call_id, result.output) == ("r1", "Three words.")
+            assert events[-1].done.final_response == "The other agent counted three."
+            forwarded = progress(events, "r1")
+            assert inner_kinds(forwarded)[0] == "run_started"
+            assert inner_kinds(forwarded)[-1] == "done"
+            # On the other side it was a run of its own, on a session of the counter.
+            sessions = await remote.list_sessions("counter")
+            runs = await remote.list_runs(sessions[0].id)
+            assert runs[0].content == "Count the words of 'x y z'."
+    finally:
+        await other.stop(0)
