@@ -197,6 +197,30 @@ async def test_approvals_are_answered_at_the_prompt(app, client, fake_model, mak
     assert await terminal.close() == 0
 
 
+async def test_a_delegated_runs_approval_is_answered_at_the_prompt(
+    app, client, fake_model, make_agent, terminals
+):
+    careful = await make_agent(("delete_records",))
+    lead = await make_agent(delegates=[careful])
+    fake_model.responder.push(
+        tool_calls_reply([("t1", "delegate", f'{{"agent": "{careful}", "task": "Clear the logs"}}')]),
+        tool_calls_reply([("d1", "delete_records", '{"table": "logs"}')]),
+        text_reply("Cleared."),
+        text_reply("The logs are clear."),
+    )
+    terminal = terminals(app.port, "chat", "--agent", lead, "--new")
+    await _session_id(terminal)
+    terminal.child.sendline("Clear the logs")
+    asked = await terminal.expect(r"approve\? \[y\]es")
+    assert f"⤷ {careful}: ? approval needed for delete_records" in asked
+    terminal.child.sendline("y")
+    answered = await terminal.expect(r"\[done: text_response")
+    assert f"⤷ {careful}: ← delete_records: deleted all records of logs" in answered
+    assert "The logs are clear." in answered
+    await terminal.expect(PROMPT)
+    assert await terminal.close() == 0
+
+
 async def test_one_message_on_a_terminal_is_rendered_the_same_way(app, fake_model, make_agent, terminals):
     agent = await make_agent()
     fake_model.responder.push(text_reply("# Title\n\nSome *emphasis*."))

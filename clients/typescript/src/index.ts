@@ -21,6 +21,7 @@ export * from "./steer.js";
 export * from "./gen/pilothouse/v1/agent_pb.js";
 export * from "./gen/pilothouse/v1/agent_service_pb.js";
 export * from "./gen/pilothouse/v1/event_pb.js";
+export * from "./gen/pilothouse/v1/event_service_pb.js";
 export * from "./gen/pilothouse/v1/message_pb.js";
 export * from "./gen/pilothouse/v1/run_service_pb.js";
 export * from "./gen/pilothouse/v1/session_pb.js";

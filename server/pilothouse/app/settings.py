@@ -156,6 +156,20 @@ class Settings(ServerProcessSettings):
     )
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
+    # --- Delegation and event subscriptions ------------------------------
+    delegation_max_depth: int = Field(
+        3, ge=0, le=32, description="how deep delegations nest (a client's run's child: 1)"
+    )
+    delegation_max_runs: int = Field(
+        8, ge=0, description="child runs one run may delegate to in all"
+    )
+    subscription_poll_interval: float = Field(
+        0.25, gt=0, description="seconds between SubscribeEvents' reads of other replicas' events"
+    )
+    subscription_buffer: int = Field(
+        1024, gt=0, description="events a SubscribeEvents stream may fall behind before it is dropped"
+    )
+
     # --- Operations: health, drain, connections, metrics, logs ------------
     tool_keepalive_time: float = Field(
         30.0, gt=0, description="seconds of idleness before the tool client pings an executor"

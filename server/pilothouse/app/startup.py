@@ -25,6 +25,7 @@ from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.auth.audit import audit
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
+from pilothouse.handlers.events import EventService
 from pilothouse.handlers.runs import RunService
 from pilothouse.handlers.sessions import SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
@@ -44,6 +45,8 @@ from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
+    event_service_pb2,
+    event_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     session_service_pb2,
@@ -61,6 +64,7 @@ SERVICE_NAME = "pilothouse-server"
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 SESSION_SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
 RUN_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+EVENT_SERVICE = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 #: Seconds the streams get, once every run has ended, to deliver their last
 #: events (`done`) before the server stops.
 STREAM_GRACE_S = 5.0
@@ -308,6 +312,10 @@ async def start_app(
                 decision_timeout_s=settings.decision_timeout,
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
+                delegation_max_depth=settings.delegation_max_depth,
+                delegation_max_runs=settings.delegation_max_runs,
+                subscription_poll_s=settings.subscription_poll_interval,
+                subscription_buffer=settings.subscription_buffer,
             ),
             hooks=hooks,
         )
@@ -342,6 +350,11 @@ async def start_app(
                     run_service_pb2_grpc.add_RunServiceServicer_to_server,
                     RunService(runtime, settings.heartbeat_interval, forwarder),
                     RUN_SERVICE,
+                ),
+                Service(
+                    event_service_pb2_grpc.add_EventServiceServicer_to_server,
+                    EventService(runtime.feed, settings.heartbeat_interval),
+                    EVENT_SERVICE,
                 ),
                 *([a2a.grpc_service()] if a2a is not None and settings.a2a_grpc else []),
             ],
@@ -496,7 +509,7 @@ def dependencies_of(
         await tools.check_health(settings.health_check_timeout)
 
     return [
-        Dependency("session_store", probe_store, (SESSION_SERVICE, RUN_SERVICE)),
+        Dependency("session_store", probe_store, (SESSION_SERVICE, RUN_SERVICE, EVENT_SERVICE)),
         Dependency(
             "tool_executors",
             probe_tools,

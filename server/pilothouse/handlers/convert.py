@@ -138,6 +138,7 @@ def options_from_proto(options: run_service_pb2.RunOptions, field: str = "option
             if options.HasField("overrides")
             else None
         ),
+        agent=options.agent,
     )
 
 
@@ -235,6 +236,12 @@ def run_to_proto(record: RunRecord) -> run_service_pb2.Run:
         content=record.content,
         sender=record.sender,
     )
+    link = record.options.get("delegation")
+    if link:
+        run.parent_run_id = link.get("parent_run_id", "")
+        run.parent_session_id = link.get("parent_session_id", "")
+        run.parent_tool_call_id = link.get("parent_tool_call_id", "")
+        run.delegation_depth = int(link.get("depth", 1))
     if record.started_at:
         run.start_time.CopyFrom(timestamp(record.started_at))
     if record.ended_at:
@@ -292,6 +299,11 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             ),
             "fallback_model": config.fallback_model,
             "response_json_schema": config.response_json_schema,
+            "delegates": tuple(config.delegates),
+            "remote_delegates": tuple(
+                {"name": d.name, "agent_card_url": d.agent_card_url, "description": d.description}
+                for d in config.remote_delegates
+            ),
             "allowed_principals": tuple(config.allowed_principals),
             "allowed_roles": tuple(config.allowed_roles),
         }
@@ -322,6 +334,13 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
             response_json_schema=c.response_json_schema,
+            delegates=list(c.delegates),
+            remote_delegates=[
+                agent_pb2.RemoteDelegate(
+                    name=d.name, agent_card_url=d.agent_card_url, description=d.description
+                )
+                for d in c.remote_delegates
+            ],
             allowed_principals=list(c.allowed_principals),
             allowed_roles=list(c.allowed_roles),
         ),
@@ -568,6 +587,16 @@ _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
         event_pb2.RoundRetried(attempt=e.attempt, cause=e.cause, error=e.error, model=e.model),
     ),
 }
+
+
+def _delegation_to_proto(e: ev.DelegationProgress) -> event_pb2.DelegationProgress:
+    return event_pb2.DelegationProgress(
+        tool_call_id=e.tool_call_id, agent=e.agent, child_session_id=e.child_session_id,
+        child_run_id=e.child_run_id, event=event_to_proto(e.event),
+    )
+
+
+_EVENT_FIELDS[ev.DelegationProgress] = lambda e: ("delegation", _delegation_to_proto(e))
 
 
 def event_to_proto(recorded: ev.RunEvent) -> event_pb2.AgentEvent:

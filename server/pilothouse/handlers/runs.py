@@ -336,7 +336,7 @@ async def _merge_commands(
                 elif kind == "cancel":
                     run.stop(StopReason.CANCELLED, request.cancel.reason or "cancelled by the client")
                 else:
-                    run.decide(convert.decision_from_proto(request.decision))
+                    runtime.decide(run, convert.decision_from_proto(request.decision))
         except grpc.aio.AioRpcError:
             return  # the client went away; the run goes on
         except Exception as exc:  # a bad request: delivered to the RPC

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime import answers
-from pilothouse.runtime.messages import Message
+from pilothouse.runtime.messages import Message, Role
 from pilothouse.runtime.model.base import (
     ChatRequest,
     ModelSettings,
@@ -41,6 +41,34 @@ class ApprovalPolicy(StrEnum):
     DEFAULT = ""
     NEVER = "never"
     ALWAYS = "always"
+
+
+class RemoteDelegate(BaseModel):
+    """A remote A2A agent an agent may delegate to: `name` is what the
+    model calls it, `agent_card_url` its agent card (or its base URL),
+    `description` what it does ("" for the card's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    agent_card_url: str
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                "must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter"
+            )
+        return value
+
+    @field_validator("agent_card_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value) > 2048:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class AgentConfig(BaseModel):
@@ -78,6 +106,10 @@ class AgentConfig(BaseModel):
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort = ReasoningEffort.DEFAULT
     fallback_model: str = ""
+    # Delegation: agents of the registry, and remote A2A agents, this one
+    # may hand tasks to (the `delegate` tool; see `runtime.delegation`).
+    delegates: tuple[str, ...] = ()
+    remote_delegates: tuple[RemoteDelegate, ...] = ()
     #: Who may run the agent (besides admins); both empty: everyone.
     allowed_principals: tuple[str, ...] = ()
     allowed_roles: tuple[str, ...] = ()
@@ -129,6 +161,26 @@ class AgentConfig(BaseModel):
             if name in seen:
                 raise ValueError(f"tool {name!r} is listed twice")
             seen.add(name)
+        return value
+
+    @field_validator("delegates")
+    @classmethod
+    def _delegates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not an agent name")
+        if len(set(value)) != len(value):
+            raise ValueError("an agent is listed twice")
+        return value
+
+    @field_validator("remote_delegates")
+    @classmethod
+    def _remote_delegates(
+        cls, value: tuple[RemoteDelegate, ...], info: ValidationInfo
+    ) -> tuple[RemoteDelegate, ...]:
+        names = [d.name for d in value] + list(info.data.get("delegates", ()))
+        if len(set(names)) != len(names):
+            raise ValueError("a delegate's name is taken by another delegate")
         return value
 
     @field_validator("stop_sequences")
@@ -228,6 +280,9 @@ class Agent:
     created_at: float = field(default_factory=time.time)
     source: str = "api"
     version: int = 1
+    #: In a guest turn: the session's own agent, whose assistant messages
+    #: carry no sender ("" when this agent is the session's).
+    host: str = ""
 
     @property
     def name(self) -> str:
@@ -235,12 +290,13 @@ class Agent:
 
     def build_request(self, history: list[Message]) -> ChatRequest:
         """This round's request: the system prompt, a snapshot of the
-        history, the tool specs and the model settings; each provider
-        builds its own wire format from it."""
+        history (other agents' answers framed, see `frame_guests`), the
+        tool specs and the model settings; each provider builds its own
+        wire format from it."""
         config = self.config
         return ChatRequest(
             model=config.model,
-            messages=list(history),
+            messages=frame_guests(history, self.name, self.host or self.name),
             system=config.system_prompt,
             tools=self.tools,
             tool_choice=config.tool_choice if self.tools else None,
@@ -262,3 +318,17 @@ class Agent:
         data.update(changes)
         config = AgentConfig.parse(data, field_prefix=field_prefix)
         return dataclasses.replace(self, config=config)
+
+
+def frame_guests(history: list[Message], speaker: str, host: str) -> list[Message]:
+    """The history as agent `speaker` sees it: an assistant message by
+    another agent (its `sender`, or `host` when it has none) has its text
+    wrapped as `<from agent="NAME">...</from>`, so each model knows who
+    said what. A copy; messages that need no framing are shared."""
+    framed = list(history)
+    for index, message in enumerate(framed):
+        if message.role is Role.ASSISTANT and (message.sender or host) != speaker and message.content:
+            copy = message.copy()
+            copy.content = f'<from agent="{message.sender or host}">\n{message.content}\n</from>'
+            framed[index] = copy
+    return framed

@@ -12,10 +12,11 @@ from typing import Any
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, agent_not_found
 from pilothouse.runtime.agent import Agent, AgentConfig
+from pilothouse.runtime.delegation import check_delegation, delegate_spec
 from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.store.base import AgentRecord, SessionStore
-from pilothouse.runtime.tools import ToolCatalog
+from pilothouse.runtime.tools import ToolCatalog, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class AgentRegistry:
 
     def check_tools(self, config: AgentConfig) -> None:
         """FAILED_PRECONDITION (TOOL_NOT_AVAILABLE) when a tool the config
-        names is offered by no ToolExecutor."""
+        names is offered by no ToolExecutor; with delegates, INVALID_ARGUMENT
+        when a tool is named `delegate` and FAILED_PRECONDITION
+        (A2A_CLIENT_MISSING) for remote delegates without the a2a-sdk."""
+        check_delegation(config)
         missing = self.tools.missing(config.tools)
         if missing:
             raise FailedPreconditionError(
@@ -110,18 +114,43 @@ class AgentRegistry:
         parsed = AgentConfig.model_validate(config)
         if not parsed.model:
             parsed = parsed.model_copy(update={"model": self.default_model})
-        tools = tuple(
-            dataclasses.replace(spec, requires_approval=False)
-            if spec.name in self.approval_exempt else spec
-            for spec in self.tools.snapshot(parsed.tools)
-        )
         return Agent(
             parsed,
-            tools,
+            self._tool_specs(parsed),
             created_at=created_at or time.time(),
             source=source,
             version=version,
         )
+
+    # --- delegation ------------------------------------------------------------------
+
+    def _tool_specs(self, config: AgentConfig) -> tuple[ToolSpec, ...]:
+        """The config's tools (the approval-exempt ones exempted), and the
+        `delegate` tool when it has delegates."""
+        specs = tuple(
+            dataclasses.replace(spec, requires_approval=False)
+            if spec.name in self.approval_exempt else spec
+            for spec in self.tools.snapshot(config.tools)
+        )
+        delegate = delegate_spec(config, self._description)
+        return specs if delegate is None else (*specs, delegate)
+
+    def _description(self, name: str) -> str:
+        agent = self._built.get(name)
+        return agent.config.description if agent is not None else ""
+
+    async def _with_delegates(self, agent: Agent) -> Agent:
+        """`agent` with its `delegate` tool describing its delegates as the
+        registry has them now (their descriptions read once)."""
+        for name in agent.config.delegates:
+            if name not in self._built and (record := await self.store.get_agent(name)):
+                self._agent_of(record)
+        specs = self._tool_specs(agent.config)
+        if specs == agent.tools:
+            return agent
+        agent = dataclasses.replace(agent, tools=specs)
+        self._built[agent.name] = agent
+        return agent
 
     def cached(self, name: str) -> Agent | None:
         """The agent last built under `name`, if any (no store read)."""
@@ -135,7 +164,10 @@ class AgentRegistry:
         if record is None:
             self._built.pop(name, None)
             raise agent_not_found(name)
-        return self._agent_of(record)
+        agent = self._agent_of(record)
+        if agent.config.delegates:
+            agent = await self._with_delegates(agent)
+        return agent
 
     async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
         """A page of agents in alphabetical order and the next page token."""

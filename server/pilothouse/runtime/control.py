@@ -33,10 +33,25 @@ class LateSteeringPolicy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationLink:
+    """What makes a run a child: the run (and session) whose `delegate`
+    tool call `parent_tool_call_id` started it, and its depth in the
+    chain of delegations (1 for a child of a client's run)."""
+
+    parent_run_id: str
+    parent_session_id: str
+    parent_tool_call_id: str
+    depth: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class RunOptions:
     """Options of one run. Durations in seconds; None means no limit /
     the server default; `token_budget` 0 means none; `model_overrides`
-    changes the agent's model settings for this run."""
+    changes the agent's model settings for this run; `agent` names the
+    guest agent of a guest turn ("" for the session's agent);
+    `delegation` is set by the runtime on a child run (never by a
+    client)."""
 
     on_disconnect: DisconnectPolicy = DisconnectPolicy.CONTINUE
     if_active: ActiveRunPolicy = ActiveRunPolicy.REJECT
@@ -45,6 +60,8 @@ class RunOptions:
     token_budget: int = 0
     decision_timeout_s: float | None = None
     model_overrides: ModelOverrides | None = None
+    agent: str = ""
+    delegation: DelegationLink | None = None
 
 
 class SteeringInbox:

@@ -47,6 +47,7 @@ KINDS: dict[type, str] = {
     ev.Compacted: "compacted",
     ev.RunResumed: "run_resumed",
     ev.RoundRetried: "round_retried",
+    ev.DelegationProgress: "delegation",
 }
 CLASSES: dict[str, type] = {kind: cls for cls, kind in KINDS.items()}
 
@@ -68,20 +69,54 @@ def encode(recorded: RunEvent) -> StoredEvent:
     if cls is ev.TextDelta or cls is ev.ThinkingDelta:  # the hot path
         payload = _dumps({"text": event.text})  # type: ignore[union-attr]
     else:
-        payload = _dumps(encode_value(event))
+        payload = _dumps(_event_data(event))
     return StoredEvent(recorded.run_id, recorded.sequence, recorded.time, KINDS[cls], payload)
 
 
 def decode(stored: StoredEvent, session_id: str) -> RunEvent:
     """The logged event back from its stored form. Raises EventDecodeError."""
-    cls = CLASSES.get(stored.kind)
-    if cls is None:
-        raise EventDecodeError(f"unknown event kind {stored.kind!r}")
     try:
-        event = decode_value(cls, json.loads(stored.payload))
+        event = _event_of(stored.kind, json.loads(stored.payload))
     except (TypeError, ValueError, KeyError) as exc:
         raise EventDecodeError(f"event {stored.run_id}#{stored.sequence}: {exc}") from exc
     return RunEvent(session_id, stored.run_id, stored.sequence, stored.time, event)
+
+
+def _event_data(event: Event) -> Any:
+    """An event's JSON data; a forwarded child event (`delegation`) holds
+    the child's event as {kind, session_id, run_id, sequence, time, data}."""
+    if isinstance(event, ev.DelegationProgress):
+        inner = event.event
+        return {
+            "tool_call_id": event.tool_call_id,
+            "agent": event.agent,
+            "child_session_id": event.child_session_id,
+            "child_run_id": event.child_run_id,
+            "event": {
+                "kind": KINDS[type(inner.event)],
+                "session_id": inner.session_id,
+                "run_id": inner.run_id,
+                "sequence": inner.sequence,
+                "time": inner.time,
+                "data": _event_data(inner.event),
+            },
+        }
+    return encode_value(event)
+
+
+def _event_of(kind: str, data: Any) -> Event:
+    cls = CLASSES.get(kind)
+    if cls is None:
+        raise EventDecodeError(f"unknown event kind {kind!r}")
+    if cls is ev.DelegationProgress:
+        inner = data["event"]
+        return ev.DelegationProgress(
+            data["tool_call_id"], data["agent"], data.get("child_session_id", ""),
+            data["child_run_id"],
+            RunEvent(inner.get("session_id", ""), inner.get("run_id", ""), int(inner["sequence"]),
+                     float(inner["time"]), _event_of(inner["kind"], inner["data"])),
+        )
+    return decode_value(cls, data)  # type: ignore[no-any-return]
 
 
 # --- dataclass <-> JSON ------------------------------------------------------

@@ -253,6 +253,21 @@ class RoundRetried:
 
 
 @dataclass(slots=True)
+class DelegationProgress:
+    """An event of a child run (started by this run's `delegate` tool
+    call `tool_call_id`, for agent `agent`) forwarded into this run's log:
+    `event` is the child's event as the child logged it (for a remote A2A
+    agent, made from its task's updates: `child_session_id` is "" and
+    `child_run_id` the task id)."""
+
+    tool_call_id: str
+    agent: str
+    child_session_id: str
+    child_run_id: str
+    event: RunEvent
+
+
+@dataclass(slots=True)
 class Done:
     response: AgentResponse
 
@@ -280,6 +295,7 @@ Event = (
     | Compacted
     | RunResumed
     | RoundRetried
+    | DelegationProgress
     | Done
 )
 

@@ -25,7 +25,7 @@ from typing import Any
 from pilothouse.errors import PilothouseError, UnavailableError
 from pilothouse.runtime import eventcodec
 from pilothouse.runtime.events import AgentStep, RunEvent
-from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.store.base import (
     Checkpoint,
     RunStatus,
@@ -53,6 +53,12 @@ class EventWriter:
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_runs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Called after every write that stored events (wakes the event feed).
+        self.on_written: Callable[[], None] | None = None
+
+    def written(self) -> None:
+        if self.on_written is not None:
+            self.on_written()
 
     def mark(self, journal: RunJournal) -> None:
         """`journal` has events to write."""
@@ -91,6 +97,8 @@ class EventWriter:
             log.warning("event log batch not written (kept for the next one): %s", exc.message)
             for journal, events in taken:
                 journal.put_back(events)
+        else:
+            self.written()
         finally:
             inflight, self._inflight = self._inflight, None
             self._inflight_runs = set()
@@ -157,6 +165,8 @@ class RunJournal:
         self.session: SessionRecord | None = None
         #: Called with an "approve always" tool name to store it.
         self.remember_approval: Callable[[str], Awaitable[None]] | None = None
+        #: A guest turn's agent: its assistant messages get it as `sender`.
+        self.speaker = ""
 
     # --- the event log's sink ------------------------------------------------
 
@@ -195,6 +205,8 @@ class RunJournal:
                 checkpoint.events = [eventcodec.encode(e) for e in [*events, *(extra or ())]]
                 try:
                     self.session = await self.store.checkpoint(self.session_id, self.run_id, checkpoint)
+                    if checkpoint.events:
+                        self.writer.written()
                     return self.session
                 except UnavailableError as exc:
                     self.put_back(events)
@@ -219,6 +231,10 @@ class RunJournal:
 
     async def round_done(self, messages: list[Message], step: AgentStep) -> None:
         self.round = None
+        if self.speaker:
+            for message in messages:
+                if message.role is Role.ASSISTANT:
+                    message.sender = self.speaker
         self.steps.append(_step_meta(step))
         self.usage = self.usage + step.usage
         self.tail += len(messages)

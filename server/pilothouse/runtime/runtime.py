@@ -21,10 +21,11 @@ from pilothouse.errors import (
     run_not_found,
 )
 from pilothouse.identity import Principal
-from pilothouse.runtime import search
+from pilothouse.runtime import remote_agents, search
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.control import RunOptions
+from pilothouse.runtime.delegation import Delegations
 from pilothouse.runtime.events import AgentResponse, Decision, StopReason
 from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.model.base import ChatModel
@@ -47,6 +48,7 @@ from pilothouse.runtime.store.base import (
     SessionState,
     SessionStore,
 )
+from pilothouse.runtime.subscriptions import EventFeed
 from pilothouse.runtime.tools import ASK_USER, ToolCatalog, ToolDispatcher
 
 log = logging.getLogger(__name__)
@@ -90,13 +92,26 @@ class Runtime:
             local_run=lambda sid: run.id if (run := self.scheduler.active(sid)) else "",
             page_bytes=self.limits.page_bytes,
         )
+        # Agents that call agents: `delegate` calls become child runs, the
+        # rest goes to the ToolExecutors (see runtime.delegation).
+        self.delegation = Delegations(
+            self, dispatcher, max_depth=self.limits.delegation_max_depth,
+            max_runs=self.limits.delegation_max_runs,
+            remote=remote_agents.RemoteAgents() if remote_agents.available() else None,
+        )
         self.scheduler = RunScheduler(
-            model=model, dispatcher=dispatcher, store=store, agents=self.agents,
+            model=model, dispatcher=self.delegation, store=store, agents=self.agents,
             sessions=self.sessions, locks=locks, limits=self.limits,
         )
         #: The hook plugins, called by the registry and the scheduler.
         self.hooks = hooks or NO_HOOKS
         self.agents.hooks = self.scheduler.hooks = self.hooks
+        self.scheduler.on_run_end.append(self.delegation.run_ended)
+        # Every run's events, for SubscribeEvents; this replica's writes wake it.
+        self.feed = EventFeed(
+            store, poll_s=self.limits.subscription_poll_s, buffer=self.limits.subscription_buffer
+        )
+        self.scheduler.writer.on_written = self.feed.wake
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -140,6 +155,8 @@ class Runtime:
 
     async def shutdown(self, grace_s: float = 0.0) -> None:
         await self.scheduler.shutdown(grace_s)
+        if self.delegation.remote is not None:
+            await self.delegation.remote.aclose()
 
     @property
     def cached_sessions(self) -> int:
@@ -359,6 +376,18 @@ class Runtime:
         await where.wait()
         return where, False
 
+    def decide(self, run: Run, decision: Decision) -> Run:
+        """Answer a pending request of `run`, or of one of its delegations
+        (a child run's request forwarded into its stream); the run that
+        took it. NOT_FOUND (DECISION_NOT_PENDING) or INVALID_ARGUMENT as
+        `Run.decide`."""
+        if decision.request_id not in run.control.pending_requests():
+            child = self.delegation.route_decision(run.session_id, decision)
+            if child is not None:
+                return child
+        run.decide(decision)
+        return run
+
     async def submit_decision(
         self, session_id: str, decision: Decision, caller: Principal | None = None
     ) -> Run | RemoteRun:
@@ -371,6 +400,9 @@ class Runtime:
             if decision.request_id in run.control.pending_requests():
                 run.decide(decision)
                 return run
+        child = self.delegation.route_decision(session_id, decision)  # a delegation's request
+        if child is not None:
+            return child
         if not candidates:
             latest = await self.store.latest_run(session_id)
             if latest is not None and not latest.status.ended:

@@ -103,7 +103,12 @@ class RuntimeLimits:
     memory (later reads come from the store); `event_log_retention_s`: how
     long the store keeps a finished run's events (its `done` stays);
     `resume_poll_s`: how often a replica looks for runs to take over;
-    `event_flush_s`: the batching interval of the durable event log.
+    `event_flush_s`: the batching interval of the durable event log;
+    `delegation_max_depth`: how deep delegations may nest (a child of a
+    client's run is at depth 1); `delegation_max_runs`: child runs one run
+    may start; `subscription_poll_s`: how often event subscriptions look
+    for other replicas' events; `subscription_buffer`: events a subscriber
+    may fall behind by before it is dropped.
     """
 
     max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES
@@ -124,6 +129,11 @@ class RuntimeLimits:
     page_bytes: int = 4 * 1024 * 1024
     #: Characters one model round may produce (STOP_REASON_OUTPUT_LIMIT).
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    # Delegation and subscriptions (see `runtime.delegation`, `runtime.subscriptions`).
+    delegation_max_depth: int = 3
+    delegation_max_runs: int = 8
+    subscription_poll_s: float = 0.25
+    subscription_buffer: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +348,7 @@ class RunScheduler:
             principal=str(state.get("principal", "")),
             roles=tuple(state.get("roles", ())),
         )
+        journal.speaker = run.options.agent  # a guest's answers say who gave them
         self._journals[run.id] = journal
         return journal
 
@@ -445,7 +456,12 @@ class RunScheduler:
             )
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        agent = (await self.agents.get(record.agent)).with_overrides(options.model_overrides)
+        if options.agent == record.agent:
+            options = dataclasses.replace(options, agent="")
+        # A guest turn runs another agent on this session (see Agent.host).
+        agent = (await self.agents.get(options.agent or record.agent, "options.agent")
+                 if options.agent else await self.agents.get(record.agent))
+        agent = agent.with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
         self.agents.check_model(agent.config)
         check_agent_access(agent, caller)
@@ -690,6 +706,8 @@ class RunScheduler:
             try:
                 record = await self.sessions.get(run.session_id)
                 run.control.approved_tools = set(record.always_approved_tools)
+                if run.options.agent and not agent.host:
+                    agent = dataclasses.replace(agent, host=record.agent)
                 if resume_from is not None:
                     history, ctx.resume = await self._resume_point(resume_from, journal)
                 elif history is None:

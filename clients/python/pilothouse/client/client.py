@@ -22,6 +22,8 @@ from pilothouse.v1 import (
     agent_service_pb2 as agents_pb,
     agent_service_pb2_grpc as agents_grpc,
     event_pb2,
+    event_service_pb2 as events_pb,
+    event_service_pb2_grpc as events_grpc,
     message_pb2,
     run_service_pb2 as runs_pb,
     run_service_pb2_grpc as runs_grpc,
@@ -150,6 +152,7 @@ class PilothouseClient:
         self.agents = agents_grpc.AgentServiceStub(self.channel)
         self.sessions = sessions_grpc.SessionServiceStub(self.channel)
         self.runs = runs_grpc.RunServiceStub(self.channel)
+        self.event_service = events_grpc.EventServiceStub(self.channel)
 
     async def __aenter__(self) -> PilothouseClient:
         return self
@@ -377,6 +380,38 @@ class PilothouseClient:
         )
         async for event in _events(call):
             yield event
+
+    async def subscribe_events(
+        self,
+        *,
+        agents: Iterable[str] = (),
+        session_ids: Iterable[str] = (),
+        created_by: Iterable[str] = (),
+        event_kinds: Iterable[str] = (),
+        cursor: str = "",
+        from_oldest: bool = False,
+        heartbeat_interval: float | None = None,
+    ) -> AsyncIterator[events_pb.SubscribeEventsResponse]:
+        """Every run's events (`SubscribeEvents`), filtered, live, from the
+        oldest kept or after `cursor`; each response has a `cursor` to
+        resume after it. A subscriber too slow for the stream gets
+        `ResourceExhaustedError` (reason SUBSCRIBER_TOO_SLOW) whose
+        `metadata["cursor"]` is where to resume. `heartbeat_interval` in
+        seconds (None: the server's)."""
+        request = events_pb.SubscribeEventsRequest(
+            agents=list(agents), session_ids=list(session_ids), created_by=list(created_by),
+            event_kinds=list(event_kinds), cursor=cursor, from_oldest=from_oldest,
+        )
+        if heartbeat_interval is not None:
+            request.heartbeat_interval.FromNanoseconds(int(heartbeat_interval * 1e9))
+        call = self.event_service.SubscribeEvents(request)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
 
     async def attach(
         self,

@@ -29,6 +29,7 @@ __all__ = [
     "Compacted",
     "ContextUsage",
     "DecisionApplied",
+    "Delegation",
     "Done",
     "Event",
     "EventBase",
@@ -628,8 +629,50 @@ class RoundRetried(EventBase):
         return self.raw.round_retried.model
 
 
+@dataclass(frozen=True, slots=True)
+class Delegation(EventBase):
+    """Delegation (fields 50-59). Progress of a child run that a `delegate` tool call of this
+    run started. (`delegation`; payload `DelegationProgress`)
+    """
+
+    kind: Literal["delegation"] = field(default="delegation", init=False)
+    __match_args__ = ("tool_call_id", "agent", "child_session_id", "child_run_id", "event")
+
+    @property
+    def data(self) -> event_pb2.DelegationProgress:
+        """The payload message."""
+        return self.raw.delegation
+
+    @property
+    def tool_call_id(self) -> str:
+        """The parent's tool call that started the child."""
+        return self.raw.delegation.tool_call_id
+
+    @property
+    def agent(self) -> str:
+        """The agent the task was delegated to (a registry agent or the name of a remote A2A
+        delegate).
+        """
+        return self.raw.delegation.agent
+
+    @property
+    def child_session_id(self) -> str:
+        """The child's session ("" for a remote A2A agent)."""
+        return self.raw.delegation.child_session_id
+
+    @property
+    def child_run_id(self) -> str:
+        """The child run (the A2A task id for a remote agent)."""
+        return self.raw.delegation.child_run_id
+
+    @property
+    def event(self) -> event_pb2.AgentEvent:
+        """The child's event, with the child's session id, run id and sequence."""
+        return self.raw.delegation.event
+
+
 #: Any event the SDK yields.
-Event = RunStarted | TextStart | TextDelta | TextEnd | ThinkingStart | ThinkingDelta | ThinkingEnd | ToolCallsBegin | ToolCallsStart | ToolResult | ToolCallsComplete | UserSteered | Usage | Done | ApprovalRequired | QuestionAsked | DecisionApplied | Heartbeat | RunQueued | ContextUsage | Compacted | RunResumed | RoundRetried | UnknownEvent
+Event = RunStarted | TextStart | TextDelta | TextEnd | ThinkingStart | ThinkingDelta | ThinkingEnd | ToolCallsBegin | ToolCallsStart | ToolResult | ToolCallsComplete | UserSteered | Usage | Done | ApprovalRequired | QuestionAsked | DecisionApplied | Heartbeat | RunQueued | ContextUsage | Compacted | RunResumed | RoundRetried | Delegation | UnknownEvent
 
 #: The event class of each oneof member name.
 EVENT_TYPES: dict[str, type[EventBase]] = {
@@ -656,6 +699,7 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
     "compacted": Compacted,
     "run_resumed": RunResumed,
     "round_retried": RoundRetried,
+    "delegation": Delegation,
 }
 
 

@@ -26,8 +26,16 @@ from rich.text import Text
 
 from pilothouse.client.client import PilothouseClient
 from pilothouse.client.errors import FailedPreconditionError, PilothouseError
-from pilothouse.client.events import ApprovalRequired, DecisionApplied, Done, QuestionAsked
+from pilothouse.client.events import (
+    ApprovalRequired,
+    DecisionApplied,
+    Delegation,
+    Done,
+    QuestionAsked,
+    event_from_proto,
+)
 from pilothouse.client.explain import explain
+from pilothouse.client.render import innermost
 from pilothouse.client.run import RunHandle, VerdictName
 from pilothouse.client.terminal import TerminalRenderer
 from pilothouse.v1 import message_pb2, run_service_pb2
@@ -190,6 +198,9 @@ class InteractiveChat:
         async def consume() -> None:
             async for event in handle.events():
                 renderer.show(event)
+                if isinstance(event, Delegation):
+                    # A child run's request: answered on this session too.
+                    event = event_from_proto(innermost(event.data)[1].event)
                 if isinstance(event, ApprovalRequired):
                     waiting.append(event)
                     renderer.note("approve? [y]es / [n]o / [a]lways, or a reason to deny", "yellow")

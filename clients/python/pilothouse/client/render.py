@@ -31,6 +31,48 @@ def short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def innermost(progress: event_pb2.DelegationProgress) -> tuple[int, event_pb2.DelegationProgress]:
+    """The delegation a forwarded event comes from (a grandchild's is
+    forwarded inside its parent's), and how deep it is (1: a child)."""
+    depth = 1
+    while progress.event.HasField("delegation"):
+        progress = progress.event.delegation
+        depth += 1
+    return depth, progress
+
+
+def delegation_line(progress: event_pb2.DelegationProgress) -> str:
+    """A child run's forwarded event on one line, indented by its depth."""
+    depth, progress = innermost(progress)
+    inner = progress.event
+    kind = inner.WhichOneof("event")
+    if kind == "run_started":
+        text = f"started [session {progress.child_session_id or '-'}, run {progress.child_run_id}]"
+    elif kind == "text_delta":
+        text = short(inner.text_delta.text)
+    elif kind == "tool_calls_start":
+        text = ", ".join(f"→ {c.name}({short(c.arguments_json, 80)})"
+                         for c in inner.tool_calls_start.tool_calls)
+    elif kind == "tool_result":
+        result = inner.tool_result
+        failed = result.WhichOneof("outcome") == "error"
+        text = f"← {result.name}: " + (f"error: {short(result.error)}" if failed else short(result.output))
+    elif kind == "approval_required":
+        ask = inner.approval_required
+        text = (f"? approval needed for {ask.tool_call.name}"
+                f"({short(ask.tool_call.arguments_json, 80)}): {ask.reason} "
+                f"[request {ask.request_id}]")
+    elif kind == "question_asked":
+        text = f"? {inner.question_asked.question} [request {inner.question_asked.request_id}]"
+    elif kind == "decision_applied":
+        text = f"✓ decision on {inner.decision_applied.request_id}"
+    elif kind == "done":
+        text = f"done: {stop_reason_name(inner.done.stop_reason)}"
+    else:
+        text = kind or "event"
+    return "  " * depth + f"⤷ {progress.agent}: {text}"
+
+
 class EventPrinter:
     """Prints text as it streams, reasoning dimmed, tool calls and results
     as they happen, and a summary line at the end."""
@@ -97,6 +139,8 @@ class EventPrinter:
             self._line(self._style("2", "[history compacted]"))
         elif kind == "user_steered":
             self._line(self._style("33", f"[steered] {event.user_steered.content}"))
+        elif kind == "delegation":
+            self._line(self._style("2", delegation_line(event.delegation)))
         elif kind == "done":
             done = event.done
             reason = stop_reason_name(done.stop_reason)

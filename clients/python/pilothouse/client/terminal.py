@@ -14,6 +14,7 @@ from pilothouse.client.events import (
     ApprovalRequired,
     Compacted,
     DecisionApplied,
+    Delegation,
     Done,
     Event,
     QuestionAsked,
@@ -31,7 +32,7 @@ from pilothouse.client.events import (
     ToolResult,
     UserSteered,
 )
-from pilothouse.client.render import short, stop_reason_name
+from pilothouse.client.render import delegation_line, short, stop_reason_name
 from pilothouse.v1 import event_pb2
 
 
@@ -140,6 +141,8 @@ class TerminalRenderer:
                 self._spin(f"queued behind {position} run(s)…")
             case Compacted():
                 self.note("[history compacted]")
+            case Delegation():
+                self.note(delegation_line(event.data), "dim")
             case Done():
                 self.close()
                 if event.error:

@@ -107,6 +107,8 @@ class AgentConfig(_message.Message):
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
     RESPONSE_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    DELEGATES_FIELD_NUMBER: _builtins.int
+    REMOTE_DELEGATES_FIELD_NUMBER: _builtins.int
     ALLOWED_PRINCIPALS_FIELD_NUMBER: _builtins.int
     ALLOWED_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -197,6 +199,20 @@ class AgentConfig(_message.Message):
         """Sequences that end the answer when generated (at most 16)."""
 
     @_builtins.property
+    def delegates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Delegation (fields 50-59).
+
+        Other agents of this registry this agent may hand a task to. The model
+        sees one `delegate` tool (arguments `agent`, one of these names or of
+        `remote_delegates`, and `task`); each call is a child run of that agent
+        on a new session of its own, whose answer is the tool's output.
+        """
+
+    @_builtins.property
+    def remote_delegates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteDelegate]:
+        """Remote A2A agents this agent may hand a task to, by agent card."""
+
+    @_builtins.property
     def allowed_principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Principals (besides admins) that may run the agent; with
         `allowed_roles`, both empty means every principal. Others get
@@ -230,12 +246,14 @@ class AgentConfig(_message.Message):
         reasoning_effort: Global___ReasoningEffort.ValueType = ...,
         fallback_model: _builtins.str = ...,
         response_json_schema: _builtins.str = ...,
+        delegates: _abc.Iterable[_builtins.str] | None = ...,
+        remote_delegates: _abc.Iterable[Global___RemoteDelegate] | None = ...,
         allowed_principals: _abc.Iterable[_builtins.str] | None = ...,
         allowed_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "delegates", b"delegates", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "remote_delegates", b"remote_delegates", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
@@ -251,6 +269,41 @@ class AgentConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___AgentConfig: _TypeAlias = AgentConfig  # noqa: Y015
+
+@_typing.final
+class RemoteDelegate(_message.Message):
+    """RemoteDelegate is an A2A agent an agent may delegate to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AGENT_CARD_URL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name the model uses in the `delegate` tool: 1-64 characters of
+    [A-Za-z0-9_.-], starting with a letter, unique among the agent's
+    delegates.
+    """
+    agent_card_url: _builtins.str
+    """The agent card's URL (`https://host/.well-known/agent-card.json`), or
+    the agent's base URL (the well-known path is appended).
+    """
+    description: _builtins.str
+    """What the agent does, for the model; empty: the card's description."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        agent_card_url: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_card_url", b"agent_card_url", "description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoteDelegate: _TypeAlias = RemoteDelegate  # noqa: Y015
 
 @_typing.final
 class ModelOverrides(_message.Message):

@@ -1023,6 +1023,7 @@ class AgentEvent(_message.Message):
     COMPACTED_FIELD_NUMBER: _builtins.int
     RUN_RESUMED_FIELD_NUMBER: _builtins.int
     ROUND_RETRIED_FIELD_NUMBER: _builtins.int
+    DELEGATION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session the run belongs to."""
     run_id: _builtins.str
@@ -1125,6 +1126,14 @@ class AgentEvent(_message.Message):
     def round_retried(self) -> Global___RoundRetried:
         """A model round is made again after its stream failed."""
 
+    @_builtins.property
+    def delegation(self) -> Global___DelegationProgress:
+        """Delegation (fields 50-59).
+
+        Progress of a child run that a `delegate` tool call of this run
+        started.
+        """
+
     def __init__(
         self,
         *,
@@ -1155,13 +1164,71 @@ class AgentEvent(_message.Message):
         compacted: Global___Compacted | None = ...,
         run_resumed: Global___RunResumed | None = ...,
         round_retried: Global___RoundRetried | None = ...,
+        delegation: Global___DelegationProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "compacted", b"compacted", "context_usage", b"context_usage", "decision_applied", b"decision_applied", "done", b"done", "event", b"event", "heartbeat", b"heartbeat", "question_asked", b"question_asked", "round_retried", b"round_retried", "run_queued", b"run_queued", "run_resumed", b"run_resumed", "run_started", b"run_started", "text_delta", b"text_delta", "text_end", b"text_end", "text_start", b"text_start", "thinking_delta", b"thinking_delta", "thinking_end", b"thinking_end", "thinking_start", b"thinking_start", "time", b"time", "tool_calls_begin", b"tool_calls_begin", "tool_calls_complete", b"tool_calls_complete", "tool_calls_start", b"tool_calls_start", "tool_result", b"tool_result", "usage", b"usage", "user_steered", b"user_steered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "compacted", b"compacted", "context_usage", b"context_usage", "decision_applied", b"decision_applied", "delegation", b"delegation", "done", b"done", "event", b"event", "heartbeat", b"heartbeat", "question_asked", b"question_asked", "round_retried", b"round_retried", "run_queued", b"run_queued", "run_resumed", b"run_resumed", "run_started", b"run_started", "text_delta", b"text_delta", "text_end", b"text_end", "text_start", b"text_start", "thinking_delta", b"thinking_delta", "thinking_end", b"thinking_end", "thinking_start", b"thinking_start", "time", b"time", "tool_calls_begin", b"tool_calls_begin", "tool_calls_complete", b"tool_calls_complete", "tool_calls_start", b"tool_calls_start", "tool_result", b"tool_result", "usage", b"usage", "user_steered", b"user_steered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "compacted", b"compacted", "context_usage", b"context_usage", "decision_applied", b"decision_applied", "done", b"done", "event", b"event", "heartbeat", b"heartbeat", "question_asked", b"question_asked", "round_retried", b"round_retried", "run_id", b"run_id", "run_queued", b"run_queued", "run_resumed", b"run_resumed", "run_started", b"run_started", "sequence", b"sequence", "session_id", b"session_id", "text_delta", b"text_delta", "text_end", b"text_end", "text_start", b"text_start", "thinking_delta", b"thinking_delta", "thinking_end", b"thinking_end", "thinking_start", b"thinking_start", "time", b"time", "tool_calls_begin", b"tool_calls_begin", "tool_calls_complete", b"tool_calls_complete", "tool_calls_start", b"tool_calls_start", "tool_result", b"tool_result", "usage", b"usage", "user_steered", b"user_steered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "compacted", b"compacted", "context_usage", b"context_usage", "decision_applied", b"decision_applied", "delegation", b"delegation", "done", b"done", "event", b"event", "heartbeat", b"heartbeat", "question_asked", b"question_asked", "round_retried", b"round_retried", "run_id", b"run_id", "run_queued", b"run_queued", "run_resumed", b"run_resumed", "run_started", b"run_started", "sequence", b"sequence", "session_id", b"session_id", "text_delta", b"text_delta", "text_end", b"text_end", "text_start", b"text_start", "thinking_delta", b"thinking_delta", "thinking_end", b"thinking_end", "thinking_start", b"thinking_start", "time", b"time", "tool_calls_begin", b"tool_calls_begin", "tool_calls_complete", b"tool_calls_complete", "tool_calls_start", b"tool_calls_start", "tool_result", b"tool_result", "usage", b"usage", "user_steered", b"user_steered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_started", "text_start", "text_delta", "text_end", "thinking_start", "thinking_delta", "thinking_end", "tool_calls_begin", "tool_calls_start", "tool_result", "tool_calls_complete", "user_steered", "usage", "done", "approval_required", "question_asked", "decision_applied", "heartbeat", "run_queued", "context_usage", "compacted", "run_resumed", "round_retried"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_started", "text_start", "text_delta", "text_end", "thinking_start", "thinking_delta", "thinking_end", "tool_calls_begin", "tool_calls_start", "tool_result", "tool_calls_complete", "user_steered", "usage", "done", "approval_required", "question_asked", "decision_applied", "heartbeat", "run_queued", "context_usage", "compacted", "run_resumed", "round_retried", "delegation"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015
+
+@_typing.final
+class DelegationProgress(_message.Message):
+    """DelegationProgress forwards an event of a child run (a `delegate` tool
+    call) into the parent's stream, under the parent's tool call id. Only
+    part of the child's events are forwarded, so the parent's event log
+    stays small: `run_started`, its text (one `text_delta` per text segment,
+    or per 4 KiB of text), `tool_calls_start`, `tool_result`,
+    `approval_required`, `question_asked`, `decision_applied`,
+    `run_resumed`, the child's own `delegation` events (grandchildren), and
+    its `done` (without `steps`). The child's full stream: Attach to
+    `child_session_id` / `child_run_id`. The tool's `tool_result` carries
+    the child's answer.
+
+    A child's approval or question is answered with SubmitDecision on
+    `child_session_id`, or on the parent's session, or with a `decision` on
+    the parent's Steer stream: a request id that no run of the session waits
+    for is passed on to its delegations.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    CHILD_SESSION_ID_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The parent's tool call that started the child."""
+    agent: _builtins.str
+    """The agent the task was delegated to (a registry agent or the name of
+    a remote A2A delegate).
+    """
+    child_session_id: _builtins.str
+    """The child's session ("" for a remote A2A agent)."""
+    child_run_id: _builtins.str
+    """The child run (the A2A task id for a remote agent)."""
+    @_builtins.property
+    def event(self) -> Global___AgentEvent:
+        """The child's event, with the child's session id, run id and sequence."""
+
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        child_session_id: _builtins.str = ...,
+        child_run_id: _builtins.str = ...,
+        event: Global___AgentEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "child_run_id", b"child_run_id", "child_session_id", b"child_session_id", "event", b"event", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegationProgress: _TypeAlias = DelegationProgress  # noqa: Y015

@@ -173,6 +173,10 @@ class Run(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    PARENT_TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    DELEGATION_DEPTH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     session_id: _builtins.str
@@ -203,6 +207,20 @@ class Run(_message.Message):
     """The user message, and who sent it."""
     sender: _builtins.str
     """Who sent the user message."""
+    parent_run_id: _builtins.str
+    """Delegation (fields 50-59): set on a child run, started by another
+    run's `delegate` tool call.
+
+    The run that delegated this one.
+    """
+    parent_session_id: _builtins.str
+    """The session of that run."""
+    parent_tool_call_id: _builtins.str
+    """The parent's tool call that this run answers."""
+    delegation_depth: _builtins.int
+    """How deep in a chain of delegations this run is: 1 for a child of a
+    run started by a client, 2 for its child, ...
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created, started and ended."""
@@ -240,10 +258,14 @@ class Run(_message.Message):
         last_sequence: _builtins.int = ...,
         content: _builtins.str = ...,
         sender: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
+        parent_session_id: _builtins.str = ...,
+        parent_tool_call_id: _builtins.str = ...,
+        delegation_depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_version", b"agent_version", "attempt", b"attempt", "content", b"content", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "idempotency_key", b"idempotency_key", "iterations", b"iterations", "last_sequence", b"last_sequence", "owner", b"owner", "run_id", b"run_id", "sender", b"sender", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "stop_reason", b"stop_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_version", b"agent_version", "attempt", b"attempt", "content", b"content", "create_time", b"create_time", "delegation_depth", b"delegation_depth", "end_time", b"end_time", "error", b"error", "idempotency_key", b"idempotency_key", "iterations", b"iterations", "last_sequence", b"last_sequence", "owner", b"owner", "parent_run_id", b"parent_run_id", "parent_session_id", b"parent_session_id", "parent_tool_call_id", b"parent_tool_call_id", "run_id", b"run_id", "sender", b"sender", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "stop_reason", b"stop_reason", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +285,7 @@ class RunOptions(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     DECISION_TIMEOUT_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     on_disconnect: Global___DisconnectPolicy.ValueType
     """When the client goes away: CONTINUE (default) or CANCEL."""
     if_active: Global___ActiveRunPolicy.ValueType
@@ -271,6 +294,14 @@ class RunOptions(_message.Message):
     """Late steering: FOLLOW_UP (default) or RETURN."""
     token_budget: _builtins.int
     """Total tokens the run may use (STOP_REASON_BUDGET_EXCEEDED); 0: none."""
+    agent: _builtins.str
+    """A guest turn: this agent answers this one message on the session
+    instead of the session's own agent (which stays the session's agent).
+    The history records which agent answered (`Message.sender` of its
+    assistant messages), and each agent sees the other's answers framed
+    as `<from agent="NAME">...</from>`. Empty: the session's agent.
+    NOT_FOUND for an unknown agent.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Wall-clock limit of the run (STOP_REASON_TIMEOUT); unset: none."""
@@ -306,10 +337,11 @@ class RunOptions(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         decision_timeout: _duration_pb2.Duration | None = ...,
         overrides: _agent_pb2.ModelOverrides | None = ...,
+        agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "overrides", b"overrides", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "if_active", b"if_active", "late_steering", b"late_steering", "on_disconnect", b"on_disconnect", "overrides", b"overrides", "timeout", b"timeout", "token_budget", b"token_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "if_active", b"if_active", "late_steering", b"late_steering", "on_disconnect", b"on_disconnect", "overrides", b"overrides", "timeout", b"timeout", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

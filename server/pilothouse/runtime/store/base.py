@@ -22,11 +22,14 @@ import builtins
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.store.hook_state import HookStateStore
 from pilothouse.runtime.store.textsearch import SearchQuery
+
+if TYPE_CHECKING:
+    from pilothouse.runtime.store.feed import FeedFilter, FeedPage, FeedPosition
 
 
 class SessionState(StrEnum):
@@ -421,6 +424,20 @@ class SessionStore(HookStateStore, Protocol):
         session became unusable): apply `update` (its final status, stop
         reason, end time) and append `events`, in one transaction, only if
         the run is still QUEUED; False otherwise (nothing written)."""
+        ...
+
+    async def read_feed(
+        self,
+        after: FeedPosition,
+        limit: int,
+        feed_filter: FeedFilter | None = None,
+        *,
+        upto: FeedPosition | None = None,
+    ) -> FeedPage:
+        """Up to `limit` stored events of every run after `after` in feed
+        order (see `pilothouse.runtime.store.feed`), matching `feed_filter`,
+        and only up to `upto` when given (a position read before, so final).
+        Events of deleted sessions and pruned events are not in the feed."""
         ...
 
     async def search_sessions(

@@ -36,6 +36,7 @@ from pilothouse.runtime.store.base import (
 )
 from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.feed import MemoryFeed
 from pilothouse.runtime.store.hook_state import MemoryHookState
 from pilothouse.runtime.store.textsearch import SearchQuery, scan
 
@@ -44,10 +45,11 @@ def _copy_item(item: TranscriptItem) -> TranscriptItem:
     return item.copy() if isinstance(item, Message) else dataclasses.replace(item)
 
 
-class MemorySessionStore(MemoryHookState):
+class MemorySessionStore(MemoryHookState, MemoryFeed):
     """Records and transcripts in dicts; every read returns copies."""
 
     def __init__(self) -> None:
+        MemoryFeed.__init__(self)
         self._records: dict[str, SessionRecord] = {}
         self._items: dict[str, builtins.list[TranscriptItem]] = {}
         self._lease_until: dict[str, float] = {}
@@ -122,6 +124,8 @@ class MemorySessionStore(MemoryHookState):
             del self._runs[run_id]
             self._events.pop(run_id, None)
         self._delete_session_hook_state(session_id)
+        self._feed_forget(lambda e: e.run_id in self._runs)
+
 
     async def load_history(self, session_id: str) -> builtins.list[Message]:
         self._record(session_id)
@@ -237,15 +241,26 @@ class MemorySessionStore(MemoryHookState):
             record.updated_at = now
 
     def _add_events(self, events: Sequence[StoredEvent]) -> None:
+        added = []
         for event in events:
             log = self._events.setdefault(event.run_id, [])
+            stored = dataclasses.replace(event)
             if log and event.sequence <= log[-1].sequence:
                 if any(e.sequence == event.sequence for e in log):
                     continue
-                log.append(dataclasses.replace(event))
+                log.append(stored)
                 log.sort(key=lambda e: e.sequence)
             else:
-                log.append(dataclasses.replace(event))
+                log.append(stored)
+            added.append(stored)
+        self._feed_add(added)
+
+    def _feed_owner(self, run_id: str) -> tuple[str, str, str] | None:
+        run = self._runs.get(run_id)
+        session = self._records.get(run.session_id) if run is not None else None
+        if run is None or session is None:
+            return None
+        return run.session_id, run.agent, session.created_by
 
     async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
         record = self._record(session_id)
@@ -362,6 +377,9 @@ class MemorySessionStore(MemoryHookState):
             if run.status.ended and run.ended_at < ended_before and log and len(log) > 1:
                 pruned += len(log) - 1
                 self._events[run.id] = log[-1:]
+        if pruned:
+            kept = {id(e) for log in self._events.values() for e in log}
+            self._feed_forget(lambda e: id(e) in kept)
         return pruned
 
     async def end_queued_run(

@@ -69,6 +69,12 @@ Version 7 adds `hook_state`: small JSON values hook plugins keep, by
 (`plugin`, `scope`, `key`), with `updated_at`; `value` is JSON text. A
 scope `session:<id>` belongs to that session and is deleted with it
 (indexed by `scope` for that).
+Version 8 (the event feed, `pilothouse.runtime.store.feed`) adds
+`run_events.feed_tx`: the transaction that stored the event (SQLite: the
+counter in the new one-row table `event_feed`, bumped by every transaction
+that stores events; PostgreSQL: `pg_current_xact_id()`, the column's
+default), 0 for the events stored before; and the index
+`run_events_by_feed` on (feed_tx, run_id, sequence), the feed order.
 """
 
 from __future__ import annotations
@@ -358,6 +364,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE search IS NOT NULL",
         ),
     ),
+    Migration(
+        8,
+        "event feed order",
+        sqlite=(
+            "ALTER TABLE run_events ADD COLUMN feed_tx INTEGER NOT NULL DEFAULT 0",
+            "CREATE TABLE event_feed (id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " last_tx INTEGER NOT NULL)",
+            "INSERT INTO event_feed (id, last_tx) VALUES (1, 0)",
+            "CREATE INDEX run_events_by_feed ON run_events (feed_tx, run_id, sequence)",
+        ),
+        postgres=(
+            "ALTER TABLE run_events ADD COLUMN feed_tx BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE run_events ALTER COLUMN feed_tx"
+            " SET DEFAULT (pg_current_xact_id()::text::bigint)",
+            "CREATE INDEX run_events_by_feed ON run_events (feed_tx, run_id, sequence)",
+        ),
+    ),
 )
 
 # Version 7: the state of hook plugins (`pending` orders by version, so
@@ -408,8 +431,11 @@ INSERT_AGENT = (
 )
 SELECT_AGENT = "SELECT name, config, source, version, created_at, updated_at FROM agents"
 
+#: Every migration, in version order.
+MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))
+
 #: The schema version this code writes.
-LATEST_VERSION = max(m.version for m in MIGRATIONS)
+LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def pending(applied: set[int]) -> list[Migration]:

@@ -53,6 +53,7 @@ from pilothouse.runtime.store.codec import (
     record_params,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.feed import PostgresFeed
 from pilothouse.runtime.store.hook_state import PostgresHookState, session_scope
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
@@ -142,7 +143,7 @@ def _redacted(dsn: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
-class PostgresSessionStore(PostgresRuns, PostgresHookState):
+class PostgresSessionStore(PostgresRuns, PostgresHookState, PostgresFeed):
     """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
     `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
     `max_size` connections.

@@ -35,6 +35,7 @@ from pilothouse.runtime.store.codec import (
     record_params,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.feed import SqliteFeed
 from pilothouse.runtime.store.hook_state import (
     DELETE_SESSION_SCOPE_SQLITE,
     SqliteHookState,
@@ -51,7 +52,7 @@ _RETURNING = f"RETURNING {RECORD_COLUMNS}"
 _ITEM_COLUMNS = ", ".join(f"i.{column}" for column in ITEM_COLUMNS)
 
 
-class SqliteSessionStore(SqliteRuns, SqliteHookState):
+class SqliteSessionStore(SqliteRuns, SqliteHookState, SqliteFeed):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 

@@ -42,6 +42,7 @@ from pilothouse.runtime.store.codec import (
     encode_usage,
     record_from_row,
 )
+from pilothouse.runtime.store.feed import SQLITE_BUMP, SQLITE_INSERT_EVENT
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
     RUN_COLUMN_COUNT,
@@ -63,10 +64,6 @@ INSERT_ITEM = (
     f"VALUES ({', '.join('?' * (len(ITEM_COLUMNS) + 1))}, ?)"
 )
 _INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * RUN_COLUMN_COUNT)})"
-_INSERT_EVENT = (
-    "INSERT INTO run_events (run_id, sequence, time, kind, payload) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT DO NOTHING"
-)
 _SELECT_RUN = f"SELECT {RUN_COLUMNS}, {LAST_SEQUENCE} FROM runs"
 _ACTIVE = f"('{RunStatus.RUNNING.value}', '{RunStatus.WAITING_FOR_DECISION.value}')"
 _UPDATE_RUN = f"UPDATE runs SET {update_assignments(['?'] * 7)} WHERE id = ?"
@@ -147,6 +144,13 @@ def _append_items(
 
 def _ended(status: str) -> bool:
     return RunStatus(status).ended
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Append events (skipping those stored already), stamped with this
+    transaction's feed number (see `feed`)."""
+    conn.execute(SQLITE_BUMP)
+    conn.executemany(SQLITE_INSERT_EVENT, rows)
 
 
 class SqliteRuns(SqliteBase):
@@ -230,7 +234,7 @@ class SqliteRuns(SqliteBase):
             ).fetchone()  # fmt: skip
             _append_items(conn, session_id, session[-1], encoded)
             if event_rows:
-                conn.executemany(_INSERT_EVENT, event_rows)
+                _insert_events(conn, event_rows)
             return session
 
         return record_from_row(await self._transaction(begin))
@@ -274,7 +278,7 @@ class SqliteRuns(SqliteBase):
                 )
             _append_items(conn, session_id, row[-1], encoded)
             if event_rows:
-                conn.executemany(_INSERT_EVENT, event_rows)
+                _insert_events(conn, event_rows)
             if run_update is not None:
                 conn.execute(_UPDATE_RUN, run_update)
             return row
@@ -330,7 +334,7 @@ class SqliteRuns(SqliteBase):
     async def append_events(self, events: Sequence[StoredEvent]) -> None:
         if events:
             rows = [event_params(e) for e in events]
-            await self._transaction(lambda conn: conn.executemany(_INSERT_EVENT, rows))
+            await self._transaction(lambda conn: _insert_events(conn, rows))
 
     async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
         rows = await self._read(
@@ -422,7 +426,7 @@ class SqliteRuns(SqliteBase):
             if conn.execute(f"{_UPDATE_RUN} AND status = 'queued'", params).rowcount != 1:
                 return False
             if event_rows:
-                conn.executemany(_INSERT_EVENT, event_rows)
+                _insert_events(conn, event_rows)
             return True
 
         return await self._transaction(end)

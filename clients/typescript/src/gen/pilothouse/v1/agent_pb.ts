@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/agent.proto.
  */
 export const file_pilothouse_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIoEFCgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBBIYCgt0ZW1wZXJhdHVyZRgNIAEoAUgAiAEBEhIKBXRvcF9wGA4gASgBSAGIAQESEgoKbWF4X3Rva2VucxgPIAEoDRIWCg5zdG9wX3NlcXVlbmNlcxgQIAMoCRIgChNwYXJhbGxlbF90b29sX2NhbGxzGBEgASgISAKIAQESOAoQcmVhc29uaW5nX2VmZm9ydBgSIAEoDjIeLnBpbG90aG91c2UudjEuUmVhc29uaW5nRWZmb3J0EhYKDmZhbGxiYWNrX21vZGVsGBMgASgJEhwKFHJlc3BvbnNlX2pzb25fc2NoZW1hGCggASgJEhoKEmFsbG93ZWRfcHJpbmNpcGFscxg8IAMoCRIVCg1hbGxvd2VkX3JvbGVzGD0gAygJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHMizgIKDk1vZGVsT3ZlcnJpZGVzEg0KBW1vZGVsGAEgASgJEhMKC3Rvb2xfY2hvaWNlGAIgASgJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESEgoFdG9wX3AYBCABKAFIAYgBARIXCgptYXhfdG9rZW5zGAUgASgNSAKIAQESFgoOc3RvcF9zZXF1ZW5jZXMYBiADKAkSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgHIAEoCEgDiAEBEjgKEHJlYXNvbmluZ19lZmZvcnQYCCABKA4yHi5waWxvdGhvdXNlLnYxLlJlYXNvbmluZ0VmZm9ydBIcChRyZXNwb25zZV9qc29uX3NjaGVtYRgoIAEoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQg0KC19tYXhfdG9rZW5zQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqkBCgVBZ2VudBIqCgZjb25maWcYASABKAsyGi5waWxvdGhvdXNlLnYxLkFnZW50Q29uZmlnEiIKBXRvb2xzGAIgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBCABKAkSDwoHdmVyc2lvbhgFIAEoDSqgAQoPUmVhc29uaW5nRWZmb3J0EiAKHFJFQVNPTklOR19FRkZPUlRfVU5TUEVDSUZJRUQQABIZChVSRUFTT05JTkdfRUZGT1JUX05PTkUQARIYChRSRUFTT05JTkdfRUZGT1JUX0xPVxACEhsKF1JFQVNPTklOR19FRkZPUlRfTUVESVVNEAMSGQoVUkVBU09OSU5HX0VGRk9SVF9ISUdIEAQqaAoOQXBwcm92YWxQb2xpY3kSHwobQVBQUk9WQUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVQVBQUk9WQUxfUE9MSUNZX05FVkVSEAESGgoWQVBQUk9WQUxfUE9MSUNZX0FMV0FZUxACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
+  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIs0FCgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBBIYCgt0ZW1wZXJhdHVyZRgNIAEoAUgAiAEBEhIKBXRvcF9wGA4gASgBSAGIAQESEgoKbWF4X3Rva2VucxgPIAEoDRIWCg5zdG9wX3NlcXVlbmNlcxgQIAMoCRIgChNwYXJhbGxlbF90b29sX2NhbGxzGBEgASgISAKIAQESOAoQcmVhc29uaW5nX2VmZm9ydBgSIAEoDjIeLnBpbG90aG91c2UudjEuUmVhc29uaW5nRWZmb3J0EhYKDmZhbGxiYWNrX21vZGVsGBMgASgJEhwKFHJlc3BvbnNlX2pzb25fc2NoZW1hGCggASgJEhEKCWRlbGVnYXRlcxgyIAMoCRI3ChByZW1vdGVfZGVsZWdhdGVzGDMgAygLMh0ucGlsb3Rob3VzZS52MS5SZW1vdGVEZWxlZ2F0ZRIaChJhbGxvd2VkX3ByaW5jaXBhbHMYPCADKAkSFQoNYWxsb3dlZF9yb2xlcxg9IAMoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIksKDlJlbW90ZURlbGVnYXRlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfY2FyZF91cmwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkizgIKDk1vZGVsT3ZlcnJpZGVzEg0KBW1vZGVsGAEgASgJEhMKC3Rvb2xfY2hvaWNlGAIgASgJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESEgoFdG9wX3AYBCABKAFIAYgBARIXCgptYXhfdG9rZW5zGAUgASgNSAKIAQESFgoOc3RvcF9zZXF1ZW5jZXMYBiADKAkSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgHIAEoCEgDiAEBEjgKEHJlYXNvbmluZ19lZmZvcnQYCCABKA4yHi5waWxvdGhvdXNlLnYxLlJlYXNvbmluZ0VmZm9ydBIcChRyZXNwb25zZV9qc29uX3NjaGVtYRgoIAEoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQg0KC19tYXhfdG9rZW5zQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqkBCgVBZ2VudBIqCgZjb25maWcYASABKAsyGi5waWxvdGhvdXNlLnYxLkFnZW50Q29uZmlnEiIKBXRvb2xzGAIgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBCABKAkSDwoHdmVyc2lvbhgFIAEoDSqgAQoPUmVhc29uaW5nRWZmb3J0EiAKHFJFQVNPTklOR19FRkZPUlRfVU5TUEVDSUZJRUQQABIZChVSRUFTT05JTkdfRUZGT1JUX05PTkUQARIYChRSRUFTT05JTkdfRUZGT1JUX0xPVxACEhsKF1JFQVNPTklOR19FRkZPUlRfTUVESVVNEAMSGQoVUkVBU09OSU5HX0VGRk9SVF9ISUdIEAQqaAoOQXBwcm92YWxQb2xpY3kSHwobQVBQUk9WQUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVQVBQUk9WQUxfUE9MSUNZX05FVkVSEAESGgoWQVBQUk9WQUxfUE9MSUNZX0FMV0FZUxACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
 
 /**
  * AgentConfig is the immutable definition an agent is built from.
@@ -188,6 +188,25 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
   responseJsonSchema: string;
 
   /**
+   * Delegation (fields 50-59).
+   *
+   * Other agents of this registry this agent may hand a task to. The model
+   * sees one `delegate` tool (arguments `agent`, one of these names or of
+   * `remote_delegates`, and `task`); each call is a child run of that agent
+   * on a new session of its own, whose answer is the tool's output.
+   *
+   * @generated from field: repeated string delegates = 50;
+   */
+  delegates: string[];
+
+  /**
+   * Remote A2A agents this agent may hand a task to, by agent card.
+   *
+   * @generated from field: repeated pilothouse.v1.RemoteDelegate remote_delegates = 51;
+   */
+  remoteDelegates: RemoteDelegate[];
+
+  /**
    * Principals (besides admins) that may run the agent; with
    * `allowed_roles`, both empty means every principal. Others get
    * PERMISSION_DENIED (AGENT_NOT_ALLOWED).
@@ -210,6 +229,44 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
  */
 export const AgentConfigSchema: GenMessage<AgentConfig> = /*@__PURE__*/
   messageDesc(file_pilothouse_v1_agent, 0);
+
+/**
+ * RemoteDelegate is an A2A agent an agent may delegate to.
+ *
+ * @generated from message pilothouse.v1.RemoteDelegate
+ */
+export type RemoteDelegate = Message<"pilothouse.v1.RemoteDelegate"> & {
+  /**
+   * The name the model uses in the `delegate` tool: 1-64 characters of
+   * [A-Za-z0-9_.-], starting with a letter, unique among the agent's
+   * delegates.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The agent card's URL (`https://host/.well-known/agent-card.json`), or
+   * the agent's base URL (the well-known path is appended).
+   *
+   * @generated from field: string agent_card_url = 2;
+   */
+  agentCardUrl: string;
+
+  /**
+   * What the agent does, for the model; empty: the card's description.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.RemoteDelegate.
+ * Use `create(RemoteDelegateSchema)` to create a new message.
+ */
+export const RemoteDelegateSchema: GenMessage<RemoteDelegate> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent, 1);
 
 /**
  * ModelOverrides changes an agent's model settings for one run; every
@@ -290,7 +347,7 @@ export type ModelOverrides = Message<"pilothouse.v1.ModelOverrides"> & {
  * Use `create(ModelOverridesSchema)` to create a new message.
  */
 export const ModelOverridesSchema: GenMessage<ModelOverrides> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_agent, 1);
+  messageDesc(file_pilothouse_v1_agent, 2);
 
 /**
  * Agent is a registered agent: its config plus the snapshot of the tool
@@ -342,7 +399,7 @@ export type Agent = Message<"pilothouse.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_agent, 2);
+  messageDesc(file_pilothouse_v1_agent, 3);
 
 /**
  * How hard the model reasons before it answers.
