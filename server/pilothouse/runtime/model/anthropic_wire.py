@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,7 +297,7 @@ def parse_usage(raw: Any) -> Usage | None:
     return state.usage()
 
 
-async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
+async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of a 2xx Messages body (see `AnthropicChatModel.stream`)."""
     provider = body.provider
     media = body.content_type.partition(";")[0].strip().lower()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,7 @@ class _StreamState:
         return resolved
 
 
-async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
+async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of a 2xx Chat Completions body (see `OpenAIChatModel.stream`)."""
     media = body.content_type.partition(";")[0].strip().lower()
     if media.endswith("json"):
