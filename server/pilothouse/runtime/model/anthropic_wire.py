@@ -302,8 +302,8 @@ async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
     provider = body.provider
     media = body.content_type.partition(";")[0].strip().lower()
     if media.endswith("json"):
-        for chunk in _decode_message(provider, await body.text()):
-            yield chunk
+        for part in _decode_message(provider, await body.text()):
+            yield part
         body.finished = True
         return
     if not is_event_stream(body.content_type):
