@@ -129,7 +129,8 @@ class ServerTls:
         reloader = _CertificateReloader(self)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial(),
-            reloader.fetch,
+            # types-grpcio omits the None (no change) that grpc documents.
+            reloader.fetch,  # type: ignore[arg-type]
             require_client_authentication=self.mutual,
         )
 
