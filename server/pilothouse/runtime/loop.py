@@ -286,11 +286,11 @@ async def run_agent(
         # --- One model round, retried when its stream fails -------------
         round_state = _RoundState()
         builder = MessageBuilder()
-        async for item in _model_round(agent, model, history, ctx, round_state):
-            if isinstance(item, MessageBuilder):
-                builder = item
+        async for part in _model_round(agent, model, history, ctx, round_state):
+            if isinstance(part, MessageBuilder):
+                builder = part
             else:
-                yield item
+                yield part
         if round_state.stopped:
             final = stopped()
             if final is not None:
