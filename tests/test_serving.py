@@ -55,7 +55,7 @@ async def test_reflection_v1_and_health_list(app):
                                   timeout=5)
         ]
         names = {s.name for s in replies[0].list_services_response.service}
-        assert {"grpc.reflection.v1.ServerReflection", "pilothouse.v1.RunService"} <= names
+        assert {"grpc.reflection.v1alpha.ServerReflection", "pilothouse.v1.RunService"} <= names
 
         listed = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
         statuses = {name: status.status for name, status in listed.statuses.items()}

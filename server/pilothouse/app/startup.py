@@ -19,6 +19,7 @@ from pilothouse.app.agents_file import read_agents_file
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
+from pilothouse.app.plugins import PluginError, load_hooks
 from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.auth.audit import audit
@@ -35,6 +36,7 @@ from pilothouse.ops.telemetry import (
 )
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
+from pilothouse.runtime.hookchain import HookChain
 from pilothouse.runtime.model.router import ModelRouter
 from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
@@ -47,9 +49,11 @@ from pilothouse.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from pilothouse.web import prepare_web_port
 
 if TYPE_CHECKING:
     from pilothouse.a2a import A2AGateway
+    from pilothouse.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,8 @@ class App:
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
     security: Security | None = None
+    #: The web port (PILOTHOUSE_WEB_*), None when off.
+    web: WebServer | None = None
     #: The A2A bindings (PILOTHOUSE_A2A_*), None when off.
     a2a: A2AGateway | None = None
     _stopped: bool = field(default=False, repr=False)
@@ -103,6 +109,11 @@ class App:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def web_port(self) -> int:
+        """The bound web port (0: none)."""
+        return self.web.port if self.web is not None else 0
 
     @property
     def metrics_port(self) -> int:
@@ -154,6 +165,9 @@ class App:
         if self.a2a is not None:
             await self.a2a.stop()
         await self.server.stop(STREAM_GRACE_S)
+        if self.web is not None:
+            await self.web.stop(STREAM_GRACE_S)
+        await self.runtime.hooks.close()  # after the last run, before the store closes
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -224,11 +238,14 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    web: WebServer | None = None
+    hooks: HookChain | None = None
     a2a: A2AGateway | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
-        except SecurityError as exc:
+            web_plan = prepare_web_port(settings)
+        except (SecurityError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         if settings.uses_test_model:
             if stand_in_model is None:
@@ -269,6 +286,7 @@ async def start_app(
         )
         registry = await tools.discover(settings.tool_discovery_timeout)
         store = await open_session_store(settings)
+        hooks = await start_hooks(settings, store)
         runtime = Runtime(
             model=ContentRecordingModel(model) if settings.record_content else model,
             default_model=default_model,
@@ -291,6 +309,7 @@ async def start_app(
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
+            hooks=hooks,
         )
         if settings.approval_exempt_tools:
             audit("approval.exempted", tools=",".join(sorted(settings.approval_exempt_tools)))
@@ -333,6 +352,12 @@ async def start_app(
             tls=settings.server_tls,
             health_address=settings.health_listen_address,
         )
+        if web_plan is not None:
+            try:
+                web = await web_plan.start(server.port)
+            except BaseException:
+                await server.stop(0)
+                raise
         runtime.address = advertised_address(settings, server.port)
         if a2a is not None:
             await start_a2a(a2a, settings, runtime.address)
@@ -351,8 +376,12 @@ async def start_app(
         )
         await health.start()
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if hooks is not None:
+            await hooks.close()
         if a2a is not None:
             await a2a.stop()
+        if web is not None:
+            await web.stop(0)
         if runtime is not None:
             await runtime.shutdown(0)  # closes the store
         elif store is not None:
@@ -376,10 +405,29 @@ async def start_app(
         runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
+    if web is not None:
+        log.info("browsers reach it at %s://%s:%d/ (Connect, gRPC-Web%s)",
+                 "https" if web.tls else "http", web.host, web.port,
+                 ", the web console" if settings.web_console else "")
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security, a2a,
+        health, forwarder, security, web=web, a2a=a2a,
     )
+
+
+async def start_hooks(settings: Settings, store: SessionStore) -> HookChain:
+    """The hook plugins `settings.hooks` enables, started (each gets its
+    durable state in `store`). StartupError when one cannot be loaded or
+    fails to start."""
+    try:
+        hooks = load_hooks(settings.hooks, settings.hook_settings)
+    except PluginError as exc:
+        raise StartupError(str(exc)) from exc
+    try:
+        await hooks.start(store)
+    except PilothouseError as exc:
+        raise StartupError(exc.message) from exc
+    return hooks
 
 
 def a2a_gateway(settings: Settings, runtime: Runtime, security: Security) -> A2AGateway | None:

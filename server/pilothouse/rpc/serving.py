@@ -141,10 +141,9 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
     """Serve reflection as both v1alpha and v1 (buf curl and grpcurl try v1
-    first), listing both among the services."""
-    servicer = reflection.aio.ReflectionServicer(
-        [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
-    )
+    first). Only v1alpha is listed: its schema ships with grpcio-reflection,
+    v1's does not, and a listed service must be describable."""
+    servicer = reflection.aio.ReflectionServicer([*service_names, reflection.SERVICE_NAME])
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
