@@ -66,7 +66,7 @@ else
 	cd $(WEB) && npm run --silent build
 endif
 
-# mypy: the SDK strictly; the server against the baseline in pyproject.toml.
+# mypy: the SDK strictly; the server with pyproject.toml (every module, no baseline).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests
 	$(VENV)/bin/mypy --config-file clients/python/pyproject.toml

@@ -64,14 +64,14 @@ class _Executor:
     address: str
     channels: ClientChannels
     _channel: grpc.aio.Channel | None = None
-    _stub: pb_grpc.ToolExecutorServiceStub | None = None
+    _stub: pb_grpc.ToolExecutorServiceAsyncStub | None = None
 
     @property
     def channel(self) -> grpc.aio.Channel:
         return self.channels.get(self.address)
 
     @property
-    def stub(self) -> pb_grpc.ToolExecutorServiceStub:
+    def stub(self) -> pb_grpc.ToolExecutorServiceAsyncStub:
         channel = self.channel
         if channel is not self._channel or self._stub is None:
             self._channel, self._stub = channel, pb_grpc.ToolExecutorServiceStub(channel)

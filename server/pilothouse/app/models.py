@@ -4,6 +4,7 @@ provider (`PILOTHOUSE_MODEL_*`) and each `[[providers]]` entry."""
 from __future__ import annotations
 
 import os
+from typing import TypedDict
 
 from pilothouse.app.settings import ProviderSettings, Settings
 from pilothouse.runtime.model.anthropic import (
@@ -19,6 +20,19 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 class ProviderConfigError(ValueError):
     """A provider cannot be built from its settings; the message says why."""
+
+
+class _ProviderOptions(TypedDict):
+    """The constructor arguments both provider kinds take from a
+    `[[providers]]` entry (timeouts in seconds)."""
+
+    api_key: str | None
+    connect_timeout: float
+    read_timeout: float
+    idle_timeout: float | None
+    max_retries: int
+    extra_headers: dict[str, str]
+    provider_name: str
 
 
 def default_provider(settings: Settings, base_url: str) -> OpenAIChatModel:
@@ -51,15 +65,15 @@ def api_key_of(config: ProviderSettings) -> str | None:
 
 def named_provider(config: ProviderSettings, api_key: str | None) -> ChatModel:
     """The provider of one `[[providers]]` entry."""
-    common = {
-        "api_key": api_key,
-        "connect_timeout": config.connect_timeout,
-        "read_timeout": config.read_timeout,
-        "idle_timeout": config.idle_timeout,
-        "max_retries": config.max_retries,
-        "extra_headers": dict(config.headers),
-        "provider_name": config.gen_ai_provider_name or config.name,
-    }
+    common = _ProviderOptions(
+        api_key=api_key,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        idle_timeout=config.idle_timeout,
+        max_retries=config.max_retries,
+        extra_headers=dict(config.headers),
+        provider_name=config.gen_ai_provider_name or config.name,
+    )
     if config.kind == "anthropic":
         return AnthropicChatModel(base_url=config.base_url or ANTHROPIC_BASE_URL, **common)
     return OpenAIChatModel(base_url=config.base_url or OPENAI_BASE_URL, **common)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from pilothouse.rpc.tls import file_stamp
+from pilothouse.rpc.tls import FileStamp, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class WatchedFile(Generic[T]):
         self._stamp = file_stamp([path])
         self._value = parse(path)
         self._checked = time.monotonic()
-        self._refused = None
+        self._refused: FileStamp | None = None
 
     def get(self) -> T:
         now = time.monotonic()

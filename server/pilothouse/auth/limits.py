@@ -21,9 +21,9 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from grpc.experimental import wrap_server_method_handler
@@ -32,6 +32,7 @@ from pilothouse.auth.audit import audit
 from pilothouse.auth.principal import ANONYMOUS, Principal, current_principal
 from pilothouse.errors import QuotaExceededError
 from pilothouse.rpc.errors import status_of
+from pilothouse.v1 import run_service_pb2 as runs_pb
 
 #: Suggested wait when the concurrency limit is reached, seconds.
 CONCURRENCY_RETRY_S = 1.0
@@ -271,6 +272,14 @@ def _principal_id() -> str:
     return principal.id
 
 
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+#: A unary-unary handler behavior, as grpc.aio calls it.
+_Unary: TypeAlias = Callable[[_Request, _Context], Awaitable[_Response]]
+#: What a behavior wrapper is given: the behavior and the full method name.
+_Wrapper: TypeAlias = Callable[[Any, str], Any]
+
 _RUNS = "/pilothouse.v1.RunService/"
 _SESSIONS = "/pilothouse.v1.SessionService/"
 
@@ -285,7 +294,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, limiter: PrincipalLimiter, server: str = "") -> None:
         self.limiter = limiter
         self.server = server
-        self._wrappers = {
+        self._wrappers: dict[str, _Wrapper] = {
             _RUNS + "SendTo": self._send_to,
             _RUNS + "StreamTo": self._stream_to,
             _RUNS + "Steer": self._steer,
@@ -295,7 +304,13 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
             _SESSIONS + "ImportSession": self._create_session,
         }
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         wrapper = self._wrappers.get(handler_call_details.method)
         if handler is None or wrapper is None:
@@ -303,22 +318,26 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         return wrap_server_method_handler(lambda behavior: wrapper(behavior, method), handler)
 
-    def _audit(self, context, method: str, error: QuotaExceededError) -> None:
+    def _audit(self, context: _Context, method: str, error: QuotaExceededError) -> None:
         audit(
             "call.refused", current_principal(), server=self.server, method=method,
             peer=context.peer(), code="RESOURCE_EXHAUSTED", reason=error.reason,
             detail=f"{error.limit}: {error.message}",
         )
 
-    async def _refuse(self, context, method: str, error: QuotaExceededError) -> None:
+    async def _refuse(self, context: _Context, method: str, error: QuotaExceededError) -> None:
         self._audit(context, method, error)
         await context.abort_with_status(status_of(error))
 
     def _admit_run(self, content: str) -> RunSlot:
         return self.limiter.admit_run(_principal_id(), _size(content))
 
-    def _send_to(self, behavior, method):
-        async def limited(request, context):
+    def _send_to(
+        self, behavior: _Unary[runs_pb.SendToRequest, runs_pb.SendToResponse], method: str
+    ) -> _Unary[runs_pb.SendToRequest, runs_pb.SendToResponse]:
+        async def limited(
+            request: runs_pb.SendToRequest, context: _Context
+        ) -> runs_pb.SendToResponse:
             try:
                 slot = self._admit_run(request.content)
             except QuotaExceededError as error:
@@ -337,8 +356,16 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
 
         return limited
 
-    def _stream_to(self, behavior, method):
-        async def limited(request, context):
+    def _stream_to(
+        self,
+        behavior: Callable[
+            [runs_pb.StreamToRequest, _Context], AsyncIterator[runs_pb.StreamToResponse]
+        ],
+        method: str,
+    ) -> Callable[[runs_pb.StreamToRequest, _Context], AsyncIterator[runs_pb.StreamToResponse]]:
+        async def limited(
+            request: runs_pb.StreamToRequest, context: _Context
+        ) -> AsyncIterator[runs_pb.StreamToResponse]:
             try:
                 slot = self._admit_run(request.content)
             except QuotaExceededError as error:
@@ -354,11 +381,21 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
 
         return limited
 
-    def _steer(self, behavior, method):
-        async def limited(requests, context):
+    def _steer(
+        self,
+        behavior: Callable[
+            [AsyncIterator[runs_pb.SteerRequest], _Context], AsyncIterator[runs_pb.SteerResponse]
+        ],
+        method: str,
+    ) -> Callable[
+        [AsyncIterator[runs_pb.SteerRequest], _Context], AsyncIterator[runs_pb.SteerResponse]
+    ]:
+        async def limited(
+            requests: AsyncIterator[runs_pb.SteerRequest], context: _Context
+        ) -> AsyncIterator[runs_pb.SteerResponse]:
             slots: list[RunSlot] = []
 
-            async def counted():
+            async def counted() -> AsyncIterator[runs_pb.SteerRequest]:
                 # A refusal raised here reaches the handler, which ends
                 # the call with it (the run, if any, goes on).
                 first = True
@@ -389,8 +426,14 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
 
         return limited
 
-    def _steer_session(self, behavior, method):
-        async def limited(request, context):
+    def _steer_session(
+        self,
+        behavior: _Unary[runs_pb.SteerSessionRequest, runs_pb.SteerSessionResponse],
+        method: str,
+    ) -> _Unary[runs_pb.SteerSessionRequest, runs_pb.SteerSessionResponse]:
+        async def limited(
+            request: runs_pb.SteerSessionRequest, context: _Context
+        ) -> runs_pb.SteerSessionResponse:
             try:
                 self.limiter.charge(_principal_id(), content=_size(request.content))
             except QuotaExceededError as error:
@@ -400,8 +443,13 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
 
         return limited
 
-    def _create_session(self, behavior, method):
-        async def limited(request, context):
+    def _create_session(
+        self, behavior: _Unary[_Request, _Response], method: str
+    ) -> _Unary[_Request, _Response]:
+        """CreateSession, GetOrCreateSession (refunded unless the response
+        says `created`) and ImportSession."""
+
+        async def limited(request: _Request, context: _Context) -> _Response:
             try:
                 refund = self.limiter.charge(_principal_id(), sessions=1)
             except QuotaExceededError as error:

@@ -27,6 +27,10 @@ def split_list(value: Any) -> Any:
     return value
 
 
+def _no_authentication() -> list[AuthMode]:
+    return ["none"]
+
+
 class AuthSettings(BaseSettings):
     """Who may call: `auth` lists the ways credentials are checked, tried
     in order (the first that recognises the call's credential decides)."""
@@ -34,7 +38,7 @@ class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PILOTHOUSE_", extra="ignore")
 
     auth: Annotated[list[AuthMode], NoDecode] = Field(
-        default_factory=lambda: ["none"],
+        default_factory=_no_authentication,
         description="none | tokens | jwt | mtls | mesh, comma-separated, tried in order",
     )
     allow_unauthenticated: bool = Field(

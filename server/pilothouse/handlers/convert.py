@@ -86,7 +86,8 @@ _VERDICTS = {
     Verdict.APPROVE_ALWAYS: event_pb2.VERDICT_APPROVE_ALWAYS,
 }
 _VERDICT_OF = {proto: verdict for verdict, proto in _VERDICTS.items()}
-_SESSION_STATE_OF = {proto: state for state, proto in _STATES.items()}
+#: Keyed by int: a request may carry a value this build does not know.
+_SESSION_STATE_OF: dict[int, SessionState] = {proto: state for state, proto in _STATES.items()}
 _DISCONNECT = {
     run_service_pb2.DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy.CONTINUE,
     run_service_pb2.DISCONNECT_POLICY_CONTINUE: DisconnectPolicy.CONTINUE,
@@ -263,14 +264,15 @@ def stop_reason_to_proto(reason: ev.StopReason) -> event_pb2.StopReason.ValueTyp
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(**_timestamp_fields(seconds))
+    out = timestamp_pb2.Timestamp()
+    _set_timestamp(out, seconds)
+    return out
 
 
-def _timestamp_fields(seconds: float) -> dict[str, int]:
-    """What `Timestamp.FromNanoseconds(int(seconds * 1e9))` sets, computed
+def _set_timestamp(target: timestamp_pb2.Timestamp, seconds: float) -> None:
+    """Set what `Timestamp.FromNanoseconds(int(seconds * 1e9))` sets,
     without its pure-Python helper: this runs for every streamed event."""
-    seconds_part, nanos = divmod(int(seconds * 1e9), 1_000_000_000)
-    return {"seconds": seconds_part, "nanos": nanos}
+    target.seconds, target.nanos = divmod(int(seconds * 1e9), 1_000_000_000)
 
 
 def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
@@ -489,7 +491,7 @@ def response_to_proto(
             tool_calls=tool_calls_to_proto(step.tool_calls),
             tool_results=results,
         ))
-    proto = event_pb2.AgentResponse(
+    out = event_pb2.AgentResponse(
         final_response=response.final_response,
         iterations=response.iterations,
         stop_reason=_STOP_REASONS[response.stop_reason],
@@ -503,8 +505,8 @@ def response_to_proto(
         ],
     )
     if response.structured_output is not None:
-        proto.structured_output.update(response.structured_output)
-    return proto
+        out.structured_output.update(response.structured_output)
+    return out
 
 
 # A payload may be a message or a dict of its fields: the `AgentEvent`
@@ -601,10 +603,11 @@ _EVENT_FIELDS[ev.DelegationProgress] = lambda e: ("delegation", _delegation_to_p
 
 def event_to_proto(recorded: ev.RunEvent) -> event_pb2.AgentEvent:
     name, payload = _EVENT_FIELDS[type(recorded.event)](recorded.event)
-    return event_pb2.AgentEvent(
+    event = event_pb2.AgentEvent(
         session_id=recorded.session_id,
         run_id=recorded.run_id,
         sequence=recorded.sequence,
-        time=_timestamp_fields(recorded.time),
         **{name: payload},
     )
+    _set_timestamp(event.time, recorded.time)
+    return event

@@ -36,9 +36,11 @@ class TraceContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-            record.span_id = format(context.span_id, "016x")
-            record.trace_suffix = f" trace_id={record.trace_id} span_id={record.span_id}"
+            trace_id = format(context.trace_id, "032x")
+            span_id = format(context.span_id, "016x")
+            record.trace_id = trace_id
+            record.span_id = span_id
+            record.trace_suffix = f" trace_id={trace_id} span_id={span_id}"
         else:
             record.trace_suffix = ""
         return True

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -220,10 +220,12 @@ class CancellingUnaryUnaryInterceptor(UnaryUnaryAioClientInterceptor):
         fixed.__dict__.update(upstream.__dict__)
         return fixed
 
-    async def _wrap_unary_response(self, continuation, span):
+    async def _wrap_unary_response(
+        self, continuation: Callable[[], Awaitable[grpc.aio.Call]], span: trace.Span
+    ) -> grpc.aio.Call:
         calls: list[grpc.aio.Call] = []
 
-        async def start():
+        async def start() -> grpc.aio.Call:
             call = await continuation()
             calls.append(call)
             return call

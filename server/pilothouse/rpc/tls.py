@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 #: Seconds between two looks at a client's TLS files (stat calls).
 CLIENT_RECHECK_S = 1.0
 
-_Stamp = tuple[tuple[int, int, int] | None, ...]
+#: What `file_stamp` returns: (mtime_ns, size, inode) per file, None for a missing one.
+FileStamp = tuple[tuple[int, int, int] | None, ...]
 
 
-def file_stamp(paths: Sequence[Path | None]) -> _Stamp:
+def file_stamp(paths: Sequence[Path | None]) -> FileStamp:
     """What identifies the files' current content: (mtime_ns, size, inode)
     each, None for a missing file."""
     out: list[tuple[int, int, int] | None] = []
@@ -129,7 +130,8 @@ class ServerTls:
         reloader = _CertificateReloader(self)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial(),
-            reloader.fetch,
+            # types-grpcio omits the None (no change) that grpc documents.
+            reloader.fetch,  # type: ignore[arg-type]
             require_client_authentication=self.mutual,
         )
 
@@ -143,8 +145,8 @@ class _CertificateReloader:
         self._tls = tls
         self._paths = (tls.cert_file, tls.key_file, tls.client_ca_file)
         self._lock = threading.Lock()
-        self._loaded: _Stamp = ()
-        self._refused: _Stamp = ()
+        self._loaded: FileStamp = ()
+        self._refused: FileStamp = ()
         self.reloads = 0
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
@@ -221,7 +223,7 @@ class ClientChannels:
         self._interceptors = interceptors
         self._grace = close_grace_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stamp: _Stamp = file_stamp(tls.files()) if tls else ()
+        self._stamp: FileStamp = file_stamp(tls.files()) if tls else ()
         self._checked = time.monotonic()
         self._closing: set[asyncio.Task[None]] = set()
 

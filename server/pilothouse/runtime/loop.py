@@ -308,11 +308,11 @@ async def run_agent(
         builder = MessageBuilder()
         seen = [*history, *retry_extra] if retry_extra else history
         retry_extra = []
-        async for item in _model_round(agent, model, seen, ctx, round_state):
-            if isinstance(item, MessageBuilder):
-                builder = item
+        async for part in _model_round(agent, model, seen, ctx, round_state):
+            if isinstance(part, MessageBuilder):
+                builder = part
             else:
-                yield item
+                yield part
         if round_state.stopped:
             final = stopped()
             if final is not None:

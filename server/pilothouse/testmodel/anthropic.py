@@ -70,7 +70,7 @@ class MessagesEvents:
             "cache_read_input_tokens": cache_read,
             "output_tokens": 1,
         }
-        message = {
+        message: dict[str, Any] = {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage,
         }  # fmt: skip

@@ -81,10 +81,14 @@ def _example(schema: Any, root: Any, depth: int, all_properties: bool = False) -
     if kind == "null":
         return None
     if kind == "array":
-        count = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
+        count = schema.get("minItems")
+        if not isinstance(count, int):
+            count = 0
         return [_example(schema.get("items", {}), root, depth + 1) for _ in range(count)]
     if kind == "object":
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            properties = {}
         required = [r for r in schema.get("required") or [] if isinstance(r, str)]
         names = list(properties) if all_properties else []
         names += [r for r in required if r not in names]
@@ -144,8 +148,12 @@ _FORMATS = {
 def _string(schema: dict[str, Any]) -> str:
     if schema.get("format") in _FORMATS:
         return _FORMATS[schema["format"]]
-    low = schema.get("minLength") if isinstance(schema.get("minLength"), int) else 1
-    high = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
+    low = schema.get("minLength")
+    if not isinstance(low, int):
+        low = 1
+    high = schema.get("maxLength")
+    if not isinstance(high, int):
+        high = None
     length = max(low, 1) if high is None else min(max(low, 1), high)
     return "a" * length
 

@@ -298,7 +298,7 @@ class FakeModelServer:
                 await response.prepare(conn.request)
             if await conn.control(item):
                 return response
-            if not isinstance(item, (Pause, Delay)):
+            if not isinstance(item, (Pause, Delay, Cut)):  # a Cut returned above
                 await response.write(encode_item(item))
         if not reply.events:
             await response.prepare(conn.request)
@@ -348,7 +348,7 @@ class ChatCompletionsServer(FakeModelServer):
         for item in reply.events:
             if await conn.control(item):
                 return web.StreamResponse()
-            if not isinstance(item, (Pause, Delay)):
+            if not isinstance(item, (Pause, Delay, Cut)):  # a Cut returned above
                 payloads += _payloads(item)
         try:
             status, body = assemble_completion(payloads)

@@ -248,6 +248,7 @@ class ToolRegistry:
     @typing.overload
     def tool(
         self,
+        /,
         *,
         name: str | None = None,
         description: str | None = None,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,15 +345,17 @@ def parse_usage(raw: Any) -> Usage | None:
     return state.usage()
 
 
-async def decode_stream(body: Body, answer_tool: str | None = None) -> AsyncIterator[ChatChunk]:
+async def decode_stream(
+    body: Body, answer_tool: str | None = None
+) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of a 2xx Messages body (see `AnthropicChatModel.stream`);
     with `answer_tool`, that tool's call is the answer (see the module
     docstring)."""
     provider = body.provider
     media = body.content_type.partition(";")[0].strip().lower()
     if media.endswith("json"):
-        for chunk in _decode_message(provider, await body.text(), answer_tool):
-            yield chunk
+        for part in _decode_message(provider, await body.text(), answer_tool):
+            yield part
         body.finished = True
         return
     if not is_event_stream(body.content_type):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 import httpx
 
@@ -114,7 +115,9 @@ class Body:
         self.provider = provider
         self.started = False
         self.finished = False
-        self._chunks = response.aiter_bytes()
+        # httpx annotates aiter_bytes() as an AsyncIterator; it is an async
+        # generator, which close() finalizes.
+        self._chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._ended = False
         self._watch = watch

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # --- the client ----------------------------------------------------------------------------
 
 #: A provider's decoder: reads a 2xx body, yields chunks, raises ModelError.
-Decoder = Callable[[Body], AsyncIterator[ChatChunk]]
+Decoder = Callable[[Body], AsyncGenerator[ChatChunk, None]]
 
 
 class ProviderHTTP:
@@ -137,8 +137,8 @@ class ProviderHTTP:
                             delay = None if body.started else self._retry_delay(error, attempt, None)
                             if delay is None:
                                 raise self._gave_up(error, attempt) from exc
-                        except ModelError as error:
-                            self._own(error, mid_stream=body.started)
+                        except ModelError as failure:
+                            self._own(failure, mid_stream=body.started)
                             raise
                         finally:
                             if not released:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,7 @@ class _StreamState:
         return resolved
 
 
-async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
+async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of a 2xx Chat Completions body (see `OpenAIChatModel.stream`)."""
     media = body.content_type.partition(";")[0].strip().lower()
     if media.endswith("json"):
@@ -339,7 +339,9 @@ def _tool_deltas(raw: Any, state: _StreamState) -> list[ToolCallDelta]:
     for position, call in enumerate(raw):
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else None
         name = function.get("name") if isinstance(function.get("name"), str) else None
         arguments = function.get("arguments")
@@ -369,7 +371,9 @@ async def _decode_completion(body: Body) -> ChatChunk:
         raise stream_error(provider, completion, usage=usage)
     choices = [c for c in completion.get("choices") or [] if isinstance(c, dict)]
     choice = next((c for c in choices if c.get("index", 0) == 0), {})
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     delta = {
         "content": message.get("content"),
         "refusal": message.get("refusal"),

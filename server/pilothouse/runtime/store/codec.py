@@ -151,8 +151,8 @@ def encode_item(item: Message | CompactMarker) -> ItemRow:
     if isinstance(item, CompactMarker):
         if _text_safe(item.summary):
             return COMPACT, "", item.summary, "", "", "", None, item.created_at
-        payload = _dumps({"content": item.summary})
-        return COMPACT, "", "", "", "", "", payload, item.created_at
+        summary = _dumps({"content": item.summary})
+        return COMPACT, "", "", "", "", "", summary, item.created_at
     fields = message_fields(item)
     del fields["role"]
     text = [fields.pop(key, "") for key in _TEXT_COLUMNS]

@@ -272,7 +272,7 @@ class PostgresSessionStore(PostgresRuns, PostgresHookState, PostgresFeed):
         try:
             async with asyncio.timeout(self._timeout):
                 await pool.close()
-        except (TimeoutError, *_UNAVAILABLE):
+        except _UNAVAILABLE:  # TimeoutError among them
             pool.terminate()
 
     # --- sessions ---------------------------------------------------------

@@ -448,7 +448,8 @@ class PostgresRuns:
         before: tuple[float, str] | None = None,
         limit: int,
     ) -> list[RunRecord]:
-        where, params = ["session_id = $1"], [session_id]
+        where: list[str] = ["session_id = $1"]
+        params: list[object] = [session_id]
         if statuses:
             params.append([RunStatus(s).value for s in statuses])
             where.append(f"status = ANY(${len(params)}::text[])")

@@ -372,7 +372,8 @@ class SqliteRuns(SqliteBase):
         before: tuple[float, str] | None = None,
         limit: int,
     ) -> list[RunRecord]:
-        where, params = ["session_id = ?"], [session_id]
+        where: list[str] = ["session_id = ?"]
+        params: list[object] = [session_id]
         if statuses:
             where.append(f"status {_IN_JSON}")
             params.append(dumps(sorted(RunStatus(s).value for s in statuses)))
