@@ -296,8 +296,11 @@ def _property_based(category: Category, channels: dict, bases: Bases, examples: 
     sent on the suite's event loop."""
     for method in methods(RUNTIME_SERVICES) + methods(TOOLS_SERVICES):
         channel = channels["tools" if method in methods(TOOLS_SERVICES) else "runtime"]
-        # Random deletes and closes get no real ids: the suite's session must live on.
-        destructive = method.descriptor.name in ("DeleteSession", "CloseSession", "DeleteAgent")
+        # Random deletes, closes and compactions get no real ids: the suite's
+        # session and its history must live on (the audit compares them).
+        destructive = method.descriptor.name in (
+            "DeleteSession", "CloseSession", "DeleteAgent", "CompactSession"
+        )
         strategy = message_strategy(method.input, None if destructive else bases)
         _fuzz(category, channel, method, strategy, examples, loop)
 
