@@ -8,6 +8,23 @@ itself knows nothing of gRPC.
 
 from __future__ import annotations
 
+#: Longest echo of a client's value (an id, a name) in an error, characters:
+#: every valid id fits; a longer value is cut, with its size noted.
+MAX_ECHO_CHARS = 128
+#: Longest error message and field-violation description, characters.
+MAX_MESSAGE_CHARS = 1024
+
+
+def clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`value` as an error may echo it: unchanged up to `limit` characters,
+    else its first `limit` characters, "…" and its size in bytes. Errors
+    travel in gRPC trailers, which clients cap (8-16 KiB): an echo must
+    never turn a NOT_FOUND into RESOURCE_EXHAUSTED."""
+    if len(value) <= limit:
+        return value
+    size = len(value.encode("utf-8", "surrogatepass"))
+    return f"{value[:limit]}…({size} bytes)"
+
 
 class PilothouseError(Exception):
     """Base of the domain errors.
@@ -15,6 +32,8 @@ class PilothouseError(Exception):
     `reason` is an UPPER_SNAKE_CASE machine-readable cause (ErrorInfo
     reason); `metadata` names the objects involved (ErrorInfo metadata);
     `field_violations` lists (field path, description) pairs for bad input.
+    The message and descriptions are cut at MAX_MESSAGE_CHARS and metadata
+    values at MAX_ECHO_CHARS (`clip`), whatever the raiser passed.
     """
 
     default_reason = "ERROR"
@@ -27,11 +46,14 @@ class PilothouseError(Exception):
         metadata: dict[str, str] | None = None,
         field_violations: list[tuple[str, str]] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata = dict(metadata or {})
-        self.field_violations = list(field_violations or [])
+        self.metadata = {k: clip(v) for k, v in (metadata or {}).items()}
+        self.field_violations = [
+            (f, clip(d, MAX_MESSAGE_CHARS)) for f, d in field_violations or []
+        ]
 
 
 class InvalidArgumentError(PilothouseError):
@@ -90,7 +112,7 @@ class UnavailableError(PilothouseError):
 
 def session_not_found(session_id: str) -> NotFoundError:
     return NotFoundError(
-        f"session {session_id!r} not found",
+        f"session {clip(session_id)!r} not found",
         reason="SESSION_NOT_FOUND",
         metadata={"session_id": session_id},
     )
@@ -98,20 +120,20 @@ def session_not_found(session_id: str) -> NotFoundError:
 
 def agent_not_found(name: str) -> NotFoundError:
     return NotFoundError(
-        f"agent {name!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
+        f"agent {clip(name)!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
     )
 
 
 def agent_exists(name: str) -> AlreadyExistsError:
     return AlreadyExistsError(
-        f"agent {name!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
+        f"agent {clip(name)!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
     )
 
 
 def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
     """A second run on a busy session (ErrorInfo metadata `active_run_id`)."""
     return FailedPreconditionError(
-        f"session {session_id!r} already has an active run {run_id}",
+        f"session {clip(session_id)!r} already has an active run {clip(run_id)}",
         reason="RUN_ACTIVE",
         metadata={"session_id": session_id, "active_run_id": run_id},
     )
@@ -119,7 +141,7 @@ def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
 
 def no_active_run(session_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"session {session_id!r} has no active run",
+        f"session {clip(session_id)!r} has no active run",
         reason="NO_ACTIVE_RUN",
         metadata={"session_id": session_id},
     )
@@ -127,7 +149,7 @@ def no_active_run(session_id: str) -> FailedPreconditionError:
 
 def session_closed(session_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"session {session_id!r} is closed",
+        f"session {clip(session_id)!r} is closed",
         reason="SESSION_CLOSED",
         metadata={"session_id": session_id},
     )
@@ -135,7 +157,7 @@ def session_closed(session_id: str) -> FailedPreconditionError:
 
 def lease_lost(session_id: str, run_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"run {run_id} no longer holds session {session_id!r}",
+        f"run {clip(run_id)} no longer holds session {clip(session_id)!r}",
         reason="LEASE_LOST",
         metadata={"session_id": session_id, "run_id": run_id},
     )

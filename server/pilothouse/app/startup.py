@@ -20,6 +20,7 @@ from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
+from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.services import AgentService, RunService, SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
 from pilothouse.ops.telemetry import (
@@ -287,6 +288,7 @@ async def start_app(
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
             interceptors=[runtime_metrics.event_interceptor()],
+            request_rules=RUNTIME_REQUEST_RULES,
         )
         runtime.address = advertised_address(settings, server.port)
         health = HealthMonitor(

@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from pilothouse.ops.telemetry import tracing_server_interceptor
+from pilothouse.rpc.decoding import RequestDecoding, RequestRules
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +166,20 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tracing: bool = True,
     tracer_provider: Any = None,
+    request_rules: RequestRules | None = None,
 ) -> RunningServer:
     """Build, bind and start a server on `address` ("host:port"; port 0
     picks a free one). With `tracing`, the OpenTelemetry server interceptor
     comes first: a caller's `traceparent` becomes the parent of the RPC's
     server span (health checks and reflection are not traced); `interceptors`
-    follow it. Raises RuntimeError if the address cannot be bound."""
+    follow it. A request that cannot be decoded, or that breaks
+    `request_rules`, is INVALID_ARGUMENT before its handler runs
+    (`pilothouse.rpc.decoding`). Raises RuntimeError if the address cannot
+    be bound."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         chain.append(tracing_server_interceptor(tracer_provider))
+    chain.append(RequestDecoding(request_rules))
     chain.extend(interceptors)
     server = grpc.aio.server(
         interceptors=chain, options=server_options(keepalive, max_message_bytes)

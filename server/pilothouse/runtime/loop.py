@@ -36,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from pilothouse import jsontext
 from pilothouse.runtime import compaction
 from pilothouse.runtime.agent import Agent, ApprovalPolicy
 from pilothouse.runtime.control import Decision, LateSteeringPolicy, RunControl, Verdict
@@ -602,7 +603,7 @@ async def _ask_user(
 ) -> tuple[str | None, str | None]:
     """The built-in `ask_user` tool: ask, wait, return the answer as JSON."""
     try:
-        args = json.loads(call.arguments or "{}")
+        args = jsontext.loads(call.arguments or "{}")
         question = args["question"]
         options = tuple(str(o) for o in args.get("options", []))
         multi = bool(args.get("multi_select", False))

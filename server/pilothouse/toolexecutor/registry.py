@@ -38,6 +38,7 @@ import pydantic
 import pydantic_core
 from pydantic.fields import FieldInfo
 
+from pilothouse import jsontext
 from pilothouse.errors import NotFoundError
 
 __all__ = [
@@ -156,7 +157,9 @@ class RegisteredTool:
         Raises `_InvalidArguments` with a text listing every problem."""
         text = arguments_json.strip() or "{}"
         try:
-            data = json.loads(text)
+            data = jsontext.loads(text)
+        except jsontext.JsonTooDeep as exc:
+            raise _InvalidArguments(f"invalid arguments for tool {self.name!r}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise _InvalidArguments(
                 f"invalid arguments for tool {self.name!r}: not valid JSON ({exc})"

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from pilothouse.errors import InvalidArgumentError, NotFoundError
+from pilothouse.errors import InvalidArgumentError, NotFoundError, clip
 from pilothouse.rpc.errors import handle_errors, rich_status
 from pilothouse.rpc.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -25,6 +25,7 @@ from pilothouse.rpc.serving import (
     Service,
     start_server,
 )
+from pilothouse.toolexecutor.limits import TOOL_REQUEST_RULES
 from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
 from pilothouse.toolexecutor.registry import Answer, RegisteredTool, ToolRegistry
 from pilothouse.v1 import (
@@ -100,7 +101,7 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
             if tool is None:
                 outcome = "not_found"
                 raise NotFoundError(
-                    f"no tool named {request.name!r}",
+                    f"no tool named {clip(request.name)!r}",
                     reason="TOOL_NOT_FOUND",
                     metadata={"tool": request.name},
                 )
@@ -191,4 +192,5 @@ async def serve_tools(
         max_message_bytes=max_message_bytes,
         keepalive=keepalive,
         tracer_provider=tracer_provider,
+        request_rules=TOOL_REQUEST_RULES,
     )
