@@ -523,7 +523,8 @@ async def test_error_object_in_stream(fake: Fake, with_event: bool) -> None:
         )
     )
     error, chunks = await run_until_error(fake.model(provider_name="acme"))
-    assert "acme reported an error in the stream: Upstream overloaded" in error.message
+    host = f"127.0.0.1:{fake.server.port}"
+    assert f"acme ({host}) reported an error in the stream: Upstream overloaded" in error.message
     assert "overloaded_error" in error.message
     assert error.code == "overloaded_error"
     assert error.status_code is None
@@ -636,13 +637,23 @@ async def test_400_is_not_retried(fake: Fake) -> None:
     assert len(fake.server.requests) == 1
 
 
+async def test_error_texts_name_the_configured_provider_and_host(fake: Fake) -> None:
+    """Not "openai" for every endpoint: the provider the settings name and
+    the host the request went to."""
+    fake.queue.push(JSONReply(503, {"error": {"message": "busy"}}))
+    error, _ = await run_until_error(fake.model(provider_name="vllm", max_retries=0))
+    assert error.message.startswith(f"vllm (127.0.0.1:{fake.server.port}) returned HTTP 503")
+    assert "openai" not in error.message
+
+
 async def test_non_retryable_error_after_a_retry_is_reported_as_is(fake: Fake) -> None:
     body = {"error": {"message": "model not found", "type": "invalid_request_error"}}
     fake.queue.push(rate_limited({"retry-after-ms": "1"}), JSONReply(404, body))
     error, _ = await run_until_error(fake.model(max_retries=3))
     assert error.status_code == 404
     assert error.message == (
-        "openai returned HTTP 404: model not found (code invalid_request_error)"
+        f"openai (127.0.0.1:{fake.server.port}) returned HTTP 404: model not found "
+        "(code invalid_request_error)"
     )
     assert len(fake.server.requests) == 2
 

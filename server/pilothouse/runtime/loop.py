@@ -504,7 +504,10 @@ async def _run_call(
         output: str | None
         error: str | None
         try:
-            if not allowed:
+            if not call.name:
+                output = None
+                error = "this tool call names no tool (its function name is empty)"
+            elif not allowed:
                 output = None
                 error = f"tool {call.name!r} is not available to agent {tool_context.agent!r}"
             elif call.name == ASK_USER.name:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError
 
+from pilothouse import jsontext
 from pilothouse.runtime.messages import Usage
 from pilothouse.runtime.model.base import ChatChunk, ChatRequest, ModelError, ToolCallDelta
 
@@ -327,7 +328,8 @@ class OpenAIChatModel:
     what `retry-after-ms` / `Retry-After` ask for or else an exponential
     backoff with full jitter (`retry_base_delay * 2**attempt`), both capped
     at `retry_max_delay` seconds. Once the body has started, nothing is
-    retried. `provider_name` names the provider in error messages and is
+    retried. `provider_name` names the provider in error messages (with
+    the host of `base_url`: "openai (127.0.0.1:8000)") and is
     the OpenTelemetry `gen_ai.provider.name`. `transport` replaces httpx's
     network transport (tests, proxies).
 
@@ -356,6 +358,9 @@ class OpenAIChatModel:
     ) -> None:
         self.provider_name = provider_name
         self.base_url = base_url.rstrip("/")
+        #: How error texts name the endpoint: the configured provider and the
+        #: host it was reached at, e.g. "openai (127.0.0.1:8000)".
+        self.source = f"{provider_name} ({httpx.URL(self.base_url).netloc.decode() or self.base_url})"
         self.url = f"{self.base_url}/chat/completions"
         self.max_retries = max(0, max_retries)
         self.retry_base_delay = max(0.0, retry_base_delay)
@@ -483,7 +488,7 @@ class OpenAIChatModel:
         except SSEError as exc:
             body = (await response.aread()).decode(errors="replace")
             raise ModelError(
-                f"{self.provider_name} did not answer with an event stream ({exc}): "
+                f"{self.source} did not answer with an event stream ({exc}): "
                 f"{_clip(' '.join(body.split()))}",
                 status_code=response.status_code,
             ) from exc
@@ -493,26 +498,26 @@ class OpenAIChatModel:
             # The answer is complete; only the trailer (usage, [DONE]) is lost.
             log.warning(
                 "%s: connection lost after finish_reason %r; keeping the answer",
-                self.provider_name,
+                self.source,
                 state.finish_reason,
             )
             return
         if not state.done and state.finish_reason is None:
             raise ModelError(
                 "model stream ended before completion: "
-                f"{self.provider_name} closed the stream without a finish_reason or [DONE]",
+                f"{self.source} closed the stream without a finish_reason or [DONE]",
                 retryable=True,
             )
 
     def _decode(self, data: str) -> dict[str, Any]:
         try:
-            payload = json.loads(data)
+            payload = jsontext.loads(data)
         except ValueError as exc:
             raise ModelError(
-                f"{self.provider_name} sent a malformed stream chunk: {_clip(data)!r}"
+                f"{self.source} sent a malformed stream chunk: {_clip(data)!r}"
             ) from exc
         if not isinstance(payload, dict):
-            raise ModelError(f"{self.provider_name} sent a malformed stream chunk: {_clip(data)!r}")
+            raise ModelError(f"{self.source} sent a malformed stream chunk: {_clip(data)!r}")
         if payload.get("error"):
             raise self._stream_error(payload)
         return payload
@@ -592,7 +597,7 @@ class OpenAIChatModel:
             body = json.loads(raw)
         except ValueError as exc:
             raise ModelError(
-                f"{self.provider_name} sent malformed JSON: {_clip(raw.decode(errors='replace'))}",
+                f"{self.source} sent malformed JSON: {_clip(raw.decode(errors='replace'))}",
                 status_code=response.status_code,
             ) from exc
         if not isinstance(body, dict) or body.get("error"):
@@ -620,7 +625,7 @@ class OpenAIChatModel:
         chunk = self._parse_chunk(payload, state)
         if chunk is None or state.finish_reason is None:
             raise ModelError(
-                f"model stream ended before completion: {self.provider_name} sent a "
+                f"model stream ended before completion: {self.source} sent a "
                 "completion without a finish_reason",
                 retryable=True,
             )
@@ -651,7 +656,7 @@ class OpenAIChatModel:
         )
         suffix = f" (code {code})" if code else ""
         return ModelError(
-            f"{self.provider_name} reported an error in the stream: {message or 'no message'}"
+            f"{self.source} reported an error in the stream: {message or 'no message'}"
             f"{suffix}",
             status_code=status,
             code=code,
@@ -665,7 +670,7 @@ class OpenAIChatModel:
             raw = await response.aread()
         except httpx.HTTPError as exc:
             return ModelError(
-                f"{self.provider_name} returned HTTP {status} {response.reason_phrase}; "
+                f"{self.source} returned HTTP {status} {response.reason_phrase}; "
                 f"its body could not be read ({type(exc).__name__}: {exc})",
                 status_code=status,
                 retryable=retryable,
@@ -678,7 +683,7 @@ class OpenAIChatModel:
         message, code = describe_error_body(body, text)
         suffix = f" (code {code})" if code else ""
         return ModelError(
-            f"{self.provider_name} returned HTTP {status}: "
+            f"{self.source} returned HTTP {status}: "
             f"{message or response.reason_phrase or 'no message'}{suffix}",
             status_code=status,
             code=code,
@@ -706,11 +711,11 @@ class OpenAIChatModel:
         name = type(exc).__name__
         detail = str(exc) or "no detail"
         if isinstance(exc, httpx.ReadTimeout):
-            cause = f"{self.provider_name} sent nothing for {self.read_timeout:g}s"
+            cause = f"{self.source} sent nothing for {self.read_timeout:g}s"
         elif isinstance(exc, httpx.TransportError):
-            cause = f"the connection to {self.provider_name} was lost"
+            cause = f"the connection to {self.source} was lost"
         else:
-            cause = f"the body from {self.provider_name} could not be decoded"
+            cause = f"the body from {self.source} could not be decoded"
             return ModelError(f"model stream ended before completion: {cause} ({name}: {detail})")
         return ModelError(
             f"model stream ended before completion: {cause} ({name}: {detail})",
