@@ -16,6 +16,7 @@ from pilothouse.adapters.content import ContentRecordingModel
 from pilothouse.adapters.forwarding import RunForwarder
 from pilothouse.adapters.tool_executor_client import ToolExecutorClient
 from pilothouse.app.agents_file import read_agents_file
+from pilothouse.app.file_agents import FileAgents
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
@@ -88,6 +89,7 @@ class App:
     runtime_metrics: RuntimeMetrics | None = None
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
+    file_agents: FileAgents | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -138,6 +140,8 @@ class App:
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
+        if self.file_agents is not None:
+            await self.file_agents.close()
         await self.tools.close()
         await self.model.aclose()
         if self.test_model_server is not None:
@@ -187,9 +191,13 @@ async def start_app(
     settings: Settings, *, stand_in_model: StandInModelStarter | None = None
 ) -> App:
     """Start everything `settings` describe. Raises StartupError with the
-    cause when a ToolExecutor does not answer, the agents file is bad, the
-    address cannot be bound, or no model endpoint is configured and no
-    `stand_in_model` is given.
+    cause when the agents file is bad, the address cannot be bound, or no
+    model endpoint is configured and no `stand_in_model` is given. A
+    ToolExecutor that does not answer within `tool_discovery_timeout` is
+    logged and discovered when it comes up (its tools are unavailable until
+    then; agents of the file that need them wait for them). With every
+    executor answering, an agents file naming a tool none offers is a
+    StartupError.
 
     Tracing is configured from the environment unless a tracer provider is
     installed already (`telemetry.configure_tracing`); the metrics derived
@@ -260,12 +268,13 @@ async def start_app(
             ),
         )
         await runtime.start()
+        tools.watch(settings.tool_rediscovery_interval)
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
             interceptors=tracing_client_interceptors(),
         )
-        for config in read_agents_file(settings.agents_file):
-            await runtime.add_agent(config, source="file", replace=True)
+        file_agents = FileAgents(runtime, registry, wait_for_tools=bool(tools.unreachable))
+        await file_agents.register(read_agents_file(settings.agents_file))
         server = await start_server(
             [
                 Service(
@@ -327,7 +336,7 @@ async def start_app(
     )
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder,
+        health, forwarder, file_agents,
     )
 
 

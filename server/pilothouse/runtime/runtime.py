@@ -146,6 +146,8 @@ class Runtime:
         self.store = store
         self.limits = limits or RuntimeLimits()
         self._agents: dict[str, Agent] = {}
+        # Agents carry a snapshot of their tools: rebuild them when tools change.
+        tools.on_change(self._agents.clear)
         self._cache: OrderedDict[str, tuple[tuple[float, int], list[Message]]] = OrderedDict()
         self._active: dict[str, Run] = {}
         self._queued: defaultdict[str, list[Run]] = defaultdict(list)
