@@ -23,13 +23,10 @@ import json
 import random
 
 import grpc
-from hypothesis import HealthCheck, given, settings, strategies as st
-from google.protobuf.descriptor import FieldDescriptor
-
 from client import Client, Ledger
+from google.protobuf.descriptor import FieldDescriptor
 from harness import Stack
-from pilothouse.runtime.paging import encode_token
-from pilothouse.v1 import run_service_pb2 as runs_pb
+from hypothesis import HealthCheck, given, settings, strategies as st
 from report import CLEAR, CRASH, Category, judge
 from rpcs import (
     RUNTIME_SERVICES,
@@ -43,6 +40,9 @@ from rpcs import (
     methods,
     set_path,
 )
+
+from pilothouse.runtime.paging import encode_token
+from pilothouse.v1 import run_service_pb2 as runs_pb
 
 NAME = "bad input (both servers)"
 INVALID = {grpc.StatusCode.INVALID_ARGUMENT}

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import grpc
+from report import CLEAR, CRASH, PYTHON_TEXT, UNCLEAR, judge
 
 from pilothouse.v1 import (
     agent_pb2,
@@ -145,6 +146,24 @@ class Client:
             token = reply.next_page_token
             if not token:
                 return out
+
+
+def judge_turn(turn: Turn, expected: set[str]) -> tuple[str, str]:
+    """(verdict, detail) for a turn: clear when `done` came with one of the
+    `expected` stop reasons (names like "STOP_REASON_ERROR") and an error
+    text without Python in it; crash when it hung."""
+    if turn.hung:
+        return CRASH, turn.describe()
+    if turn.error is not None:
+        return judge(turn.error, set())  # StreamTo must end with done, not a status
+    done = turn.done
+    if done is None:
+        return UNCLEAR, "stream ended without done"
+    if turn.stop_reason not in expected:
+        return UNCLEAR, f"wrong stop reason (expected {', '.join(sorted(expected))}): {turn.describe()}"
+    if PYTHON_TEXT.search(done.error):
+        return UNCLEAR, f"Python text in the error: {done.error[:160]}"
+    return CLEAR, turn.describe()
 
 
 def unanswered_tool_calls(messages: list[message_pb2.Message]) -> int:

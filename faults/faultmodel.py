@@ -23,6 +23,7 @@ Scenarios (arguments after colons):
   ``event-error``, ``no-done``, ``no-finish``, ``non-sse``: the stream
   faults their names say (``stall`` and ``keepalive`` never end: the
   runtime has to give up).
+* ``deep-chunk``: a chunk nested 5,000 levels deep.
 * ``huge:MB``: a text answer of that many megabytes.
 * ``deep-args:TOOL:DEPTH``: a call of TOOL whose arguments nest DEPTH levels.
 * ``bad-args:TOOL``: a call with arguments that are not JSON.
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 from collections import Counter
 from typing import Any
@@ -112,6 +112,8 @@ class FaultResponder:
             return SSEReply([f.role(), *f.texts("partial", 4), Delay(10**6)])
         if name == "keepalive":
             return SSEReply([f.role(), *[item for _ in range(10**4) for item in (": keep-alive", Delay(0.5))]])
+        if name == "deep-chunk":
+            return SSEReply([f.role(), "[" * 5000 + "]" * 5000, "[DONE]"])
         if name == "malformed":
             return SSEReply([f.role(), '{"choices": [{"delta": {"content": "x"', "[DONE]"])
         if name == "error-object":

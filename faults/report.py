@@ -29,7 +29,7 @@ KNOWN_OPEN: dict[int, str] = {
 
 CLEAR, UNCLEAR, CRASH = "clear", "unclear", "crash"
 #: What gives away an error that escaped the project's error handling.
-_PYTHON_TEXT = re.compile(
+PYTHON_TEXT = re.compile(
     r"Traceback|Exception calling application|Unexpected <class|<class '|Error\(|"
     r"RecursionError|KeyError|TypeError|AttributeError|OverflowError|UnicodeDecodeError|DecodeError"
 )
@@ -112,7 +112,7 @@ def judge(
     detail = f"{code.name}: {details[:160]}"
     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
         return UNCLEAR, detail
-    if _PYTHON_TEXT.search(details):
+    if PYTHON_TEXT.search(details):
         return UNCLEAR, f"Python text in the error: {detail}"
     if size > MAX_TRAILER_BYTES:
         return UNCLEAR, f"{size} bytes of trailers: {detail}"

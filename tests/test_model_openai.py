@@ -807,3 +807,15 @@ async def test_cancelled_consumer_closes_the_response(fake: Fake) -> None:
         await task
     await asyncio.wait_for(fake.server.disconnected.wait(), 5)
     assert fake.server.disconnects == 1
+
+
+async def test_keep_alive_comments_for_ever_end_the_round_after_the_read_timeout(fake: Fake) -> None:
+    """Comments reset httpx's read timeout; a stream of nothing else must
+    still end (the fault suite found a run that never did)."""
+    comments: list = [": keep-alive", Delay(0.05)] * 200
+    fake.queue.push(SSEReply([*comments, "[DONE]"]))
+    started = time.monotonic()
+    error, chunks = await run_until_error(fake.model(read_timeout=0.5, max_retries=0))
+    assert time.monotonic() - started < 5
+    assert "sent nothing for 0.5s" in error.message
+    assert chunks == []

@@ -255,10 +255,15 @@ class SSEParser:
         return events
 
 
-async def _server_sent_events(response: httpx.Response) -> AsyncIterator[list[tuple[str, str]]]:
+async def _server_sent_events(
+    response: httpx.Response, idle_timeout: float
+) -> AsyncIterator[list[tuple[str, str]]]:
     """The response's events, a batch per chunk of the body (one generator
     step per network read, not per event). Raises `SSEError`, with
-    httpx-sse's message, when the response is not an event stream."""
+    httpx-sse's message, when the response is not an event stream, and
+    `httpx.ReadTimeout` when `idle_timeout` seconds pass without an event
+    although bytes arrive (keep-alive comments for ever reset httpx's own
+    read timeout)."""
     content_type = response.headers.get("content-type", "").partition(";")[0]
     if "text/event-stream" not in content_type:
         raise SSEError(
@@ -266,10 +271,15 @@ async def _server_sent_events(response: httpx.Response) -> AsyncIterator[list[tu
             f"got {content_type!r}"
         )
     parser = SSEParser()
+    clock = asyncio.get_running_loop().time
+    last_event = clock()
     async for text in response.aiter_text():
         events = parser.feed(text)
         if events:
+            last_event = clock()
             yield events
+        elif clock() - last_event > idle_timeout:
+            raise httpx.ReadTimeout(f"only comments for {idle_timeout:g}s, no event")
     events = parser.flush()
     if events:
         yield events
@@ -468,7 +478,7 @@ class OpenAIChatModel:
             return
         state = _StreamState()
         try:
-            async with contextlib.aclosing(_server_sent_events(response)) as batches:
+            async with contextlib.aclosing(_server_sent_events(response, self.read_timeout)) as batches:
                 async for batch in batches:
                     for event, data in batch:
                         if event == "error":
