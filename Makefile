@@ -23,7 +23,7 @@ gen: $(STAMP)
 		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server clients tests
+	$(VENV)/bin/ruff check server clients tests faults
 	npx --yes @bufbuild/buf@1.75.0 lint
 
 test: $(STAMP)

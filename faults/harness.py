@@ -110,9 +110,8 @@ class Proc:
     async def wait_exit(self, timeout: float) -> int | None:
         """The exit code, or None if it still runs after `timeout` seconds."""
         assert self.popen is not None
-        deadline = time.monotonic() + timeout
-        while self.popen.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.popen.wait, timeout)
         return self.popen.poll()
 
     async def stop(self, timeout: float = 20.0) -> int | None:
@@ -125,8 +124,9 @@ class Proc:
             self.kill9()
         return code
 
-    async def wait_serving(self, timeout: float = 60.0) -> None:
-        """Until the health service answers SERVING for the whole server."""
+    async def wait_serving(self, timeout: float = 60.0, service: str = "") -> None:
+        """Until the health service answers SERVING for `service` (""
+        the whole server)."""
         deadline = time.monotonic() + timeout
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -134,7 +134,9 @@ class Proc:
                 if not self.alive():
                     raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    reply = await stub.Check(
+                        health_pb2.HealthCheckRequest(service=service), timeout=1.0
+                    )
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 await asyncio.sleep(0.1)
@@ -240,7 +242,8 @@ class Stack:
     async def start_runtime(self, proc: Proc | None = None) -> None:
         proc = proc or self.runtime
         proc.spawn()
-        await proc.wait_serving()
+        # AgentService depends on nothing: up even while a ToolExecutor is not.
+        await proc.wait_serving(service="pilothouse.v1.AgentService")
 
     async def close(self) -> None:
         for proc in [self.runtime, *self.extra, *self.tools, self.model]:
