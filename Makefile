@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/pilothouse/v1/*.proto)
 
-.PHONY: install gen lint test demo run bench clean
+.PHONY: install gen lint test demo run bench faults faults-quick clean
 
 install: $(STAMP)
 
@@ -38,6 +38,16 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# The fault suite (see README, Reliability): `make faults` runs everything,
+# `make faults-quick` (or FAULTS_ARGS=--quick) a few cases per category.
+faults: $(STAMP)
+	bash .ci/install-postgres
+	$(PY) faults/run.py $(FAULTS_ARGS)
+
+faults-quick: $(STAMP)
+	bash .ci/install-postgres
+	$(PY) faults/run.py --quick --no-write
 
 clean:
 	rm -rf $(VENV)

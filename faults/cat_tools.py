@@ -14,9 +14,8 @@ import json
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from client import Client, Ledger, judge_turn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import Stack
 from report import CLEAR, CRASH, UNCLEAR, Category
 

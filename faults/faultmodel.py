@@ -15,7 +15,8 @@ first user message (the suite makes each one unique).
 Scenarios (arguments after colons):
 
 * ``ok`` / ``ok:N``: a text answer of N deltas (default 5).
-* ``tool:NAME:JSON``: call tool NAME with the JSON arguments, then answer.
+* ``tool:NAME:JSON``: call tool NAME with the JSON arguments, then answer;
+  ``tool-then-slow:NAME:JSON`` answers slowly (as ``slow:200:50``).
 * ``status:CODE[:N]``: HTTP CODE (an OpenAI error body) N times (default:
   always), then answer; ``retry-after:SECONDS[:N]`` is a 429 with that
   Retry-After.
@@ -88,6 +89,8 @@ class FaultResponder:
         self.seen[str(first_user)] += 1
         attempt = self.seen[str(first_user)]
         after_tool = bool(messages) and messages[-1].get("role") == "tool"
+        if after_tool and name == "tool-then-slow":
+            return await self._reply("slow", ["200", "50"], model, attempt)
         if after_tool and name not in ("loop",):
             return text_reply(ANSWER, model=model)
         return await self._reply(name, args, model, attempt)
@@ -97,7 +100,7 @@ class FaultResponder:
         if name == "ok":
             count = int(args[0]) if args else 5
             return text_reply(" ".join(["word"] * count), model=model, chunk_size=5)
-        if name == "tool":
+        if name in ("tool", "tool-then-slow"):
             return tool_calls_reply([("call_1", args[0], ":".join(args[1:]) or "{}")], model=model)
         if name in ("status", "retry-after"):
             status = int(args[0]) if name == "status" else 429

@@ -46,6 +46,8 @@ class Case:
     lost: int = 0
     invalid: int = 0
     known: int | None = None
+    #: How many tries this entry stands for (load runs are summed up).
+    count: int = 1
 
     @property
     def failed(self) -> bool:
@@ -67,8 +69,8 @@ class Category:
     seconds: float = 0.0
 
     def add(self, name: str, verdict: str, detail: str = "", *, lost: int = 0,
-            invalid: int = 0, known: int | None = None) -> Case:
-        case = Case(name, verdict, detail, lost, invalid, known)
+            invalid: int = 0, known: int | None = None, count: int = 1) -> Case:
+        case = Case(name, verdict, detail, lost, invalid, known, count)
         self.cases.append(case)
         return case
 
@@ -86,13 +88,13 @@ class Category:
         known = [c for c in self.cases if c.counts_as_known]
         return {
             "category": self.name,
-            "cases": len(self.cases),
-            "clear": sum(c.verdict == CLEAR for c in self.cases),
-            "unclear": sum(c.verdict == UNCLEAR for c in mine),
-            "crashes_or_hangs": sum(c.verdict == CRASH for c in mine),
+            "cases": sum(c.count for c in self.cases),
+            "clear": sum(c.count for c in self.cases if c.verdict == CLEAR),
+            "unclear": sum(c.count for c in mine if c.verdict == UNCLEAR),
+            "crashes_or_hangs": sum(c.count for c in mine if c.verdict == CRASH),
             "lost_messages": sum(c.lost for c in mine),
             "invalid_histories": sum(c.invalid for c in mine),
-            "known": len(known),
+            "known": sum(c.count for c in known),
             "known_defects": sorted({c.known for c in known if c.known is not None}),
             "seconds": round(self.seconds, 1),
         }
