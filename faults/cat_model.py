@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
 from client import Client, Ledger, judge_turn
 from harness import Stack, free_port, model_proc, runtime_proc
-from report import CLEAR, UNCLEAR, Category
+from report import CLEAR, UNCLEAR, Category, judge
 
 TEXT, ERROR, MAX = "STOP_REASON_TEXT_RESPONSE", "STOP_REASON_ERROR", "STOP_REASON_MAX_ITERATIONS"
 
@@ -93,14 +94,15 @@ async def _case(category: Category, client: Client, ledger: Ledger, scenario: Sc
         ids = [c.id for m in await client.messages(session) for c in m.tool_calls]
         if len(ids) != len(set(ids)) or "" in ids:
             verdict, detail = UNCLEAR, f"tool-call ids stored as {ids}"
-    if scenario.known == 5 and turn.done is not None:
-        category.figures["size of `done` for a 30 MB answer"] = f"{turn.done.ByteSize() / 1e6:.1f} MB"
+    if scenario.known == 5:
+        size = f", `done` {turn.done.ByteSize() / 1e6:.1f} MB" if turn.done is not None else ""
+        category.figures["StreamTo of a 30 MB answer"] = f"{turn.describe()}{size}"
     lost = invalid = 0
     try:
         await ledger.record(client, session)
         lost, invalid = await ledger.audit(client, session)
-    except Exception as exc:  # an unreadable session is the finding
-        verdict, detail = UNCLEAR, f"history unreadable after the run: {exc}"[:200]
+    except grpc.aio.AioRpcError as exc:  # an unreadable session is the finding
+        verdict, detail = UNCLEAR, f"history unreadable after the run: {judge(exc)[1]}"
     category.add(scenario.name, verdict, detail, lost=lost, invalid=invalid, known=scenario.known)
 
 

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from collections import Counter
 from typing import Any
+
+from harness import until_signalled
 
 from pilothouse.testmodel import (
     ChatCompletionsServer,
@@ -166,11 +167,7 @@ async def serve(port: int) -> None:
     responder.request_log = server.requests
     await server.start()
     print(f"listening on {server.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await server.stop()
 
 

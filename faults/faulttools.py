@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+
+from harness import until_signalled
 
 from pilothouse.toolexecutor import ToolRegistry
 from pilothouse.toolexecutor.builtins import register_builtins
@@ -59,11 +60,7 @@ def registry_for(toolset: str) -> ToolRegistry:
 async def serve(listen: str, toolset: str) -> None:
     server = await serve_tools(registry_for(toolset), listen)
     print(f"listening on {server.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await server.drain(1.0)
 
 

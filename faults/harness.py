@@ -47,6 +47,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+async def until_signalled() -> None:
+    """Return at the first SIGTERM or SIGINT (the helper servers' main loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of a process, kB (/proc/PID/status VmRSS)."""
     with open(f"/proc/{pid}/status") as status:

@@ -74,6 +74,23 @@ async def test_an_undecodable_message_in_a_steer_stream_ends_it_clearly(app):
     assert info.reason == "MALFORMED_REQUEST"
 
 
+async def test_undecodable_bytes_to_reflection_and_health_are_invalid_argument(app):
+    """Services the project did not write get the same treatment."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async def requests():
+            yield b"\x0a\x03\xff\xfe\xfd"  # ServerReflectionRequest.host, bad UTF-8
+
+        call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")(
+            requests(), timeout=5
+        )
+        error = await _status(collect(call))
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        error = await _status(
+            channel.unary_unary("/grpc.health.v1.Health/Check")(b"\x0a\x02\xff\xfe", timeout=5)
+        )
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
 # --- huge ids -------------------------------------------------------------------------------
 
 
