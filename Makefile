@@ -6,8 +6,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/pilothouse/v1/*.proto)
+# The TypeScript client: its targets need Node.js 20+ and npm.
+TS := clients/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+NODE := $(shell command -v node 2>/dev/null)
+NODE_MISSING = echo "node is not installed: skipping the TypeScript client ($@); install Node.js 20+ to run it"
 
-.PHONY: install gen lint test demo run bench faults faults-quick clean
+.PHONY: install gen gen-ts lint lint-ts test test-ts demo run bench faults faults-quick clean
 
 install: $(STAMP)
 
@@ -22,13 +27,44 @@ gen: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos \
 		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
 
+# npm ci from the lock file; install scripts are not needed (buf's binary
+# comes in its platform package).
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("the TypeScript client needs Node.js 20+, this is " + process.version); process.exit(1) }'
+	cd $(TS) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(TS_STAMP)
+
+# Regenerate the TypeScript stubs in clients/typescript/src/gen (committed).
+gen-ts: $(TS_STAMP)
+	cd $(TS) && npm run --silent gen
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests faults
 	npx --yes @bufbuild/buf@1.75.0 lint
+	$(MAKE) --no-print-directory lint-ts
+
+lint-ts:
+ifeq ($(NODE),)
+	@$(NODE_MISSING)
+else
+	$(MAKE) --no-print-directory $(TS_STAMP)
+	cd $(TS) && npm run --silent lint
+endif
 
 test: $(STAMP)
 	bash .ci/install-postgres
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-ts
+
+# The TypeScript client's tests start pilothouse-server and pilothouse-tools
+# from $(VENV), so they need `make install` too.
+test-ts: $(STAMP)
+ifeq ($(NODE),)
+	@$(NODE_MISSING)
+else
+	$(MAKE) --no-print-directory $(TS_STAMP)
+	cd $(TS) && npm test
+endif
 
 demo: $(STAMP)
 	$(PY) -m pilothouse.devstack demo

@@ -10,9 +10,9 @@ from profiling import Profile
 #: Inclusive shares worth naming: (label, regexes that must all match the
 #: stack, root first).
 FINDINGS: list[tuple[str, tuple[str, ...]]] = [
-    ("model call: `OpenAIChatModel.stream` and below (HTTP, SSE, JSON, chunks)",
-     (r"runtime/model/openai\.py",)),
-    ("… of which httpx / httpcore / anyio", (r"runtime/model/openai\.py", r"/(httpx|httpcore|anyio)/")),
+    ("model call: `ProviderHTTP.stream` and below (HTTP, SSE, JSON, chunks)",
+     (r"runtime/model/http\.py",)),
+    ("… of which httpx / httpcore / anyio", (r"runtime/model/http\.py", r"/(httpx|httpcore|anyio)/")),
     ("… of which httpcore's failed `import sniffio` (sniffio is not installed)",
      (r"httpcore/_synchronization\.py[^;]*;.*_bootstrap",)),
     ("StreamTo servicer: event → protobuf → gRPC send (`services.py` and below)",

@@ -4,7 +4,10 @@
   127.0.0.1, port picked by the OS.
 - `fake_model`: an OpenAI-compatible HTTP server answering from a queue the
   test fills (`fake_model.responder.push(...)`).
-- `app`: the Pilothouse runtime started by `start_app` on those two.
+- `anthropic_model`: the same for the Anthropic Messages API; `app` has it
+  as the provider named `anthropic` (agents use `model =
+  "anthropic/claude-fake-1"`), with the API key in `ANTHROPIC_KEY_ENV`.
+- `app`: the Pilothouse runtime started by `start_app` on those.
 - `client`: the Python SDK on a real gRPC channel to `app`.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,8 @@ from pilothouse.app.startup import App, start_app
 from pilothouse.client import PilothouseClient
 from pilothouse.rpc.serving import RunningServer
 from pilothouse.testmodel import ChatCompletionsServer, QueueResponder
-from pilothouse.toolexecutor import AskUser, ToolRegistry, current_answer
+from pilothouse.testmodel.anthropic import AnthropicMessagesServer
+from pilothouse.toolexecutor import AskUser, ToolFlags, ToolRegistry, current_answer
 from pilothouse.toolexecutor.builtins import register_builtins
 from pilothouse.toolexecutor.service import serve_tools
 
@@ -60,6 +65,20 @@ def build_test_tools() -> ToolRegistry:
             raise
         return f"gate {name} opened"
 
+    @registry.tool(flags=ToolFlags(idempotent=True, read_only=True))
+    async def read_gate(name: str) -> str:
+        """Wait until the gate `name` opens, then say so (safe to repeat).
+
+        Args:
+            name: The gate to wait for.
+        """
+        try:
+            await gate(name).wait()
+        except asyncio.CancelledError:
+            CANCELLED_GATES.append(name)
+            raise
+        return f"gate {name} read"
+
     @registry.tool(metadata={"requires_approval": "true"})
     def delete_records(table: str) -> str:
         """Pretend to delete every record of a table (needs approval).
@@ -93,9 +112,14 @@ def build_test_tools() -> ToolRegistry:
     return registry
 
 
+#: The environment variable holding the fake Anthropic provider's API key.
+ANTHROPIC_KEY_ENV = "PILOTHOUSE_TEST_ANTHROPIC_KEY"
+ANTHROPIC_KEY = "sk-ant-test-key"
+
+
 @dataclass
 class FakeModel:
-    server: ChatCompletionsServer
+    server: ChatCompletionsServer | AnthropicMessagesServer
     responder: QueueResponder
     base_url: str
 
@@ -126,16 +150,50 @@ async def model_server() -> AsyncIterator[FakeModel]:
     await server.stop()
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def anthropic_server() -> AsyncIterator[FakeModel]:
+    responder = QueueResponder()
+    server = AnthropicMessagesServer(responder)
+    base_url = await server.start()
+    yield FakeModel(server, responder, base_url)
+    await server.stop()
+
+
+async def _fresh(model: FakeModel) -> AsyncIterator[FakeModel]:
+    model.responder.queue.clear()
+    model.server.requests.clear()
+    model.server.request_headers.clear()
+    yield model
+    leftover = model.responder.remaining
+    model.responder.queue.clear()
+    assert leftover == 0, f"{leftover} queued model replies were never requested"
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def fake_model(model_server: FakeModel) -> AsyncIterator[FakeModel]:
     """The session's fake model, with an empty queue and request log; a test
     that leaves replies unused fails."""
-    model_server.responder.queue.clear()
-    model_server.server.requests.clear()
-    yield model_server
-    leftover = model_server.responder.remaining
-    model_server.responder.queue.clear()
-    assert leftover == 0, f"{leftover} queued model replies were never requested"
+    async for model in _fresh(model_server):
+        yield model
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def anthropic_model(anthropic_server: FakeModel) -> AsyncIterator[FakeModel]:
+    """The session's fake Anthropic model, as `fake_model`."""
+    async for model in _fresh(anthropic_server):
+        yield model
+
+
+def anthropic_provider(server: FakeModel) -> dict:
+    """The `[[providers]]` entry of the fake Anthropic server."""
+    os.environ.setdefault(ANTHROPIC_KEY_ENV, ANTHROPIC_KEY)
+    return {
+        "name": "anthropic",
+        "kind": "anthropic",
+        "base_url": server.base_url,
+        "api_key_env": ANTHROPIC_KEY_ENV,
+        "max_retries": 2,
+    }
 
 
 def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
@@ -156,11 +214,19 @@ def app_settings(model: FakeModel, tools: ToolServer, **overrides) -> Settings:
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def app(model_server: FakeModel, tool_server: ToolServer, tmp_path_factory) -> AsyncIterator[App]:
+async def app(
+    model_server: FakeModel,
+    anthropic_server: FakeModel,
+    tool_server: ToolServer,
+    tmp_path_factory,
+) -> AsyncIterator[App]:
     """The runtime on the embedded default store: SQLite in a file."""
     data = tmp_path_factory.mktemp("data")
     app = await start_app(
-        app_settings(model_server, tool_server, store_url="sqlite:///sessions.db", data_dir=data)
+        app_settings(
+            model_server, tool_server, store_url="sqlite:///sessions.db", data_dir=data,
+            providers=[anthropic_provider(anthropic_server)],
+        )
     )
     yield app
     await app.stop(0)

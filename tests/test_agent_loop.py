@@ -201,19 +201,23 @@ async def test_empty_round_is_no_action_and_stores_nothing_for_it(client, fake_m
 
 async def test_stream_error_mid_round_ends_with_error_and_keeps_history(client, fake_model, session_of):
     session_id = await session_of(tools=("text_stats",))
+    failing = error_in_stream_reply("half an ans", message="upstream overloaded", code="overloaded")
     fake_model.responder.push(
         tool_calls_reply([("call_1", "text_stats", json.dumps({"text": "x"}))]),
-        error_in_stream_reply("half an ans", message="upstream overloaded", code="overloaded"),
+        failing, failing, failing,  # the round and its two retries
     )
 
     events = await collect(client.stream_to(session_id, "Count"))
 
-    # The partial text was streamed, its segment closed, then Done(ERROR).
-    assert kinds(events)[-7:] == [
-        "tool_calls_complete", "text_start", "text_delta", "text_delta", "text_delta",
-        "text_end", "done",
-    ]
-    assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "half an ans"
+    # Each attempt's partial text was streamed and its segment closed; the
+    # first two were followed by round_retried, the last by Done(ERROR).
+    attempt = ["text_start", "text_delta", "text_delta", "text_delta", "text_end"]
+    after = kinds(events)[kinds(events).index("tool_calls_complete") + 1:]
+    assert after == [*attempt, "round_retried", *attempt, "round_retried", *attempt, "done"]
+    retried = [e.round_retried for e in events if e.HasField("round_retried")]
+    assert [r.attempt for r in retried] == [1, 2]
+    assert all(r.cause == "error_event" and "upstream overloaded" in r.error for r in retried)
+    assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "half an ans" * 3
     done = events[-1].done
     assert done.stop_reason == event_pb2.STOP_REASON_ERROR
     assert "upstream overloaded" in done.error
@@ -414,7 +418,9 @@ async def test_second_run_on_a_busy_session_fails_precondition(app, client, fake
 
     assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert error.value.reason == "RUN_ACTIVE"
-    assert error.value.metadata == {"session_id": session_id, "active_run_id": run_id}
+    assert error.value.metadata == {
+        "session_id": session_id, "active_run_id": run_id, "lease_expired": "false"
+    }
     assert (await client.get_session(session_id)).active_run_id == run_id
     release.set()
     assert (await first).response.final_response == "ok"

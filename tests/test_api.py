@@ -79,7 +79,7 @@ async def test_list_agents_paginates_alphabetically(client, make_agent):
         (agent_pb2.AgentConfig(name="9lives"), "config.name"),
         (agent_pb2.AgentConfig(name="has space"), "config.name"),
         (agent_pb2.AgentConfig(name="ok", max_iterations=1000), "config.max_iterations"),
-        (agent_pb2.AgentConfig(name="ok", tool_choice="sometimes"), "config"),
+        (agent_pb2.AgentConfig(name="ok", tool_choice="sometimes"), "config.tool_choice"),
         (agent_pb2.AgentConfig(name="ok", tools=["calculate", "calculate"]), "config.tools"),
     ],
 )

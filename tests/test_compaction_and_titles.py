@@ -85,7 +85,7 @@ async def test_title_is_generated_after_the_first_exchange(fake_model, tool_serv
             fake_model.responder.push(text_reply("It is sunny in Paris."), text_reply('"Paris Weather Today"'))
             await client.send_to(session.id, "How is the weather in Paris?", timeout=30)
             await wait_until(lambda: fake_model.responder.remaining == 0)
-            await wait_until(lambda: app.runtime._background == set())
+            await wait_until(lambda: app.runtime.background_idle)
 
             titled = await client.get_session(session.id)
             assert titled.title == "Paris Weather Today"
@@ -99,7 +99,7 @@ async def test_title_is_generated_after_the_first_exchange(fake_model, tool_serv
             fake_model.responder.push(text_reply("Hello!"), JSONReply(400, {"error": {"message": "no"}}))
             await client.send_to(other.id, "Hi", timeout=30)
             await wait_until(lambda: fake_model.responder.remaining == 0)
-            await wait_until(lambda: app.runtime._background == set())
+            await wait_until(lambda: app.runtime.background_idle)
             assert (await client.get_session(other.id)).title == ""
     finally:
         await app.stop(0)

@@ -52,13 +52,14 @@ async def wait_serving(address: str, process: subprocess.Popen, timeout: float =
 
 @asynccontextmanager
 async def runtime_process(
-    tmp_path: Path, fake_model, tool_server, store_url: str, **env: str
+    tmp_path: Path, fake_model, tool_server, store_url: str, address: str = "", **env: str
 ) -> AsyncIterator[tuple[subprocess.Popen, PilothouseClient]]:
-    """`pilothouse-server` as its own process on a free port."""
+    """`pilothouse-server` as its own process on `address` (default: a
+    free port)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     agents = tmp_path / "agents.toml"
     agents.write_text(AGENTS)
-    address = f"127.0.0.1:{free_port()}"
+    address = address or f"127.0.0.1:{free_port()}"
     environment = {
         **os.environ,
         "PILOTHOUSE_LISTEN_ADDRESS": address,
@@ -101,8 +102,13 @@ async def first(stream, kind: str) -> list:
     raise AssertionError(f"no {kind} in the stream")
 
 
-async def test_a_crash_mid_run_loses_nothing_stored_and_is_reported(tmp_path, fake_model, tool_server):
+async def test_a_crash_mid_run_with_the_interrupt_policy_is_reported(tmp_path, fake_model, tool_server):
+    """With PILOTHOUSE_RESUME_POLICY=interrupt, a run whose server died is
+    ended as INTERRUPTED: its user message and completed rounds stay, the
+    unfinished round leaves no trace. (The default, resume, is in
+    test_durable_runs.py.)"""
     store_url = "sqlite:///crash.db"
+    env = {"PILOTHOUSE_RUN_LEASE": "1", "PILOTHOUSE_RESUME_POLICY": "interrupt"}
     release = asyncio.Event()
     held = text_reply("This answer never completes.").events
     fake_model.responder.push(
@@ -110,7 +116,7 @@ async def test_a_crash_mid_run_loses_nothing_stored_and_is_reported(tmp_path, fa
         text_reply("Two words."),
         SSEReply([*held[:2], Pause(release), *held[2:]]),
     )
-    async with runtime_process(tmp_path, fake_model, tool_server, store_url, PILOTHOUSE_RUN_LEASE="1") as (process, client):
+    async with runtime_process(tmp_path, fake_model, tool_server, store_url, **env) as (process, client):
         session = await client.create_session("keeper", "crash-test")
         first_run = await client.send_to(session.id, "Count my words", timeout=30)
         assert first_run.response.final_response == "Two words."
@@ -124,7 +130,7 @@ async def test_a_crash_mid_run_loses_nothing_stored_and_is_reported(tmp_path, fa
     release.set()
 
     fake_model.responder.push(text_reply("Back again."))
-    async with runtime_process(tmp_path, fake_model, tool_server, store_url, PILOTHOUSE_RUN_LEASE="1") as (_, client):
+    async with runtime_process(tmp_path, fake_model, tool_server, store_url, **env) as (_, client):
         async def reported() -> bool:
             got = await client.get_session(session.id)
             return got.last_run_stop_reason == event_pb2.STOP_REASON_INTERRUPTED
@@ -134,10 +140,14 @@ async def test_a_crash_mid_run_loses_nothing_stored_and_is_reported(tmp_path, fa
         assert got.last_run_id == events[0].run_id
         assert got.active_run_id == ""
         history = await client.list_messages(session.id)
+        # The user message was stored when the run started.
         assert [m.content for m in history if m.role != message_pb2.ROLE_TOOL] == [
-            "Count my words", "", "Two words.",
+            "Count my words", "", "Two words.", "Now say something long",
         ]
         assert_valid_history(history)
+        run = await client.get_run(events[0].run_id)
+        assert run.status == run_service_pb2.RUN_STATUS_FINISHED
+        assert run.stop_reason == event_pb2.STOP_REASON_INTERRUPTED
         # The session takes new messages.
         reply = await client.send_to(session.id, "Are you there?", timeout=30)
         assert reply.response.final_response == "Back again."
@@ -167,7 +177,9 @@ async def test_two_replicas_share_sessions_through_postgresql(tmp_path, fake_mod
         with pytest.raises(PilothouseRpcError) as error:
             await two.send_to(session.id, "Me too", timeout=30)
         assert error.value.code is grpc.StatusCode.FAILED_PRECONDITION
-        assert error.value.metadata == {"session_id": session.id, "active_run_id": events[0].run_id}
+        assert error.value.metadata == {
+            "session_id": session.id, "active_run_id": events[0].run_id, "lease_expired": "false"
+        }
         release.set()
         events += [e async for e in stream]
         assert events[-1].done.final_response == "Long answer on replica one."
@@ -329,7 +341,7 @@ async def test_calls_about_a_run_are_forwarded_to_the_replica_that_runs_it(
             # Replica two has no such run: it forwards to replica one.
             watcher = asyncio.create_task(collect(b.attach(session.id, after_sequence=0)))
             assert await b.submit_decision(
-                session.id, decision("d1", event_pb2.VERDICT_APPROVE)
+                session.id, decision(events[-1].approval_required.request_id, event_pb2.VERDICT_APPROVE)
             ) == run_id
             async for event in stream:
                 events.append(event)
@@ -390,7 +402,7 @@ async def test_double_texting_policies_apply_on_the_replica_that_runs_the_sessio
                 options=run_service_pb2.RunOptions(if_active=run_service_pb2.ACTIVE_RUN_POLICY_ENQUEUE),
                 timeout=30,
             ))
-            await wait_until(lambda: bool(apps[0].runtime._queued.get(session.id)))
+            await wait_until(lambda: bool(apps[0].runtime.queued_runs(session.id)))
             release.set()
             events += [e async for e in stream]
             reply = await queued

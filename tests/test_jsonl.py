@@ -8,8 +8,8 @@ import json
 import pytest
 
 from pilothouse.errors import InvalidArgumentError, NotFoundError
-from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
-from pilothouse.runtime.store.base import CompactMarker, RunOutcome, SessionRecord, SessionState
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall
+from pilothouse.runtime.store.base import CompactMarker, SessionRecord, SessionState
 from pilothouse.runtime.store.jsonl import (
     dump_jsonl,
     export_jsonl,
@@ -17,6 +17,7 @@ from pilothouse.runtime.store.jsonl import (
     parse_jsonl,
 )
 from pilothouse.runtime.store.memory import MemorySessionStore
+from tests.stores import begin, final
 
 META = {"type": "meta", "agent": "assistant", "created_by": "me", "created_at": 100.0}
 
@@ -75,14 +76,18 @@ async def test_export_then_import_is_the_same_session() -> None:
         ),
         Message(Role.TOOL, "1024", tool_call_id="c1", name="calculate", created_at=104.0),
         Message(Role.TOOL, "", tool_call_id="c2", name="now", created_at=104.5),
-        Message(Role.ASSISTANT, "It is 1024.", created_at=105.0),
+        Message(
+            Role.ASSISTANT, "It is 1024.", reasoning_content="so",
+            reasoning_blocks=[ReasoningBlock("so", "sig"), ReasoningBlock(redacted="opaque")],
+            created_at=105.0,
+        ),
     ]  # fmt: skip
-    await store.begin_run("s1", "r1", lease_s=60, now=101.0)
-    await store.finish_run("s1", "r1", RunOutcome(first, "text_response", Usage(), 1.0, 106.0))
+    await begin(store, "s1", "r1", now=101.0)
+    await store.checkpoint("s1", "r1", final(first, at=106.0, uptime_s=1.0))
     await store.compact("s1", "They computed 2**10.", 107.0)
     later = [Message(Role.USER, "thanks", created_at=108.0)]
-    await store.begin_run("s1", "r2", lease_s=60, now=108.0)
-    await store.finish_run("s1", "r2", RunOutcome(later, "text_response", Usage(), 1.0, 109.0))
+    await begin(store, "s1", "r2", now=108.0)
+    await store.checkpoint("s1", "r2", final(later, at=109.0, uptime_s=1.0))
 
     data = await export_jsonl(store, "s1")
     lines = [json.loads(line) for line in data.decode().splitlines()]
@@ -248,6 +253,20 @@ def test_missing_role_and_content() -> None:
 )
 def test_bad_message_field_types(fields: dict, word: str) -> None:
     line, description = bad(file_of(msg("user"), msg("user", **{"content": "x", **fields})))
+    assert line == 3 and word in description
+
+
+@pytest.mark.parametrize(
+    ("role", "blocks", "word"),
+    [
+        ("assistant", "x", '"reasoning_blocks" must be an array'),
+        ("assistant", [{"text": 1}], '"reasoning_blocks[0]"'),
+        ("assistant", [{"colour": "red"}], '"reasoning_blocks[0]"'),
+        ("user", [{"text": "t", "signature": "s"}], "only assistant messages"),
+    ],
+)
+def test_bad_reasoning_blocks(role: str, blocks: object, word: str) -> None:
+    line, description = bad(file_of(msg("user"), msg(role, "x", reasoning_blocks=blocks)))
     assert line == 3 and word in description
 
 

@@ -110,15 +110,16 @@ async def test_cli_decide_attach_steer_and_cancel(app, client, fake_model, sessi
     stream = client.stream_to(session_id, "Clear the logs")
     async for event in stream:
         if event.HasField("approval_required"):
+            request_id = event.approval_required.request_id
             break
     await stream.aclose()
 
-    code, out, _ = await _cli(app, "decide", session_id, "d1", "approve")
+    code, out, _ = await _cli(app, "decide", session_id, request_id, "approve")
     assert code == 0 and "decision sent to run" in out
     code, out, _ = await _cli(app, "steer", session_id, "and tell me when done")
     assert code == 0 and "steered run" in out
-    follower = asyncio.create_task(_cli(app, "attach", session_id, "--json"))
     run = app.runtime.active_run(session_id)
+    follower = asyncio.create_task(_cli(app, "attach", session_id, "--run", run.id, "--json"))
     await wait_until(lambda: run.log.last_sequence > 0 and any(
         e.event.__class__.__name__ == "TextDelta" for e in run.log._events))
     code, out, _ = await _cli(app, "cancel", session_id, "--reason", "enough")

@@ -17,14 +17,23 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from pilothouse.runtime.messages import Message, ToolCall, Usage
-from pilothouse.runtime.model import ChatChunk, ChatRequest, MessageBuilder, ModelError
+from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.model import (
+    ChatChunk,
+    ChatRequest,
+    FailureCause,
+    MessageBuilder,
+    ModelError,
+    ModelSettings,
+    ReasoningEffort,
+)
 from pilothouse.runtime.model.openai import (
     OpenAIChatModel,
     build_request_body,
     parse_retry_after,
     parse_usage,
 )
+from pilothouse.runtime.tools import ToolSpec
 from pilothouse.testmodel import (
     ChatCompletionsServer,
     ChunkFactory,
@@ -33,6 +42,7 @@ from pilothouse.testmodel import (
     JSONReply,
     Pause,
     QueueResponder,
+    Raw,
     SSEReply,
     cut_reply,
     empty_reply,
@@ -40,13 +50,14 @@ from pilothouse.testmodel import (
     text_reply,
     tool_calls_reply,
 )
+from tests.conftest import wait_until
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "fixtures" / "sse"
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"captured streams not found at {FIXTURES}"
 )
 
-REQUEST = ChatRequest(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+REQUEST = ChatRequest(model="fake-model", messages=[Message.user("hi")])
 
 
 @dataclass
@@ -523,8 +534,7 @@ async def test_error_object_in_stream(fake: Fake, with_event: bool) -> None:
         )
     )
     error, chunks = await run_until_error(fake.model(provider_name="acme"))
-    host = f"127.0.0.1:{fake.server.port}"
-    assert f"acme ({host}) reported an error in the stream: Upstream overloaded" in error.message
+    assert "acme reported an error in the stream: Upstream overloaded" in error.message
     assert "overloaded_error" in error.message
     assert error.code == "overloaded_error"
     assert error.status_code is None
@@ -637,23 +647,14 @@ async def test_400_is_not_retried(fake: Fake) -> None:
     assert len(fake.server.requests) == 1
 
 
-async def test_error_texts_name_the_configured_provider_and_host(fake: Fake) -> None:
-    """Not "openai" for every endpoint: the provider the settings name and
-    the host the request went to."""
-    fake.queue.push(JSONReply(503, {"error": {"message": "busy"}}))
-    error, _ = await run_until_error(fake.model(provider_name="vllm", max_retries=0))
-    assert error.message.startswith(f"vllm (127.0.0.1:{fake.server.port}) returned HTTP 503")
-    assert "openai" not in error.message
-
-
 async def test_non_retryable_error_after_a_retry_is_reported_as_is(fake: Fake) -> None:
     body = {"error": {"message": "model not found", "type": "invalid_request_error"}}
     fake.queue.push(rate_limited({"retry-after-ms": "1"}), JSONReply(404, body))
     error, _ = await run_until_error(fake.model(max_retries=3))
     assert error.status_code == 404
     assert error.message == (
-        f"openai (127.0.0.1:{fake.server.port}) returned HTTP 404: model not found "
-        "(code invalid_request_error)"
+        "openai returned HTTP 404: model not found (code invalid_request_error)"
+        f" [host 127.0.0.1:{fake.server.port}]"
     )
     assert len(fake.server.requests) == 2
 
@@ -712,6 +713,7 @@ TOOL = {
     "type": "function",
     "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
 }
+TOOL_SPEC = ToolSpec("get_weather", "", {"type": "object", "properties": {}})
 
 
 @pytest.mark.parametrize(
@@ -727,10 +729,11 @@ async def test_request_body_tool_choice(fake: Fake, tool_choice: str, expected: 
     fake.queue.push(empty_reply())
     request = ChatRequest(
         model="gpt-x",
-        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-        tools=[TOOL],
+        messages=[Message.user("u")],
+        system="s",
+        tools=[TOOL_SPEC],
         tool_choice=tool_choice,
-        reasoning_effort="low",
+        settings=ModelSettings(reasoning_effort=ReasoningEffort.LOW),
     )
     await run(fake.model(), request)
     [body] = fake.server.requests
@@ -809,13 +812,171 @@ async def test_cancelled_consumer_closes_the_response(fake: Fake) -> None:
     assert fake.server.disconnects == 1
 
 
-async def test_keep_alive_comments_for_ever_end_the_round_after_the_read_timeout(fake: Fake) -> None:
-    """Comments reset httpx's read timeout; a stream of nothing else must
-    still end (the fault suite found a run that never did)."""
-    comments: list = [": keep-alive", Delay(0.05)] * 200
-    fake.queue.push(SSEReply([*comments, "[DONE]"]))
-    started = time.monotonic()
-    error, chunks = await run_until_error(fake.model(read_timeout=0.5, max_retries=0))
-    assert time.monotonic() - started < 5
-    assert "sent nothing for 0.5s" in error.message
-    assert chunks == []
+# --- found by replaying more real captures ---------------------------------------------------
+
+
+async def test_byte_order_mark_at_the_start_is_stripped(fake: Fake) -> None:
+    # The BOM used to glue onto the first field name ("\ufeffdata"), and
+    # the first event, here a whole tool call, was silently lost.
+    f = ChunkFactory()
+    first = f.chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                     "function": {"name": "now", "arguments": "{}"}}]})  # fmt: skip
+    fake.queue.push(
+        SSEReply([
+            Raw(b"\xef\xbb\xbf" + f"data: {first}\n\n".encode()),
+            f.chunk({}, finish_reason="tool_calls"),
+            "[DONE]",
+        ])
+    )  # fmt: skip
+    result = await run(fake.model())
+    assert call_arguments(result.message.tool_calls) == [("c1", "now", {})]
+
+
+async def test_content_type_is_compared_case_insensitively(fake: Fake) -> None:
+    fake.queue.push(
+        SSEReply(text_reply("ok").events, headers={"Content-Type": "Text/Event-Stream; Charset=UTF-8"})
+    )
+    assert (await run(fake.model())).message.content == "ok"
+
+
+async def test_events_without_data_are_not_dispatched(fake: Fake) -> None:
+    f = ChunkFactory()
+    fake.queue.push(
+        SSEReply([
+            "event: error", "",  # an event type and nothing else: no event at all
+            "id: 7", "",
+            "retry: 100", "",
+            f.chunk({"content": "fine"}, finish_reason="stop"),
+            "[DONE]",
+        ])
+    )  # fmt: skip
+    result = await run(fake.model())
+    assert result.message.content == "fine"
+
+
+async def test_usage_beside_an_error_is_kept(fake: Fake) -> None:
+    f = ChunkFactory()
+    error_chunk = {
+        "id": f.id,
+        "object": "chat.completion.chunk",
+        "error": {"message": "upstream timed out", "code": 504},
+        "usage": {"prompt_tokens": 120, "completion_tokens": 8, "total_tokens": 128},
+        "choices": [],
+    }
+    fake.queue.push(SSEReply([f.chunk({"content": "a"}), error_chunk]))
+    error, chunks = await run_until_error(fake.model())
+    assert error.usage == Usage(120, 8, 128)
+    assert all(c.usage is None for c in chunks)
+    assert error.retryable and error.mid_stream and error.status_code == 504
+
+
+async def test_reasoning_goes_back_with_the_tool_calls_it_led_to(fake: Fake) -> None:
+    # DeepSeek's thinking mode answers 400 when an assistant message with
+    # tool calls comes back without its reasoning_content.
+    fake.queue.push(empty_reply())
+    history = [
+        Message.user("time?"),
+        Message(Role.ASSISTANT, "", reasoning_content="I should call now.",
+                tool_calls=[ToolCall("c1", "now", "{}")]),
+        Message.tool("12:00", "c1", "now"),
+        Message(Role.ASSISTANT, "Noon.", reasoning_content="Easy."),
+        Message.user("thanks"),
+    ]
+    await run(fake.model(), ChatRequest(model="deepseek-chat", messages=history))
+    [body] = fake.server.requests
+    assert body["messages"] == [
+        {"role": "user", "content": "time?"},
+        {"role": "assistant", "content": None, "reasoning_content": "I should call now.",
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+        {"role": "assistant", "content": "Noon."},
+        {"role": "user", "content": "thanks"},
+    ]  # fmt: skip
+    fake.queue.push(empty_reply())
+    await run(fake.model(send_reasoning=False), ChatRequest(model="m", messages=history))
+    assert "reasoning_content" not in fake.server.requests[1]["messages"][1]
+
+
+async def test_a_body_kept_open_after_done_does_not_delay_the_round(fake: Fake) -> None:
+    hold = asyncio.Event()
+    f = ChunkFactory()
+    fake.queue.push(SSEReply([f.chunk({"content": "ok"}, finish_reason="stop"), "[DONE]", Pause(hold)]))
+    model = fake.model()
+    result = await run(model)
+    assert result.message.content == "ok"
+    # The round is over while the server still holds the body open: the
+    # rest is read in the background, not waited for (nor cut).
+    assert fake.server.disconnects == 0
+    assert model.http._drains
+    hold.set()
+    await wait_until(lambda: not model.http._drains)
+    assert fake.server.disconnects == 0
+
+
+async def test_model_settings_in_the_request(fake: Fake) -> None:
+    fake.queue.push(empty_reply())
+    settings = ModelSettings(
+        temperature=0.2, top_p=0.5, max_tokens=300, stop=("###",), parallel_tool_calls=False,
+        reasoning_effort=ReasoningEffort.MEDIUM,
+    )  # fmt: skip
+    request = ChatRequest("m", [Message.user("u")], tools=[TOOL_SPEC], settings=settings)
+    await run(fake.model(), request)
+    [body] = fake.server.requests
+    assert {k: body[k] for k in ("temperature", "top_p", "max_tokens", "stop",
+                                 "parallel_tool_calls", "reasoning_effort")} == {
+        "temperature": 0.2, "top_p": 0.5, "max_tokens": 300, "stop": ["###"],
+        "parallel_tool_calls": False, "reasoning_effort": "medium",
+    }  # fmt: skip
+    assert "tool_choice" not in body
+    # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens).
+    assert OpenAIChatModel(base_url="https://api.openai.com/v1").max_tokens_field == (
+        "max_completion_tokens"
+    )
+
+
+# --- timeouts and failure signals ------------------------------------------------------------
+
+
+async def test_idle_timeout_mid_stream(fake: Fake) -> None:
+    f = ChunkFactory()
+    fake.queue.push(SSEReply([f.chunk({"content": "a"}), Delay(2.0), "[DONE]"]))
+    error, chunks = await run_until_error(fake.model(read_timeout=5.0, idle_timeout=0.2, max_retries=3))
+    assert [c.content for c in chunks] == ["a"]
+    assert "sent nothing for 0.2s" in error.message
+    assert error.cause is FailureCause.IDLE_TIMEOUT
+    assert error.mid_stream and error.retryable
+    assert len(fake.server.requests) == 1
+
+
+async def test_first_byte_and_idle_limits_are_distinct(fake: Fake) -> None:
+    f = ChunkFactory()
+    # A pause mid-stream longer than the first-byte limit but within the idle one.
+    fake.queue.push(SSEReply([f.chunk({"content": "a"}), Delay(0.4), f.chunk({}, finish_reason="stop")]))
+    model = fake.model(read_timeout=0.1, idle_timeout=5.0, max_retries=1)
+    assert (await run(model)).message.content == "a"
+    # The same wait before the first byte is a first-byte timeout, retried.
+    fake.queue.push(SSEReply([Delay(0.4), "[DONE]"]), text_reply("second"))
+    assert (await run(model)).message.content == "second"
+    assert len(fake.server.requests) == 3
+
+
+async def test_first_byte_timeout_is_not_mid_stream(fake: Fake) -> None:
+    fake.queue.push(SSEReply([Delay(2.0), "[DONE]"]))
+    error, _ = await run_until_error(fake.model(read_timeout=0.2, idle_timeout=5.0, max_retries=0))
+    assert error.cause is FailureCause.READ_TIMEOUT
+    assert not error.mid_stream and error.retryable
+
+
+async def test_failure_signals(fake: Fake) -> None:
+    fake.queue.push(cut_reply("partial"))
+    error, _ = await run_until_error(fake.model(max_retries=0))
+    assert (error.cause, error.mid_stream, error.retryable) == (
+        FailureCause.CONNECTION_RESET, True, True,
+    )  # fmt: skip
+    assert error.provider == "openai"
+    fake.queue.push(JSONReply(503, {"error": {"message": "busy"}}))
+    error, _ = await run_until_error(fake.model(max_retries=0))
+    assert (error.cause, error.mid_stream, error.retryable) == (FailureCause.OVERLOADED, False, True)
+    fake.queue.push(error_in_stream_reply("x", message="boom", code="server_error"))
+    error, _ = await run_until_error(fake.model(max_retries=0))
+    assert (error.cause, error.mid_stream, error.retryable) == (FailureCause.ERROR_EVENT, True, True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import pytest
@@ -281,25 +282,36 @@ async def test_disconnect_with_cancel_policy_cancels_the_run(app, client, fake_m
     release.set()
 
 
-async def test_events_no_longer_kept_are_out_of_range(fake_model, tool_server):
+async def test_events_are_durable_until_the_event_log_retention(fake_model, tool_server):
+    """A finished run leaves memory after PILOTHOUSE_EVENT_RETENTION; its
+    events are then read from the store, the same as live, until the event
+    log retention prunes them (its `done` stays)."""
     app = await start_app(app_settings(fake_model, tool_server, event_retention=0.0))
     try:
         async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
             await client.create_agent("retention", tools=[])
             session = await client.create_session("retention")
             fake_model.responder.push(text_reply("Short-lived."))
-            reply = await client.send_to(session.id, "Hi", timeout=30)
-            run = await app.runtime.find_run(session.id, reply.run_id)
-            await wait_until(lambda: run.log.first_sequence > 1)
+            live = await collect(client.stream_to(session.id, "Hi"))
+            run_id = live[0].run_id
+            await wait_until(lambda: app.runtime.scheduler.local(run_id) is None)
 
-            error = await _rpc_error(collect(client.attach(session.id, reply.run_id, 0)))
+            replayed = await collect(client.attach(session.id, run_id, 0))
+            assert [e.SerializeToString() for e in replayed] == [e.SerializeToString() for e in live]
+            tail = await collect(client.attach(session.id, run_id, 2))
+            assert [e.sequence for e in tail] == [e.sequence for e in live[2:]]
+            error = await _rpc_error(collect(client.attach(session.id, run_id, live[-1].sequence + 5)))
             assert error.code is grpc.StatusCode.OUT_OF_RANGE
-            assert error.metadata["oldest_available_sequence"] == str(run.log.last_sequence)
-            tail = await collect(client.attach(session.id, reply.run_id, run.log.last_sequence - 1))
-            assert [e.WhichOneof("event") for e in tail] == ["done"]
+            assert error.reason == "SEQUENCE_PAST_END"
+
+            await app.runtime.store.prune_events(time.time() + 1)
+            error = await _rpc_error(collect(client.attach(session.id, run_id, 0)))
+            assert error.code is grpc.StatusCode.OUT_OF_RANGE
+            assert error.metadata["oldest_available_sequence"] == str(live[-1].sequence)
+            done = await collect(client.attach(session.id, run_id, live[-1].sequence - 1))
+            assert [e.WhichOneof("event") for e in done] == ["done"]
     finally:
         await app.stop(0)
-
 
 async def test_heartbeats_while_the_run_is_quiet(app, client, fake_model, session_of):
     session_id = await session_of()
@@ -332,7 +344,7 @@ async def test_enqueue_runs_after_the_active_run(app, client, fake_model, sessio
     second_task = asyncio.create_task(
         collect(client.stream_to(session_id, "two", options=RO(if_active=run_service_pb2.ACTIVE_RUN_POLICY_ENQUEUE)))
     )
-    await wait_until(lambda: bool(app.runtime._queued.get(session_id)))
+    await wait_until(lambda: bool(app.runtime.queued_runs(session_id)))
     release.set()
     first_events += [e async for e in first_stream]
     second_events = await second_task
@@ -406,20 +418,24 @@ async def test_approval_approve_and_deny(app, client, fake_model, session_of):
         events.append(event)
         if event.HasField("approval_required"):
             asked.append(event.approval_required)
-            call_id = event.approval_required.request_id
-            if call_id == "keep":
-                await stream.decide(decision("keep", event_pb2.VERDICT_APPROVE))
+            request_id = event.approval_required.request_id
+            if event.approval_required.tool_call.id == "keep":
+                await stream.decide(decision(request_id, event_pb2.VERDICT_APPROVE))
             else:
-                await stream.decide(decision("drop", event_pb2.VERDICT_DENY, reason="not the users!"))
+                await stream.decide(decision(request_id, event_pb2.VERDICT_DENY, reason="not the users!"))
 
-    assert sorted(a.request_id for a in asked) == ["drop", "keep"]
+    # Request ids are the server's, not the model's call ids.
+    assert sorted(a.tool_call.id for a in asked) == ["drop", "keep"]
+    assert len({a.request_id for a in asked}) == 2
+    assert not {a.request_id for a in asked} & {"drop", "keep"}
+    request_of = {a.request_id: a.tool_call.id for a in asked}
     assert all("ToolExecutor declares" in a.reason for a in asked)
     assert asked[0].tool_call.name == "delete_records"
     results = {e.tool_result.call_id: e.tool_result for e in events if e.HasField("tool_result")}
     assert results["keep"].output == "deleted all records of audit"
     assert results["drop"].error == "the user denied this call to delete_records: not the users!"
     assert results["free"].WhichOneof("outcome") == "output"
-    applied = {e.decision_applied.request_id: e.decision_applied.decision.verdict
+    applied = {request_of[e.decision_applied.request_id]: e.decision_applied.decision.verdict
                for e in events if e.HasField("decision_applied")}
     assert applied == {"keep": event_pb2.VERDICT_APPROVE, "drop": event_pb2.VERDICT_DENY}
     assert_valid_history(await client.list_messages(session_id))
@@ -455,7 +471,11 @@ async def test_decision_after_reconnect_and_decision_timeout(app, client, fake_m
 
     error = await _rpc_error(client.submit_decision(session_id, decision("nope", event_pb2.VERDICT_APPROVE)))
     assert error.code is grpc.StatusCode.NOT_FOUND
-    run_id = await client.submit_decision(session_id, decision("d1", event_pb2.VERDICT_APPROVE))
+    error = await _rpc_error(client.submit_decision(session_id, decision("d1", event_pb2.VERDICT_APPROVE)))
+    assert error.code is grpc.StatusCode.NOT_FOUND  # the model's call id is not the request id
+    run_id = await client.submit_decision(
+        session_id, decision(asked.approval_required.request_id, event_pb2.VERDICT_APPROVE)
+    )
     after = await collect(client.attach(session_id, run_id, before[-1].sequence))
     result = next(e.tool_result for e in after if e.HasField("tool_result"))
     assert result.output == "deleted all records of t"
@@ -485,9 +505,11 @@ async def test_ask_user_question_answered_through_a_decision(app, client, fake_m
         if event.HasField("question_asked"):
             asked = event.question_asked
             assert (asked.question, list(asked.options), asked.multi_select) == ("Which colour?", ["red", "blue"], False)
-            error = await _rpc_error(client.submit_decision(session_id, decision("q1", selected_options=["green"])))
+            error = await _rpc_error(
+                client.submit_decision(session_id, decision(asked.request_id, selected_options=["green"]))
+            )
             assert error.code is grpc.StatusCode.INVALID_ARGUMENT
-            await stream.decide(decision("q1", selected_options=["blue"]))
+            await stream.decide(decision(asked.request_id, selected_options=["blue"]))
 
     result = next(e.tool_result for e in events if e.HasField("tool_result"))
     assert json.loads(result.output) == {"selected_options": ["blue"]}
@@ -579,18 +601,30 @@ async def test_a_client_deadline_follows_the_disconnect_policy(app, client, fake
 
 
 async def test_approval_policy_never_and_per_tool(client, fake_model, session_of):
-    # NEVER overrides the executor's metadata.
+    # NEVER lifts the agent's own rules, not what the ToolExecutor declares.
     session_id = await session_of(
-        tools=("delete_records",), approval_policy=agent_pb2.APPROVAL_POLICY_NEVER
+        tools=("delete_records", "text_stats"), approval_policy=agent_pb2.APPROVAL_POLICY_NEVER,
+        approval_required_tools=["text_stats"],
     )
     fake_model.responder.push(
-        tool_calls_reply([("d", "delete_records", json.dumps({"table": "tmp"}))]), text_reply("ok")
+        tool_calls_reply([
+            ("d", "delete_records", json.dumps({"table": "tmp"})),
+            ("s", "text_stats", json.dumps({"text": "x"})),
+        ]),
+        text_reply("ok"),
     )
-    events = await collect(client.stream_to(session_id, "go"))
-    assert "approval_required" not in kinds(events)
-    assert next(e.tool_result for e in events if e.HasField("tool_result")).output == (
-        "deleted all records of tmp"
-    )
+    stream = await client.steer(session_id, "go")
+    events = []
+    async for event in stream:
+        events.append(event)
+        if event.HasField("approval_required"):
+            assert event.approval_required.tool_call.id == "d"
+            assert "ToolExecutor declares" in event.approval_required.reason
+            await stream.decide(decision(event.approval_required.request_id, event_pb2.VERDICT_APPROVE))
+    assert kinds(events).count("approval_required") == 1
+    results = {e.tool_result.call_id: e.tool_result for e in events if e.HasField("tool_result")}
+    assert results["d"].output == "deleted all records of tmp"
+    assert results["s"].WhichOneof("outcome") == "output"
 
     # Per-tool: only the listed tool waits.
     session_id = await session_of(
@@ -608,9 +642,9 @@ async def test_approval_policy_never_and_per_tool(client, fake_model, session_of
     async for event in stream:
         events.append(event)
         if event.HasField("approval_required"):
-            assert event.approval_required.request_id == "c"
+            assert event.approval_required.tool_call.id == "c"
             assert "policy requires approval of this tool" in event.approval_required.reason
-            await stream.decide(decision("c", event_pb2.VERDICT_APPROVE))
+            await stream.decide(decision(event.approval_required.request_id, event_pb2.VERDICT_APPROVE))
     assert kinds(events).count("approval_required") == 1
     assert {e.tool_result.call_id for e in events if e.HasField("tool_result")} == {"t", "c"}
 
@@ -628,9 +662,10 @@ async def test_a_tool_can_ask_the_user_before_it_finishes(client, fake_model, se
         events.append(event)
         if event.HasField("question_asked"):
             asked = event.question_asked
-            assert (asked.request_id, asked.question) == ("k1", "Really reboot the server?")
+            assert asked.question == "Really reboot the server?"
+            assert asked.request_id.startswith("req_")
             assert list(asked.options) == ["yes", "no"]
-            await stream.decide(decision("k1", selected_options=["yes"]))
+            await stream.decide(decision(asked.request_id, selected_options=["yes"]))
 
     result = next(e.tool_result for e in events if e.HasField("tool_result"))
     assert result.output == "reboot the server: done"

@@ -1,156 +1,52 @@
 """One contract suite for every session store: memory, SQLite (a real file)
 and PostgreSQL (a real server from `tests.pg`), plus what only the durable
-ones promise (restart, replicas, atomicity under failure, unavailability)
-and the store factory."""
+ones promise (restart, replicas, unavailability) and the store factory.
+Runs (lease, checkpoints, records, events) are in `test_run_store`."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from pilothouse.errors import (
     AlreadyExistsError,
-    FailedPreconditionError,
     NotFoundError,
     UnavailableError,
 )
-from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall, Usage
+from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import (
-    INTERRUPTED,
     AgentRecord,
     CompactMarker,
-    RunOutcome,
-    SessionRecord,
     SessionState,
     SessionStore,
 )
-from pilothouse.runtime.store.codec import ITEM_COLUMNS, encode_item
 from pilothouse.runtime.store.factory import DEFAULT_STORE_URL, open_store, store_from_url
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.runtime.store.migrations import LATEST_VERSION, MIGRATIONS
 from pilothouse.runtime.store.postgres import PostgresSessionStore
 from pilothouse.runtime.store.sqlite import SqliteSessionStore
 from tests.pg import PgServer, pg_server  # noqa: F401  (the fixture)
+from tests.stores import (
+    Backend,
+    assistant,
+    begin,
+    conversation,
+    event,
+    final,
+    record,
+    run,
+    run_record,
+    tool_round,
+    user,
+)
 
-BACKENDS = ["memory", "sqlite", "postgres"]
-
-
-@dataclasses.dataclass
-class Backend:
-    """One kind of store; `new()` makes another store object on the same
-    storage (a restarted server, or a second replica)."""
-
-    kind: str
-    new: Callable[[], SessionStore]
-    dsn: str = ""
-    path: Path | None = None
-    opened: list[SessionStore] = dataclasses.field(default_factory=list)
-
-    @property
-    def durable(self) -> bool:
-        return self.kind != "memory"
-
-    async def open(self) -> SessionStore:
-        store = self.new()
-        await store.open()
-        self.opened.append(store)
-        return store
-
-
-def _pg(request: pytest.FixtureRequest, kind: str) -> PgServer | None:
-    return request.getfixturevalue("pg_server") if kind == "postgres" else None
-
-
-@pytest.fixture(params=BACKENDS)
-def backend_kind(request: pytest.FixtureRequest) -> tuple[str, PgServer | None]:
-    return request.param, _pg(request, request.param)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def durable_kind(request: pytest.FixtureRequest) -> tuple[str, PgServer | None]:
-    return request.param, _pg(request, request.param)
-
-
-async def _backend(kind: str, server: PgServer | None, tmp_path: Path) -> Backend:
-    if kind == "memory":
-        shared = MemorySessionStore()
-        return Backend(kind, lambda: shared)
-    if kind == "sqlite":
-        path = tmp_path / "sessions.db"
-        return Backend(kind, lambda: SqliteSessionStore(path), path=path)
-    assert server is not None
-    dsn = await server.new_database()
-    return Backend(kind, lambda: PostgresSessionStore(dsn, max_size=4), dsn=dsn)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def backend(backend_kind, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Every store: memory, SQLite, PostgreSQL."""
-    b = await _backend(*backend_kind, tmp_path)
-    yield b
-    for store in b.opened:
-        await store.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def durable(durable_kind, tmp_path: Path) -> AsyncIterator[Backend]:
-    """The durable stores: SQLite, PostgreSQL."""
-    b = await _backend(*durable_kind, tmp_path)
-    yield b
-    for store in b.opened:
-        await store.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(backend: Backend) -> SessionStore:
-    return await backend.open()
-
-
-# --- helpers ----------------------------------------------------------------
-
-
-def record(session_id: str, *, agent: str = "assistant", created_by: str = "me", at: float = 100.0,
-           **fields) -> SessionRecord:  # fmt: skip
-    return SessionRecord(session_id, agent, created_by, at, fields.pop("updated_at", at), **fields)
-
-
-def user(text: str, at: float = 1.0, **fields) -> Message:
-    return Message(Role.USER, text, created_at=at, **fields)
-
-
-def assistant(text: str, at: float = 1.0, **fields) -> Message:
-    return Message(Role.ASSISTANT, text, created_at=at, **fields)
-
-
-def tool_round(call_id: str, at: float = 1.0) -> list[Message]:
-    """An assistant tool call and its result."""
-    return [
-        assistant("", at, tool_calls=[ToolCall(call_id, "calculate", '{"expression":"1+1"}')]),
-        Message(Role.TOOL, "2", tool_call_id=call_id, name="calculate", created_at=at),
-    ]
-
-
-def outcome(messages: list[Message], *, at: float = 200.0, **fields) -> RunOutcome:
-    values = {"stop_reason": "text_response", "usage": Usage(10, 5, 15), "uptime_s": 1.5}
-    values.update(fields)
-    return RunOutcome(messages=messages, finished_at=at, **values)
-
-
-async def run(store: SessionStore, session_id: str, run_id: str, messages: list[Message],
-              *, now: float = 150.0, **fields) -> SessionRecord:  # fmt: skip
-    await store.begin_run(session_id, run_id, lease_s=60.0, now=now)
-    return await store.finish_run(session_id, run_id, outcome(messages, **fields))
-
-
-def conversation(n: int, start: float = 10.0) -> list[Message]:
-    return [(user if i % 2 == 0 else assistant)(f"message {i}", start + i) for i in range(n)]
+pytest_plugins = ["tests.store_fixtures"]
 
 
 # --- sessions ---------------------------------------------------------------
@@ -248,7 +144,7 @@ async def test_delete_removes_session_and_history(store: SessionStore) -> None:
     await store.create(record("s1"))
     await store.create(record("s2"))
     await run(store, "s1", "r1", conversation(4))
-    await run(store, "s2", "r1", conversation(2))
+    await run(store, "s2", "r2", conversation(2))
     await store.delete("s1")
     assert await store.get("s1") is None
     with pytest.raises(NotFoundError):
@@ -267,10 +163,11 @@ async def test_unknown_session_is_not_found_everywhere(store: SessionStore) -> N
         "list_messages": lambda: store.list_messages("x", 0, 10),
         "list_messages newest": lambda: store.list_messages("x", 0, 10, newest_first=True),
         "transcript": lambda: store.transcript("x"),
-        "begin_run": lambda: store.begin_run("x", "r", lease_s=1, now=1),
+        "begin_run": lambda: begin(store, "x", "r", lease_s=1, now=1),
         "renew_run": lambda: store.renew_run("x", "r", lease_s=1, now=1),
-        "finish_run": lambda: store.finish_run("x", "r", outcome([user("hi")])),
-        "abandon_run": lambda: store.abandon_run("x", "r", "cancelled", 1),
+        "checkpoint": lambda: store.checkpoint("x", "r", final([user("hi")])),
+        "insert_run": lambda: store.insert_run(run_record("r", "x")),
+        "list_runs": lambda: store.list_runs("x", limit=10),
         "compact": lambda: store.compact("x", "summary", 1),
         "set_state": lambda: store.set_state("x", SessionState.CLOSED, 1),
         "set_title": lambda: store.set_title("x", "t", 1),
@@ -374,6 +271,80 @@ async def test_compaction_during_a_run_keeps_the_messages_before_it(
     assert (await store.load_history("s1"))[-2:] == [user("a", 29.0), user("b", 30.0)]
 
 
+async def test_pages_by_bytes_as_well_as_by_count(store: SessionStore) -> None:
+    """With `max_bytes`, a page stops before the message that would pass
+    it (text as UTF-8, tool calls as their JSON), but holds at least one."""
+    await store.create(record("s1"))
+    messages = [
+        user("a" * 1000, 1.0), assistant("b" * 1000, 2.0),
+        user("c" * 1000, 3.0), assistant("é" * 600, 4.0),  # 1,200 bytes
+    ]  # fmt: skip
+    await run(store, "s1", "r1", messages)
+
+    async def page(offset: int, limit: int, max_bytes: int, **kw) -> list[Message]:
+        return await store.list_messages("s1", offset, limit, max_bytes=max_bytes, **kw)
+
+    assert await page(0, 10, 2000) == messages[:2]  # exactly full
+    assert await page(0, 10, 1999) == messages[:1]
+    assert await page(0, 10, 10) == messages[:1]  # always one
+    assert await page(2, 10, 2199) == messages[2:3]
+    assert await page(2, 10, 2200) == messages[2:]
+    assert await page(0, 10, 2200, newest_first=True) == messages[::-1][:2]
+    assert await page(0, 1, 10**6) == messages[:1]  # the count still applies
+    assert await page(0, 10, 0) == messages  # no budget
+    assert await page(4, 10, 10) == []
+    # A tool call counts with its arguments; a result with its call id and name.
+    call = ToolCall("c1", "calculate", '{"expression":"' + "9" * 500 + '"}')
+    calls = [assistant("", 5.0, tool_calls=[call]), Message(
+        Role.TOOL, "x" * 100, tool_call_id="c1", name="calculate", created_at=6.0)]  # fmt: skip
+    await run(store, "s1", "r2", calls)
+    sizes = await page(4, 10, 520)
+    assert sizes == calls[:1]  # the call's JSON is over 500 bytes: the result does not fit
+    assert await page(4, 10, 700) == calls
+    with pytest.raises(NotFoundError):
+        await store.list_messages("nope", 0, 10, max_bytes=100)
+
+
+async def test_transcript_pages_join_up(store: SessionStore) -> None:
+    await store.create(record("s1"))
+    await run(store, "s1", "r1", conversation(5))
+    await store.compact("s1", "summary " * 50, 30.0)
+    await run(store, "s1", "r2", [user("x" * 3000, 40.0), *tool_round("c1", 41.0)])
+    everything = await store.transcript("s1")
+    assert len(everything) == 9
+    assert await store.transcript_page("s1", 0, 100) == everything
+    assert await store.transcript_page("s1", 3, 4) == everything[3:7]
+    assert await store.transcript_page("s1", 9, 4) == []
+    pages, offset = [], 0
+    while page := await store.transcript_page("s1", offset, 3, max_bytes=500):
+        assert len(page) <= 3
+        pages.append(page)
+        offset += len(page)
+    assert [item for page in pages for item in page] == everything
+    assert [len(page) for page in pages] == [3, 3, 1, 2]  # the long message alone
+    with pytest.raises(NotFoundError):
+        await store.transcript_page("nope", 0, 10)
+
+
+async def test_export_reads_the_transcript_in_bounded_pages(store: SessionStore) -> None:
+    """`iter_jsonl` gives the file `dump_jsonl` makes of the whole
+    transcript, one chunk per page of the bounds."""
+    await store.create(record("s1", title="Long"))
+    for i in range(4):
+        await run(store, "s1", f"r{i}", [user(f"q{i} " + "x" * 300 * i, 10.0 * i),
+                                         *tool_round(f"c{i}", 10.0 * i + 1)])  # fmt: skip
+        if i == 1:
+            await store.compact("s1", f"summary {i}", 10.0 * i + 2)
+    whole = jsonl.dump_jsonl(await store.get("s1"), await store.transcript("s1"))  # type: ignore[arg-type]
+    chunks = [c async for c in jsonl.iter_jsonl(store, "s1", page_items=2, page_bytes=400)]
+    assert b"".join(chunks) == whole == await jsonl.export_jsonl(store, "s1")
+    lines = [chunk.count(b"\n") for chunk in chunks]
+    assert lines[0] == 1 and max(lines[1:]) <= 2 and sum(lines) == 14
+    assert 1 in lines[1:]  # the 900-byte question came alone
+    with pytest.raises(NotFoundError):
+        [c async for c in jsonl.iter_jsonl(store, "nope")]
+
+
 async def test_every_message_field_survives(store: SessionStore) -> None:
     await store.create(record("s1"))
     odd = [
@@ -394,6 +365,13 @@ async def test_every_message_field_survives(store: SessionStore) -> None:
         ),
         Message(Role.TOOL, "1024", tool_call_id="c1", name="calculate", created_at=5.0),
         Message(Role.TOOL, "", tool_call_id="c2", name="now", created_at=6.0),
+        Message(
+            Role.ASSISTANT,
+            "signed",
+            reasoning_content="step one",
+            reasoning_blocks=[ReasoningBlock("step one", "sig=="), ReasoningBlock(redacted="opaque")],
+            created_at=6.5,
+        ),
         Message(Role.ASSISTANT, "x" * 100_000, created_at=1.7e9 + 0.123456),
         Message(Role.USER, "lone surrogate \udc80 from a bad decode", created_at=7.0),
         Message(Role.USER, "odd sender", sender="nul\x00sender", created_at=8.0),
@@ -401,7 +379,7 @@ async def test_every_message_field_survives(store: SessionStore) -> None:
     ]
     await run(store, "s1", "r1", odd)
     assert await store.load_history("s1") == odd
-    assert await store.list_messages("s1", 0, 10, newest_first=True) == odd[::-1]
+    assert await store.list_messages("s1", 0, len(odd), newest_first=True) == odd[::-1]
 
 
 async def test_summaries_with_any_text_survive(store: SessionStore) -> None:
@@ -409,197 +387,6 @@ async def test_summaries_with_any_text_survive(store: SessionStore) -> None:
     await store.compact("s1", "nul \x00 and \udc80 surrogate", 10.0)
     assert await store.transcript("s1") == [CompactMarker("nul \x00 and \udc80 surrogate", 10.0)]
     assert (await store.load_history("s1"))[0].content == "nul \x00 and \udc80 surrogate"
-
-
-# --- runs -------------------------------------------------------------------
-
-
-async def test_one_run_at_a_time(store: SessionStore) -> None:
-    await store.create(record("s1"))
-    await store.begin_run("s1", "r1", lease_s=60.0, now=100.0)
-    assert (await store.get("s1")).active_run_id == "r1"  # type: ignore[union-attr]
-    with pytest.raises(FailedPreconditionError) as caught:
-        await store.begin_run("s1", "r2", lease_s=60.0, now=101.0)
-    assert caught.value.reason == "RUN_ACTIVE"
-    assert caught.value.metadata == {"session_id": "s1", "active_run_id": "r1"}
-    done = await store.finish_run("s1", "r1", outcome([user("hi")], at=102.0))
-    assert done.active_run_id == ""
-    await store.begin_run("s1", "r2", lease_s=60.0, now=103.0)
-    assert (await store.get("s1")).active_run_id == "r2"  # type: ignore[union-attr]
-
-
-async def test_closed_session_takes_no_run(store: SessionStore) -> None:
-    await store.create(record("s1"))
-    closed = await store.set_state("s1", SessionState.CLOSED, 150.0)
-    assert closed.state is SessionState.CLOSED and closed.updated_at == 150.0
-    with pytest.raises(FailedPreconditionError) as caught:
-        await store.begin_run("s1", "r1", lease_s=60.0, now=151.0)
-    assert caught.value.reason == "SESSION_CLOSED"
-    # History stays readable.
-    assert await store.load_history("s1") == []
-
-
-async def test_finish_run_stores_messages_and_metadata(store: SessionStore) -> None:
-    await store.create(record("s1", uptime_s=1.0))
-    messages = [user("q"), *tool_round("c1"), assistant("a")]
-    await store.begin_run("s1", "r1", lease_s=60.0, now=150.0)
-    done = await store.finish_run(
-        "s1",
-        "r1",
-        RunOutcome(messages, "text_response", Usage(100, 20, 120, 50, 7), 2.5, 250.0),
-    )
-    assert done == await store.get("s1")
-    assert done.message_count == 4
-    assert done.uptime_s == pytest.approx(3.5)
-    assert done.updated_at == 250.0
-    assert (done.last_run_id, done.last_run_stop_reason) == ("r1", "text_response")
-    assert done.last_run_usage == Usage(100, 20, 120, 50, 7)
-    assert done.active_run_id == ""
-    # A run that stored nothing still counts its uptime and last-run fields.
-    await store.begin_run("s1", "r2", lease_s=60.0, now=260.0)
-    done = await store.finish_run("s1", "r2", outcome([], at=270.0, stop_reason="no_action"))
-    assert done.message_count == 4 and done.last_run_stop_reason == "no_action"
-    assert done.uptime_s == pytest.approx(5.0)
-
-
-async def test_expired_lease_is_taken_over_and_its_run_loses_it(store: SessionStore) -> None:
-    await store.create(record("s1"))
-    await run(store, "s1", "r0", [user("kept")])
-    await store.begin_run("s1", "r1", lease_s=10.0, now=100.0)
-    with pytest.raises(FailedPreconditionError):
-        await store.begin_run("s1", "r2", lease_s=10.0, now=109.9)
-    await store.begin_run("s1", "r2", lease_s=10.0, now=110.0)  # r1's lease has expired
-    taken = await store.get("s1")
-    assert taken is not None
-    assert (taken.active_run_id, taken.last_run_id, taken.last_run_stop_reason) == (
-        "r2", "r1", INTERRUPTED,
-    )  # fmt: skip
-    # The old run finds out: no renewal, and its finish writes nothing.
-    assert await store.renew_run("s1", "r1", lease_s=10.0, now=111.0) is False
-    with pytest.raises(FailedPreconditionError) as caught:
-        await store.finish_run("s1", "r1", outcome([user("late")]))
-    assert caught.value.reason == "LEASE_LOST"
-    assert caught.value.metadata == {"session_id": "s1", "run_id": "r1"}
-    assert await store.load_history("s1") == [user("kept")]
-    assert await store.get("s1") == taken
-
-
-async def test_renew_extends_the_lease(store: SessionStore) -> None:
-    await store.create(record("s1"))
-    await store.begin_run("s1", "r1", lease_s=10.0, now=100.0)
-    assert await store.renew_run("s1", "r1", lease_s=10.0, now=108.0) is True
-    with pytest.raises(FailedPreconditionError):
-        await store.begin_run("s1", "r2", lease_s=10.0, now=115.0)
-    assert await store.renew_run("s1", "other", lease_s=10.0, now=115.0) is False
-    await store.begin_run("s1", "r2", lease_s=10.0, now=118.0)
-
-
-async def test_abandon_run_releases_without_appending(store: SessionStore) -> None:
-    await store.create(record("s1"))
-    await run(store, "s1", "r0", [user("kept")])
-    await store.begin_run("s1", "r1", lease_s=60.0, now=300.0)
-    await store.abandon_run("s1", "other", "cancelled", 301.0)  # not the holder: no-op
-    assert (await store.get("s1")).active_run_id == "r1"  # type: ignore[union-attr]
-    await store.abandon_run("s1", "r1", "error", 302.0)
-    got = await store.get("s1")
-    assert got is not None
-    assert (got.active_run_id, got.last_run_id, got.last_run_stop_reason) == ("", "r1", "error")
-    assert got.updated_at == 302.0 and got.message_count == 1
-    assert await store.load_history("s1") == [user("kept")]
-    await store.begin_run("s1", "r2", lease_s=60.0, now=303.0)
-
-
-async def test_recover_interrupted_marks_only_expired_leases(store: SessionStore) -> None:
-    for session_id in ("expired", "live", "idle", "expired2"):
-        await store.create(record(session_id))
-    await store.begin_run("expired", "r1", lease_s=10.0, now=100.0)
-    await store.begin_run("expired2", "r2", lease_s=5.0, now=100.0)
-    await store.begin_run("live", "r3", lease_s=100.0, now=100.0)
-    assert sorted(await store.recover_interrupted(150.0)) == ["expired", "expired2"]
-    for session_id, run_id in (("expired", "r1"), ("expired2", "r2")):
-        got = await store.get(session_id)
-        assert got is not None
-        assert (got.active_run_id, got.last_run_id, got.last_run_stop_reason) == (
-            "", run_id, INTERRUPTED,
-        )  # fmt: skip
-        assert await store.transcript(session_id) == []
-    assert (await store.get("live")).active_run_id == "r3"  # type: ignore[union-attr]
-    assert await store.recover_interrupted(150.0) == []
-    await store.begin_run("expired", "r4", lease_s=10.0, now=151.0)
-
-
-async def test_failed_finish_leaves_nothing_partial(durable: Backend) -> None:
-    """A finish that fails half-way (its second transcript row collides with
-    a row planted behind the store's back) rolls back entirely: no message,
-    no metadata change, the lease still held."""
-    backend, store = durable, await durable.open()
-    await store.create(record("s1"))
-    await run(store, "s1", "r0", conversation(2))
-    await store.begin_run("s1", "r1", lease_s=60.0, now=300.0)
-    before = await store.get("s1")
-    await plant_transcript_row(backend, "s1", seq=3)  # the run's second message's seq
-    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
-        await store.finish_run("s1", "r1", outcome(conversation(3, start=50.0), at=400.0))
-    assert await store.get("s1") == before
-    assert await store.load_history("s1") == conversation(2)
-    assert await store.list_messages("s1", 0, 10, newest_first=True) == conversation(2)[::-1]
-
-
-async def plant_transcript_row(backend: Backend, session_id: str, seq: int) -> None:
-    """Insert a transcript row directly into the database (not visible in the
-    history: `next_seq` does not move)."""
-    row = (session_id, seq, *encode_item(user("planted")))
-    sql = f"INSERT INTO transcript_items (session_id, seq, {', '.join(ITEM_COLUMNS)})"
-    if backend.kind == "sqlite":
-        with sqlite3.connect(backend.path) as conn:  # type: ignore[arg-type]
-            conn.execute(f"{sql} VALUES ({', '.join('?' * len(row))})", row)
-        return
-    conn = await asyncpg.connect(backend.dsn)
-    try:
-        values = ", ".join(f"${i + 1}" for i in range(len(row)))
-        await conn.execute(f"{sql} VALUES ({values})", *row)
-    finally:
-        await conn.close()
-
-
-async def test_run_with_compaction_is_one_unit(store: SessionStore) -> None:
-    """A LEASE_LOST finish with a compact summary writes neither the marker
-    nor the messages."""
-    await store.create(record("s1"))
-    await run(store, "s1", "r0", conversation(3))
-    await store.begin_run("s1", "r1", lease_s=1.0, now=100.0)
-    await store.begin_run("s1", "r2", lease_s=60.0, now=200.0)
-    with pytest.raises(FailedPreconditionError):
-        await store.finish_run("s1", "r1", outcome([user("x")], compact_summary="lost"))
-    assert await store.transcript("s1") == conversation(3)
-    assert (await store.get("s1")).message_count == 3  # type: ignore[union-attr]
-
-
-async def test_cancelled_finishes_leave_whole_runs_only(store: SessionStore) -> None:
-    """Cancelling `finish_run` at any point stores the run whole or not at
-    all, and the store stays usable."""
-    await store.create(record("s1"))
-    stored: list[Message] = []
-    for i in range(24):
-        messages = [user(f"q{i}", float(i)), *tool_round(f"c{i}", float(i)), assistant(f"a{i}")]
-        await store.begin_run("s1", f"r{i}", lease_s=60.0, now=float(i))
-        task = asyncio.create_task(store.finish_run("s1", f"r{i}", outcome(messages)))
-        for _ in range(i % 6):
-            await asyncio.sleep(0)
-        task.cancel()
-        try:
-            await task
-            stored += messages
-        except asyncio.CancelledError:
-            got = await store.get("s1")
-            assert got is not None
-            if got.active_run_id:  # not committed: the run still holds the lease
-                await store.abandon_run("s1", f"r{i}", "cancelled", float(i))
-            else:  # committed before the cancellation took effect
-                stored += messages
-        history = await store.load_history("s1")
-        assert history == stored
-        assert (await store.get("s1")).message_count == len(stored)  # type: ignore[union-attr]
 
 
 # --- metadata ---------------------------------------------------------------
@@ -666,18 +453,23 @@ async def test_everything_survives_a_restart(durable: Backend) -> None:
     await run(store, "s1", "r1", conversation(4))
     await run(store, "s1", "r2", [user("x", 40.0)], compact_summary="sum", at=300.0)
     await store.set_title("s1", "Title", 301.0)
-    await store.begin_run("s2", "r3", lease_s=60.0, now=310.0)  # the server "dies" mid-run
+    # The server "dies" mid-run, its user message and events stored.
+    await begin(store, "s2", "r3", now=310.0, messages=[user("y", 310.0)],
+                events=[event("r3", 1), event("r3", 2)], run={"owner": "old:1"})  # fmt: skip
     records = {s: await store.get(s) for s in ("s1", "s2")}
+    runs = {r: await store.get_run(r) for r in ("r1", "r2", "r3")}
     transcript = await store.transcript("s1")
     await store.close()
 
     restarted = await backend.open()
     assert {s: await restarted.get(s) for s in ("s1", "s2")} == records
+    assert {r: await restarted.get_run(r) for r in ("r1", "r2", "r3")} == runs
     assert await restarted.transcript("s1") == transcript
     assert (await restarted.load_history("s1"))[1:] == [user("x", 40.0)]
-    assert await restarted.recover_interrupted(1000.0) == ["s2"]
-    assert (await restarted.get("s2")).last_run_stop_reason == INTERRUPTED  # type: ignore[union-attr]
-    await restarted.begin_run("s2", "r4", lease_s=60.0, now=1001.0)
+    assert await restarted.load_history("s2") == [user("y", 310.0)]
+    claimed = await restarted.claim_runs("new:1", now=1000.0, lease_s=60.0)
+    assert [(r.id, r.owner, r.attempt, r.last_sequence) for r in claimed] == [("r3", "new:1", 1, 2)]
+    assert await restarted.list_events("r3", 0, 10) == [event("r3", 1), event("r3", 2)]
 
 
 async def test_migrations_are_recorded_once(durable: Backend) -> None:
@@ -700,39 +492,6 @@ async def test_migrations_are_recorded_once(durable: Backend) -> None:
 
 
 # --- PostgreSQL replicas ------------------------------------------------------
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pg_backend(pg_server: PgServer) -> AsyncIterator[Backend]:  # noqa: F811
-    dsn = await pg_server.new_database()
-    b = Backend("postgres", lambda: PostgresSessionStore(dsn, max_size=4), dsn=dsn)
-    yield b
-    for store in b.opened:
-        await store.close()
-
-
-async def test_replicas_share_sessions_and_one_gets_the_lease(pg_backend: Backend) -> None:
-    one, two = await pg_backend.open(), await pg_backend.open()
-    await one.create(record("s1"))
-    assert await two.get("s1") == await one.get("s1")
-    assert (await two.find_open("assistant", "me")).id == "s1"  # type: ignore[union-attr]
-
-    for attempt in range(5):  # race both replicas for the same session, repeatedly
-        results = await asyncio.gather(
-            one.begin_run("s1", f"a{attempt}", lease_s=60.0, now=100.0 + attempt),
-            two.begin_run("s1", f"b{attempt}", lease_s=60.0, now=100.0 + attempt),
-            return_exceptions=True,
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        assert len(errors) == 1, results
-        error = errors[0]
-        assert isinstance(error, FailedPreconditionError) and error.reason == "RUN_ACTIVE"
-        winner_store, winner = (one, f"a{attempt}") if results[0] is None else (two, f"b{attempt}")
-        assert error.metadata == {"session_id": "s1", "active_run_id": winner}
-        other = two if winner_store is one else one
-        assert (await other.get("s1")).active_run_id == winner  # type: ignore[union-attr]
-        await winner_store.finish_run("s1", winner, outcome([user(f"m{attempt}")], at=200.0))
-    assert [m.content for m in await two.load_history("s1")] == [f"m{i}" for i in range(5)]
 
 
 async def test_replicas_migrate_together(pg_server: PgServer) -> None:  # noqa: F811
@@ -796,7 +555,7 @@ async def test_postgres_down_is_unavailable_then_recovers(pg_backend: Backend) -
         await proxy.stop()  # the server "goes down"
         for call in (
             lambda: store.get("s1"),
-            lambda: store.begin_run("s1", "r1", lease_s=60.0, now=1.0),
+            lambda: begin(store, "s1", "r1", now=1.0),
             lambda: store.load_history("s1"),
         ):
             with pytest.raises(UnavailableError) as caught:
@@ -804,7 +563,7 @@ async def test_postgres_down_is_unavailable_then_recovers(pg_backend: Backend) -
             assert caught.value.reason == "STORE_UNAVAILABLE"
         await proxy.start()  # back on the same port: the pool reconnects
         assert (await store.get("s1")).active_run_id == ""  # type: ignore[union-attr]
-        await store.begin_run("s1", "r1", lease_s=60.0, now=1.0)
+        await begin(store, "s1", "r1", now=1.0)
     finally:
         await store.close()
         await proxy.stop()
@@ -982,17 +741,3 @@ async def test_agents_are_shared_by_every_store_on_the_storage(durable: Backend)
     assert (await two.get_agent("shared")).config == {"name": "shared", "model": "m"}
     assert await two.delete_agent("shared")
     assert await one.get_agent("shared") is None
-
-
-async def test_run_owner_is_the_latest_run_and_shared(backend: Backend) -> None:
-    one = await backend.open()
-    await one.create(record("s1"))
-    assert await one.get_run_owner("s1") is None
-    await one.set_run_owner("s1", "r1", "10.0.0.1:50051")
-    await one.set_run_owner("s1", "r2", "10.0.0.2:50051")
-    assert await one.get_run_owner("s1") == ("r2", "10.0.0.2:50051")
-    if backend.kind != "memory":
-        two = await backend.open()
-        assert await two.get_run_owner("s1") == ("r2", "10.0.0.2:50051")
-    await one.delete("s1")
-    assert await one.get_run_owner("s1") is None

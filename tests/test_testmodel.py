@@ -13,9 +13,16 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from pilothouse.runtime.messages import Message, Usage
-from pilothouse.runtime.model import ChatChunk, ChatRequest, MessageBuilder
+from pilothouse.runtime.messages import Message, Role, Usage
+from pilothouse.runtime.model import (
+    ChatChunk,
+    ChatRequest,
+    MessageBuilder,
+    ModelSettings,
+    ReasoningEffort,
+)
 from pilothouse.runtime.model.openai import OpenAIChatModel
+from pilothouse.runtime.tools import ToolSpec
 from pilothouse.testmodel import (
     MODEL_NAME,
     ChatCompletionsServer,
@@ -144,7 +151,7 @@ def test_example_for_schema_without_properties() -> None:
 
 # --- the scripted model ----------------------------------------------------------------------
 
-WEATHER = {
+WEATHER_WIRE = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -159,7 +166,7 @@ WEATHER = {
         },
     },
 }
-SEARCH = {
+SEARCH_WIRE = {
     "type": "function",
     "function": {
         "name": "search",
@@ -172,12 +179,18 @@ SEARCH = {
 }
 
 
+def spec(wire: dict[str, Any]) -> ToolSpec:
+    function = wire["function"]
+    return ToolSpec(function["name"], function.get("description", ""), function["parameters"])
+
+
+WEATHER = spec(WEATHER_WIRE)
+SEARCH = spec(SEARCH_WIRE)
+
+
 async def test_scripted_tool_round_then_text_round(scripted: Any) -> None:
     server, model = scripted
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "weather in Lisbon?"},
-    ]
+    messages = [Message(Role.SYSTEM, "be brief"), Message.user("weather in Lisbon?")]
     first, chunks = await run(model, ChatRequest(MODEL_NAME, messages, tools=[WEATHER, SEARCH]))
     assert first.content == ""
     assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
@@ -189,9 +202,9 @@ async def test_scripted_tool_round_then_text_round(scripted: Any) -> None:
 
     long_result = "x" * 500
     messages += [
-        first.to_wire(),
-        Message.tool('{"temp_c": 21, "sky": "clear"}', "call_1", "get_weather").to_wire(),
-        Message.tool(long_result, "call_2", "search").to_wire(),
+        first,
+        Message.tool('{"temp_c": 21, "sky": "clear"}', "call_1", "get_weather"),
+        Message.tool(long_result, "call_2", "search"),
     ]
     second, chunks = await run(model, ChatRequest(MODEL_NAME, messages, tools=[WEATHER, SEARCH]))
     assert second.tool_calls == []
@@ -208,18 +221,29 @@ async def test_scripted_tool_round_then_text_round(scripted: Any) -> None:
 async def test_scripted_echo_without_tools(scripted: Any) -> None:
     _, model = scripted
     messages = [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "hello there"}]},
+        Message.user("first"),
+        Message(Role.ASSISTANT, "ok"),
+        Message.user("hello there"),
     ]
     message, _ = await run(model, ChatRequest(MODEL_NAME, messages))
     assert message.content == f"{INTRO} You said: hello there"
     assert message.reasoning_content == ""
 
 
+async def test_scripted_echo_of_content_parts(scripted: Any) -> None:
+    server, _ = scripted
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+    }
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        answer = (await client.post("/chat/completions", json=body)).json()
+    assert answer["choices"][0]["message"]["content"] == f"{INTRO} You said: hello there"
+
+
 async def test_scripted_tool_choice(scripted: Any) -> None:
     _, model = scripted
-    messages = [{"role": "user", "content": "go"}]
+    messages = [Message.user("go")]
     named, _ = await run(
         model, ChatRequest(MODEL_NAME, messages, tools=[WEATHER, SEARCH], tool_choice="search")
     )
@@ -234,7 +258,12 @@ async def test_scripted_tool_choice(scripted: Any) -> None:
 async def test_scripted_usage_and_reasoning(scripted: Any) -> None:
     server, model = scripted
     messages = [{"role": "user", "content": "count me"}]
-    message, chunks = await run(model, ChatRequest(MODEL_NAME, messages, reasoning_effort="high"))
+    request = ChatRequest(
+        MODEL_NAME,
+        [Message.user("count me")],
+        settings=ModelSettings(reasoning_effort=ReasoningEffort.HIGH),
+    )
+    message, chunks = await run(model, request)
     assert server.requests[-1]["reasoning_effort"] == "high"
     assert message.reasoning_content == (
         "Scripted reasoning (high effort): I will echo the user's message."
@@ -274,7 +303,7 @@ async def test_scripted_is_deterministic() -> None:
     body = {
         "model": MODEL_NAME,
         "messages": [{"role": "user", "content": "same"}],
-        "tools": [WEATHER],
+        "tools": [WEATHER_WIRE],
         "stream": True,
     }
     first = await ScriptedTestModel()(body)

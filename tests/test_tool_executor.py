@@ -26,7 +26,7 @@ from pydantic import Field
 from pilothouse.rpc.errors import error_details
 from pilothouse.toolexecutor import ToolRegistry, default_registry
 from pilothouse.toolexecutor.builtins import calculate, register_builtins
-from pilothouse.toolexecutor.registry import parse_docstring
+from pilothouse.toolexecutor.schema import parse_docstring
 from pilothouse.toolexecutor.service import SERVICE_NAME, serve_tools
 from pilothouse.v1 import tool_executor_service_pb2 as pb, tool_executor_service_pb2_grpc as pb_grpc
 

@@ -258,6 +258,29 @@ async def test_contents_are_recorded_only_when_opted_in(
     assert tool.attributes["gen_ai.tool.call.result"] == "4"
 
 
+async def test_a_named_provider_names_itself_on_the_chat_span(
+    traced_client, exporter, anthropic_model, make_agent
+):
+    from pilothouse.testmodel.anthropic import anthropic_text_reply
+
+    agent = await make_agent(model="anthropic/claude-fake-1")
+    session_id = (await traced_client.create_session(agent, "tracer")).id
+    anthropic_model.responder.push(anthropic_text_reply("Hi.", input_tokens=4, cache_read=20))
+    events = await collect(traced_client.stream_to(session_id, "Hello"))
+    run_id = events[0].run_id
+    await wait_until(lambda: any(s.attributes.get("pilothouse.run.id") == run_id
+                                 for s in exporter.get_finished_spans()))
+    run = next(s for s in exporter.get_finished_spans()
+               if s.attributes.get("pilothouse.run.id") == run_id)
+    chat = one(spans_of(exporter, run.context.trace_id), "chat anthropic/claude-fake-1")
+    assert chat.attributes["gen_ai.provider.name"] == "anthropic"
+    assert chat.attributes["gen_ai.request.model"] == "claude-fake-1"
+    assert chat.attributes["gen_ai.response.model"] == "claude-fake-1"
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 24
+    assert chat.attributes["gen_ai.usage.cache_read.input_tokens"] == 20
+    assert tuple(chat.attributes["gen_ai.response.finish_reasons"]) == ("stop",)
+
+
 # --- set-up from the environment ----------------------------------------------
 
 

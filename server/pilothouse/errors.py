@@ -130,12 +130,36 @@ def agent_exists(name: str) -> AlreadyExistsError:
     )
 
 
-def run_active(session_id: str, run_id: str) -> FailedPreconditionError:
-    """A second run on a busy session (ErrorInfo metadata `active_run_id`)."""
+def run_active(session_id: str, run_id: str, *, lease_expired: bool = False) -> FailedPreconditionError:
+    """A second run on a busy session (ErrorInfo metadata `active_run_id`,
+    and `lease_expired` "true" when the active run's process is gone and
+    the run waits to be resumed)."""
     return FailedPreconditionError(
         f"session {clip(session_id)!r} already has an active run {clip(run_id)}",
         reason="RUN_ACTIVE",
-        metadata={"session_id": session_id, "active_run_id": run_id},
+        metadata={
+            "session_id": session_id,
+            "active_run_id": run_id,
+            "lease_expired": "true" if lease_expired else "false",
+        },
+    )
+
+
+def run_not_found(session_id: str, run_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"run {run_id!r} of session {session_id!r} not found",
+        reason="RUN_NOT_FOUND",
+        metadata={"session_id": session_id, "run_id": run_id},
+    )
+
+
+def run_exists(session_id: str, run_id: str) -> AlreadyExistsError:
+    """A run with this id, or this idempotency key on the session, exists
+    (ErrorInfo metadata `run_id` names it)."""
+    return AlreadyExistsError(
+        f"session {session_id!r} already has run {run_id!r} with this id or idempotency key",
+        reason="RUN_EXISTS",
+        metadata={"session_id": session_id, "run_id": run_id},
     )
 
 

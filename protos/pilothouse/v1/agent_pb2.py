@@ -26,17 +26,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pilothouse.v1 import tool_pb2 as pilothouse_dot_v1_dot_tool__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/agent.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pilothouse/v1/tool.proto\"\xb0\x02\n\x0b\x41gentConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05tools\x18\x05 \x03(\t\x12\x16\n\x0emax_iterations\x18\x06 \x01(\r\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12\x10\n\x08thinking\x18\x08 \x01(\x08\x12\x19\n\x11\x63ompact_threshold\x18\t \x01(\x04\x12\x36\n\x0f\x61pproval_policy\x18\n \x01(\x0e\x32\x1d.pilothouse.v1.ApprovalPolicy\x12\x1f\n\x17\x61pproval_required_tools\x18\x0b \x03(\t\x12\x16\n\x0e\x63ontext_window\x18\x0c \x01(\x04\"\xa9\x01\n\x05\x41gent\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.AgentConfig\x12\"\n\x05tools\x18\x02 \x03(\x0b\x32\x13.pilothouse.v1.Tool\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r*h\n\x0e\x41pprovalPolicy\x12\x1f\n\x1b\x41PPROVAL_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PPROVAL_POLICY_NEVER\x10\x01\x12\x1a\n\x16\x41PPROVAL_POLICY_ALWAYS\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/agent.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pilothouse/v1/tool.proto\"\xb0\x04\n\x0b\x41gentConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05tools\x18\x05 \x03(\t\x12\x16\n\x0emax_iterations\x18\x06 \x01(\r\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12\x10\n\x08thinking\x18\x08 \x01(\x08\x12\x19\n\x11\x63ompact_threshold\x18\t \x01(\x04\x12\x36\n\x0f\x61pproval_policy\x18\n \x01(\x0e\x32\x1d.pilothouse.v1.ApprovalPolicy\x12\x1f\n\x17\x61pproval_required_tools\x18\x0b \x03(\t\x12\x16\n\x0e\x63ontext_window\x18\x0c \x01(\x04\x12\x18\n\x0btemperature\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x0e \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x0f \x01(\r\x12\x16\n\x0estop_sequences\x18\x10 \x03(\t\x12 \n\x13parallel_tool_calls\x18\x11 \x01(\x08H\x02\x88\x01\x01\x12\x38\n\x10reasoning_effort\x18\x12 \x01(\x0e\x32\x1e.pilothouse.v1.ReasoningEffort\x12\x16\n\x0e\x66\x61llback_model\x18\x13 \x01(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x16\n\x14_parallel_tool_calls\"\xb0\x02\n\x0eModelOverrides\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0btool_choice\x18\x02 \x01(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x06 \x03(\t\x12 \n\x13parallel_tool_calls\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x38\n\x10reasoning_effort\x18\x08 \x01(\x0e\x32\x1e.pilothouse.v1.ReasoningEffortB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x16\n\x14_parallel_tool_calls\"\xa9\x01\n\x05\x41gent\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.AgentConfig\x12\"\n\x05tools\x18\x02 \x03(\x0b\x32\x13.pilothouse.v1.Tool\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r*\xa0\x01\n\x0fReasoningEffort\x12 \n\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x19\n\x15REASONING_EFFORT_NONE\x10\x01\x12\x18\n\x14REASONING_EFFORT_LOW\x10\x02\x12\x1b\n\x17REASONING_EFFORT_MEDIUM\x10\x03\x12\x19\n\x15REASONING_EFFORT_HIGH\x10\x04*h\n\x0e\x41pprovalPolicy\x12\x1f\n\x1b\x41PPROVAL_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PPROVAL_POLICY_NEVER\x10\x01\x12\x1a\n\x16\x41PPROVAL_POLICY_ALWAYS\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALPOLICY']._serialized_start=582
-  _globals['_APPROVALPOLICY']._serialized_end=686
+  _globals['_REASONINGEFFORT']._serialized_start=1146
+  _globals['_REASONINGEFFORT']._serialized_end=1306
+  _globals['_APPROVALPOLICY']._serialized_start=1308
+  _globals['_APPROVALPOLICY']._serialized_end=1412
   _globals['_AGENTCONFIG']._serialized_start=104
-  _globals['_AGENTCONFIG']._serialized_end=408
-  _globals['_AGENT']._serialized_start=411
-  _globals['_AGENT']._serialized_end=580
+  _globals['_AGENTCONFIG']._serialized_end=664
+  _globals['_MODELOVERRIDES']._serialized_start=667
+  _globals['_MODELOVERRIDES']._serialized_end=971
+  _globals['_AGENT']._serialized_start=974
+  _globals['_AGENT']._serialized_end=1143
 # @@protoc_insertion_point(module_scope)

@@ -45,18 +45,20 @@ VERDICT_DENY: Verdict
 VERDICT_APPROVE_ALWAYS: Verdict
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "cache_write_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     cached_tokens: int
     reasoning_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
+    cache_write_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ...) -> None: ...
 
 class ToolResult(_message.Message):
     __slots__ = ("call_id", "name", "output", "error", "duration_ms")
@@ -213,18 +215,20 @@ class DecisionApplied(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("request_id", "verdict", "reason", "selected_options", "text")
+    __slots__ = ("request_id", "verdict", "reason", "selected_options", "text", "edited_arguments_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SELECTED_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    EDITED_ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     verdict: Verdict
     reason: str
     selected_options: _containers.RepeatedScalarFieldContainer[str]
     text: str
-    def __init__(self, request_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[str] = ..., selected_options: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ...) -> None: ...
+    edited_arguments_json: str
+    def __init__(self, request_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[str] = ..., selected_options: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., edited_arguments_json: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()
@@ -252,8 +256,30 @@ class Compacted(_message.Message):
     summary: str
     def __init__(self, summary: _Optional[str] = ...) -> None: ...
 
+class RunResumed(_message.Message):
+    __slots__ = ("attempt", "last_stored_sequence", "reason")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LAST_STORED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    last_stored_sequence: int
+    reason: str
+    def __init__(self, attempt: _Optional[int] = ..., last_stored_sequence: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RoundRetried(_message.Message):
+    __slots__ = ("attempt", "cause", "error", "model")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    cause: str
+    error: str
+    model: str
+    def __init__(self, attempt: _Optional[int] = ..., cause: _Optional[str] = ..., error: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
 class AgentEvent(_message.Message):
-    __slots__ = ("session_id", "run_id", "sequence", "time", "run_started", "text_start", "text_delta", "text_end", "thinking_start", "thinking_delta", "thinking_end", "tool_calls_begin", "tool_calls_start", "tool_result", "tool_calls_complete", "user_steered", "usage", "done", "approval_required", "question_asked", "decision_applied", "heartbeat", "run_queued", "context_usage", "compacted")
+    __slots__ = ("session_id", "run_id", "sequence", "time", "run_started", "text_start", "text_delta", "text_end", "thinking_start", "thinking_delta", "thinking_end", "tool_calls_begin", "tool_calls_start", "tool_result", "tool_calls_complete", "user_steered", "usage", "done", "approval_required", "question_asked", "decision_applied", "heartbeat", "run_queued", "context_usage", "compacted", "run_resumed", "round_retried")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +305,8 @@ class AgentEvent(_message.Message):
     RUN_QUEUED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_USAGE_FIELD_NUMBER: _ClassVar[int]
     COMPACTED_FIELD_NUMBER: _ClassVar[int]
+    RUN_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    ROUND_RETRIED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     run_id: str
     sequence: int
@@ -304,4 +332,6 @@ class AgentEvent(_message.Message):
     run_queued: RunQueued
     context_usage: ContextUsage
     compacted: Compacted
-    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunStarted, _Mapping]] = ..., text_start: _Optional[_Union[TextStart, _Mapping]] = ..., text_delta: _Optional[_Union[TextDelta, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ..., thinking_start: _Optional[_Union[ThinkingStart, _Mapping]] = ..., thinking_delta: _Optional[_Union[ThinkingDelta, _Mapping]] = ..., thinking_end: _Optional[_Union[ThinkingEnd, _Mapping]] = ..., tool_calls_begin: _Optional[_Union[ToolCallsBegin, _Mapping]] = ..., tool_calls_start: _Optional[_Union[ToolCallsStart, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., tool_calls_complete: _Optional[_Union[ToolCallsComplete, _Mapping]] = ..., user_steered: _Optional[_Union[UserSteered, _Mapping]] = ..., usage: _Optional[_Union[UsageReported, _Mapping]] = ..., done: _Optional[_Union[AgentResponse, _Mapping]] = ..., approval_required: _Optional[_Union[ApprovalRequired, _Mapping]] = ..., question_asked: _Optional[_Union[QuestionAsked, _Mapping]] = ..., decision_applied: _Optional[_Union[DecisionApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., run_queued: _Optional[_Union[RunQueued, _Mapping]] = ..., context_usage: _Optional[_Union[ContextUsage, _Mapping]] = ..., compacted: _Optional[_Union[Compacted, _Mapping]] = ...) -> None: ...
+    run_resumed: RunResumed
+    round_retried: RoundRetried
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunStarted, _Mapping]] = ..., text_start: _Optional[_Union[TextStart, _Mapping]] = ..., text_delta: _Optional[_Union[TextDelta, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ..., thinking_start: _Optional[_Union[ThinkingStart, _Mapping]] = ..., thinking_delta: _Optional[_Union[ThinkingDelta, _Mapping]] = ..., thinking_end: _Optional[_Union[ThinkingEnd, _Mapping]] = ..., tool_calls_begin: _Optional[_Union[ToolCallsBegin, _Mapping]] = ..., tool_calls_start: _Optional[_Union[ToolCallsStart, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., tool_calls_complete: _Optional[_Union[ToolCallsComplete, _Mapping]] = ..., user_steered: _Optional[_Union[UserSteered, _Mapping]] = ..., usage: _Optional[_Union[UsageReported, _Mapping]] = ..., done: _Optional[_Union[AgentResponse, _Mapping]] = ..., approval_required: _Optional[_Union[ApprovalRequired, _Mapping]] = ..., question_asked: _Optional[_Union[QuestionAsked, _Mapping]] = ..., decision_applied: _Optional[_Union[DecisionApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., run_queued: _Optional[_Union[RunQueued, _Mapping]] = ..., context_usage: _Optional[_Union[ContextUsage, _Mapping]] = ..., compacted: _Optional[_Union[Compacted, _Mapping]] = ..., run_resumed: _Optional[_Union[RunResumed, _Mapping]] = ..., round_retried: _Optional[_Union[RoundRetried, _Mapping]] = ...) -> None: ...

@@ -23,60 +23,74 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from pilothouse.v1 import agent_pb2 as pilothouse_dot_v1_dot_agent__pb2
 from pilothouse.v1 import event_pb2 as pilothouse_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpilothouse/v1/run_service.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19pilothouse/v1/event.proto\"\xdf\x02\n\nRunOptions\x12\x36\n\ron_disconnect\x18\x01 \x01(\x0e\x32\x1f.pilothouse.v1.DisconnectPolicy\x12\x31\n\tif_active\x18\x02 \x01(\x0e\x32\x1e.pilothouse.v1.ActiveRunPolicy\x12\x38\n\rlate_steering\x18\x03 \x01(\x0e\x32!.pilothouse.v1.LateSteeringPolicy\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctoken_budget\x18\x05 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x64\x65\x63ision_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"p\n\rSendToRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\"P\n\x0eSendToResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.pilothouse.v1.AgentResponse\"r\n\x0fStreamToRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\"<\n\x10StreamToResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"k\n\x08StartRun\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\"~\n\tAttachRun\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1b\n\tCancelRun\x12\x0e\n\x06reason\x18\x01 \x01(\t\"-\n\nSteerInput\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"\xf3\x01\n\x0cSteerRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.StartRunH\x00\x12*\n\x05steer\x18\x02 \x01(\x0b\x32\x19.pilothouse.v1.SteerInputH\x00\x12*\n\x06\x61ttach\x18\x03 \x01(\x0b\x32\x18.pilothouse.v1.AttachRunH\x00\x12*\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x18.pilothouse.v1.CancelRunH\x00\x12+\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x17.pilothouse.v1.DecisionH\x00\x42\x08\n\x06\x61\x63tion\"9\n\rSteerResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"\x82\x01\n\rAttachRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x0e\x41ttachResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"J\n\x13SteerSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\"&\n\x14SteerSessionResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"C\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"j\n\x0e\x43\x61ncelResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x18\n\x10\x61lready_finished\x18\x02 \x01(\x08\x12.\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x19.pilothouse.v1.StopReason\"V\n\x15SubmitDecisionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Decision\"(\n\x16SubmitDecisionResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t*s\n\x10\x44isconnectPolicy\x12!\n\x1d\x44ISCONNECT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_POLICY_CONTINUE\x10\x01\x12\x1c\n\x18\x44ISCONNECT_POLICY_CANCEL\x10\x02*\xaf\x01\n\x0f\x41\x63tiveRunPolicy\x12!\n\x1d\x41\x43TIVE_RUN_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVE_RUN_POLICY_REJECT\x10\x01\x12\x1d\n\x19\x41\x43TIVE_RUN_POLICY_ENQUEUE\x10\x02\x12\x1f\n\x1b\x41\x43TIVE_RUN_POLICY_INTERRUPT\x10\x03\x12\x1b\n\x17\x41\x43TIVE_RUN_POLICY_STEER\x10\x04*\x7f\n\x12LateSteeringPolicy\x12$\n LATE_STEERING_POLICY_UNSPECIFIED\x10\x00\x12\"\n\x1eLATE_STEERING_POLICY_FOLLOW_UP\x10\x01\x12\x1f\n\x1bLATE_STEERING_POLICY_RETURN\x10\x02\x32\xb2\x04\n\nRunService\x12\x45\n\x06SendTo\x12\x1c.pilothouse.v1.SendToRequest\x1a\x1d.pilothouse.v1.SendToResponse\x12M\n\x08StreamTo\x12\x1e.pilothouse.v1.StreamToRequest\x1a\x1f.pilothouse.v1.StreamToResponse0\x01\x12\x46\n\x05Steer\x12\x1b.pilothouse.v1.SteerRequest\x1a\x1c.pilothouse.v1.SteerResponse(\x01\x30\x01\x12G\n\x06\x41ttach\x12\x1c.pilothouse.v1.AttachRequest\x1a\x1d.pilothouse.v1.AttachResponse0\x01\x12W\n\x0cSteerSession\x12\".pilothouse.v1.SteerSessionRequest\x1a#.pilothouse.v1.SteerSessionResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.pilothouse.v1.CancelRequest\x1a\x1d.pilothouse.v1.CancelResponse\x12]\n\x0eSubmitDecision\x12$.pilothouse.v1.SubmitDecisionRequest\x1a%.pilothouse.v1.SubmitDecisionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpilothouse/v1/run_service.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pilothouse/v1/agent.proto\x1a\x19pilothouse/v1/event.proto\"\xf1\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\r\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.pilothouse.v1.RunStatus\x12.\n\x0bstop_reason\x18\x06 \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05usage\x18\x0b \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x12\n\niterations\x18\x0c \x01(\r\x12\r\n\x05owner\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\r\x12\x17\n\x0fidempotency_key\x18\x0f \x01(\t\x12\x15\n\rlast_sequence\x18\x10 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x11 \x01(\t\x12\x0e\n\x06sender\x18\x12 \x01(\t\"\x91\x03\n\nRunOptions\x12\x36\n\ron_disconnect\x18\x01 \x01(\x0e\x32\x1f.pilothouse.v1.DisconnectPolicy\x12\x31\n\tif_active\x18\x02 \x01(\x0e\x32\x1e.pilothouse.v1.ActiveRunPolicy\x12\x38\n\rlate_steering\x18\x03 \x01(\x0e\x32!.pilothouse.v1.LateSteeringPolicy\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctoken_budget\x18\x05 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x64\x65\x63ision_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\toverrides\x18\x14 \x01(\x0b\x32\x1d.pilothouse.v1.ModelOverrides\"\xa5\x01\n\rSendToRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x1a\n\x12return_immediately\x18\x06 \x01(\x08\"q\n\x0eSendToResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.pilothouse.v1.AgentResponse\x12\x1f\n\x03run\x18\x03 \x01(\x0b\x32\x12.pilothouse.v1.Run\"\x8b\x01\n\x0fStreamToRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"<\n\x10StreamToResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"\x84\x01\n\x08StartRun\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.pilothouse.v1.RunOptions\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"~\n\tAttachRun\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1b\n\tCancelRun\x12\x0e\n\x06reason\x18\x01 \x01(\t\"-\n\nSteerInput\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"\xf3\x01\n\x0cSteerRequest\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.StartRunH\x00\x12*\n\x05steer\x18\x02 \x01(\x0b\x32\x19.pilothouse.v1.SteerInputH\x00\x12*\n\x06\x61ttach\x18\x03 \x01(\x0b\x32\x18.pilothouse.v1.AttachRunH\x00\x12*\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x18.pilothouse.v1.CancelRunH\x00\x12+\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x17.pilothouse.v1.DecisionH\x00\x42\x08\n\x06\x61\x63tion\"9\n\rSteerResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"\x82\x01\n\rAttachRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x0e\x41ttachResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.AgentEvent\"J\n\x13SteerSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\"&\n\x14SteerSessionResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"C\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"j\n\x0e\x43\x61ncelResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x18\n\x10\x61lready_finished\x18\x02 \x01(\x08\x12.\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x19.pilothouse.v1.StopReason\"V\n\x15SubmitDecisionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Decision\"(\n\x16SubmitDecisionResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"3\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"1\n\x0eGetRunResponse\x12\x1f\n\x03run\x18\x01 \x01(\x0b\x32\x12.pilothouse.v1.Run\"x\n\x0fListRunsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.pilothouse.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"M\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.pilothouse.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12#\n\x1fRUN_STATUS_WAITING_FOR_DECISION\x10\x03\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x04\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x05*s\n\x10\x44isconnectPolicy\x12!\n\x1d\x44ISCONNECT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_POLICY_CONTINUE\x10\x01\x12\x1c\n\x18\x44ISCONNECT_POLICY_CANCEL\x10\x02*\xaf\x01\n\x0f\x41\x63tiveRunPolicy\x12!\n\x1d\x41\x43TIVE_RUN_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVE_RUN_POLICY_REJECT\x10\x01\x12\x1d\n\x19\x41\x43TIVE_RUN_POLICY_ENQUEUE\x10\x02\x12\x1f\n\x1b\x41\x43TIVE_RUN_POLICY_INTERRUPT\x10\x03\x12\x1b\n\x17\x41\x43TIVE_RUN_POLICY_STEER\x10\x04*\x7f\n\x12LateSteeringPolicy\x12$\n LATE_STEERING_POLICY_UNSPECIFIED\x10\x00\x12\"\n\x1eLATE_STEERING_POLICY_FOLLOW_UP\x10\x01\x12\x1f\n\x1bLATE_STEERING_POLICY_RETURN\x10\x02\x32\xc6\x05\n\nRunService\x12\x45\n\x06SendTo\x12\x1c.pilothouse.v1.SendToRequest\x1a\x1d.pilothouse.v1.SendToResponse\x12M\n\x08StreamTo\x12\x1e.pilothouse.v1.StreamToRequest\x1a\x1f.pilothouse.v1.StreamToResponse0\x01\x12\x46\n\x05Steer\x12\x1b.pilothouse.v1.SteerRequest\x1a\x1c.pilothouse.v1.SteerResponse(\x01\x30\x01\x12G\n\x06\x41ttach\x12\x1c.pilothouse.v1.AttachRequest\x1a\x1d.pilothouse.v1.AttachResponse0\x01\x12W\n\x0cSteerSession\x12\".pilothouse.v1.SteerSessionRequest\x1a#.pilothouse.v1.SteerSessionResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.pilothouse.v1.CancelRequest\x1a\x1d.pilothouse.v1.CancelResponse\x12]\n\x0eSubmitDecision\x12$.pilothouse.v1.SubmitDecisionRequest\x1a%.pilothouse.v1.SubmitDecisionResponse\x12\x45\n\x06GetRun\x12\x1c.pilothouse.v1.GetRunRequest\x1a\x1d.pilothouse.v1.GetRunResponse\x12K\n\x08ListRuns\x12\x1e.pilothouse.v1.ListRunsRequest\x1a\x1f.pilothouse.v1.ListRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISCONNECTPOLICY']._serialized_start=2071
-  _globals['_DISCONNECTPOLICY']._serialized_end=2186
-  _globals['_ACTIVERUNPOLICY']._serialized_start=2189
-  _globals['_ACTIVERUNPOLICY']._serialized_end=2364
-  _globals['_LATESTEERINGPOLICY']._serialized_start=2366
-  _globals['_LATESTEERINGPOLICY']._serialized_end=2493
-  _globals['_RUNOPTIONS']._serialized_start=110
-  _globals['_RUNOPTIONS']._serialized_end=461
-  _globals['_SENDTOREQUEST']._serialized_start=463
-  _globals['_SENDTOREQUEST']._serialized_end=575
-  _globals['_SENDTORESPONSE']._serialized_start=577
-  _globals['_SENDTORESPONSE']._serialized_end=657
-  _globals['_STREAMTOREQUEST']._serialized_start=659
-  _globals['_STREAMTOREQUEST']._serialized_end=773
-  _globals['_STREAMTORESPONSE']._serialized_start=775
-  _globals['_STREAMTORESPONSE']._serialized_end=835
-  _globals['_STARTRUN']._serialized_start=837
-  _globals['_STARTRUN']._serialized_end=944
-  _globals['_ATTACHRUN']._serialized_start=946
-  _globals['_ATTACHRUN']._serialized_end=1072
-  _globals['_CANCELRUN']._serialized_start=1074
-  _globals['_CANCELRUN']._serialized_end=1101
-  _globals['_STEERINPUT']._serialized_start=1103
-  _globals['_STEERINPUT']._serialized_end=1148
-  _globals['_STEERREQUEST']._serialized_start=1151
-  _globals['_STEERREQUEST']._serialized_end=1394
-  _globals['_STEERRESPONSE']._serialized_start=1396
-  _globals['_STEERRESPONSE']._serialized_end=1453
-  _globals['_ATTACHREQUEST']._serialized_start=1456
-  _globals['_ATTACHREQUEST']._serialized_end=1586
-  _globals['_ATTACHRESPONSE']._serialized_start=1588
-  _globals['_ATTACHRESPONSE']._serialized_end=1646
-  _globals['_STEERSESSIONREQUEST']._serialized_start=1648
-  _globals['_STEERSESSIONREQUEST']._serialized_end=1722
-  _globals['_STEERSESSIONRESPONSE']._serialized_start=1724
-  _globals['_STEERSESSIONRESPONSE']._serialized_end=1762
-  _globals['_CANCELREQUEST']._serialized_start=1764
-  _globals['_CANCELREQUEST']._serialized_end=1831
-  _globals['_CANCELRESPONSE']._serialized_start=1833
-  _globals['_CANCELRESPONSE']._serialized_end=1939
-  _globals['_SUBMITDECISIONREQUEST']._serialized_start=1941
-  _globals['_SUBMITDECISIONREQUEST']._serialized_end=2027
-  _globals['_SUBMITDECISIONRESPONSE']._serialized_start=2029
-  _globals['_SUBMITDECISIONRESPONSE']._serialized_end=2069
-  _globals['_RUNSERVICE']._serialized_start=2496
-  _globals['_RUNSERVICE']._serialized_end=3058
+  _globals['_RUNSTATUS']._serialized_start=3126
+  _globals['_RUNSTATUS']._serialized_end=3302
+  _globals['_DISCONNECTPOLICY']._serialized_start=3304
+  _globals['_DISCONNECTPOLICY']._serialized_end=3419
+  _globals['_ACTIVERUNPOLICY']._serialized_start=3422
+  _globals['_ACTIVERUNPOLICY']._serialized_end=3597
+  _globals['_LATESTEERINGPOLICY']._serialized_start=3599
+  _globals['_LATESTEERINGPOLICY']._serialized_end=3726
+  _globals['_RUN']._serialized_start=170
+  _globals['_RUN']._serialized_end=667
+  _globals['_RUNOPTIONS']._serialized_start=670
+  _globals['_RUNOPTIONS']._serialized_end=1071
+  _globals['_SENDTOREQUEST']._serialized_start=1074
+  _globals['_SENDTOREQUEST']._serialized_end=1239
+  _globals['_SENDTORESPONSE']._serialized_start=1241
+  _globals['_SENDTORESPONSE']._serialized_end=1354
+  _globals['_STREAMTOREQUEST']._serialized_start=1357
+  _globals['_STREAMTOREQUEST']._serialized_end=1496
+  _globals['_STREAMTORESPONSE']._serialized_start=1498
+  _globals['_STREAMTORESPONSE']._serialized_end=1558
+  _globals['_STARTRUN']._serialized_start=1561
+  _globals['_STARTRUN']._serialized_end=1693
+  _globals['_ATTACHRUN']._serialized_start=1695
+  _globals['_ATTACHRUN']._serialized_end=1821
+  _globals['_CANCELRUN']._serialized_start=1823
+  _globals['_CANCELRUN']._serialized_end=1850
+  _globals['_STEERINPUT']._serialized_start=1852
+  _globals['_STEERINPUT']._serialized_end=1897
+  _globals['_STEERREQUEST']._serialized_start=1900
+  _globals['_STEERREQUEST']._serialized_end=2143
+  _globals['_STEERRESPONSE']._serialized_start=2145
+  _globals['_STEERRESPONSE']._serialized_end=2202
+  _globals['_ATTACHREQUEST']._serialized_start=2205
+  _globals['_ATTACHREQUEST']._serialized_end=2335
+  _globals['_ATTACHRESPONSE']._serialized_start=2337
+  _globals['_ATTACHRESPONSE']._serialized_end=2395
+  _globals['_STEERSESSIONREQUEST']._serialized_start=2397
+  _globals['_STEERSESSIONREQUEST']._serialized_end=2471
+  _globals['_STEERSESSIONRESPONSE']._serialized_start=2473
+  _globals['_STEERSESSIONRESPONSE']._serialized_end=2511
+  _globals['_CANCELREQUEST']._serialized_start=2513
+  _globals['_CANCELREQUEST']._serialized_end=2580
+  _globals['_CANCELRESPONSE']._serialized_start=2582
+  _globals['_CANCELRESPONSE']._serialized_end=2688
+  _globals['_SUBMITDECISIONREQUEST']._serialized_start=2690
+  _globals['_SUBMITDECISIONREQUEST']._serialized_end=2776
+  _globals['_SUBMITDECISIONRESPONSE']._serialized_start=2778
+  _globals['_SUBMITDECISIONRESPONSE']._serialized_end=2818
+  _globals['_GETRUNREQUEST']._serialized_start=2820
+  _globals['_GETRUNREQUEST']._serialized_end=2871
+  _globals['_GETRUNRESPONSE']._serialized_start=2873
+  _globals['_GETRUNRESPONSE']._serialized_end=2922
+  _globals['_LISTRUNSREQUEST']._serialized_start=2924
+  _globals['_LISTRUNSREQUEST']._serialized_end=3044
+  _globals['_LISTRUNSRESPONSE']._serialized_start=3046
+  _globals['_LISTRUNSRESPONSE']._serialized_end=3123
+  _globals['_RUNSERVICE']._serialized_start=3729
+  _globals['_RUNSERVICE']._serialized_end=4439
 # @@protoc_insertion_point(module_scope)

@@ -30,10 +30,18 @@ class RunServiceStub:
     started it: it appends every event to its own event log, and the RPCs
     below subscribe to that log. Losing the RPC does not stop the run.
 
+    Runs outlive their process: the user message is stored when a run
+    starts and every completed round when it ends; events go to a durable
+    event log; a run whose replica stops (a crash, or a drain that hands it
+    over) is taken over by another replica or the next start and resumes
+    from its last checkpoint (`run_resumed`). Any replica answers about any
+    run: calls about a run another replica holds are forwarded there.
+
     Errors that keep a run from starting: NOT_FOUND (unknown session or
     agent), INVALID_ARGUMENT (empty or oversized content), FAILED_PRECONDITION
     (session closed, or a run already active on it, named in ErrorInfo
-    metadata `active_run_id`).
+    metadata `active_run_id`), UNAVAILABLE (the replica drains: retry, with
+    the same `idempotency_key`).
     """
 
     def __init__(self, channel):
@@ -77,6 +85,16 @@ class RunServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.FromString,
                 _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/pilothouse.v1.RunService/GetRun',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/pilothouse.v1.RunService/ListRuns',
+                request_serializer=pilothouse_dot_v1_dot_run__service__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__service__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -84,14 +102,23 @@ class RunServiceServicer:
     started it: it appends every event to its own event log, and the RPCs
     below subscribe to that log. Losing the RPC does not stop the run.
 
+    Runs outlive their process: the user message is stored when a run
+    starts and every completed round when it ends; events go to a durable
+    event log; a run whose replica stops (a crash, or a drain that hands it
+    over) is taken over by another replica or the next start and resumes
+    from its last checkpoint (`run_resumed`). Any replica answers about any
+    run: calls about a run another replica holds are forwarded there.
+
     Errors that keep a run from starting: NOT_FOUND (unknown session or
     agent), INVALID_ARGUMENT (empty or oversized content), FAILED_PRECONDITION
     (session closed, or a run already active on it, named in ErrorInfo
-    metadata `active_run_id`).
+    metadata `active_run_id`), UNAVAILABLE (the replica drains: retry, with
+    the same `idempotency_key`).
     """
 
     def SendTo(self, request, context):
-        """Sends a user message and waits for the run to finish.
+        """Sends a user message and waits for the run to finish (or, with
+        `return_immediately`, returns the started run at once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,11 +145,13 @@ class RunServiceServicer:
 
     def Attach(self, request, context):
         """Streams a run's events from `after_sequence` on: every event missed,
-        then live ones, with no gap and no duplicate. OUT_OF_RANGE when the
-        events asked for are no longer kept (ErrorInfo metadata
-        `oldest_available_sequence`); NOT_FOUND for an unknown run;
-        FAILED_PRECONDITION when the session has no active run and no run_id
-        is given.
+        then live ones, with no gap and no duplicate, on any replica and after
+        restarts. OUT_OF_RANGE when the events asked for are no longer kept
+        (ErrorInfo reason EVENTS_EXPIRED, metadata `oldest_available_sequence`)
+        or `after_sequence` is past the end of a finished run (reason
+        SEQUENCE_PAST_END, metadata `last_sequence`); NOT_FOUND for an unknown
+        run; FAILED_PRECONDITION (NO_ACTIVE_RUN) when no run_id is given and
+        the session has no active run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +176,20 @@ class RunServiceServicer:
     def SubmitDecision(self, request, context):
         """Answers an approval or a question of the session's active run.
         NOT_FOUND when no such request is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """Gets a run's record. NOT_FOUND for an unknown run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Lists a session's runs, newest first, optionally by status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +233,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.SerializeToString,
             ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.GetRunRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.GetRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=pilothouse_dot_v1_dot_run__service__pb2.ListRunsRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__service__pb2.ListRunsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pilothouse.v1.RunService', rpc_method_handlers)
@@ -203,10 +256,18 @@ class RunService:
     started it: it appends every event to its own event log, and the RPCs
     below subscribe to that log. Losing the RPC does not stop the run.
 
+    Runs outlive their process: the user message is stored when a run
+    starts and every completed round when it ends; events go to a durable
+    event log; a run whose replica stops (a crash, or a drain that hands it
+    over) is taken over by another replica or the next start and resumes
+    from its last checkpoint (`run_resumed`). Any replica answers about any
+    run: calls about a run another replica holds are forwarded there.
+
     Errors that keep a run from starting: NOT_FOUND (unknown session or
     agent), INVALID_ARGUMENT (empty or oversized content), FAILED_PRECONDITION
     (session closed, or a run already active on it, named in ErrorInfo
-    metadata `active_run_id`).
+    metadata `active_run_id`), UNAVAILABLE (the replica drains: retry, with
+    the same `idempotency_key`).
     """
 
     @staticmethod
@@ -388,6 +449,60 @@ class RunService:
             '/pilothouse.v1.RunService/SubmitDecision',
             pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionRequest.SerializeToString,
             pilothouse_dot_v1_dot_run__service__pb2.SubmitDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.RunService/GetRun',
+            pilothouse_dot_v1_dot_run__service__pb2.GetRunRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.RunService/ListRuns',
+            pilothouse_dot_v1_dot_run__service__pb2.ListRunsRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__service__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

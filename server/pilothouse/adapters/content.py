@@ -12,30 +12,21 @@ left alone. Contents can hold personal data: off by default.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from pilothouse import jsontext
+from pilothouse.runtime.messages import Message, Role
 from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest
 
 CHAT_SPAN_PREFIX = gen_ai.GenAiOperationNameValues.CHAT.value + " "
 
 
-def _text_parts(content: Any) -> list[dict[str, Any]]:
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "content": content}]
-    parts = []
-    for item in content:  # OpenAI content parts
-        if isinstance(item, dict) and item.get("type") == "text":
-            parts.append({"type": "text", "content": item.get("text", "")})
-        else:
-            parts.append({"type": str(item.get("type", "unknown")) if isinstance(item, dict) else "unknown"})
-    return parts
+def _text_parts(content: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "content": content}] if content else []
 
 
 def _arguments(raw: str | None) -> Any:
@@ -45,34 +36,36 @@ def _arguments(raw: str | None) -> Any:
         return raw
 
 
-def to_semconv_messages(messages: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """OpenAI Chat Completions messages as (system instructions, input
-    messages) in the GenAI conventions' format."""
-    system: list[dict[str, Any]] = []
+def to_semconv_messages(
+    messages: Sequence[Message], system: str = ""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runtime's messages (and system prompt) as (system instructions,
+    input messages) in the GenAI conventions' format."""
+    instructions = _text_parts(system)
     converted: list[dict[str, Any]] = []
     for message in messages:
-        role = message.get("role", "")
-        if role in {"system", "developer"}:
-            system += _text_parts(message.get("content"))
+        role = message.role
+        if role is Role.SYSTEM:
+            instructions += _text_parts(message.content)
             continue
-        if role == "tool":
-            parts = [{
-                "type": "tool_call_response",
-                "id": message.get("tool_call_id", ""),
-                "response": message.get("content", ""),
-            }]
+        if role is Role.TOOL:
+            parts: list[dict[str, Any]] = [
+                {"type": "tool_call_response", "id": message.tool_call_id, "response": message.content}
+            ]
         else:
-            parts = _text_parts(message.get("content"))
-            for call in message.get("tool_calls") or []:
-                function = call.get("function", {})
+            parts = []
+            if message.reasoning_content:
+                parts.append({"type": "reasoning", "content": message.reasoning_content})
+            parts += _text_parts(message.content)
+            for call in message.tool_calls:
                 parts.append({
                     "type": "tool_call",
-                    "id": call.get("id", ""),
-                    "name": function.get("name", ""),
-                    "arguments": _arguments(function.get("arguments")),
+                    "id": call.id,
+                    "name": call.name,
+                    "arguments": _arguments(call.arguments),
                 })
-        converted.append({"role": role, "parts": parts})
-    return system, converted
+        converted.append({"role": role.value, "parts": parts})
+    return instructions, converted
 
 
 class ContentRecordingModel:
@@ -92,11 +85,12 @@ class ContentRecordingModel:
         return self._recorded(request, span)
 
     async def _recorded(self, request: ChatRequest, span: Any) -> AsyncIterator[ChatChunk]:
-        system, messages = to_semconv_messages(request.messages)
+        system, messages = to_semconv_messages(request.messages, request.system)
         if system:
             span.set_attribute(gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS, json.dumps(system, ensure_ascii=False))
         span.set_attribute(gen_ai.GEN_AI_INPUT_MESSAGES, json.dumps(messages, ensure_ascii=False))
         text: list[str] = []
+        reasoning: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         finish = ""
         stream = self.inner.stream(request)
@@ -104,6 +98,8 @@ class ContentRecordingModel:
             async for chunk in stream:
                 if chunk.content:
                     text.append(chunk.content)
+                if chunk.reasoning:
+                    reasoning.append(chunk.reasoning)
                 for delta in chunk.tool_calls:
                     call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
                     call["id"] = delta.id or call["id"]
@@ -115,7 +111,10 @@ class ContentRecordingModel:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # close the HTTP response now, not at GC
                 await aclose()
-            parts: list[dict[str, Any]] = _text_parts("".join(text))
+            parts: list[dict[str, Any]] = []
+            if reasoning:
+                parts.append({"type": "reasoning", "content": "".join(reasoning)})
+            parts += _text_parts("".join(text))
             for index in sorted(calls):
                 call = calls[index]
                 parts.append({

@@ -1,11 +1,11 @@
 """Forward run calls to the replica that holds the run.
 
-A run's event log and commands live in the process that runs it. When a
-call about a run reaches another replica (Attach, Steer with `attach`,
-Cancel, SteerSession, SubmitDecision), the runtime raises `RunElsewhere`
-naming the owner's address (recorded in the store when the run started),
-and the servicer forwards the call there over gRPC, marked so that it is
-never forwarded twice.
+A run's live event log and commands live in the process that runs it.
+When a call about a run reaches another replica (Attach, Steer, Cancel,
+SteerSession, SubmitDecision, a message for a busy session, an idempotent
+retry), the runtime answers with a `RemoteRun` naming the owner's address
+(recorded in the run's record), and the handler forwards the call there
+over gRPC, marked so that it is never forwarded twice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import grpc
 
 from pilothouse.errors import NotFoundError
 from pilothouse.rpc.serving import channel_options
-from pilothouse.runtime.runtime import RunElsewhere
+from pilothouse.runtime.runtime import RemoteRun
 from pilothouse.v1 import run_service_pb2_grpc as runs_grpc
 
 #: Metadata key of a forwarded call.
@@ -41,7 +41,7 @@ class RunForwarder:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def target(
-        self, context: grpc.aio.ServicerContext, where: RunElsewhere
+        self, context: grpc.aio.ServicerContext, where: RemoteRun
     ) -> tuple[runs_grpc.RunServiceStub, dict[str, Any]]:
         """The owner's stub and the keyword arguments of a forwarded call
         (marking metadata, the caller's remaining deadline). NOT_FOUND when

@@ -4,6 +4,11 @@ TOML config file (`--config` or `PILOTHOUSE_CONFIG`) over the defaults.
 `OPENAI_BASE_URL` / `OPENAI_API_KEY` are honoured when
 `PILOTHOUSE_MODEL_BASE_URL` / `PILOTHOUSE_MODEL_API_KEY` are unset. With no
 base URL at all, the server uses the built-in scripted test model.
+
+The `PILOTHOUSE_MODEL_*` settings describe the default provider; more are
+named in `providers` (`[[providers]]` tables in the config file, or JSON in
+`PILOTHOUSE_PROVIDERS`), and an agent picks one with `model =
+"provider/model"`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,7 +30,43 @@ from pydantic_settings import (
 from pilothouse.rpc.settings import ServerProcessSettings
 
 TEST_MODEL_NAME = "pilothouse-test-model"
+#: The provider name reserved for the default provider ("default/model").
+DEFAULT_PROVIDER = "default"
 _config_file: ContextVar[str | None] = ContextVar("pilothouse_config_file", default=None)
+
+
+class ProviderSettings(BaseModel):
+    """One named model provider (`[[providers]]`).
+
+    `kind` is the wire format: `openai` (any Chat Completions endpoint) or
+    `anthropic` (the Messages API). `base_url` defaults to the kind's
+    public API. The API key is read at start-up from the environment
+    variable `api_key_env` names (never from the file itself); `headers`
+    are sent with every request (e.g. `anthropic-beta`, OpenRouter's
+    `X-Title`). Timeouts in seconds, as for the default provider;
+    `gen_ai_provider_name` is the `gen_ai.provider.name` of its spans and
+    metrics (default: `name`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+    kind: Literal["openai", "anthropic"] = "openai"
+    base_url: str = ""
+    api_key_env: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0)
+    idle_timeout: float | None = Field(None, gt=0)
+    max_retries: int = Field(3, ge=0)
+    gen_ai_provider_name: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _not_default(cls, value: str) -> str:
+        if value == DEFAULT_PROVIDER:
+            raise ValueError(f"{DEFAULT_PROVIDER!r} names the default provider (PILOTHOUSE_MODEL_*)")
+        return value
 
 
 class Settings(ServerProcessSettings):
@@ -47,8 +88,16 @@ class Settings(ServerProcessSettings):
     model: str = Field("", description="default model name for agents that name none")
     model_provider_name: str = Field("openai", description="gen_ai.provider.name for traces")
     model_connect_timeout: float = Field(10.0, gt=0, description="seconds")
-    model_read_timeout: float = Field(120.0, gt=0, description="seconds between stream bytes")
+    model_read_timeout: float = Field(
+        120.0, gt=0, description="seconds until the response (its first byte) arrives"
+    )
+    model_idle_timeout: float | None = Field(
+        None, gt=0, description="seconds of silence once a stream began (default: read timeout)"
+    )
     model_max_retries: int = Field(3, ge=0, description="retries of 429/5xx before the first byte")
+    providers: list[ProviderSettings] = Field(
+        default_factory=list, description="named providers, [[providers]] in the config file"
+    )
     tool_executors: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1:50052"],
         description="ToolExecutor addresses, comma-separated in the environment",
@@ -70,8 +119,26 @@ class Settings(ServerProcessSettings):
     data_dir: Path = Field(Path("data"), description="where file-based stores live")
     heartbeat_interval: float = Field(15.0, gt=0, description="seconds of quiet before a heartbeat")
     decision_timeout: float = Field(600.0, gt=0, description="seconds an approval or question waits")
-    event_retention: float = Field(300.0, ge=0, description="seconds a finished run's events are kept")
+    event_retention: float = Field(
+        300.0, ge=0, description="seconds a finished run stays in memory (later reads go to the store)"
+    )
+    event_log_retention: float = Field(
+        7 * 24 * 3600.0, ge=0,
+        description="seconds the store keeps a finished run's events (its done is kept)",
+    )
+    event_flush_interval: float = Field(
+        0.05, gt=0, description="seconds between batched writes of the durable event log"
+    )
     run_lease: float = Field(30.0, gt=0, description="seconds a run's session lease lasts unrenewed")
+    resume_policy: Literal["resume", "interrupt"] = Field(
+        "resume", description="what happens to a run whose server stopped: resume it or end it"
+    )
+    resume_poll_interval: float = Field(
+        2.0, gt=0, description="seconds between looks for runs to take over"
+    )
+    model_stream_retries: int = Field(
+        2, ge=0, le=10, description="retries of a model round whose stream failed after it began"
+    )
     session_cache_size: int = Field(1000, ge=0, description="histories kept in memory")
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
@@ -101,6 +168,15 @@ class Settings(ServerProcessSettings):
     record_content: bool = Field(
         False, description="record message contents and tool arguments/results in spans"
     )
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, value: list[ProviderSettings]) -> list[ProviderSettings]:
+        names = [p.name for p in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"provider names must be unique: {', '.join(repeated)}")
+        return value
 
     @field_validator("tool_executors", mode="before")
     @classmethod

@@ -19,10 +19,13 @@ from pilothouse.app.agents_file import read_agents_file
 from pilothouse.app.file_agents import FileAgents
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
+from pilothouse.app.models import ProviderConfigError, build_router
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
-from pilothouse.handlers.services import AgentService, RunService, SessionService
+from pilothouse.handlers.agents import AgentService
+from pilothouse.handlers.runs import RunService
+from pilothouse.handlers.sessions import SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
 from pilothouse.ops.telemetry import (
     add_span_processor,
@@ -32,8 +35,8 @@ from pilothouse.ops.telemetry import (
 )
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
-from pilothouse.runtime.model.openai import OpenAIChatModel
-from pilothouse.runtime.runtime import Runtime, RuntimeLimits
+from pilothouse.runtime.model.router import ModelRouter
+from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
 from pilothouse.runtime.store.memory import MemorySessionStore
 from pilothouse.v1 import (
@@ -83,7 +86,7 @@ class App:
     runtime: Runtime
     server: RunningServer
     tools: ToolExecutorClient
-    model: OpenAIChatModel
+    model: ModelRouter
     test_model_server: StandInModelServer | None = None
     metrics: MetricsPipeline | None = None
     runtime_metrics: RuntimeMetrics | None = None
@@ -108,10 +111,13 @@ class App:
            routing here) and new runs refused with UNAVAILABLE (DRAINING);
            other RPCs are still served.
         2. Active and queued runs get `grace` seconds (default
-           `settings.shutdown_grace`) to finish and store their history;
-           `force` being set (a second SIGTERM) cuts the wait short.
-        3. What still runs is cancelled (stop reason CANCELLED, history
-           valid) and stored.
+           `settings.shutdown_grace`) to finish and store their history.
+        3. What still runs is handed over: stopped at a safe point, its
+           state stored and its lease released, so another replica (or the
+           next start) resumes it; its streams end with UNAVAILABLE
+           (RUN_HANDED_OVER) and clients re-attach. `force` being set (a
+           second SIGTERM) cuts the wait short and cancels instead (stop
+           reason CANCELLED, history valid).
         4. Streams get up to STREAM_GRACE_S to deliver their last events,
            then the server stops and everything is closed.
         """
@@ -127,11 +133,15 @@ class App:
         if active:
             log.info("draining: %d active run(s) get up to %gs to finish", len(active), grace)
         finished = await _first(self.runtime.wait_idle(grace), force)
-        if not finished:
-            remaining = self.runtime.active_runs()
-            log.warning("cancelling %d run(s) still active after the drain", len(remaining))
-            for run in remaining:
-                run.control.request_stop(StopReason.CANCELLED, "the server is shutting down")
+        if not finished and not (force is not None and force.is_set()):
+            remaining = len(self.runtime.active_runs())
+            log.warning("handing over %d run(s) still active after the drain", remaining)
+            await _first(self.runtime.hand_over(CANCEL_WAIT_S), force)
+        if self.runtime.active_runs():
+            remaining_runs = self.runtime.active_runs()
+            log.warning("cancelling %d run(s) still active after the drain", len(remaining_runs))
+            for run in remaining_runs:
+                run.stop(StopReason.CANCELLED, "the server is shutting down")
             if not await self.runtime.wait_idle(CANCEL_WAIT_S):
                 log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
         # Every run has ended and published `done`: the streams deliver it
@@ -210,7 +220,7 @@ async def start_app(
     add_span_processor(runtime_metrics.span_processor())
     test_model_server = None
     tools: ToolExecutorClient | None = None
-    model: OpenAIChatModel | None = None
+    model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
     try:
@@ -233,14 +243,10 @@ async def start_app(
             default_model = settings.model
             if not default_model:
                 raise StartupError("PILOTHOUSE_MODEL must name the default model of the endpoint")
-        model = OpenAIChatModel(
-            base_url=base_url,
-            api_key=settings.model_api_key.get_secret_value() if settings.model_api_key else None,
-            connect_timeout=settings.model_connect_timeout,
-            read_timeout=settings.model_read_timeout,
-            max_retries=settings.model_max_retries,
-            provider_name=settings.model_provider_name,
-        )
+        try:
+            model = build_router(settings, base_url, default_model)
+        except ProviderConfigError as exc:
+            raise StartupError(str(exc)) from exc
         tools = ToolExecutorClient(
             settings.tool_executors,
             call_timeout=settings.tool_timeout,
@@ -262,12 +268,16 @@ async def start_app(
                 max_content_bytes=settings.max_content_bytes,
                 lease_s=settings.run_lease,
                 event_retention_s=settings.event_retention,
+                event_log_retention_s=settings.event_log_retention,
+                event_flush_s=settings.event_flush_interval,
+                resume_policy=ResumePolicy(settings.resume_policy),
+                resume_poll_s=settings.resume_poll_interval,
+                stream_retries=settings.model_stream_retries,
                 decision_timeout_s=settings.decision_timeout,
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
         )
-        await runtime.start()
         tools.watch(settings.tool_rediscovery_interval)
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
@@ -300,6 +310,7 @@ async def start_app(
             request_rules=RUNTIME_REQUEST_RULES,
         )
         runtime.address = advertised_address(settings, server.port)
+        await runtime.start()  # takes over runs left by a crash or a drain
         health = HealthMonitor(
             server,
             dependencies_of(settings, store, tools),

@@ -11,17 +11,23 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime import events as ev
-from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy
+from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy, ModelOverrides
 from pilothouse.runtime.control import (
     ActiveRunPolicy,
-    Decision,
     DisconnectPolicy,
     LateSteeringPolicy,
     RunOptions,
-    Verdict,
 )
+from pilothouse.runtime.events import Decision, Verdict
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
-from pilothouse.runtime.store.base import INTERRUPTED, SessionRecord, SessionState
+from pilothouse.runtime.model.base import ReasoningEffort
+from pilothouse.runtime.store.base import (
+    INTERRUPTED,
+    RunRecord,
+    RunStatus,
+    SessionRecord,
+    SessionState,
+)
 from pilothouse.v1 import (
     agent_pb2,
     event_pb2,
@@ -58,6 +64,14 @@ _APPROVAL_POLICIES = {
     ApprovalPolicy.ALWAYS: agent_pb2.APPROVAL_POLICY_ALWAYS,
 }
 _APPROVAL_POLICY_OF = {proto: policy for policy, proto in _APPROVAL_POLICIES.items()}
+_REASONING_EFFORTS = {
+    ReasoningEffort.DEFAULT: agent_pb2.REASONING_EFFORT_UNSPECIFIED,
+    ReasoningEffort.NONE: agent_pb2.REASONING_EFFORT_NONE,
+    ReasoningEffort.LOW: agent_pb2.REASONING_EFFORT_LOW,
+    ReasoningEffort.MEDIUM: agent_pb2.REASONING_EFFORT_MEDIUM,
+    ReasoningEffort.HIGH: agent_pb2.REASONING_EFFORT_HIGH,
+}
+_REASONING_EFFORT_OF = {proto: effort for effort, proto in _REASONING_EFFORTS.items()}
 _VERDICTS = {
     Verdict.NONE: event_pb2.VERDICT_UNSPECIFIED,
     Verdict.APPROVE: event_pb2.VERDICT_APPROVE,
@@ -112,6 +126,34 @@ def options_from_proto(options: run_service_pb2.RunOptions, field: str = "option
         timeout_s=_seconds(options.timeout, f"{field}.timeout"),
         token_budget=options.token_budget,
         decision_timeout_s=_seconds(options.decision_timeout, f"{field}.decision_timeout"),
+        model_overrides=(
+            overrides_from_proto(options.overrides, f"{field}.overrides")
+            if options.HasField("overrides")
+            else None
+        ),
+    )
+
+
+def _optional(message: Any, name: str) -> Any:
+    """A proto3 `optional` field's value, None when unset."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def overrides_from_proto(overrides: agent_pb2.ModelOverrides, field: str) -> ModelOverrides:
+    """Domain model overrides; INVALID_ARGUMENT for an unknown reasoning
+    effort (the values themselves are checked against the agent)."""
+    effort = overrides.reasoning_effort
+    if effort not in _REASONING_EFFORT_OF:
+        raise InvalidArgumentError.field(f"{field}.reasoning_effort", f"unknown value {effort}")
+    return ModelOverrides(
+        model=overrides.model,
+        tool_choice=overrides.tool_choice,
+        temperature=_optional(overrides, "temperature"),
+        top_p=_optional(overrides, "top_p"),
+        max_tokens=_optional(overrides, "max_tokens"),
+        stop_sequences=tuple(overrides.stop_sequences),
+        parallel_tool_calls=_optional(overrides, "parallel_tool_calls"),
+        reasoning_effort=_REASONING_EFFORT_OF[effort] or None,
     )
 
 
@@ -131,6 +173,7 @@ def decision_from_proto(decision: event_pb2.Decision) -> Decision:
         reason=decision.reason,
         selected_options=tuple(decision.selected_options),
         text=decision.text,
+        edited_arguments=decision.edited_arguments_json,
     )
 
 
@@ -141,11 +184,63 @@ def decision_to_proto(decision: Decision) -> event_pb2.Decision:
         reason=decision.reason,
         selected_options=list(decision.selected_options),
         text=decision.text,
+        edited_arguments_json=decision.edited_arguments,
     )
+
+
+_RUN_STATUSES = {
+    RunStatus.QUEUED: run_service_pb2.RUN_STATUS_QUEUED,
+    RunStatus.RUNNING: run_service_pb2.RUN_STATUS_RUNNING,
+    RunStatus.WAITING_FOR_DECISION: run_service_pb2.RUN_STATUS_WAITING_FOR_DECISION,
+    RunStatus.FINISHED: run_service_pb2.RUN_STATUS_FINISHED,
+    RunStatus.INTERRUPTED: run_service_pb2.RUN_STATUS_INTERRUPTED,
+}
+_RUN_STATUS_OF = {proto: status for status, proto in _RUN_STATUSES.items()}
+
+
+def run_statuses_from_proto(values, field: str = "statuses") -> set[RunStatus]:
+    """Domain run statuses; INVALID_ARGUMENT for unknown or unspecified."""
+    statuses = set()
+    for value in values:
+        if value not in _RUN_STATUS_OF:
+            raise InvalidArgumentError.field(field, f"unknown value {value}")
+        statuses.add(_RUN_STATUS_OF[value])
+    return statuses
+
+
+def run_to_proto(record: RunRecord) -> run_service_pb2.Run:
+    run = run_service_pb2.Run(
+        run_id=record.id,
+        session_id=record.session_id,
+        agent=record.agent,
+        agent_version=record.agent_version,
+        status=_RUN_STATUSES[record.status],
+        stop_reason=_STOP_REASON_BY_VALUE.get(record.stop_reason, event_pb2.STOP_REASON_UNSPECIFIED),
+        error=record.error,
+        create_time=timestamp(record.created_at),
+        usage=usage_to_proto(record.usage),
+        iterations=record.iterations,
+        owner=record.owner,
+        attempt=record.attempt,
+        idempotency_key=record.idempotency_key,
+        last_sequence=record.last_sequence,
+        content=record.content,
+        sender=record.sender,
+    )
+    if record.started_at:
+        run.start_time.CopyFrom(timestamp(record.started_at))
+    if record.ended_at:
+        run.end_time.CopyFrom(timestamp(record.ended_at))
+    return run
 
 
 def session_state_from_proto(state: int) -> SessionState | None:
     return _SESSION_STATE_OF.get(state)
+
+
+def stop_reason_value_to_proto(value: str) -> int:
+    """A stored stop reason value ("" and unknown: unspecified)."""
+    return _STOP_REASON_BY_VALUE.get(value, event_pb2.STOP_REASON_UNSPECIFIED)
 
 
 def stop_reason_to_proto(reason: ev.StopReason) -> int:
@@ -179,6 +274,15 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
             "approval_policy": _APPROVAL_POLICY_OF.get(config.approval_policy, config.approval_policy),
             "approval_required_tools": tuple(config.approval_required_tools),
             "context_window": config.context_window,
+            "temperature": _optional(config, "temperature"),
+            "top_p": _optional(config, "top_p"),
+            "max_tokens": config.max_tokens,
+            "stop_sequences": tuple(config.stop_sequences),
+            "parallel_tool_calls": _optional(config, "parallel_tool_calls"),
+            "reasoning_effort": _REASONING_EFFORT_OF.get(
+                config.reasoning_effort, config.reasoning_effort
+            ),
+            "fallback_model": config.fallback_model,
         }
     )
 
@@ -199,6 +303,13 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             approval_policy=_APPROVAL_POLICIES[c.approval_policy],
             approval_required_tools=list(c.approval_required_tools),
             context_window=c.context_window,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_tokens=c.max_tokens,
+            stop_sequences=list(c.stop_sequences),
+            parallel_tool_calls=c.parallel_tool_calls,
+            reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
+            fallback_model=c.fallback_model,
         ),
         tools=[
             tool_pb2.Tool(
@@ -266,6 +377,7 @@ def usage_to_proto(usage: Usage) -> event_pb2.Usage:
         total_tokens=usage.total_tokens,
         cached_tokens=usage.cached_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 
@@ -371,6 +483,16 @@ _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
         ),
     ),
     ev.Compacted: lambda e: ("compacted", event_pb2.Compacted(summary=e.summary)),
+    ev.RunResumed: lambda e: (
+        "run_resumed",
+        event_pb2.RunResumed(
+            attempt=e.attempt, last_stored_sequence=e.last_stored_sequence, reason=e.reason
+        ),
+    ),
+    ev.RoundRetried: lambda e: (
+        "round_retried",
+        event_pb2.RoundRetried(attempt=e.attempt, cause=e.cause, error=e.error, model=e.model),
+    ),
 }
 
 

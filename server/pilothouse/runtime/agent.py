@@ -1,8 +1,10 @@
-"""Agent configuration and the immutable agent built from it (seed 000
-`AgentConfig`, `add_agent`; seed 003 `Agent::build_request`)."""
+"""Agent configuration and the immutable agent built from it: its model
+settings, the request it sends each round, and the per-run overrides."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -10,17 +12,19 @@ from enum import StrEnum
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime.messages import Message
-from pilothouse.runtime.model.base import ChatRequest
+from pilothouse.runtime.model.base import ChatRequest, ModelSettings, ReasoningEffort
 from pilothouse.runtime.tools import ToolSpec
 
 DEFAULT_MAX_ITERATIONS = 16
 MAX_MAX_ITERATIONS = 256
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
+#: The most stop sequences an agent may set (OpenAI accepts 4, Anthropic more).
+MAX_STOP_SEQUENCES = 16
 
 
 class ApprovalPolicy(StrEnum):
@@ -35,7 +39,15 @@ class ApprovalPolicy(StrEnum):
 class AgentConfig(BaseModel):
     """What an agent is built from. Defaults are applied on validation:
     `max_iterations` 0 → 16; `tool_choice` "" → "auto"; `model` "" → the
-    server's default model (filled in by the runtime)."""
+    server's default model (filled in by the runtime).
+
+    `model` (and `fallback_model`) may be "provider/model" to use a named
+    provider. The model settings (`temperature` 0-2, `top_p` 0-1,
+    `max_tokens` (0: the provider's default), `stop_sequences`,
+    `parallel_tool_calls`, `reasoning_effort`) are None / empty for the
+    provider's default; `thinking` is the older spelling of
+    `reasoning_effort = "high"` and applies when no effort is set.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,6 +63,13 @@ class AgentConfig(BaseModel):
     approval_policy: ApprovalPolicy = ApprovalPolicy.DEFAULT
     approval_required_tools: tuple[str, ...] = ()
     context_window: int = Field(default=0, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int = Field(default=0, ge=0)
+    stop_sequences: tuple[str, ...] = Field(default=(), max_length=MAX_STOP_SEQUENCES)
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort = ReasoningEffort.DEFAULT
+    fallback_model: str = ""
 
     @field_validator("name")
     @classmethod
@@ -78,17 +97,47 @@ class AgentConfig(BaseModel):
             seen.add(name)
         return value
 
-    @model_validator(mode="after")
-    def _tool_choice(self) -> AgentConfig:
-        choice = self.tool_choice or "auto"
-        if choice not in TOOL_CHOICE_MODES and choice not in self.tools:
+    @field_validator("stop_sequences")
+    @classmethod
+    def _stop_sequences(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @property
+    def effective_reasoning_effort(self) -> ReasoningEffort:
+        """`reasoning_effort`, or "high" when only `thinking` is set."""
+        if self.reasoning_effort is ReasoningEffort.DEFAULT and self.thinking:
+            return ReasoningEffort.HIGH
+        return self.reasoning_effort
+
+    def request_settings(self) -> ModelSettings:
+        """The settings sent with every request of this agent."""
+        return ModelSettings(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens or None,
+            stop=self.stop_sequences,
+            parallel_tool_calls=self.parallel_tool_calls,
+            reasoning_effort=self.effective_reasoning_effort,
+        )
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, value: str, info: ValidationInfo) -> str:
+        choice = value or "auto"
+        if choice not in TOOL_CHOICE_MODES and choice not in info.data.get("tools", ()):
             raise ValueError(
-                f"tool_choice must be auto, none, required or one of the agent's tools, "
-                f"not {choice!r}"
+                f"must be auto, none, required or one of the agent's tools, not {choice!r}"
             )
-        if choice != self.tool_choice:
-            object.__setattr__(self, "tool_choice", choice)
-        return self
+        return choice
 
     @classmethod
     def parse(cls, data: dict[str, Any], *, field_prefix: str = "config") -> AgentConfig:
@@ -108,6 +157,31 @@ class AgentConfig(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class ModelOverrides:
+    """What one run changes of its agent's model settings; None / empty
+    keeps the agent's. `model` may be "provider/model"; `tool_choice` is
+    validated against the agent's tools."""
+
+    model: str = ""
+    tool_choice: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop_sequences: tuple[str, ...] = ()
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The config fields these overrides set."""
+        changed: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is not None and value != "" and value != ():
+                changed[item.name] = value
+        return changed
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """An immutable agent: its config (with `model` resolved), the snapshot
     of its tool schemas, when and how it was registered ("file" or "api"),
@@ -124,15 +198,30 @@ class Agent:
         return self.config.name
 
     def build_request(self, history: list[Message]) -> ChatRequest:
-        """System prompt + history + tool schemas (seed `build_request`)."""
-        messages: list[dict[str, Any]] = []
-        if self.config.system_prompt:
-            messages.append({"role": "system", "content": self.config.system_prompt})
-        messages.extend(m.to_wire() for m in history)
+        """This round's request: the system prompt, a snapshot of the
+        history, the tool specs and the model settings; each provider
+        builds its own wire format from it."""
+        config = self.config
         return ChatRequest(
-            model=self.config.model,
-            messages=messages,
-            tools=[t.to_wire() for t in self.tools],
-            tool_choice=self.config.tool_choice if self.tools else None,
-            reasoning_effort="high" if self.config.thinking else None,
+            model=config.model,
+            messages=list(history),
+            system=config.system_prompt,
+            tools=self.tools,
+            tool_choice=config.tool_choice if self.tools else None,
+            settings=config.request_settings(),
         )
+
+    def with_overrides(
+        self, overrides: ModelOverrides | None, *, field_prefix: str = "options.overrides"
+    ) -> Agent:
+        """A copy of this agent with one run's overrides applied (itself
+        when there are none). Raises InvalidArgumentError with field paths
+        under `field_prefix` for a bad value (a tool_choice naming a tool
+        the agent does not have, a temperature out of range, ...)."""
+        changes = overrides.changes() if overrides is not None else {}
+        if not changes:
+            return self
+        data = self.config.model_dump()
+        data.update(changes)
+        config = AgentConfig.parse(data, field_prefix=field_prefix)
+        return dataclasses.replace(self, config=config)

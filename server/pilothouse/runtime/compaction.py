@@ -56,10 +56,8 @@ async def summarize(model: ChatModel, agent: Agent, history: list[Message]) -> s
     nothing."""
     request = ChatRequest(
         model=agent.config.model,
-        messages=[
-            {"role": "system", "content": COMPACTION_PROMPT},
-            {"role": "user", "content": _transcript(history)},
-        ],
+        messages=[Message.user(_transcript(history))],
+        system=COMPACTION_PROMPT,
     )
     parts = [chunk.content async for chunk in model.stream(request) if chunk.content]
     summary = "".join(parts).strip()

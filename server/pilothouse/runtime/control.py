@@ -5,12 +5,14 @@ the run applies them at its safe points")."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from pilothouse.runtime.events import StopReason
+from pilothouse.runtime.agent import ModelOverrides
+from pilothouse.runtime.events import Decision, StopReason, Verdict
 
 
 class DisconnectPolicy(StrEnum):
@@ -30,17 +32,11 @@ class LateSteeringPolicy(StrEnum):
     RETURN = "return"
 
 
-class Verdict(StrEnum):
-    NONE = ""
-    APPROVE = "approve"
-    DENY = "deny"
-    APPROVE_ALWAYS = "approve_always"
-
-
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     """Options of one run. Durations in seconds; None means no limit /
-    the server default; `token_budget` 0 means none."""
+    the server default; `token_budget` 0 means none; `model_overrides`
+    changes the agent's model settings for this run."""
 
     on_disconnect: DisconnectPolicy = DisconnectPolicy.CONTINUE
     if_active: ActiveRunPolicy = ActiveRunPolicy.REJECT
@@ -48,18 +44,7 @@ class RunOptions:
     timeout_s: float | None = None
     token_budget: int = 0
     decision_timeout_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """An answer to an approval (`verdict`, `reason`) or a question
-    (`selected_options`, `text`)."""
-
-    request_id: str
-    verdict: Verdict = Verdict.NONE
-    reason: str = ""
-    selected_options: tuple[str, ...] = ()
-    text: str = ""
+    model_overrides: ModelOverrides | None = None
 
 
 class SteeringInbox:
@@ -112,6 +97,23 @@ class SteeringInbox:
         self._closed = self._sealed = True
         late, self.late = self.late, []
         return late + self.take_all()
+
+
+def check_edited_arguments(decision: Decision, kind: str) -> None:
+    """INVALID_ARGUMENT unless edited arguments come with an approval and
+    are a JSON object."""
+    if kind != "approval" or decision.verdict is Verdict.DENY:
+        raise InvalidArgumentError.field(
+            "decision.edited_arguments_json", "only an approval may edit the call's arguments"
+        )
+    try:
+        value = json.loads(decision.edited_arguments)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError.field(
+            "decision.edited_arguments_json", "must be a JSON object"
+        )
 
 
 @dataclass(slots=True)
@@ -184,6 +186,8 @@ class RunControl:
             raise InvalidArgumentError.field(
                 "decision.verdict", "an approval needs APPROVE, DENY or APPROVE_ALWAYS"
             )
+        if decision.edited_arguments:
+            check_edited_arguments(decision, pending.kind)
         if pending.kind == "question":
             if decision.verdict is not Verdict.NONE:
                 raise InvalidArgumentError.field("decision.verdict", "a question takes an answer, not a verdict")

@@ -1,16 +1,35 @@
-"""Events of a run (seed 003 `AgentEvent`) and the run's outcome
-(`AgentResponse`, `AgentStep`, `StopReason`)."""
+"""Events of a run and the run's outcome (`AgentResponse`, `AgentStep`,
+`StopReason`), and the decisions clients send about approvals and
+questions. Plain data: every event is a dataclass that the durable event
+log encodes (`pilothouse.runtime.eventcodec`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from pilothouse.runtime.messages import Message, ToolCall, Usage
 
-if TYPE_CHECKING:
-    from pilothouse.runtime.control import Decision
+
+class Verdict(StrEnum):
+    NONE = ""
+    APPROVE = "approve"
+    DENY = "deny"
+    APPROVE_ALWAYS = "approve_always"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An answer to an approval (`verdict`, `reason`, and optionally
+    `edited_arguments`: the JSON arguments to run the call with instead of
+    the model's) or to a question (`selected_options`, `text`)."""
+
+    request_id: str
+    verdict: Verdict = Verdict.NONE
+    reason: str = ""
+    selected_options: tuple[str, ...] = ()
+    text: str = ""
+    edited_arguments: str = ""
 
 
 class StopReason(StrEnum):
@@ -24,6 +43,9 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     INTERRUPTED = "interrupted"
+    #: Not an outcome: the run stopped at a safe point so that another
+    #: replica (or the next start) resumes it. Never in a `done`.
+    HANDOVER = "handover"
 
 
 @dataclass(slots=True)
@@ -141,7 +163,8 @@ class UsageReported:
 
 @dataclass(slots=True)
 class ApprovalRequired:
-    """A tool call waits for a decision; `expire_time` is Unix seconds."""
+    """A tool call waits for a decision; `request_id` is made by the
+    server, unique within the run; `expire_time` is Unix seconds."""
 
     request_id: str
     tool_call: ToolCall
@@ -187,6 +210,35 @@ class Compacted:
 
 
 @dataclass(slots=True)
+class RunResumed:
+    """The run was taken over after its process stopped (`reason`: its
+    lease expired, or a draining replica handed it over) and goes on from
+    its last checkpoint. `attempt` counts takeovers from 1;
+    `last_stored_sequence` is the last event stored before the takeover:
+    later events of the earlier attempt, if a client saw any, are void.
+    The events that follow restate the round in progress (its
+    `tool_calls_start`, the results already known, pending approvals and
+    questions with their ids), or the interrupted model round is redone."""
+
+    attempt: int
+    last_stored_sequence: int
+    reason: str
+
+
+@dataclass(slots=True)
+class RoundRetried:
+    """A model stream failed after it began; the round is made again
+    (`attempt` counts retries of this round from 1, `model` is the model
+    used for the retry, the fallback model once retries run out). Clients
+    drop the text and thinking of the failed attempt's open segment."""
+
+    attempt: int
+    cause: str
+    error: str
+    model: str
+
+
+@dataclass(slots=True)
 class Done:
     response: AgentResponse
 
@@ -212,6 +264,8 @@ Event = (
     | RunQueued
     | ContextUsage
     | Compacted
+    | RunResumed
+    | RoundRetried
     | Done
 )
 

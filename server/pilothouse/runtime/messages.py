@@ -1,7 +1,8 @@
 """History messages, tool calls and usage: the runtime's own types.
 
-They mirror the Chat Completions wire format (seed 003 `HistoryEntry`), and
-`Message.to_wire()` projects a message onto that format.
+They are provider-neutral: each model provider projects them onto its own
+wire format (`runtime/model/openai_wire.py`, `runtime/model/anthropic_wire.py`).
+Field names follow the Chat Completions ones where a name is needed.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 
 class Role(StrEnum):
@@ -33,23 +33,23 @@ class ToolCall:
     name: str
     arguments: str = ""
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments or "{}"},
-        }
-
 
 @dataclass(slots=True)
 class Usage:
-    """Token usage with the Chat Completions names; adds up with `+`."""
+    """Token usage with the Chat Completions names; adds up with `+`.
+
+    `prompt_tokens` counts every input token, cached or not;
+    `cached_tokens` are those read from the provider's prompt cache and
+    `cache_write_tokens` those written to it (Anthropic's
+    `cache_creation_input_tokens`); `reasoning_tokens` are part of
+    `completion_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -58,15 +58,33 @@ class Usage:
             self.total_tokens + other.total_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
+
+
+@dataclass(slots=True)
+class ReasoningBlock:
+    """One block of a model's reasoning, kept so that it can be sent back
+    to the provider that made it, which may require it verbatim: signed
+    thinking (`text` with its `signature`, Anthropic's extended thinking)
+    or redacted thinking (`redacted`, the provider's opaque data, no text).
+    """
+
+    text: str = ""
+    signature: str = ""
+    redacted: str = ""
 
 
 @dataclass(slots=True)
 class Message:
     """One entry of a session's history.
 
-    `sender` and `auto_injected` are runtime metadata (seed 000): they are
-    stored but never sent to the model. `created_at` is Unix time in seconds.
+    `sender` and `auto_injected` are runtime metadata: they are stored but
+    never sent to the model. `created_at` is Unix time in seconds.
+    `reasoning_content` is the reasoning text of an assistant message (what
+    clients see); `reasoning_blocks` is the same reasoning as the provider
+    delivered it when it must be sent back signed or redacted (empty for
+    providers that have no such blocks).
     """
 
     role: Role
@@ -78,6 +96,7 @@ class Message:
     sender: str = ""
     auto_injected: bool = False
     created_at: float = field(default_factory=time.time)
+    reasoning_blocks: list[ReasoningBlock] = field(default_factory=list)
 
     @classmethod
     def user(cls, content: str, sender: str = "") -> Message:
@@ -99,16 +118,7 @@ class Message:
             self.sender,
             self.auto_injected,
             self.created_at,
+            [ReasoningBlock(b.text, b.signature, b.redacted) for b in self.reasoning_blocks]
+            if self.reasoning_blocks
+            else [],
         )
-
-    def to_wire(self) -> dict[str, Any]:
-        """The message as a Chat Completions request message."""
-        wire: dict[str, Any] = {"role": self.role.value}
-        if self.role is Role.ASSISTANT and self.tool_calls:
-            wire["content"] = self.content or None
-            wire["tool_calls"] = [tc.to_wire() for tc in self.tool_calls]
-        else:
-            wire["content"] = self.content
-        if self.role is Role.TOOL:
-            wire["tool_call_id"] = self.tool_call_id
-        return wire

@@ -45,12 +45,14 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """Who a tool call is for."""
+    """Who a tool call is for; `principal` is the authenticated caller who
+    started the run ("" without authentication)."""
 
     agent: str
     sender: str
     session_id: str
     run_id: str
+    principal: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,9 @@
-"""A small OpenAI-compatible Chat Completions server (aiohttp) driven by a
-responder: the fake model server of the tests and the host of the built-in
-scripted test model."""
+"""Fake model servers (aiohttp) driven by a responder: `FakeModelServer`
+holds what every wire format shares (queued replies, request log,
+streaming with cuts and pauses, disconnect detection), and
+`ChatCompletionsServer` serves the OpenAI-compatible Chat Completions API:
+the fake model server of the tests and the host of the built-in scripted
+test model. (The Anthropic Messages one is in `testmodel.anthropic`.)"""
 
 from __future__ import annotations
 
@@ -166,30 +169,24 @@ def assemble_completion(payloads: Iterable[str]) -> tuple[int, dict[str, Any]]:
     return 200, body
 
 
-class ChatCompletionsServer:
-    """Serves `POST /v1/chat/completions` and `GET /v1/models` on
-    `host:port` (port 0 picks a free port).
+class FakeModelServer:
+    """Serves a model API on `host:port` (port 0 picks a free port).
 
-    Each chat request's JSON body is appended to `requests` (and its
-    headers to `request_headers`) before `responder` is asked for the reply.
-    A streamed request gets the `SSEReply` as it is; a `stream: false`
-    request gets the same reply folded into one `chat.completion` JSON.
-    When a client goes away in the middle of a reply, `disconnects` is
-    incremented and `disconnected` is set.
+    Each request's JSON body is appended to `requests` (and its headers to
+    `request_headers`) before `responder` is asked for the reply. A
+    streamed request (`"stream": true`) gets the `SSEReply` as it is; any
+    other request gets `complete(reply)`. When a client goes away in the
+    middle of a reply, `disconnects` is incremented and `disconnected` is
+    set. Subclasses add the routes of their API in `routes`.
     """
 
-    def __init__(
-        self,
-        responder: Responder,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        model_ids: Sequence[str] = ("fake-model",),
-    ) -> None:
+    #: The base URL's path, after `http://host:port`.
+    base_path = ""
+
+    def __init__(self, responder: Responder, host: str = "127.0.0.1", port: int = 0) -> None:
         self.responder = responder
         self.host = host
         self.port = port
-        self.model_ids = list(model_ids)
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.disconnects = 0
@@ -199,11 +196,14 @@ class ChatCompletionsServer:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
+    def routes(self, app: web.Application) -> None:
+        """Add the API's routes (`self.handle` serves a model request)."""
+        raise NotImplementedError
+
     async def start(self) -> str:
         """Start listening; returns the base URL, e.g. `http://127.0.0.1:PORT/v1`."""
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
+        self.routes(app)
         # handler_cancellation lets a handler notice that its client went away.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -213,7 +213,7 @@ class ChatCompletionsServer:
         self._stopping = False
         host, port = runner.addresses[0][:2]
         self.port = port
-        self.base_url = f"http://{host}:{port}/v1"
+        self.base_url = f"http://{host}:{port}{self.base_path}"
         return self.base_url
 
     async def stop(self) -> None:
@@ -225,41 +225,25 @@ class ChatCompletionsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> ChatCompletionsServer:
+    async def __aenter__(self) -> FakeModelServer:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _models(self, request: web.Request) -> web.Response:
-        data = [
-            {"id": model, "object": "model", "created": 0, "owned_by": "pilothouse"}
-            for model in self.model_ids
-        ]
-        return web.json_response({"object": "list", "data": data})
+    def bad_request(self, message: str) -> web.Response:
+        """The API's answer to a request it cannot read (HTTP 400)."""
+        return web.json_response(_error_body(message, "invalid_json", "invalid_request_error"), status=400)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Log the request and send the responder's reply."""
         try:
             body = await request.json()
         except ValueError as exc:
-            return web.json_response(
-                _error_body(
-                    f"fake model: request body is not JSON: {exc}",
-                    "invalid_json",
-                    "invalid_request_error",
-                ),
-                status=400,
-            )
+            return self.bad_request(f"fake model: request body is not JSON: {exc}")
         if not isinstance(body, dict):
-            return web.json_response(
-                _error_body(
-                    "fake model: request body is not a JSON object",
-                    "invalid_json",
-                    "invalid_request_error",
-                ),
-                status=400,
-            )
+            return self.bad_request("fake model: request body is not a JSON object")
         self.requests.append(body)
         self.request_headers.append(dict(request.headers))
         task = asyncio.current_task()
@@ -320,6 +304,44 @@ class ChatCompletionsServer:
             await response.prepare(conn.request)
         await response.write_eof()
         return response
+
+    async def _complete(self, conn: _Connection, reply: SSEReply) -> web.StreamResponse:
+        """The reply to a request that did not ask for a stream."""
+        return self.bad_request("fake model: only streamed requests are served")
+
+
+class ChatCompletionsServer(FakeModelServer):
+    """Serves `POST /v1/chat/completions` and `GET /v1/models`; a
+    `stream: false` request gets the streamed reply folded into one
+    `chat.completion` JSON."""
+
+    base_path = "/v1"
+
+    def __init__(
+        self,
+        responder: Responder,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        model_ids: Sequence[str] = ("fake-model",),
+    ) -> None:
+        super().__init__(responder, host, port)
+        self.model_ids = list(model_ids)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.handle)
+        app.router.add_get("/v1/models", self._models)
+
+    async def __aenter__(self) -> ChatCompletionsServer:
+        await self.start()
+        return self
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "pilothouse"}
+            for model in self.model_ids
+        ]
+        return web.json_response({"object": "list", "data": data})
 
     async def _complete(self, conn: _Connection, reply: SSEReply) -> web.StreamResponse:
         payloads: list[str] = []

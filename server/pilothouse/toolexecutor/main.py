@@ -1,11 +1,15 @@
 """`pilothouse-tools`: serve the default tool registry (the built-ins).
 
-Usage: ``pilothouse-tools [--listen HOST:PORT] [--log-level LEVEL]``.
+Usage: ``pilothouse-tools [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]``.
 Once serving, prints "pilothouse-tools listening on HOST:PORT" on stdout.
+With a config file naming MCP servers (`pilothouse.toolexecutor.mcp.config`),
+their tools are served too; start-up waits for each server's first
+connection attempt.
 
 Settings (environment):
 
 - `PILOTHOUSE_TOOLS_LISTEN_ADDRESS` (127.0.0.1:50052; --listen wins)
+- `PILOTHOUSE_TOOLS_CONFIG` (none; --config wins): the config file
 - `PILOTHOUSE_TOOLS_SHUTDOWN_GRACE` (10): seconds in-flight calls get on SIGTERM
 - `PILOTHOUSE_TOOLS_METRICS_PORT` (9465, 0: off), `PILOTHOUSE_TOOLS_METRICS_HOST`
   (127.0.0.1): the Prometheus endpoint
@@ -15,9 +19,9 @@ Settings (environment):
   (text, json), `PILOTHOUSE_LOG_LEVEL`, and the `OTEL_*` variables.
 
 SIGTERM or SIGINT drains: health NOT_SERVING at once, new calls refused,
-in-flight calls get the grace to finish; a second signal cancels them.
-Exits 0 after a signal, 1 if the address cannot be bound, 2 for bad
-settings.
+in-flight calls get the grace to finish; a second signal cancels them;
+then the MCP servers' connections close. Exits 0 after a signal, 1 if the
+address cannot be bound, 2 for bad settings or a bad config file.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydantic
 from pydantic import Field
@@ -38,8 +44,13 @@ from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provide
 from pilothouse.rpc.serving import StopSignals
 from pilothouse.rpc.settings import ServerProcessSettings
 from pilothouse.toolexecutor import ToolRegistry, default_registry
+from pilothouse.toolexecutor.mcp.config import ConfigError, ToolsConfig, load_tools_config
 from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
-from pilothouse.toolexecutor.service import serve_tools
+from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE, serve_tools
+from pilothouse.toolexecutor.sources import ToolSource, ToolSources
+
+if TYPE_CHECKING:  # the MCP SDK is imported only when a config names servers
+    from pilothouse.toolexecutor.mcp.hosts import McpHosts
 
 log = logging.getLogger("pilothouse.toolexecutor")
 
@@ -65,6 +76,9 @@ class ToolsSettings(ServerProcessSettings):
         DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port (0: off)"
     )
     tools_metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    tools_config: Path | None = Field(
+        None, description="TOML config file: the MCP servers whose tools are served"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,6 +91,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help=f"address to listen on (default: ${LISTEN_ADDRESS_ENV} or {DEFAULT_LISTEN_ADDRESS};"
         " port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file naming MCP servers to host (default: $PILOTHOUSE_TOOLS_CONFIG)",
     )
     parser.add_argument(
         "--log-level",
@@ -92,9 +111,55 @@ def _shown_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(settings: ToolsSettings, registry: ToolRegistry = default_registry) -> int:
-    """Serve `registry` until SIGTERM/SIGINT, then drain; returns the exit
-    code (1 if the address cannot be bound)."""
+def load_config(settings: ToolsSettings) -> ToolsConfig | None:
+    """The config file named by the settings, or None. Raises ConfigError
+    for a bad file, or one naming MCP servers when the `mcp` package is
+    missing."""
+    if settings.tools_config is None:
+        return None
+    config = load_tools_config(settings.tools_config)
+    if config.mcp_servers:
+        try:
+            import pilothouse.toolexecutor.mcp.hosts  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"{settings.tools_config} names MCP servers but the MCP SDK cannot be "
+                f"imported ({exc}): pip install 'pilothouse[mcp]'"
+            ) from None
+    return config
+
+
+async def start_mcp_hosts(config: ToolsConfig | None) -> McpHosts | None:
+    """Connect to the config's MCP servers (an `McpHosts`), or None when it
+    names none; returns once each server is up or failed its first try."""
+    if config is None or not config.mcp_servers:
+        return None
+    from pilothouse.toolexecutor.mcp.hosts import McpHosts
+
+    hosts = McpHosts(config)
+    await hosts.start()
+    return hosts
+
+
+async def stop_mcp_hosts(hosts: McpHosts | None) -> None:
+    """Close the MCP servers' connections (stopping the stdio servers)."""
+    if hosts is not None:
+        await hosts.close()
+
+
+def served_tools(registry: ToolRegistry, hosts: McpHosts | None) -> ToolSource:
+    """The registry's tools, then the MCP servers' ones."""
+    return registry if hosts is None else ToolSources(registry, hosts)
+
+
+async def serve(
+    settings: ToolsSettings,
+    registry: ToolRegistry = default_registry,
+    config: ToolsConfig | None = None,
+) -> int:
+    """Serve `registry` (and the tools of `config`'s MCP servers) until
+    SIGTERM/SIGINT, then drain; returns the exit code (1 if the address
+    cannot be bound)."""
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     metrics = await start_metrics(
@@ -102,10 +167,12 @@ async def serve(settings: ToolsSettings, registry: ToolRegistry = default_regist
         host=settings.tools_metrics_host,
         port=settings.tools_metrics_port,
     )
+    mcp_hosts = await start_mcp_hosts(config)
+    tools = served_tools(registry, mcp_hosts)
     listen = settings.tools_listen_address
     try:
         running = await serve_tools(
-            registry,
+            tools,
             listen,
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
@@ -113,10 +180,13 @@ async def serve(settings: ToolsSettings, registry: ToolRegistry = default_regist
         )
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", listen, exc)
+        await stop_mcp_hosts(mcp_hosts)
         await metrics.shutdown()
         return 1
+    if mcp_hosts is not None:
+        await mcp_hosts.report_health(running, ["", EXECUTOR_SERVICE])
     print(f"pilothouse-tools listening on {_shown_address(listen, running.port)}", flush=True)
-    log.info("serving tools: %s", ", ".join(registry.names))
+    log.info("serving tools: %s", ", ".join(tool.name for tool in tools))
     await signals.stop.wait()
     grace = settings.tools_shutdown_grace
     log.info("stopping: health NOT_SERVING; in-flight calls get up to %g s", grace)
@@ -129,6 +199,7 @@ async def serve(settings: ToolsSettings, registry: ToolRegistry = default_regist
         await running.stop(0)
     forced.cancel()
     await stopping
+    await stop_mcp_hosts(mcp_hosts)
     await metrics.shutdown()
     provider = installed_tracer_provider()
     if provider is not None:
@@ -146,6 +217,8 @@ def main(argv: Sequence[str] | None = None, registry: ToolRegistry | None = None
         overrides["tools_listen_address"] = args.listen
     if args.log_level:
         overrides["log_level"] = args.log_level
+    if args.config:
+        overrides["tools_config"] = args.config
     try:
         settings = ToolsSettings(**overrides)
     except pydantic.ValidationError as exc:
@@ -153,7 +226,12 @@ def main(argv: Sequence[str] | None = None, registry: ToolRegistry | None = None
         log.error("bad settings: %s", exc)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings, default_registry if registry is None else registry))
+    try:
+        config = load_config(settings)
+    except ConfigError as exc:
+        log.error("bad config: %s", exc)
+        return 2
+    return asyncio.run(serve(settings, default_registry if registry is None else registry, config))
 
 
 if __name__ == "__main__":

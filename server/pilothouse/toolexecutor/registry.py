@@ -14,10 +14,8 @@ A tool is a sync or async function registered on a `ToolRegistry`::
         '''
         return a + b
 
-The JSON Schema of the arguments is built by pydantic from the type hints;
-a parameter's description comes from `Annotated[..., Field(description=...)]`
-or else from the docstring's Google-style ``Args:`` section, and the tool's
-description from the docstring's first paragraph. Running a tool never
+The JSON Schema of the arguments is built by pydantic from the type hints
+and the docstring (`pilothouse.toolexecutor.schema`). Running a tool never
 raises for a bad argument or a failing tool: both come back as an error
 text the model can read (see `ExecutionResult`).
 """
@@ -28,35 +26,34 @@ import asyncio
 import contextvars
 import inspect
 import json
-import re
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pydantic
 import pydantic_core
-from pydantic.fields import FieldInfo
 
 from pilothouse import jsontext
 from pilothouse.errors import NotFoundError
+from pilothouse.toolexecutor.schema import (
+    NAME_PATTERN,
+    describe_exception as _describe_exception,
+    describe_validation_error as _describe_validation_error,
+    function_schema,
+    json_type as _json_type,
+)
 
 __all__ = [
     "ExecutionResult",
     "RegisteredTool",
     "ToolFlags",
     "ToolRegistry",
+    "build_tool",
     "default_registry",
-    "parse_docstring",
 ]
 
-#: A valid tool name (the OpenAI function-name rule).
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-#: Longest rendering of a rejected argument value quoted in an error text.
-_MAX_INPUT_REPR = 80
-
-Outcome = Literal["ok", "invalid_arguments", "error", "question"]
+Outcome = Literal["ok", "invalid_arguments", "error", "question", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +95,9 @@ class ExecutionResult:
     were not valid JSON, not an object or failed validation; `error` lists
     every problem) or "error" (the tool raised; `error` is
     "<ExceptionType>: message") or "question" (the tool raised `AskUser`;
-    `question` holds it, output and error are None).
+    `question` holds it, output and error are None) or "unavailable" (what
+    runs the tool is down, e.g. an MCP server being restarted; `error` says
+    so).
     """
 
     output: str | None = None
@@ -183,8 +182,12 @@ class RegisteredTool:
                 kwargs[parameter] = value
         return args, kwargs
 
-    async def run(self, arguments_json: str, answer: Answer | None = None) -> ExecutionResult:
-        """Validate the arguments and call the tool.
+    async def run(
+        self, arguments_json: str, answer: Answer | None = None, *, timeout: float | None = None
+    ) -> ExecutionResult:
+        """Validate the arguments and call the tool. (`timeout`, the seconds
+        left before the call's deadline, is for tools that call further; the
+        caller enforces it.)
 
         Sync tools run in a worker thread (`asyncio.to_thread`); async tools
         are awaited. Cancellation propagates (`asyncio.CancelledError`); a
@@ -358,174 +361,15 @@ def build_tool(
     for key, value in tool_metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"tool metadata must map str to str, got {key!r}: {value!r}")
-
-    doc_description, doc_params = parse_docstring(inspect.getdoc(function) or "")
-    signature = inspect.signature(function)
-    hints = typing.get_type_hints(function, include_extras=True)
-
-    fields: dict[str, Any] = {}
-    parameters: list[tuple[str, str, bool]] = []
-    for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise TypeError(
-                f"tool {tool_name!r}: *args and **kwargs cannot be described; "
-                f"declare each parameter ({parameter.name})"
-            )
-        if isinstance(parameter.default, FieldInfo):
-            raise TypeError(
-                f"tool {tool_name!r}: parameter {parameter.name!r} uses Field(...) as its "
-                "default; write `name: Annotated[type, Field(...)] = default` instead"
-            )
-        annotation = hints.get(parameter.name, Any)
-        field_kwargs: dict[str, Any] = {"alias": parameter.name}
-        if parameter.default is not parameter.empty:
-            field_kwargs["default"] = parameter.default
-        doc = doc_params.get(parameter.name)
-        if doc and not _has_description(annotation):
-            field_kwargs["description"] = doc
-        # Model fields get neutral names so that parameters called e.g.
-        # "json" or "schema" do not clash with BaseModel attributes; the
-        # alias is the name in the schema and in the arguments.
-        field_name = f"p{index}"
-        fields[field_name] = (annotation, pydantic.Field(**field_kwargs))
-        parameters.append((field_name, parameter.name, parameter.kind == parameter.POSITIONAL_ONLY))
-
-    model = pydantic.create_model(
-        f"{tool_name}_arguments",
-        __config__=pydantic.ConfigDict(extra="forbid"),
-        **fields,
-    )
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    for prop in schema.get("properties", {}).values():
-        prop.pop("title", None)
-    schema.setdefault("properties", {})
-
+    described = function_schema(function, tool_name)
     return RegisteredTool(
         name=tool_name,
-        description=description if description is not None else doc_description,
-        parameters_schema=schema,
+        description=description if description is not None else described.description,
+        parameters_schema=described.parameters_schema,
         metadata=tool_metadata,
         function=function,
-        is_async=_is_async(function),
+        is_async=described.is_async,
         flags=flags or ToolFlags(),
-        _arguments_model=model,
-        _parameters=tuple(parameters),
+        _arguments_model=described.arguments_model,
+        _parameters=described.parameters,
     )
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    # An object whose __call__ is a coroutine function.
-    return inspect.iscoroutinefunction(getattr(function, "__call__", None))  # noqa: B004
-
-
-def _has_description(annotation: Any) -> bool:
-    if typing.get_origin(annotation) is not Annotated:
-        return False
-    return any(isinstance(meta, FieldInfo) and meta.description for meta in annotation.__metadata__)
-
-
-_SECTION_HEADER = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Returns?|Yields?|"
-    r"Raises|Examples?|Notes?|Attributes|See Also|Warnings?|Todo|References)\s*:\s*$"
-)
-_ARGS_HEADERS = {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments"}
-_ARG_LINE = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-
-
-def parse_docstring(docstring: str) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into (description, parameter
-    descriptions).
-
-    The description is the first paragraph, its lines joined with spaces;
-    parameter descriptions come from the ``Args:`` (or ``Arguments:``,
-    ``Parameters:``) section, entries written ``name: text`` or
-    ``name (type): text`` with indented continuation lines.
-    """
-    lines = inspect.cleandoc(docstring).splitlines() if docstring else []
-    first: list[str] = []
-    for line in lines:
-        if not line.strip() or _SECTION_HEADER.match(line.strip()):
-            break
-        first.append(line.strip())
-    description = " ".join(first)
-
-    params: dict[str, str] = {}
-    in_args = False
-    entry_indent: int | None = None
-    current: str | None = None
-    for line in lines:
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        header = _SECTION_HEADER.match(stripped) if indent == 0 else None
-        if header:
-            in_args = header.group(1) in _ARGS_HEADERS
-            entry_indent, current = None, None
-            continue
-        if not in_args:
-            continue
-        if not stripped:
-            continue
-        if indent == 0:  # dedent: the section is over
-            in_args, current = False, None
-            continue
-        if entry_indent is None:
-            entry_indent = indent
-        match = _ARG_LINE.match(stripped) if indent <= entry_indent else None
-        if match:
-            current = match.group(1)
-            params[current] = match.group(2).strip()
-        elif current is not None:
-            params[current] = f"{params[current]} {stripped}".strip()
-    return description, params
-
-
-# --- error texts -------------------------------------------------------------
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(arguments)"
-
-
-def _describe_validation_error(tool: str, error: pydantic.ValidationError) -> str:
-    problems = []
-    for item in error.errors(include_url=False):
-        line = f"- {_location(item['loc'])}: {item['msg']}"
-        if item["type"] != "missing":
-            shown = json.dumps(item["input"], default=repr, ensure_ascii=False)
-            if len(shown) > _MAX_INPUT_REPR:
-                shown = shown[: _MAX_INPUT_REPR - 3] + "..."
-            line += f" (got {shown})"
-        problems.append(line)
-    count = len(problems)
-    noun = "problem" if count == 1 else "problems"
-    return f"invalid arguments for tool {tool!r} ({count} {noun}):\n" + "\n".join(problems)
-
-
-def _describe_exception(exc: BaseException) -> str:
-    message = str(exc)
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        message = repr(exc.args[0])
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

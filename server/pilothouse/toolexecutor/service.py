@@ -27,7 +27,8 @@ from pilothouse.rpc.serving import (
 )
 from pilothouse.toolexecutor.limits import TOOL_REQUEST_RULES
 from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
-from pilothouse.toolexecutor.registry import Answer, RegisteredTool, ToolRegistry
+from pilothouse.toolexecutor.registry import Answer
+from pilothouse.toolexecutor.sources import ServedTool, ToolSource
 from pilothouse.v1 import (
     tool_executor_service_pb2 as pb,
     tool_executor_service_pb2_grpc as pb_grpc,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ToolExecutorService"].full_name
 
 
-def tool_to_proto(tool: RegisteredTool) -> tool_pb2.Tool:
+def tool_to_proto(tool: ServedTool) -> tool_pb2.Tool:
     """The `pilothouse.v1.Tool` describing `tool`; the schema is compact
     JSON text."""
     return tool_pb2.Tool(
@@ -60,10 +61,11 @@ def tool_to_proto(tool: RegisteredTool) -> tool_pb2.Tool:
 
 
 class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
-    """Serves the tools of `registry` (read at every call, so tools
-    registered later are served too); `metrics` records each call."""
+    """Serves the tools of `registry` (a `ToolRegistry` or any other
+    `ToolSource`, read at every call, so tools registered later are served
+    too); `metrics` records each call."""
 
-    def __init__(self, registry: ToolRegistry, metrics: ToolExecutorMetrics | None = None) -> None:
+    def __init__(self, registry: ToolSource, metrics: ToolExecutorMetrics | None = None) -> None:
         self._registry = registry
         self._metrics = metrics
 
@@ -71,7 +73,8 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
     async def ListTools(
         self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListToolsResponse:
-        """Every registered tool, in registration order."""
+        """Every tool, in the source's order (registration order for a
+        `ToolRegistry`)."""
         return pb.ListToolsResponse(tools=[tool_to_proto(tool) for tool in self._registry])
 
     @handle_errors
@@ -111,8 +114,9 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
                     if request.HasField("answer")
                     else None
                 )
-                async with asyncio.timeout(_remaining(context)):
-                    result = await tool.run(request.arguments_json, answer)
+                remaining = _remaining(context)
+                async with asyncio.timeout(remaining):
+                    result = await tool.run(request.arguments_json, answer, timeout=remaining)
             except TimeoutError:
                 outcome = "deadline_exceeded"
                 await context.abort_with_status(
@@ -169,7 +173,7 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 
 async def serve_tools(
-    registry: ToolRegistry,
+    registry: ToolSource,
     address: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -178,7 +182,8 @@ async def serve_tools(
     tracer_provider: Any = None,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks one) serving
-    `registry` as pilothouse.v1.ToolExecutorService, with health checking,
+    `registry` (a `ToolRegistry`, or `ToolSources` of several) as
+    pilothouse.v1.ToolExecutorService, with health checking,
     reflection and tracing (`tracer_provider` None: the global one). Raises
     RuntimeError if the address cannot be bound."""
     service = Service(

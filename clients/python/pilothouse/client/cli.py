@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     attach = commands.add_parser("attach", help="follow a run (missed events first)")
     attach.add_argument("session_id")
-    attach.add_argument("--run", default="", help="run id (else the session's active or last run)")
+    attach.add_argument("--run", default="", help="run id (else the session's active run)")
     attach.add_argument("--after", type=int, default=0, help="send events after this sequence")
     attach.add_argument("--json", action="store_true")
 

@@ -198,8 +198,11 @@ class PilothouseClient:
         approval_policy: int = agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
         approval_required_tools: Iterable[str] = (),
         context_window: int = 0,
+        **settings: Any,
     ) -> agent_pb2.Agent:
-        """Register an agent (see `pilothouse.v1.AgentConfig` for the fields)."""
+        """Register an agent (see `pilothouse.v1.AgentConfig` for the fields;
+        `settings` are further AgentConfig fields, e.g. `fallback_model`,
+        `temperature`)."""
         config = agent_pb2.AgentConfig(
             name=name,
             description=description,
@@ -213,6 +216,7 @@ class PilothouseClient:
             approval_policy=approval_policy,
             approval_required_tools=list(approval_required_tools),
             context_window=context_window,
+            **settings,
         )
         reply = await self.agents.CreateAgent(
             agents_pb.CreateAgentRequest(config=config), timeout=self.timeout
@@ -338,11 +342,16 @@ class PilothouseClient:
         *,
         options: runs_pb.RunOptions | None = None,
         timeout: float | None = None,
+        idempotency_key: str = "",
+        return_immediately: bool = False,
     ) -> runs_pb.SendToResponse:
-        """Run to completion; `timeout` seconds (None: no deadline)."""
+        """Run to completion (or, with `return_immediately`, start it and
+        return its record); `timeout` seconds (None: no deadline). A retry
+        with the same `idempotency_key` joins the first call's run."""
         return await self.runs.SendTo(
             runs_pb.SendToRequest(
-                session_id=session_id, content=content, sender=sender, options=options
+                session_id=session_id, content=content, sender=sender, options=options,
+                idempotency_key=idempotency_key, return_immediately=return_immediately,
             ),
             timeout=timeout,
         )
@@ -355,11 +364,13 @@ class PilothouseClient:
         *,
         options: runs_pb.RunOptions | None = None,
         timeout: float | None = None,
+        idempotency_key: str = "",
     ) -> AsyncIterator[event_pb2.AgentEvent]:
         """The run's events, the last one `done`."""
         call = self.runs.StreamTo(
             runs_pb.StreamToRequest(
-                session_id=session_id, content=content, sender=sender, options=options
+                session_id=session_id, content=content, sender=sender, options=options,
+                idempotency_key=idempotency_key,
             ),
             timeout=timeout,
         )
@@ -392,13 +403,15 @@ class PilothouseClient:
         *,
         options: runs_pb.RunOptions | None = None,
         timeout: float | None = None,
+        idempotency_key: str = "",
     ) -> SteerStream:
         """Start a run with a `Steer` call and return it."""
         call = self.runs.Steer(timeout=timeout)
         await call.write(
             runs_pb.SteerRequest(
                 start=runs_pb.StartRun(
-                    session_id=session_id, content=content, sender=sender, options=options
+                    session_id=session_id, content=content, sender=sender, options=options,
+                    idempotency_key=idempotency_key,
                 )
             )
         )
@@ -450,3 +463,27 @@ class PilothouseClient:
             timeout=self.timeout,
         )
         return reply.run_id
+
+    @_translate
+    async def get_run(self, run_id: str, session_id: str = "") -> runs_pb.Run:
+        """A run's record."""
+        reply = await self.runs.GetRun(
+            runs_pb.GetRunRequest(run_id=run_id, session_id=session_id), timeout=self.timeout
+        )
+        return reply.run
+
+    @_translate
+    async def list_runs(
+        self, session_id: str, statuses: Iterable[int] = (), page_size: int = 0
+    ) -> list[runs_pb.Run]:
+        """A session's runs, newest first (follows the pages)."""
+        return await self._all_pages(
+            lambda token: self.runs.ListRuns(
+                runs_pb.ListRunsRequest(
+                    session_id=session_id, statuses=list(statuses), page_size=page_size,
+                    page_token=token,
+                ),
+                timeout=self.timeout,
+            ),
+            "runs",
+        )

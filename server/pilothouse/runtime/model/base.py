@@ -1,33 +1,70 @@
 """The interface between the agent loop and a model provider.
 
-A provider turns a `ChatRequest` into a stream of `ChatChunk`s, one per
-streamed Chat Completions chunk that carries anything, and raises
+A provider turns a `ChatRequest` (the runtime's own messages, tool specs and
+model settings) into its own wire format, and its streamed answer into
+`ChatChunk`s, one per streamed event that carries anything. It raises
 `ModelError` for anything that keeps the stream from completing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Protocol
 
-from pilothouse.runtime.messages import Usage
+from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.tools import ToolSpec
+
+
+class ReasoningEffort(StrEnum):
+    """How hard the model is asked to reason before it answers. "" leaves
+    it to the provider; "none" asks for no reasoning. Each provider maps it
+    to its own wire format (OpenAI-compatible: `reasoning_effort`;
+    Anthropic: an extended-thinking budget)."""
+
+    DEFAULT = ""
+    NONE = "none"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Sampling and output settings of one request; None (or empty) leaves
+    each to the provider's default.
+
+    `temperature` 0-2 (Anthropic accepts 0-1), `top_p` 0-1, `max_tokens`
+    the most tokens one round may generate, `stop` sequences that end the
+    answer, `parallel_tool_calls` False asks for at most one tool call per
+    round.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort = ReasoningEffort.DEFAULT
 
 
 @dataclass(slots=True)
 class ChatRequest:
-    """One Chat Completions request.
+    """One model request in the runtime's own types.
 
-    `messages` and `tools` are already in wire format (dicts);
-    `tool_choice` is "auto", "none", "required", a function name, or None
-    to leave it out; `reasoning_effort` is sent when set.
+    `system` is the system prompt (SYSTEM messages inside `messages` are
+    system instructions too); `messages` is the history, oldest first;
+    `tools` the specs the model may call; `tool_choice` is "auto", "none",
+    "required", a tool name, or None to leave it out (sent only with tools).
     """
 
     model: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] = field(default_factory=list)
+    messages: Sequence[Message]
+    system: str = ""
+    tools: Sequence[ToolSpec] = ()
     tool_choice: str | None = None
-    reasoning_effort: str | None = None
+    settings: ModelSettings = field(default_factory=ModelSettings)
 
 
 @dataclass(slots=True)
@@ -44,13 +81,28 @@ class ToolCallDelta:
     arguments: str | None = None
 
 
+#: Finish reasons every provider maps its own to (`ChatChunk.finish_reason`).
+FINISH_STOP = "stop"  # a natural end or a stop sequence
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_TOOL_CALLS = "tool_calls"
+FINISH_CONTENT_FILTER = "content_filter"
+FINISH_REFUSAL = "refusal"  # the provider stopped the answer as a refusal
+FINISH_PAUSE = "pause_turn"  # Anthropic paused a long turn (server tools)
+
+
 @dataclass(slots=True)
 class ChatChunk:
-    """What one streamed chunk carried.
+    """What one streamed event carried.
 
-    `content` is answer text (a refusal counts as text); `reasoning` is
-    reasoning text (`reasoning_content` or `reasoning`); `usage` is set on
-    the chunk that reports it; `model` is the model name the server reported.
+    `content` is answer text (an OpenAI refusal counts as text); `reasoning`
+    is reasoning text; `reasoning_signature` closes the reasoning block
+    streamed so far with the provider's signature, and `redacted_reasoning`
+    is a whole redacted reasoning block (both kept on the assistant message
+    to be sent back); `refusal` is the provider's refusal text or
+    explanation when it refused; `finish_reason` is one of the `FINISH_*`
+    values (or a provider's own when it has no equivalent); `usage` is set
+    on the chunk that reports it; `model` is the model name the server
+    reported.
     """
 
     content: str | None = None
@@ -59,14 +111,42 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str | None = None
+    reasoning_signature: str | None = None
+    redacted_reasoning: str | None = None
+    refusal: str | None = None
+
+
+class FailureCause(StrEnum):
+    """Why a model call failed, in a word (`ModelError.cause`)."""
+
+    CONNECT_ERROR = "connect_error"  # the endpoint could not be reached
+    CONNECT_TIMEOUT = "connect_timeout"
+    READ_TIMEOUT = "read_timeout"  # no response (or first byte) in time
+    IDLE_TIMEOUT = "idle_timeout"  # the stream went silent after it began
+    CONNECTION_RESET = "connection_reset"  # the connection was lost
+    RATE_LIMITED = "rate_limited"  # HTTP 429
+    OVERLOADED = "overloaded"  # HTTP 529 / 503, or an overloaded error event
+    SERVER_ERROR = "server_error"  # another 5xx
+    CLIENT_ERROR = "client_error"  # a 4xx: the request itself is refused
+    ERROR_EVENT = "error_event"  # an error reported inside a 200 stream
+    INCOMPLETE = "incomplete"  # the body ended before the answer did
+    BAD_RESPONSE = "bad_response"  # not an event stream, malformed data
+    BAD_REQUEST = "bad_request"  # the request could not be sent at all
+    UNKNOWN_PROVIDER = "unknown_provider"
 
 
 class ModelError(Exception):
     """The model call failed.
 
-    `status_code` is the HTTP status when there was one; `code` the
-    provider's error code when it sent one; `retryable` says whether the
-    same request may succeed later (429, 5xx, connection errors).
+    `status_code` is the HTTP status when there was one (or the status an
+    error inside the stream states); `code` the provider's error code or
+    type when it sent one; `retryable` says whether the same request may
+    succeed later (429, 5xx, overloaded, timeouts, lost connections);
+    `mid_stream` whether the failure came after the response body had
+    begun (chunks may have been yielded: a retry must redo the whole round);
+    `cause` is a `FailureCause`; `provider` names the configured provider;
+    `usage` is the usage the failed stream reported and no chunk carried
+    (for example in the same chunk as an error), if any.
     """
 
     def __init__(
@@ -76,16 +156,24 @@ class ModelError(Exception):
         status_code: int | None = None,
         code: str | None = None,
         retryable: bool = False,
+        mid_stream: bool = False,
+        cause: FailureCause | str = FailureCause.BAD_RESPONSE,
+        provider: str = "",
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.code = code
         self.retryable = retryable
+        self.mid_stream = mid_stream
+        self.cause = cause
+        self.provider = provider
+        self.usage = usage
 
 
 class ChatModel(Protocol):
-    """A streaming Chat Completions model.
+    """A streaming chat model.
 
     `provider_name` is the OpenTelemetry `gen_ai.provider.name` value.
     `stream` yields chunks until the model finishes and raises `ModelError`

@@ -1,11 +1,10 @@
-"""Accumulates streamed chunks into one assistant message (seed 003
-`MessageBuilder`)."""
+"""Accumulates streamed chunks into one assistant message."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pilothouse.runtime.messages import Message, Role, ToolCall
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall
 from pilothouse.runtime.model.base import ChatChunk
 
 #: Longest tool-call id kept as the model sent it, bytes; a longer one is
@@ -25,21 +24,27 @@ class MessageBuilder:
 
     Tool-call fragments are assembled by `index`. A fragment that repeats a
     whole call (some servers resend id and name) does not duplicate it: id
-    and name are set once, arguments are concatenated.
+    and name are set once, arguments are concatenated. Reasoning blocks
+    that must go back to the provider as they came (see `_accept_blocks`)
+    are kept beside the reasoning text.
     """
 
-    __slots__ = ("_calls", "_content", "_reasoning")
+    __slots__ = ("_block_start", "_blocks", "_calls", "_content", "_reasoning")
 
     def __init__(self) -> None:
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._calls: dict[int, _PartialCall] = {}
+        self._blocks: list[ReasoningBlock] = []
+        self._block_start = 0  # where the reasoning of the next signed block starts
 
     def accept(self, chunk: ChatChunk) -> None:
         if chunk.content:
             self._content.append(chunk.content)
         if chunk.reasoning:
             self._reasoning.append(chunk.reasoning)
+        if chunk.reasoning_signature is not None or chunk.redacted_reasoning is not None:
+            self._accept_blocks(chunk)
         for delta in chunk.tool_calls:
             call = self._calls.get(delta.index)
             if call is None:
@@ -50,6 +55,16 @@ class MessageBuilder:
                 call.name = delta.name
             if delta.arguments:
                 call.arguments += delta.arguments
+
+    def _accept_blocks(self, chunk: ChatChunk) -> None:
+        """A signature closes the reasoning streamed since the last block
+        as one signed block; a redacted block is kept whole."""
+        if chunk.reasoning_signature is not None:
+            text = "".join(self._reasoning[self._block_start :])
+            self._block_start = len(self._reasoning)
+            self._blocks.append(ReasoningBlock(text=text, signature=chunk.reasoning_signature))
+        if chunk.redacted_reasoning is not None:
+            self._blocks.append(ReasoningBlock(redacted=chunk.redacted_reasoning))
 
     def peek_tool_calls(self) -> list[ToolCall]:
         """Calls whose name is known so far, arguments possibly partial."""
@@ -82,4 +97,5 @@ class MessageBuilder:
             "".join(self._content),
             reasoning_content="".join(self._reasoning),
             tool_calls=calls,
+            reasoning_blocks=self._blocks,
         )

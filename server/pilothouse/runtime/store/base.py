@@ -1,16 +1,24 @@
 """The session-store interface.
 
-History is append-only (seed 000): a run's new messages are appended in one
-transaction together with the session's metadata, so a store never holds
-half a run; a compaction appends a compact marker, and loads start from the
-last marker. A run holds the session's *run lease* from `begin_run` to
-`finish_run` (or `abandon_run`): at most one run per session across every
-replica sharing the store; a lease whose owner died expires and its run is
-reported interrupted. Times are Unix seconds.
+History is append-only: a compaction appends a compact marker, and loads
+start from the last marker. A run writes its progress as *checkpoints*: the
+user message when it begins (`begin_run`), then every completed round (the
+assistant message and its tool results) in one transaction each, so the
+stored history is valid at every commit (no assistant tool call without its
+result). What a run needs to resume after a crash (the round in progress,
+pending decisions, usage so far) lives in its *run record* (`RunRecord.state`,
+opaque to the store), and its events in the durable *event log*.
+
+A run holds the session's *run lease* from `begin_run` to its final
+checkpoint: at most one run per session across every replica sharing the
+store. The owner renews the lease; a lease that expires (its process died)
+or was released (a draining replica handed the run over) lets another
+replica `claim_runs` and resume the run. Times are Unix seconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -25,6 +33,24 @@ class SessionState(StrEnum):
 
 #: `SessionRecord.last_run_stop_reason` of a run whose server died.
 INTERRUPTED = "interrupted"
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life. QUEUED: waiting for the session's active
+    run; RUNNING: holding the lease; WAITING_FOR_DECISION: running, blocked
+    on an approval or question; FINISHED: ended and stored (`stop_reason`
+    says how); INTERRUPTED: ended because its process died and it was not
+    resumed (resume policy `interrupt`)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_FOR_DECISION = "waiting_for_decision"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def ended(self) -> bool:
+        return self in (RunStatus.FINISHED, RunStatus.INTERRUPTED)
 
 
 @dataclass(slots=True)
@@ -80,10 +106,8 @@ TranscriptItem = Message | CompactMarker
 
 @dataclass(slots=True)
 class RunOutcome:
-    """What `finish_run` stores, in this order: `messages_before_compact`
-    (the run's messages from before a compaction during the run), a compact
-    marker when `compact_summary` is set, then `messages`; and the run's
-    metadata."""
+    """Transitional: what the pre-checkpoint `finish_run` stored (removed
+    once the runtime writes checkpoints)."""
 
     messages: list[Message]
     stop_reason: str
@@ -92,6 +116,97 @@ class RunOutcome:
     finished_at: float
     compact_summary: str | None = None
     messages_before_compact: list[Message] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run as stored.
+
+    `agent_config` is the AgentConfig (JSON-compatible dict) the run started
+    with, `agent_version` its registry version; `options` the run's options
+    as a JSON-compatible dict; `idempotency_key` is unique per session when
+    not empty. `owner` is the gRPC address of the replica running it,
+    `attempt` how many times it was resumed. `state` is the runtime's
+    checkpoint state (JSON-compatible, opaque to the store). `last_sequence`
+    is the highest event sequence stored (read-only: computed by the store
+    from the event log). `stop_reason` is a `StopReason` value once ended.
+    """
+
+    id: str
+    session_id: str
+    agent: str
+    content: str
+    created_at: float
+    sender: str = ""
+    agent_version: int = 0
+    agent_config: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str = ""
+    status: RunStatus = RunStatus.QUEUED
+    owner: str = ""
+    attempt: int = 0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    stop_reason: str = ""
+    error: str = ""
+    usage: Usage = field(default_factory=Usage)
+    iterations: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+    last_sequence: int = 0
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """One event of a run's durable event log. `sequence` counts from 1
+    per run without gaps; `time` is Unix seconds; `kind` names the event
+    (e.g. "text_delta", "done"); `payload` is its JSON text (the runtime's
+    event codec; opaque to the store)."""
+
+    run_id: str
+    sequence: int
+    time: float
+    kind: str
+    payload: str
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    """Fields of a run record a checkpoint changes; None leaves a field as
+    it is."""
+
+    status: RunStatus | None = None
+    iterations: int | None = None
+    usage: Usage | None = None
+    state: dict[str, Any] | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+    ended_at: float | None = None
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What one `checkpoint` writes, in one transaction.
+
+    History: `messages_before_compact` (the run's messages from before a
+    compaction during this checkpoint), a compact marker stamped `now` when
+    `compact_summary` is set, then `messages`. `events` are appended to the
+    run's event log. `run` changes the run record. With `final`, the run
+    has ended: the session's lease is released, `uptime_s` is added to the
+    session's uptime and its last-run fields are set (stop reason and usage
+    from `run`). With `release` (a handover), the lease is given up but the
+    session keeps the run as its active run, so that any replica may
+    `claim_runs` it at once.
+    """
+
+    now: float
+    messages: list[Message] = field(default_factory=list)
+    compact_summary: str | None = None
+    messages_before_compact: list[Message] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)
+    run: RunUpdate = field(default_factory=RunUpdate)
+    final: bool = False
+    release: bool = False
+    uptime_s: float = 0.0
 
 
 class SessionStore(Protocol):
@@ -137,7 +252,7 @@ class SessionStore(Protocol):
         ...
 
     async def delete(self, session_id: str) -> None:
-        """Remove the session and its history."""
+        """Remove the session, its history, its runs and their events."""
         ...
 
     async def load_history(self, session_id: str) -> list[Message]:
@@ -147,45 +262,150 @@ class SessionStore(Protocol):
         ...
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
-        """A page of `load_history`, oldest first (or newest first)."""
+        """A page of `load_history`, oldest first (or newest first): up to
+        `limit` messages from `offset`, and, when `max_bytes` > 0, only as
+        many as fit in `max_bytes` of stored size (`codec.stored_size`): the
+        page stops before the message that would pass it, but always holds
+        at least one message."""
         ...
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         """Everything ever stored, in order, compact markers included."""
         ...
 
-    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
-        """Take the session's run lease for `lease_s` seconds. Raises
-        FailedPreconditionError (reason RUN_ACTIVE, metadata session_id and
-        active_run_id) while another unexpired lease is held, and
-        FailedPreconditionError (reason SESSION_CLOSED) for a closed session.
-        An expired lease is taken over; its run is recorded as interrupted
-        first."""
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        """`transcript()[offset:offset + limit]`, cut by `max_bytes` as
+        `list_messages` is: read a long transcript in bounded pages (the
+        transcript only grows, so consecutive pages join up)."""
+        ...
+
+    # --- Runs: lease, checkpoints, records, events -------------------------
+
+    async def insert_run(self, record: RunRecord) -> None:
+        """Store a new run record (a queued run: no lease is taken).
+        AlreadyExistsError (reason RUN_EXISTS, metadata `run_id` of the
+        existing run) when the session already has a run with the same
+        non-empty `idempotency_key`, or the id is taken."""
+        ...
+
+    async def begin_run(
+        self,
+        session_id: str,
+        run_id: str,
+        *,
+        lease_s: float,
+        now: float,
+        messages: Sequence[Message] = (),
+        new_run: RunRecord | None = None,
+        events: Sequence[StoredEvent] = (),
+    ) -> SessionRecord:
+        """In one transaction: take the session's run lease for `lease_s`
+        seconds, insert `new_run` (when given; else the run's record must
+        exist), set the run RUNNING with `started_at` = `now` and owner
+        `new_run.owner` or as stored, append `messages` to the history (the
+        user message) and `events` to the run's log. Returns the session.
+
+        Raises FailedPreconditionError (reason RUN_ACTIVE, metadata
+        session_id, active_run_id and `lease_expired` "true" or "false")
+        while the session has another active run whose record has not
+        ended, even when its lease expired or was released: that run is
+        for `claim_runs` to resume, not for a new run to overwrite.
+        FailedPreconditionError (reason SESSION_CLOSED) for a closed session,
+        NotFoundError (reason RUN_NOT_FOUND) when `new_run` is None and the
+        run has no record, AlreadyExistsError like `insert_run`; nothing is
+        written then. An active run id without a record, or whose record
+        ended, with an expired lease is taken over: the session's last-run
+        fields record it as "interrupted" first."""
         ...
 
     async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
         """Extend the lease; False if `run_id` no longer holds it."""
         ...
 
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        """In one transaction: append the outcome (compact marker first when
-        set), update message count, uptime, updated_at and the last-run
-        fields, and release the lease. Raises FailedPreconditionError
-        (reason LEASE_LOST) if `run_id` no longer holds the lease; nothing
-        is written then."""
+    async def checkpoint(self, session_id: str, run_id: str, checkpoint: Checkpoint) -> SessionRecord:
+        """Write `checkpoint` (see `Checkpoint`) in one transaction and
+        return the session. The session's message count and `updated_at`
+        follow the appended messages. Raises FailedPreconditionError
+        (reason LEASE_LOST) if `run_id` no longer holds the lease (a
+        released lease still counts as held by its run until it is claimed
+        or taken over); nothing is written then."""
         ...
 
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        """Release the lease without appending (the run stored nothing),
-        recording `stop_reason` as the last run's."""
+    async def claim_runs(
+        self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
+    ) -> list[RunRecord]:
+        """Take over the runs whose process is gone, for `owner`: every
+        session whose active run's lease expired or was released, and also,
+        when `stale_owner` is given, every active run owned by
+        `stale_owner` whatever its lease (a restarted process settling its
+        own runs). For each such session, in one transaction: the lease is
+        renewed for `lease_s` seconds, the active run's `owner` becomes
+        `owner` and its `attempt` goes up by one, and the session's QUEUED
+        runs get `owner` too. Returns those records (active runs first, then
+        queued ones, oldest first), `last_sequence` filled in. A session
+        whose active run has no record is marked interrupted instead, as
+        `begin_run` does."""
         ...
 
-    async def recover_interrupted(self, now: float) -> list[str]:
-        """Mark every run whose lease expired as interrupted (last run stop
-        reason "interrupted", lease released, nothing appended) and return
-        their session ids."""
+    async def append_events(self, events: Sequence[StoredEvent]) -> None:
+        """Append events (of any runs) to their logs; an event whose
+        (run_id, sequence) is stored already is skipped."""
+        ...
+
+    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+        """Up to `limit` events of `run_id` with sequence > `after_sequence`,
+        in sequence order (empty for an unknown run)."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The record, `last_sequence` filled in; None if unknown."""
+        ...
+
+    async def find_run(self, session_id: str, idempotency_key: str) -> RunRecord | None:
+        """The session's run with that idempotency key, or None."""
+        ...
+
+    async def latest_run(self, session_id: str) -> RunRecord | None:
+        """The session's most recently created run, or None."""
+        ...
+
+    async def list_runs(
+        self,
+        session_id: str,
+        *,
+        statuses: Collection[RunStatus] = (),
+        before: tuple[float, str] | None = None,
+        limit: int,
+    ) -> list[RunRecord]:
+        """The session's runs, newest first (by `created_at`, then id
+        descending), restricted to `statuses` when not empty, and to those
+        strictly older than `before` = (created_at, id) when given. Raises
+        NotFoundError for an unknown session."""
+        ...
+
+    async def prune_events(self, ended_before: float) -> int:
+        """Delete the events of runs that ended before `ended_before`, all
+        but each run's last (its `done`); records stay. Returns how many
+        events were deleted."""
+        ...
+
+    async def end_queued_run(
+        self, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+    ) -> bool:
+        """End a run that never started (cancelled while QUEUED, or its
+        session became unusable): apply `update` (its final status, stop
+        reason, end time) and append `events`, in one transaction, only if
+        the run is still QUEUED; False otherwise (nothing written)."""
         ...
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
@@ -224,15 +444,4 @@ class SessionStore(Protocol):
 
     async def delete_agent(self, name: str) -> bool:
         """Remove an agent; False if there was none."""
-        ...
-
-    # --- Which replica runs a session's latest run --------------------------
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        """Record that `owner` (a replica's gRPC address) runs `run_id`, the
-        session's latest run."""
-        ...
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        """(run_id, owner) of the session's latest run, or None."""
         ...

@@ -4,14 +4,16 @@ by the SQL stores and the JSON Lines export.
 `message_fields` is a message as one JSON object of its non-default fields
 (`role` always) with the wire-format names: `content`, `reasoning_content`,
 `tool_calls` (`[{"id", "name", "arguments"}]`, `arguments` omitted when
-empty), `tool_call_id`, `name`, `sender`, `auto_injected`; JSON Lines
-writes that object per line.
+empty), `tool_call_id`, `name`, `sender`, `auto_injected`,
+`reasoning_blocks` (`[{"text", "signature"}]` or `[{"redacted"}]`, empty
+keys omitted); JSON Lines writes that object per line.
 
 The stores keep a transcript item as the columns `ITEM_COLUMNS`: `kind`
 (`message` or `compact`), `role`, the frequent text fields `content` (a
 compact marker's summary), `sender`, `tool_call_id` and `name` as plain
 TEXT, and `payload`: the JSON object of the remaining non-default fields
-(`tool_calls`, `reasoning_content`, `auto_injected`), NULL when there are
+(`tool_calls`, `reasoning_content`, `auto_injected`, `reasoning_blocks`),
+NULL when there are
 none, which is most messages. Loading a long session thus parses JSON only
 for tool calls. Text a TEXT column cannot hold (NUL, which PostgreSQL
 refuses, or a lone surrogate, which UTF-8 cannot encode) goes into the
@@ -26,11 +28,11 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
     AgentRecord,
+    Checkpoint,
     CompactMarker,
-    RunOutcome,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -49,6 +51,7 @@ _USAGE_FIELDS = (
     "total_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "cache_write_tokens",
 )
 
 
@@ -75,7 +78,19 @@ def message_fields(message: Message) -> dict[str, Any]:
         fields["sender"] = message.sender
     if message.auto_injected:
         fields["auto_injected"] = True
+    if message.reasoning_blocks:
+        fields["reasoning_blocks"] = [
+            {k: v for k, v in (("text", b.text), ("signature", b.signature),
+                               ("redacted", b.redacted)) if v}
+            for b in message.reasoning_blocks
+        ]  # fmt: skip
     return fields
+
+
+def _blocks(raw: list[dict[str, str]] | None) -> list[ReasoningBlock]:
+    if not raw:
+        return []
+    return [ReasoningBlock(b.get("text", ""), b.get("signature", ""), b.get("redacted", "")) for b in raw]
 
 
 def message_from_fields(fields: dict[str, Any], created_at: float) -> Message:
@@ -92,6 +107,7 @@ def message_from_fields(fields: dict[str, Any], created_at: float) -> Message:
         fields.get("sender", ""),
         fields.get("auto_injected", False),
         created_at,
+        _blocks(fields.get("reasoning_blocks")),
     )
 
 
@@ -126,6 +142,10 @@ def _text_safe(text: str) -> bool:
     return True
 
 
+#: Public name for the other codecs of stored text.
+text_safe = _text_safe
+
+
 def encode_item(item: Message | CompactMarker) -> ItemRow:
     """A transcript item as stored columns (see the module docstring)."""
     if isinstance(item, CompactMarker):
@@ -142,6 +162,33 @@ def encode_item(item: Message | CompactMarker) -> ItemRow:
     content, sender, tool_call_id, name = text
     payload = _dumps(fields) if fields else None
     return MESSAGE, item.role.value, content, sender, tool_call_id, name, payload, item.created_at
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def stored_size(row: Sequence[Any]) -> int:
+    """The stored size of a transcript item (`ItemRow`), in bytes: the
+    UTF-8 of its text columns and its JSON payload. The unit of the stores'
+    `max_bytes` pages (PostgreSQL computes the same with `octet_length`)."""
+    return (
+        _utf8_size(row[2]) + _utf8_size(row[3]) + _utf8_size(row[4]) + _utf8_size(row[5])
+        + (len(row[6]) if row[6] is not None else 0)
+    )  # fmt: skip
+
+
+def budget(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many of the items of `sizes` (bytes) a page of `max_bytes`
+    holds: those that fit, and at least one."""
+    if max_bytes <= 0:
+        return len(sizes)
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > max_bytes:
+            return max(count, 1)
+    return len(sizes)
 
 
 def decode_visible(
@@ -175,6 +222,7 @@ def decode_visible(
         fields.get("sender", sender),
         fields.get("auto_injected", False),
         created_at,
+        _blocks(fields.get("reasoning_blocks")),
     )
 
 
@@ -205,15 +253,15 @@ def decode_rows(rows: Sequence[Sequence[Any]], decode: Callable[..., _T]) -> lis
         gc.enable()
 
 
-def run_items(outcome: RunOutcome) -> tuple[list[TranscriptItem], bool]:
-    """The transcript items a run appends, in order (`messages_before_compact`,
-    the compact marker stamped `finished_at`, `messages`), and whether a
-    marker is among them."""
-    items: list[TranscriptItem] = list(outcome.messages_before_compact)
-    compact = outcome.compact_summary is not None
+def checkpoint_items(checkpoint: Checkpoint) -> tuple[list[TranscriptItem], bool]:
+    """The transcript items a checkpoint appends, in order
+    (`messages_before_compact`, the compact marker stamped `now`,
+    `messages`), and whether a marker is among them."""
+    items: list[TranscriptItem] = list(checkpoint.messages_before_compact)
+    compact = checkpoint.compact_summary is not None
     if compact:
-        items.append(CompactMarker(outcome.compact_summary or "", outcome.finished_at))
-    items.extend(outcome.messages)
+        items.append(CompactMarker(checkpoint.compact_summary or "", checkpoint.now))
+    items.extend(checkpoint.messages)
     return items, compact
 
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pilothouse import jsontext
-from pilothouse.errors import InvalidArgumentError
+from pilothouse.errors import InvalidArgumentError, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     CompactMarker,
@@ -43,7 +43,7 @@ from pilothouse.runtime.store.base import (
     TranscriptItem,
 )
 from pilothouse.runtime.store.codec import ROLES, message_fields, message_from_fields
-from pilothouse.runtime.store.memory import session_not_found, visible_history
+from pilothouse.runtime.store.common import visible_history
 
 #: The format version written in the meta line.
 FORMAT_VERSION = 1
@@ -79,9 +79,8 @@ def _line(obj: dict[str, Any]) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
-def dump_jsonl(record: SessionRecord, items: list[TranscriptItem]) -> bytes:
-    """`record` and its transcript `items` as a session file."""
-    meta = {
+def _meta_line(record: SessionRecord) -> bytes:
+    return _line({
         "type": "meta",
         "version": FORMAT_VERSION,
         "id": record.id,
@@ -94,27 +93,63 @@ def dump_jsonl(record: SessionRecord, items: list[TranscriptItem]) -> bytes:
         "always_approved_tools": list(record.always_approved_tools),
         "state": record.state.value,
         "message_count": record.message_count,
-    }
-    lines = [_line(meta)]
-    for item in items:
-        if isinstance(item, CompactMarker):
-            obj = {"type": "compact", "summary": item.summary, "created_at": item.created_at}
-        else:
-            obj = {"type": "message", **message_fields(item), "created_at": item.created_at}
-            obj.setdefault("content", "")
-        lines.append(_line(obj))
+    })  # fmt: skip
+
+
+def _item_line(item: TranscriptItem) -> bytes:
+    if isinstance(item, CompactMarker):
+        obj = {"type": "compact", "summary": item.summary, "created_at": item.created_at}
+    else:
+        obj = {"type": "message", **message_fields(item), "created_at": item.created_at}
+        obj.setdefault("content", "")
+    return _line(obj)
+
+
+def dump_jsonl(record: SessionRecord, items: list[TranscriptItem]) -> bytes:
+    """`record` and its transcript `items` as a session file."""
+    lines = [_meta_line(record), *(_item_line(item) for item in items)]
     return b"\n".join(lines) + b"\n"
+
+
+#: Bounds of one transcript read of `iter_jsonl`: items, and bytes of
+#: stored size (a longer item is read alone).
+EXPORT_PAGE_ITEMS = 512
+EXPORT_PAGE_BYTES = 4 * 1024 * 1024
+
+
+async def iter_jsonl(
+    store: SessionStore,
+    session_id: str,
+    *,
+    page_items: int = EXPORT_PAGE_ITEMS,
+    page_bytes: int = EXPORT_PAGE_BYTES,
+) -> AsyncIterator[bytes]:
+    """The session file in chunks: the meta line, then the lines of each
+    transcript page (up to `page_items` items and `page_bytes` of stored
+    size, or one longer item), so neither the store nor this reads the
+    whole transcript at once. The transcript is read up to its end when
+    the last page is read; a checkpoint committed meanwhile is in the file
+    whole or not at all. NotFoundError (SESSION_NOT_FOUND) for an unknown
+    session, also when it is deleted during the export; UnavailableError
+    from the store."""
+    record = await store.get(session_id)
+    if record is None:
+        raise session_not_found(session_id)
+    yield _meta_line(record) + b"\n"
+    offset = 0
+    while page := await store.transcript_page(
+        session_id, offset, page_items, max_bytes=page_bytes
+    ):
+        offset += len(page)
+        yield b"".join(_item_line(item) + b"\n" for item in page)
 
 
 async def export_jsonl(store: SessionStore, session_id: str) -> bytes:
     """The session as a session file (UTF-8 JSON Lines, one line a
-    transcript item, compact markers included). NotFoundError
-    (SESSION_NOT_FOUND) for an unknown session; UnavailableError from the
-    store."""
-    record = await store.get(session_id)
-    if record is None:
-        raise session_not_found(session_id)
-    return dump_jsonl(record, await store.transcript(session_id))
+    transcript item, compact markers included), read in bounded pages
+    (`iter_jsonl`). NotFoundError (SESSION_NOT_FOUND) for an unknown
+    session; UnavailableError from the store."""
+    return b"".join([chunk async for chunk in iter_jsonl(store, session_id)])
 
 
 # --- import -----------------------------------------------------------------
@@ -238,6 +273,23 @@ def _tool_calls(obj: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return calls
 
 
+def _reasoning_blocks(obj: dict[str, Any], role: str) -> None:
+    blocks = obj.get("reasoning_blocks", [])
+    if not isinstance(blocks, list):
+        raise _Bad(f'"reasoning_blocks" must be an array, not {_kind(blocks)}')
+    if blocks and role != "assistant":
+        raise _Bad(f'only assistant messages have "reasoning_blocks", not {role} messages')
+    for index, block in enumerate(blocks):
+        if not isinstance(block, dict) or not all(
+            key in ("text", "signature", "redacted") and isinstance(value, str)
+            for key, value in block.items()
+        ):
+            raise _Bad(
+                f'"reasoning_blocks[{index}]" must be an object of strings '
+                '"text", "signature", "redacted"'
+            )
+
+
 def _message(obj: dict[str, Any], default_time: float, calls: _ToolCallCheck, line: int) -> Message:
     role = _str(obj, "role", required=True)
     if role not in ROLES:
@@ -247,6 +299,7 @@ def _message(obj: dict[str, Any], default_time: float, calls: _ToolCallCheck, li
         _str(obj, key)
     if not isinstance(obj.get("auto_injected", False), bool):
         raise _Bad('"auto_injected" must be a boolean')
+    _reasoning_blocks(obj, role)
     tool_calls = _tool_calls(obj, role)
     if role == "tool":
         calls.answer(_str(obj, "tool_call_id", required=True, non_empty=True))

@@ -1,58 +1,38 @@
 """An in-process session store: tests, and single-process use without
-durability. Same semantics as the durable stores (see `base`).
-
-The error helpers (`session_not_found`, `run_active`, ...) are re-exported
-here for the other stores."""
+durability. Same semantics as the durable stores (see `base`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Collection, Sequence
+from typing import TypeVar
 
 from pilothouse.errors import (
-    AlreadyExistsError,
     agent_exists,
     lease_lost,
     run_active,
+    run_exists,
+    run_not_found,
     session_closed,
     session_not_found,
 )
-from pilothouse.runtime.messages import Message
-
-__all__ = [
-    "MemorySessionStore",
-    "lease_lost",
-    "run_active",
-    "session_closed",
-    "session_not_found",
-    "visible_history",
-]
-
+from pilothouse.runtime.messages import Message, Usage
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     AgentRecord,
+    Checkpoint,
     CompactMarker,
-    RunOutcome,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
     SessionRecord,
     SessionState,
+    StoredEvent,
     TranscriptItem,
 )
-
-
-def visible_history(items: list[TranscriptItem]) -> list[Message]:
-    """The model-visible history of a transcript: after the last compact
-    marker, with its summary as the first (user) message."""
-    start = 0
-    summary: str | None = None
-    for index, item in enumerate(items):
-        if isinstance(item, CompactMarker):
-            start, summary = index + 1, item.summary
-    history = [m for m in items[start:] if isinstance(m, Message)]
-    if summary is not None:
-        marker = items[start - 1]
-        history.insert(0, Message.user(summary))
-        history[0].created_at = marker.created_at
-    return history
+from pilothouse.runtime.store.codec import budget, encode_item, stored_size
+from pilothouse.runtime.store.common import session_exists, visible_history
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
@@ -67,6 +47,8 @@ class MemorySessionStore:
         self._items: dict[str, list[TranscriptItem]] = {}
         self._lease_until: dict[str, float] = {}
         self._agents: dict[str, AgentRecord] = {}
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, list[StoredEvent]] = {}
         self._owners: dict[str, tuple[str, str]] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
@@ -87,11 +69,7 @@ class MemorySessionStore:
 
     def _check_new(self, session_id: str) -> None:
         if session_id in self._records:
-            raise AlreadyExistsError(
-                f"session {session_id!r} already exists",
-                reason="SESSION_EXISTS",
-                metadata={"session_id": session_id},
-            )
+            raise session_exists(session_id)
 
     async def create(self, record: SessionRecord) -> None:
         self._check_new(record.id)
@@ -136,6 +114,9 @@ class MemorySessionStore:
         del self._records[session_id]
         del self._items[session_id]
         self._lease_until.pop(session_id, None)
+        for run_id in [r.id for r in self._runs.values() if r.session_id == session_id]:
+            del self._runs[run_id]
+            self._events.pop(run_id, None)
         self._owners.pop(session_id, None)
 
     async def load_history(self, session_id: str) -> list[Message]:
@@ -143,16 +124,66 @@ class MemorySessionStore:
         return [m.copy() for m in visible_history(self._items[session_id])]
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         history = await self.load_history(session_id)
         if newest_first:
             history.reverse()
-        return history[offset : offset + limit]
+        return _cut(history[offset : offset + limit], max_bytes)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         self._record(session_id)
         return [_copy_item(i) for i in self._items[session_id]]
+
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        self._record(session_id)
+        page = self._items[session_id][max(offset, 0) : max(offset, 0) + max(limit, 0)]
+        return [_copy_item(i) for i in _cut(page, max_bytes)]
+
+    # --- Runs ---------------------------------------------------------------
+
+    def _run_copy(self, run: RunRecord) -> RunRecord:
+        copied = copy.deepcopy(run)
+        events = self._events.get(run.id)
+        copied.last_sequence = events[-1].sequence if events else 0
+        return copied
+
+    def _check_new_run(self, record: RunRecord) -> None:
+        existing = self._runs.get(record.id)
+        if existing is None and record.idempotency_key:
+            existing = self._by_key(record.session_id, record.idempotency_key)
+        if existing is not None:
+            raise run_exists(existing.session_id, existing.id)
+
+    def _by_key(self, session_id: str, key: str) -> RunRecord | None:
+        return next(
+            (r for r in self._runs.values()
+             if r.session_id == session_id and r.idempotency_key == key),
+            None,
+        )
+
+    async def insert_run(self, record: RunRecord) -> None:
+        self._record(record.session_id)
+        self._check_new_run(record)
+        self._runs[record.id] = copy.deepcopy(record)
+
+    def _is_run_of(self, run_id: str, session_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and run.session_id == session_id
+
+    def _lease_state(self, record: SessionRecord, now: float) -> tuple[bool, bool]:
+        """(held by a run whose record has not ended, lease expired)."""
+        run = self._runs.get(record.active_run_id)
+        live_record = run is not None and not run.status.ended
+        return live_record, self._lease_until.get(record.id, 0.0) <= now
 
     def _interrupt(self, record: SessionRecord) -> None:
         record.last_run_id = record.active_run_id
@@ -160,16 +191,57 @@ class MemorySessionStore:
         record.active_run_id = ""
         self._lease_until.pop(record.id, None)
 
-    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
+    async def begin_run(
+        self,
+        session_id: str,
+        run_id: str,
+        *,
+        lease_s: float,
+        now: float,
+        messages: Sequence[Message] = (),
+        new_run: RunRecord | None = None,
+        events: Sequence[StoredEvent] = (),
+    ) -> SessionRecord:
         record = self._record(session_id)
         if record.state is SessionState.CLOSED:
             raise session_closed(session_id)
-        if record.active_run_id:
-            if self._lease_until.get(session_id, 0.0) > now:
-                raise run_active(session_id, record.active_run_id)
+        if new_run is not None:
+            self._check_new_run(new_run)
+        elif not self._is_run_of(run_id, session_id) and not _LEGACY:
+            raise run_not_found(session_id, run_id)
+        if record.active_run_id and record.active_run_id != run_id:
+            live_record, expired = self._lease_state(record, now)
+            if live_record or not expired:
+                raise run_active(session_id, record.active_run_id, lease_expired=expired)
             self._interrupt(record)
+        if new_run is not None:
+            self._runs[run_id] = copy.deepcopy(new_run)
+        run = self._runs.get(run_id) if self._is_run_of(run_id, session_id) else None
+        if run is not None:
+            run.status = RunStatus.RUNNING
+            run.started_at = now
         record.active_run_id = run_id
         self._lease_until[session_id] = now + lease_s
+        self._append(record, list(messages), now)
+        self._add_events(events)
+        return self._copy(record)
+
+    def _append(self, record: SessionRecord, messages: list[Message], now: float) -> None:
+        if messages:
+            self._items[record.id].extend(m.copy() for m in messages)
+            record.message_count = len(visible_history(self._items[record.id]))
+            record.updated_at = now
+
+    def _add_events(self, events: Sequence[StoredEvent]) -> None:
+        for event in events:
+            log = self._events.setdefault(event.run_id, [])
+            if log and event.sequence <= log[-1].sequence:
+                if any(e.sequence == event.sequence for e in log):
+                    continue
+                log.append(dataclasses.replace(event))
+                log.sort(key=lambda e: e.sequence)
+            else:
+                log.append(dataclasses.replace(event))
 
     async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
         record = self._record(session_id)
@@ -178,42 +250,122 @@ class MemorySessionStore:
         self._lease_until[session_id] = now + lease_s
         return True
 
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
+    async def checkpoint(self, session_id: str, run_id: str, checkpoint: Checkpoint) -> SessionRecord:
         record = self._record(session_id)
         if record.active_run_id != run_id:
             raise lease_lost(session_id, run_id)
+        cp = checkpoint
         items = self._items[session_id]
-        items.extend(m.copy() for m in outcome.messages_before_compact)
-        if outcome.compact_summary is not None:
-            items.append(CompactMarker(outcome.compact_summary, outcome.finished_at))
-        items.extend(m.copy() for m in outcome.messages)
-        record.message_count = len(visible_history(items))
-        record.uptime_s += outcome.uptime_s
-        record.updated_at = outcome.finished_at
-        record.last_run_id = run_id
-        record.last_run_stop_reason = outcome.stop_reason
-        record.last_run_usage = dataclasses.replace(outcome.usage)
-        record.active_run_id = ""
-        self._lease_until.pop(session_id, None)
+        appended = bool(cp.messages_before_compact or cp.messages or cp.compact_summary is not None)
+        items.extend(m.copy() for m in cp.messages_before_compact)
+        if cp.compact_summary is not None:
+            items.append(CompactMarker(cp.compact_summary, cp.now))
+        items.extend(m.copy() for m in cp.messages)
+        if appended:
+            record.message_count = len(visible_history(items))
+            record.updated_at = cp.now
+        run = self._runs.get(run_id)
+        if run is not None:
+            _apply(run, cp.run)
+        self._add_events(cp.events)
+        if cp.final:
+            record.uptime_s += cp.uptime_s
+            record.updated_at = cp.now
+            record.last_run_id = run_id
+            record.last_run_stop_reason = (cp.run.stop_reason or "") if run is None else run.stop_reason
+            record.last_run_usage = dataclasses.replace(cp.run.usage or (run.usage if run else None) or Usage())
+            record.active_run_id = ""
+            self._lease_until.pop(session_id, None)
+        elif cp.release:
+            self._lease_until[session_id] = 0.0
         return self._copy(record)
 
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        record = self._record(session_id)
-        if record.active_run_id != run_id:
-            return
-        record.active_run_id = ""
-        record.last_run_id = run_id
-        record.last_run_stop_reason = stop_reason
-        record.updated_at = now
-        self._lease_until.pop(session_id, None)
-
-    async def recover_interrupted(self, now: float) -> list[str]:
-        recovered = []
+    async def claim_runs(
+        self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
+    ) -> list[RunRecord]:
+        active: list[RunRecord] = []
+        queued: list[RunRecord] = []
         for record in self._records.values():
-            if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
+            if not record.active_run_id:
+                continue
+            run = self._runs.get(record.active_run_id)
+            expired = self._lease_until.get(record.id, 0.0) <= now
+            mine = bool(stale_owner) and run is not None and run.owner == stale_owner
+            if not (expired or mine):
+                continue
+            if run is None or run.status.ended:
                 self._interrupt(record)
-                recovered.append(record.id)
-        return recovered
+                continue
+            self._lease_until[record.id] = now + lease_s
+            run.owner = owner
+            run.attempt += 1
+            active.append(run)
+            for other in self._runs.values():
+                if other.session_id == record.id and other.status is RunStatus.QUEUED:
+                    other.owner = owner
+                    queued.append(other)
+        active.sort(key=lambda r: (r.created_at, r.id))
+        queued.sort(key=lambda r: (r.created_at, r.id))
+        return [self._run_copy(r) for r in [*active, *queued]]
+
+    async def append_events(self, events: Sequence[StoredEvent]) -> None:
+        self._add_events(events)
+
+    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+        log = self._events.get(run_id, [])
+        return [dataclasses.replace(e) for e in log if e.sequence > after_sequence][: max(limit, 0)]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        run = self._runs.get(run_id)
+        return self._run_copy(run) if run else None
+
+    async def find_run(self, session_id: str, idempotency_key: str) -> RunRecord | None:
+        run = self._by_key(session_id, idempotency_key) if idempotency_key else None
+        return self._run_copy(run) if run else None
+
+    async def latest_run(self, session_id: str) -> RunRecord | None:
+        runs = [r for r in self._runs.values() if r.session_id == session_id]
+        if not runs:
+            return None
+        return self._run_copy(max(runs, key=lambda r: (r.created_at, r.id)))
+
+    async def list_runs(
+        self,
+        session_id: str,
+        *,
+        statuses: Collection[RunStatus] = (),
+        before: tuple[float, str] | None = None,
+        limit: int,
+    ) -> list[RunRecord]:
+        self._record(session_id)
+        wanted = set(statuses)
+        runs = [
+            r for r in self._runs.values()
+            if r.session_id == session_id
+            and (not wanted or r.status in wanted)
+            and (before is None or (r.created_at, r.id) < before)
+        ]
+        runs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return [self._run_copy(r) for r in runs[: max(limit, 0)]]
+
+    async def prune_events(self, ended_before: float) -> int:
+        pruned = 0
+        for run in self._runs.values():
+            log = self._events.get(run.id)
+            if run.status.ended and run.ended_at < ended_before and log and len(log) > 1:
+                pruned += len(log) - 1
+                self._events[run.id] = log[-1:]
+        return pruned
+
+    async def end_queued_run(
+        self, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+    ) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.QUEUED:
+            return False
+        _apply(run, update)
+        self._add_events(events)
+        return True
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
         record = self._record(session_id)
@@ -244,6 +396,41 @@ class MemorySessionStore:
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
+
+    # --- Transitional: the run API before durable runs (removed with it) ---
+
+    async def finish_run(self, session_id: str, run_id: str, outcome) -> SessionRecord:
+        return await self.checkpoint(session_id, run_id, Checkpoint(
+            now=outcome.finished_at, messages=outcome.messages,
+            compact_summary=outcome.compact_summary,
+            messages_before_compact=outcome.messages_before_compact,
+            run=RunUpdate(stop_reason=outcome.stop_reason, usage=outcome.usage),
+            final=True, uptime_s=outcome.uptime_s,
+        ))
+
+    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
+        record = self._record(session_id)
+        if record.active_run_id != run_id:
+            return
+        record.active_run_id = ""
+        record.last_run_id = run_id
+        record.last_run_stop_reason = stop_reason
+        record.updated_at = now
+        self._lease_until.pop(session_id, None)
+
+    async def recover_interrupted(self, now: float) -> list[str]:
+        recovered = []
+        for record in self._records.values():
+            if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
+                self._interrupt(record)
+                recovered.append(record.id)
+        return recovered
+
+    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
+        self._owners[session_id] = (run_id, owner)
+
+    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
+        return self._owners.get(session_id)
 
     # --- Agents -----------------------------------------------------------
 
@@ -279,10 +466,29 @@ class MemorySessionStore:
     async def delete_agent(self, name: str) -> bool:
         return self._agents.pop(name, None) is not None
 
-    # --- Run owners -------------------------------------------------------
 
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        self._owners[session_id] = (run_id, owner)
+_T = TypeVar("_T", bound=Message | CompactMarker)
 
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        return self._owners.get(session_id)
+#: Transitional: begin_run accepts a run without a record (the runtime
+#: before durable runs).
+_LEGACY = True
+
+
+def _cut(items: list[_T], max_bytes: int) -> list[_T]:
+    """The first of `items` that fit in `max_bytes` of stored size (at
+    least one); all of them without a budget."""
+    if max_bytes <= 0:
+        return items
+    return items[: budget([stored_size(encode_item(i)) for i in items], max_bytes)]
+
+
+def _apply(run: RunRecord, update: RunUpdate) -> None:
+    """Set the fields of `update` that are not None on `run`."""
+    for name in ("status", "iterations", "stop_reason", "error", "ended_at"):
+        value = getattr(update, name)
+        if value is not None:
+            setattr(run, name, value)
+    if update.usage is not None:
+        run.usage = dataclasses.replace(update.usage)
+    if update.state is not None:
+        run.state = copy.deepcopy(update.state)

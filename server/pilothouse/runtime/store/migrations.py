@@ -28,6 +28,28 @@ Version 2 adds `agents`, the registry every replica shares: `name`,
 `created_at`, `updated_at`. Version 3 adds `run_owners`: per session, the
 latest run and the address of the replica that runs it, so other replicas
 can forward calls about that run.
+
+Version 4 (durable runs) adds:
+
+- `runs`: one row per run, every `RunRecord` field but `last_sequence`
+  (computed from the event log): `agent_config`, `options`, `usage` and
+  `state` are JSON objects (PostgreSQL `json`: stored verbatim, `\\u0000`
+  accepted), `escaped_text` a JSON object of the text fields (`content`,
+  `sender`, `error`, `idempotency_key`) a TEXT column cannot hold (NUL, a
+  lone surrogate), NULL when none (see `runcodec`), and `events_pruned`
+  (1 once `prune_events` removed the run's events). Indexes: a unique
+  (session_id, idempotency_key) where the key is not empty; (session_id,
+  created_at, id) for `list_runs` and `latest_run` (newest first) and a
+  session's queued runs; the active runs by `owner` for `claim_runs` with
+  a stale owner; ended runs not yet pruned by `ended_at`, for
+  `prune_events`.
+- `run_events`: (run_id, sequence) primary key, `time`, `kind` and
+  `payload` (the event's JSON text); one run's log is one range of the key
+  (SQLite: WITHOUT ROWID, clustered like `transcript_items`).
+
+`run_owners` is no longer written (a run's owner is `runs.owner`); it stays
+so that replicas of the previous version keep working during a rolling
+upgrade.
 """
 
 from __future__ import annotations
@@ -59,6 +81,22 @@ _SESSION_INDEXES = (
     # recover_interrupted: only sessions holding a lease.
     "CREATE INDEX sessions_with_lease ON sessions (lease_until) WHERE active_run_id <> ''",
 )
+
+_RUN_INDEXES = (
+    # insert_run / begin_run / find_run: one run per idempotency key.
+    "CREATE UNIQUE INDEX runs_by_idempotency_key ON runs (session_id, idempotency_key)"
+    " WHERE idempotency_key <> ''",
+    # list_runs, latest_run (newest first), a session's queued runs.
+    "CREATE INDEX runs_by_session ON runs (session_id, created_at, id)",
+    # claim_runs with a stale owner.
+    "CREATE INDEX runs_active_by_owner ON runs (owner)"
+    " WHERE status IN ('running', 'waiting_for_decision')",
+    # prune_events: ended runs whose events remain.
+    "CREATE INDEX runs_to_prune ON runs (ended_at)"
+    " WHERE status IN ('finished', 'interrupted') AND events_pruned = 0",
+)
+
+_RUN_STATUSES = "('queued', 'running', 'waiting_for_decision', 'finished', 'interrupted')"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -181,12 +219,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
-)
-
-#: Records which replica runs (or ran) a session's latest run.
-UPSERT_RUN_OWNER = (
-    "INSERT INTO run_owners (session_id, run_id, owner) VALUES ({p1}, {p2}, {p3})"
-    " ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner"
+    Migration(
+        4,
+        "runs and their event logs",
+        sqlite=(
+            f"""CREATE TABLE runs (
+                id TEXT PRIMARY KEY,
+                session_id TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                content TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                sender TEXT NOT NULL DEFAULT '',
+                agent_version INTEGER NOT NULL DEFAULT 0,
+                agent_config TEXT NOT NULL DEFAULT '{{}}',
+                options TEXT NOT NULL DEFAULT '{{}}',
+                idempotency_key TEXT NOT NULL DEFAULT '',
+                status TEXT NOT NULL CHECK (status IN {_RUN_STATUSES}),
+                owner TEXT NOT NULL DEFAULT '',
+                attempt INTEGER NOT NULL DEFAULT 0,
+                started_at REAL NOT NULL DEFAULT 0,
+                ended_at REAL NOT NULL DEFAULT 0,
+                stop_reason TEXT NOT NULL DEFAULT '',
+                error TEXT NOT NULL DEFAULT '',
+                usage TEXT NOT NULL DEFAULT '{{}}',
+                iterations INTEGER NOT NULL DEFAULT 0,
+                state TEXT NOT NULL DEFAULT '{{}}',
+                escaped_text TEXT,
+                events_pruned INTEGER NOT NULL DEFAULT 0
+            )""",
+            *_RUN_INDEXES,
+            """CREATE TABLE run_events (
+                run_id TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                time REAL NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (run_id, sequence)
+            ) WITHOUT ROWID""",
+        ),
+        postgres=(
+            f"""CREATE TABLE runs (
+                id TEXT PRIMARY KEY,
+                session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+                agent TEXT NOT NULL,
+                content TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                sender TEXT NOT NULL DEFAULT '',
+                agent_version BIGINT NOT NULL DEFAULT 0,
+                agent_config JSON NOT NULL DEFAULT '{{}}',
+                options JSON NOT NULL DEFAULT '{{}}',
+                idempotency_key TEXT NOT NULL DEFAULT '',
+                status TEXT NOT NULL CHECK (status IN {_RUN_STATUSES}),
+                owner TEXT NOT NULL DEFAULT '',
+                attempt BIGINT NOT NULL DEFAULT 0,
+                started_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+                ended_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+                stop_reason TEXT NOT NULL DEFAULT '',
+                error TEXT NOT NULL DEFAULT '',
+                usage JSON NOT NULL DEFAULT '{{}}',
+                iterations BIGINT NOT NULL DEFAULT 0,
+                state JSON NOT NULL DEFAULT '{{}}',
+                escaped_text JSON,
+                events_pruned SMALLINT NOT NULL DEFAULT 0
+            )""",
+            *_RUN_INDEXES,
+            # No foreign key to `runs`: an event append costs one index
+            # insert, and `delete` removes a session's events explicitly.
+            """CREATE TABLE run_events (
+                run_id TEXT NOT NULL,
+                sequence BIGINT NOT NULL,
+                time DOUBLE PRECISION NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (run_id, sequence)
+            )""",
+        ),
+    ),
 )
 
 #: Upsert of an agent (both backends): a replaced agent's version goes up

@@ -10,10 +10,12 @@ connection, which keeps an appended run at one round trip; the store needs
 nothing psycopg has beyond that. (Behind PgBouncer in transaction mode, pass
 `statement_cache_size=0`.)
 
-Every write that must be atomic is ONE statement (data-modifying CTEs), so
-it needs no explicit transaction and costs one round trip: `finish_run`,
-`compact` and `import_session` update the session row and insert the
-transcript items together or not at all.
+Every write that must be atomic is one statement where it can be
+(data-modifying CTEs), so it needs no explicit transaction and costs one
+round trip: `checkpoint`, `compact` and `import_session` update the
+session row and insert the transcript items together or not at all.
+`begin_run` and `claim_runs`, which decide from what they read, are
+transactions on one pooled connection (see `postgres_runs`).
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
+from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
-    INTERRUPTED,
     AgentRecord,
     CompactMarker,
-    RunOutcome,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -47,26 +47,24 @@ from pilothouse.runtime.store.codec import (
     decode_rows,
     decode_visible,
     encode_item,
-    encode_usage,
     record_from_row,
     record_params,
-    run_items,
 )
-from pilothouse.runtime.store.memory import (
-    lease_lost,
-    run_active,
-    session_closed,
-    session_not_found,
-    visible_history,
-)
+from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
     SCHEMA_MIGRATIONS_TABLE,
     SELECT_AGENT,
     UPSERT_AGENT,
-    UPSERT_RUN_OWNER,
     pending,
+)
+from pilothouse.runtime.store.postgres_runs import (
+    ITEMS,
+    T_ITEMS,
+    PostgresRuns,
+    item_arrays,
+    unnest_items,
 )
 
 log = logging.getLogger(__name__)
@@ -81,42 +79,16 @@ _COLUMNS = RECORD_COLUMNS.replace("always_approved_tools", "always_approved_tool
 )
 _SELECT = f"SELECT {_COLUMNS} FROM sessions"
 _ITEM_COLUMNS = ", ".join(f"i.{c}" for c in ITEM_COLUMNS).replace("i.payload", "i.payload::text")
-_ITEMS = "kind, role, content, sender, tool_call_id, name, payload, created_at"
-_T_ITEMS = ", ".join(f"t.{c}" for c in _ITEMS.split(", "))
-_UNNEST_TYPES = "text[], text[], text[], text[], text[], text[], json[], float8[]"
 _RETURNING = f"RETURNING {_COLUMNS}"
+#: `codec.stored_size` of the transcript item `i`, in SQL.
+_STORED_SIZE = (
+    "octet_length(i.content) + octet_length(i.sender) + octet_length(i.tool_call_id) "
+    "+ octet_length(i.name) + COALESCE(octet_length(i.payload::text), 0)"
+)
+_T = TypeVar("_T")
 _INSERT_COLUMNS = RECORD_COLUMNS
 _INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb"
 
-
-def _unnest(first: int) -> str:
-    """`$first::text[], …`: the parameters of the item columns for unnest."""
-    types = _UNNEST_TYPES.split(", ")
-    return ", ".join(f"${first + i}::{t}" for i, t in enumerate(types))
-
-
-_FINISH_RUN = f"""
-WITH s AS (
-    UPDATE sessions SET
-        message_count = CASE WHEN $3 THEN 1 + $4 ELSE message_count + $5 END,
-        history_seq = CASE WHEN $3 THEN next_seq + $18 ELSE history_seq END,
-        next_seq = next_seq + $5,
-        uptime_s = uptime_s + $6,
-        updated_at = $7,
-        last_run_id = $2,
-        last_run_stop_reason = $8,
-        last_run_usage = $9::jsonb,
-        active_run_id = '',
-        lease_until = 0
-    WHERE id = $1 AND active_run_id = $2
-    {_RETURNING}, next_seq - $5 AS first_seq
-), items AS (
-    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
-    SELECT s.id, s.first_seq + t.ord - 1, {_T_ITEMS}
-    FROM s, unnest({_unnest(10)}) WITH ORDINALITY AS t({_ITEMS}, ord)
-)
-SELECT * FROM s
-"""
 
 _COMPACT = f"""
 WITH s AS (
@@ -125,7 +97,7 @@ WITH s AS (
     WHERE id = $1
     {_RETURNING}, history_seq
 ), marker AS (
-    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
+    INSERT INTO transcript_items (session_id, seq, {ITEMS})
     SELECT s.id, s.history_seq, 'compact', '', $3, '', '', '', $4::json, $2 FROM s
 )
 SELECT * FROM s
@@ -137,22 +109,11 @@ WITH s AS (
     VALUES ({_INSERT_VALUES}, $15, $16)
     RETURNING id
 ), items AS (
-    INSERT INTO transcript_items (session_id, seq, {_ITEMS})
-    SELECT s.id, t.ord - 1, {_T_ITEMS}
-    FROM s, unnest({_unnest(17)}) WITH ORDINALITY AS t({_ITEMS}, ord)
+    INSERT INTO transcript_items (session_id, seq, {ITEMS})
+    SELECT s.id, t.ord - 1, {T_ITEMS}
+    FROM s, {unnest_items(17)}
 )
 SELECT id FROM s
-"""
-
-_BEGIN_RUN = f"""
-UPDATE sessions SET
-    last_run_stop_reason = CASE WHEN active_run_id <> '' THEN '{INTERRUPTED}'
-        ELSE last_run_stop_reason END,
-    last_run_id = CASE WHEN active_run_id <> '' THEN active_run_id ELSE last_run_id END,
-    active_run_id = $2,
-    lease_until = $3
-WHERE id = $1 AND state = 'open' AND (active_run_id = '' OR lease_until <= $4)
-RETURNING id
 """
 
 #: Errors meaning "the database cannot be reached or used right now".
@@ -178,7 +139,7 @@ def _redacted(dsn: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
-class PostgresSessionStore:
+class PostgresSessionStore(PostgresRuns):
     """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
     `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
     `max_size` connections.
@@ -233,6 +194,19 @@ class PostgresSessionStore:
             conn = await pool.acquire(timeout=self._timeout)
             try:
                 return await conn.fetch(sql, *args)
+            finally:
+                await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on one pooled connection: committed when the body
+        returns, rolled back when it raises."""
+        pool = self._get_pool()
+        with self._errors():
+            conn = await pool.acquire(timeout=self._timeout)
+            try:
+                async with conn.transaction():
+                    yield conn
             finally:
                 await pool.release(conn)
 
@@ -308,7 +282,7 @@ class PostgresSessionStore:
                 *record_params(record),
             )
         except asyncpg.UniqueViolationError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     async def get(self, session_id: str) -> SessionRecord | None:
         rows = await self._fetch(f"{_SELECT} WHERE id = $1", session_id)
@@ -353,8 +327,14 @@ class PostgresSessionStore:
         return [record_from_row(row) for row in rows]
 
     async def delete(self, session_id: str) -> None:
-        """Delete the session; its transcript goes with it (ON DELETE CASCADE)."""
-        rows = await self._fetch("DELETE FROM sessions WHERE id = $1 RETURNING 1", session_id)
+        """Delete the session and its runs' events; its transcript and runs
+        go with it (ON DELETE CASCADE)."""
+        rows = await self._fetch(
+            "WITH events AS (DELETE FROM run_events WHERE run_id IN "
+            "(SELECT id FROM runs WHERE session_id = $1)) "
+            "DELETE FROM sessions WHERE id = $1 RETURNING 1",
+            session_id,
+        )
         if not rows:
             raise session_not_found(session_id)
 
@@ -379,113 +359,70 @@ class PostgresSessionStore:
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq).
         if newest_first:
-            sql = (
-                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
-                "JOIN transcript_items i ON i.session_id = s.id "
-                "AND i.seq >= s.history_seq "
-                "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2 "
-                "WHERE s.id = $1 ORDER BY i.seq DESC"
+            where = (
+                "i.seq >= s.history_seq "
+                "AND i.seq > s.next_seq - 1 - $2 - $3 AND i.seq <= s.next_seq - 1 - $2"
             )
         else:
-            sql = (
-                f"SELECT {_ITEM_COLUMNS} FROM sessions s "
-                "JOIN transcript_items i ON i.session_id = s.id "
-                "AND i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3 "
-                "WHERE s.id = $1 ORDER BY i.seq"
-            )
-        rows = await self._fetch(sql, session_id, max(offset, 0), max(limit, 0))
-        if not rows:
-            await self._require(session_id)
-        return decode_rows(rows, decode_visible)
+            where = "i.seq >= s.history_seq + $2 AND i.seq < s.history_seq + $2 + $3"
+        return await self._page(
+            where, newest_first, session_id, offset, limit, max_bytes, decode_visible
+        )
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
-    # --- runs -------------------------------------------------------------
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        where = "i.seq >= $2 AND i.seq < $2 + $3 AND i.seq < s.next_seq"
+        return await self._page(where, False, session_id, offset, limit, max_bytes, decode_item)
 
-    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
-        """One conditional UPDATE takes the lease (row-locked, so of two
-        replicas racing exactly one wins); on failure, say why (NotFound,
-        SESSION_CLOSED or RUN_ACTIVE naming the run holding it)."""
-        for _ in range(3):
-            if await self._fetch(_BEGIN_RUN, session_id, run_id, now + lease_s, now):
-                return
-            rows = await self._fetch(
-                "SELECT state, active_run_id, lease_until FROM sessions WHERE id = $1",
-                session_id,
+    async def _page(
+        self,
+        where: str,
+        descending: bool,
+        session_id: str,
+        offset: int,
+        limit: int,
+        max_bytes: int,
+        decode: Callable[..., _T],
+    ) -> list[_T]:
+        """The session's items in the `where` range ($2 offset, $3 limit),
+        by seq; with `max_bytes` > 0 ($4), only those that fit in it (at
+        least one): a window sum of their sizes, computed without reading
+        the text itself (`octet_length` reads TOAST headers), picks them."""
+        order = "i.seq DESC" if descending else "i.seq"
+        args: list[Any] = [session_id, max(offset, 0), max(limit, 0)]
+        items = (
+            "FROM sessions s JOIN transcript_items i ON i.session_id = s.id "
+            f"AND {where} WHERE s.id = $1"
+        )
+        if max_bytes <= 0:
+            sql = f"SELECT {_ITEM_COLUMNS} {items} ORDER BY {order}"
+        else:
+            args.append(max_bytes)
+            sql = (
+                f"WITH page AS (SELECT i.seq, SUM({_STORED_SIZE}) OVER w AS running, "
+                f"row_number() OVER w AS n {items} WINDOW w AS (ORDER BY {order})) "
+                f"SELECT {_ITEM_COLUMNS} FROM page "
+                "JOIN transcript_items i ON i.session_id = $1 AND i.seq = page.seq "
+                f"WHERE page.running <= $4 OR page.n = 1 ORDER BY {order}"
             )
-            if not rows:
-                raise session_not_found(session_id)
-            state, active_run_id, lease_until = rows[0]
-            if state == SessionState.CLOSED.value:
-                raise session_closed(session_id)
-            if active_run_id and lease_until > now:
-                raise run_active(session_id, active_run_id)
-            # Released (or expired) between the two statements: try again.
-        raise run_active(session_id, active_run_id)
-
-    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
-        rows = await self._fetch(
-            "UPDATE sessions SET lease_until = $3 WHERE id = $1 AND active_run_id = $2 RETURNING 1",
-            session_id,
-            run_id,
-            now + lease_s,
-        )
-        if rows:
-            return True
-        await self._require(session_id)
-        return False
-
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        """Append `messages_before_compact`, the compact marker (if any) and
-        `messages`, and update the session row, in one statement; its
-        `active_run_id = run_id` condition is the lease check."""
-        items, compact = run_items(outcome)
-        columns = _columns(items)
-        rows = await self._fetch(
-            _FINISH_RUN,
-            session_id,
-            run_id,
-            compact,
-            len(outcome.messages),
-            len(items),
-            outcome.uptime_s,
-            outcome.finished_at,
-            outcome.stop_reason,
-            encode_usage(outcome.usage),
-            *columns,
-            len(outcome.messages_before_compact),
-        )
+        rows = await self._fetch(sql, *args)
         if not rows:
             await self._require(session_id)
-            raise lease_lost(session_id, run_id)
-        return record_from_row(rows[0])
-
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        rows = await self._fetch(
-            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = $2, "
-            "last_run_stop_reason = $3, updated_at = $4 WHERE id = $1 AND active_run_id = $2 "
-            "RETURNING 1",
-            session_id,
-            run_id,
-            stop_reason,
-            now,
-        )
-        if not rows:
-            await self._require(session_id)
-
-    async def recover_interrupted(self, now: float) -> list[str]:
-        rows = await self._fetch(
-            "UPDATE sessions SET last_run_id = active_run_id, "
-            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
-            "WHERE active_run_id <> '' AND lease_until <= $1 RETURNING id",
-            now,
-        )
-        return [row[0] for row in rows]
+        return decode_rows(rows, decode)
 
     # --- metadata ---------------------------------------------------------
 
@@ -528,9 +465,9 @@ class PostgresSessionStore:
             (i for i, item in enumerate(items) if isinstance(item, CompactMarker)), default=0
         )
         try:
-            await self._fetch(_IMPORT, *params, len(items), history_seq, *_columns(items))
+            await self._fetch(_IMPORT, *params, len(items), history_seq, *item_arrays(items))
         except asyncpg.UniqueViolationError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     # --- agents -----------------------------------------------------------
 
@@ -563,34 +500,3 @@ class PostgresSessionStore:
     async def delete_agent(self, name: str) -> bool:
         rows = await self._fetch("DELETE FROM agents WHERE name = $1 RETURNING name", name)
         return bool(rows)
-
-    # --- run owners -------------------------------------------------------
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        await self._fetch(
-            UPSERT_RUN_OWNER.format(p1="$1", p2="$2", p3="$3"), session_id, run_id, owner
-        )
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        rows = await self._fetch(
-            "SELECT run_id, owner FROM run_owners WHERE session_id = $1", session_id
-        )
-        return (rows[0]["run_id"], rows[0]["owner"]) if rows else None
-
-
-
-def _columns(items: list[TranscriptItem]) -> list[list[Any]]:
-    """Transcript items as parallel arrays, one per `ITEM_COLUMNS`, for unnest."""
-    rows = [encode_item(item) for item in items]
-    if not rows:
-        return [[] for _ in ITEM_COLUMNS]
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _exists_error(session_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        f"session {session_id!r} already exists",
-        reason="SESSION_EXISTS",
-        metadata={"session_id": session_id},
-    )
-

@@ -21,13 +21,11 @@ from typing import Any
 
 import aiosqlite
 
-from pilothouse.errors import AlreadyExistsError, UnavailableError, agent_exists
+from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
-    INTERRUPTED,
     AgentRecord,
     CompactMarker,
-    RunOutcome,
     SessionRecord,
     SessionState,
     TranscriptItem,
@@ -42,27 +40,20 @@ from pilothouse.runtime.store.codec import (
     decode_visible,
     encode_item,
     encode_tools,
-    encode_usage,
     record_from_row,
     record_params,
-    run_items,
+    stored_size,
 )
-from pilothouse.runtime.store.memory import (
-    lease_lost,
-    run_active,
-    session_closed,
-    session_not_found,
-    visible_history,
-)
+from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
     SCHEMA_MIGRATIONS_TABLE,
     SELECT_AGENT,
     UPSERT_AGENT,
-    UPSERT_RUN_OWNER,
     pending,
 )
+from pilothouse.runtime.store.sqlite_runs import SqliteRuns
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +77,7 @@ def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
     )
 
 
-class SqliteSessionStore:
+class SqliteSessionStore(SqliteRuns):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 
@@ -261,7 +252,7 @@ class SqliteSessionStore:
                 record_params(record),
             )
         except sqlite3.IntegrityError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     async def get(self, session_id: str) -> SessionRecord | None:
         rows = await self._read(f"{_SELECT} WHERE id = ?", (session_id,))
@@ -297,6 +288,11 @@ class SqliteSessionStore:
             if cursor.rowcount == 0:
                 raise session_not_found(session_id)
             await conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
+            await conn.execute(
+                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE session_id = ?)",
+                (session_id,),
+            )
+            await conn.execute("DELETE FROM runs WHERE session_id = ?", (session_id,))
             await conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
 
     # --- history ----------------------------------------------------------
@@ -323,7 +319,13 @@ class SqliteSessionStore:
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
-        self, session_id: str, offset: int, limit: int, *, newest_first: bool = False
+        self,
+        session_id: str,
+        offset: int,
+        limit: int,
+        *,
+        newest_first: bool = False,
+        max_bytes: int = 0,
     ) -> list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq):
         # a page is a range of the primary key, whatever the offset.
@@ -345,7 +347,7 @@ class SqliteSessionStore:
                 "WHERE s.id = :id ORDER BY i.seq"
             )
         params = {"id": session_id, "offset": max(offset, 0), "limit": max(limit, 0)}
-        rows = await self._read(sql, params)
+        rows = await self._read_page(sql, params, max_bytes)
         if not rows:
             await self._require(session_id)
         return decode_rows(rows, decode_visible)
@@ -353,99 +355,43 @@ class SqliteSessionStore:
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
-    # --- runs -------------------------------------------------------------
-
-    async def begin_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> None:
-        """Take the lease with one conditional UPDATE; on failure, say why
-        (NotFound, SESSION_CLOSED or RUN_ACTIVE)."""
-        conn = self._write_conn()
-        async with self._lock:
-            with self._errors():
-                cursor = await conn.execute(
-                    "UPDATE sessions SET "
-                    f"last_run_stop_reason = CASE WHEN active_run_id <> '' THEN '{INTERRUPTED}' "
-                    "ELSE last_run_stop_reason END, "
-                    "last_run_id = CASE WHEN active_run_id <> '' THEN active_run_id "
-                    "ELSE last_run_id END, "
-                    "active_run_id = ?, lease_until = ? "
-                    "WHERE id = ? AND state = 'open' AND (active_run_id = '' OR lease_until <= ?)",
-                    (run_id, now + lease_s, session_id, now),
-                )
-                if cursor.rowcount == 1:
-                    return
-                rows = await conn.execute_fetchall(
-                    "SELECT state, active_run_id FROM sessions WHERE id = ?", (session_id,)
-                )
-        if not rows:
-            raise session_not_found(session_id)
-        state, active_run_id = rows[0]
-        if state == SessionState.CLOSED.value:
-            raise session_closed(session_id)
-        raise run_active(session_id, active_run_id)
-
-    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
-        rows = await self._write(
-            "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? RETURNING 1",
-            (now + lease_s, session_id, run_id),
+    async def transcript_page(
+        self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
+    ) -> list[TranscriptItem]:
+        sql = (
+            f"SELECT {_ITEM_COLUMNS} FROM sessions s "
+            "JOIN transcript_items i ON i.session_id = s.id "
+            "AND i.seq >= :offset AND i.seq < :offset + :limit AND i.seq < s.next_seq "
+            "WHERE s.id = :id ORDER BY i.seq"
         )
-        if rows:
-            return True
-        await self._require(session_id)
-        return False
-
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        """Append `messages_before_compact`, the compact marker (if any) and
-        `messages`, and update the session row, in one transaction; the
-        conditional UPDATE (`active_run_id = run_id`) is the lease check."""
-        items, compact = run_items(outcome)
-        encoded = [encode_item(item) for item in items]  # before the transaction: may raise
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(
-                "UPDATE sessions SET "
-                "message_count = CASE WHEN ? THEN 1 + ? ELSE message_count + ? END, "
-                "history_seq = CASE WHEN ? THEN next_seq + ? ELSE history_seq END, "
-                "next_seq = next_seq + ?, uptime_s = uptime_s + ?, updated_at = ?, "
-                "last_run_id = ?, last_run_stop_reason = ?, last_run_usage = ?, "
-                "active_run_id = '', lease_until = 0 "
-                f"WHERE id = ? AND active_run_id = ? {_RETURNING}, next_seq",
-                (
-                    compact, len(outcome.messages), len(items),
-                    compact, len(outcome.messages_before_compact),
-                    len(items), outcome.uptime_s, outcome.finished_at,
-                    run_id, outcome.stop_reason, encode_usage(outcome.usage),
-                    session_id, run_id,
-                ),
-            )  # fmt: skip
-            if not rows:
-                exists = await conn.execute_fetchall(
-                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
-                )
-                raise lease_lost(session_id, run_id) if exists else session_not_found(session_id)
-            first = rows[0][-1] - len(items)
-            await conn.executemany(
-                _INSERT_ITEM,
-                [(session_id, first + i, *item) for i, item in enumerate(encoded)],
-            )
-        return record_from_row(rows[0])
-
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        rows = await self._write(
-            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = ?, "
-            "last_run_stop_reason = ?, updated_at = ? WHERE id = ? AND active_run_id = ? "
-            "RETURNING 1",
-            (run_id, stop_reason, now, session_id, run_id),
-        )
+        params = {"id": session_id, "offset": max(offset, 0), "limit": max(limit, 0)}
+        rows = await self._read_page(sql, params, max_bytes)
         if not rows:
             await self._require(session_id)
+        return decode_rows(rows, decode_item)
 
-    async def recover_interrupted(self, now: float) -> list[str]:
-        rows = await self._write(
-            f"UPDATE sessions SET last_run_id = active_run_id, "
-            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
-            "WHERE active_run_id <> '' AND lease_until <= ? RETURNING id",
-            (now,),
-        )
-        return [row[0] for row in rows]
+    async def _read_page(self, sql: str, params: dict[str, Any], max_bytes: int) -> list[Any]:
+        """The item rows of `sql`, only as many as fit in `max_bytes` of
+        stored size (at least one) when it is > 0: read from one statement
+        (one snapshot) in growing batches, so that rows past the budget are
+        never read."""
+        if max_bytes <= 0:
+            return await self._read(sql, params)
+        conn = self._read_conn()
+        rows: list[Any] = []
+        total, batch = 0, 8
+        with self._errors():
+            async with conn.execute(sql, params) as cursor:
+                while True:
+                    fetched = await cursor.fetchmany(batch)
+                    for row in fetched:
+                        total += stored_size(row)
+                        if total > max_bytes and rows:
+                            return rows
+                        rows.append(row)
+                    if len(fetched) < batch:
+                        return rows
+                    batch = min(batch * 2, 256)
 
     # --- metadata ---------------------------------------------------------
 
@@ -512,7 +458,7 @@ class SqliteSessionStore:
                 )
                 await conn.executemany(_INSERT_ITEM, rows)
         except sqlite3.IntegrityError as exc:
-            raise _exists_error(record.id) from exc
+            raise session_exists(record.id) from exc
 
     # --- agents -----------------------------------------------------------
 
@@ -538,27 +484,6 @@ class SqliteSessionStore:
         rows = await self._write("DELETE FROM agents WHERE name = ? RETURNING name", (name,))
         return bool(rows)
 
-    # --- run owners -------------------------------------------------------
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        await self._write(
-            UPSERT_RUN_OWNER.format(p1="?1", p2="?2", p3="?3"), (session_id, run_id, owner)
-        )
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        rows = await self._read(
-            "SELECT run_id, owner FROM run_owners WHERE session_id = ?", (session_id,)
-        )
-        return (rows[0][0], rows[0][1]) if rows else None
-
-
-
-def _exists_error(session_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        f"session {session_id!r} already exists",
-        reason="SESSION_EXISTS",
-        metadata={"session_id": session_id},
-    )
 
 
 def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, list[Any]]:

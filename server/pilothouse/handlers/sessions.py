@@ -1,0 +1,110 @@
+"""SessionService: sessions and their histories over gRPC (thin: convert,
+call the runtime, convert back)."""
+
+from __future__ import annotations
+
+import grpc
+
+from pilothouse.errors import InvalidArgumentError
+from pilothouse.handlers import convert
+from pilothouse.rpc.errors import handle_errors
+from pilothouse.runtime.runtime import Runtime
+from pilothouse.runtime.store.base import SessionRecord
+from pilothouse.v1 import (
+    session_pb2,
+    session_service_pb2 as sessions_pb,
+    session_service_pb2_grpc as sessions_grpc,
+)
+
+Context = grpc.aio.ServicerContext
+
+
+class SessionService(sessions_grpc.SessionServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def _session(self, record: SessionRecord) -> session_pb2.Session:
+        run = self.runtime.active_run(record.id)
+        return convert.session_to_proto(record, run.id if run else "")
+
+    @handle_errors
+    async def CreateSession(
+        self, request: sessions_pb.CreateSessionRequest, context: Context
+    ) -> sessions_pb.CreateSessionResponse:
+        record = await self.runtime.create_session(request.agent, request.created_by)
+        return sessions_pb.CreateSessionResponse(session=self._session(record))
+
+    @handle_errors
+    async def GetOrCreateSession(
+        self, request: sessions_pb.GetOrCreateSessionRequest, context: Context
+    ) -> sessions_pb.GetOrCreateSessionResponse:
+        record, created = await self.runtime.get_or_create_session(request.agent, request.created_by)
+        return sessions_pb.GetOrCreateSessionResponse(session=self._session(record), created=created)
+
+    @handle_errors
+    async def GetSession(
+        self, request: sessions_pb.GetSessionRequest, context: Context
+    ) -> sessions_pb.GetSessionResponse:
+        record = await self.runtime.get_session(request.session_id)
+        return sessions_pb.GetSessionResponse(session=self._session(record))
+
+    @handle_errors
+    async def ListSessions(
+        self, request: sessions_pb.ListSessionsRequest, context: Context
+    ) -> sessions_pb.ListSessionsResponse:
+        state = convert.session_state_from_proto(request.state)
+        if request.state and state is None:
+            raise InvalidArgumentError.field("state", f"unknown value {request.state}")
+        records, token = await self.runtime.list_sessions(
+            request.agent, request.created_by, request.page_size, request.page_token, state
+        )
+        return sessions_pb.ListSessionsResponse(
+            sessions=[self._session(r) for r in records], next_page_token=token
+        )
+
+    @handle_errors
+    async def CloseSession(
+        self, request: sessions_pb.CloseSessionRequest, context: Context
+    ) -> sessions_pb.CloseSessionResponse:
+        record = await self.runtime.close_session(request.session_id)
+        return sessions_pb.CloseSessionResponse(session=self._session(record))
+
+    @handle_errors
+    async def ListMessages(
+        self, request: sessions_pb.ListMessagesRequest, context: Context
+    ) -> sessions_pb.ListMessagesResponse:
+        messages, token = await self.runtime.list_messages(
+            request.session_id, request.page_size, request.page_token,
+            newest_first=request.newest_first,
+        )
+        return sessions_pb.ListMessagesResponse(
+            messages=[convert.message_to_proto(m) for m in messages], next_page_token=token
+        )
+
+    @handle_errors
+    async def DeleteSession(
+        self, request: sessions_pb.DeleteSessionRequest, context: Context
+    ) -> sessions_pb.DeleteSessionResponse:
+        await self.runtime.delete_session(request.session_id)
+        return sessions_pb.DeleteSessionResponse()
+
+    @handle_errors
+    async def CompactSession(
+        self, request: sessions_pb.CompactSessionRequest, context: Context
+    ) -> sessions_pb.CompactSessionResponse:
+        summary, record = await self.runtime.compact_session(request.session_id)
+        return sessions_pb.CompactSessionResponse(summary=summary, session=self._session(record))
+
+    @handle_errors
+    async def ExportSession(
+        self, request: sessions_pb.ExportSessionRequest, context: Context
+    ) -> sessions_pb.ExportSessionResponse:
+        content = await self.runtime.export_session(request.session_id)
+        return sessions_pb.ExportSessionResponse(content=content)
+
+    @handle_errors
+    async def ImportSession(
+        self, request: sessions_pb.ImportSessionRequest, context: Context
+    ) -> sessions_pb.ImportSessionResponse:
+        record = await self.runtime.import_session(request.content)
+        return sessions_pb.ImportSessionResponse(session=self._session(record))

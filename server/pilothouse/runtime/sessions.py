@@ -1,0 +1,238 @@
+"""Sessions: their records in the store, their histories, and a bounded
+memory cache of recently used histories."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+
+from pilothouse.errors import (
+    FailedPreconditionError,
+    UnavailableError,
+    run_active,
+    session_not_found,
+)
+from pilothouse.runtime import compaction
+from pilothouse.runtime.agents import AgentRegistry, require
+from pilothouse.runtime.messages import Message
+from pilothouse.runtime.model.base import ChatModel, ModelError
+from pilothouse.runtime.paging import decode_token, encode_token, page_size
+from pilothouse.runtime.store import jsonl
+from pilothouse.runtime.store.base import SessionRecord, SessionState, SessionStore
+
+_Version = tuple[float, int]
+
+
+class SessionLocks:
+    """One asyncio lock per session: admission of runs and compaction on a
+    session do not interleave within this process."""
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def __call__(self, session_id: str) -> asyncio.Lock:
+        return self._locks[session_id]
+
+    def forget(self, session_id: str) -> None:
+        lock = self._locks.get(session_id)
+        if lock is not None and not lock.locked():
+            del self._locks[session_id]
+
+
+class Sessions:
+    """Session records and histories. `local_run(session_id)` names the
+    session's run active in this process ("" for none)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        agents: AgentRegistry,
+        model: ChatModel,
+        locks: SessionLocks,
+        *,
+        cache_size: int = 1000,
+        local_run: Callable[[str], str] = lambda _: "",
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.model = model
+        self.locks = locks
+        self.cache_size = cache_size
+        self.local_run = local_run
+        self._cache: OrderedDict[str, tuple[_Version, list[Message]]] = OrderedDict()
+        self._identity_lock = asyncio.Lock()
+
+    # --- records ---------------------------------------------------------------
+
+    async def create(self, agent: str, created_by: str) -> SessionRecord:
+        """Open a new session. NOT_FOUND for an unknown agent."""
+        await self.agents.get(agent, "agent")
+        now = time.time()
+        record = SessionRecord(uuid.uuid4().hex, agent, created_by, now, now)
+        await self.store.create(record)
+        return record
+
+    async def get_or_create(self, agent: str, created_by: str) -> tuple[SessionRecord, bool]:
+        """The open session of (agent, created_by), or a new one; the bool
+        says whether it was created."""
+        await self.agents.get(agent, "agent")
+        async with self._identity_lock:
+            existing = await self.store.find_open(agent, created_by)
+            if existing is not None:
+                return existing, False
+            return await self.create(agent, created_by), True
+
+    async def get(self, session_id: str) -> SessionRecord:
+        """INVALID_ARGUMENT for an empty id, NOT_FOUND if unknown."""
+        require(session_id, "session_id")
+        record = await self.store.get(session_id)
+        if record is None:
+            raise session_not_found(session_id)
+        return record
+
+    async def list(
+        self,
+        agent: str,
+        created_by: str,
+        size: int,
+        token: str,
+        state: SessionState | None = None,
+    ) -> tuple[list[SessionRecord], str]:
+        """A page of sessions, most recently active first."""
+        limit = page_size(size, default=50)
+        filters = {"agent": agent, "created_by": created_by, "state": state.value if state else ""}
+        offset = decode_token(token, "sessions", filters) or 0
+        records = await self.store.list(
+            agent=agent, created_by=created_by, state=state, offset=offset, limit=limit + 1
+        )
+        more = len(records) > limit
+        next_token = encode_token("sessions", offset + limit, filters) if more else ""
+        return records[:limit], next_token
+
+    def check_idle(self, record: SessionRecord) -> None:
+        """FAILED_PRECONDITION (RUN_ACTIVE) while the session has a run."""
+        run_id = self.local_run(record.id) or record.active_run_id
+        if run_id:
+            raise run_active(record.id, run_id)
+
+    async def close(self, session_id: str) -> SessionRecord:
+        """Close a session (idempotent). FAILED_PRECONDITION while a run is
+        active."""
+        record = await self.get(session_id)
+        self.check_idle(record)
+        if record.state is SessionState.CLOSED:
+            return record
+        self._cache.pop(session_id, None)
+        return await self.store.set_state(session_id, SessionState.CLOSED, time.time())
+
+    async def delete(self, session_id: str) -> None:
+        """Delete a session, its history and its runs. FAILED_PRECONDITION
+        while a run is active."""
+        record = await self.get(session_id)
+        self.check_idle(record)
+        self._cache.pop(session_id, None)
+        await self.store.delete(session_id)
+        self.locks.forget(session_id)
+
+    # --- history ---------------------------------------------------------------
+
+    async def list_messages(
+        self, session_id: str, size: int, token: str, *, newest_first: bool = False
+    ) -> tuple[list[Message], str]:
+        """A page of the model-visible history."""
+        limit = page_size(size, default=100)
+        await self.get(session_id)
+        filters = {"session_id": session_id, "newest_first": newest_first}
+        offset = decode_token(token, "messages", filters) or 0
+        messages = await self.store.list_messages(
+            session_id, offset, limit + 1, newest_first=newest_first
+        )
+        more = len(messages) > limit
+        return messages[:limit], encode_token("messages", offset + limit, filters) if more else ""
+
+    async def compact(self, session_id: str) -> tuple[str, SessionRecord]:
+        """Summarise the history with the agent's model and store a compact
+        marker. FAILED_PRECONDITION while a run is active or for an empty
+        history; UNAVAILABLE when the model fails."""
+        record = await self.get(session_id)
+        agent = await self.agents.get(record.agent)
+        async with self.locks(session_id):
+            self.check_idle(record)
+            history = await self.history(record)
+            if not history:
+                raise FailedPreconditionError(
+                    f"session {session_id!r} has no history to compact",
+                    reason="HISTORY_EMPTY",
+                    metadata={"session_id": session_id},
+                )
+            try:
+                summary = await compaction.summarize(self.model, agent, history)
+            except ModelError as exc:
+                raise UnavailableError(
+                    f"compaction failed: {exc.message}", reason="MODEL_UNAVAILABLE"
+                ) from exc
+            record = await self.store.compact(session_id, summary, time.time())
+            self._cache.pop(session_id, None)
+        return summary, record
+
+    async def export(self, session_id: str) -> bytes:
+        """The session as JSON Lines (meta, messages, compact markers)."""
+        await self.get(session_id)
+        return await jsonl.export_jsonl(self.store, session_id)
+
+    async def import_(self, content: bytes) -> SessionRecord:
+        """Import an exported session under a new id. INVALID_ARGUMENT naming
+        the first bad line (nothing is written); NOT_FOUND when its agent is
+        not registered."""
+        return await jsonl.import_jsonl(
+            self.store,
+            content,
+            new_id=uuid.uuid4().hex,
+            now=time.time(),
+            check_agent=lambda agent: self.agents.get(agent, "content"),
+        )
+
+    # --- the history cache -------------------------------------------------------
+
+    async def history(self, record: SessionRecord) -> list[Message]:
+        """The session's history, from the cache when it is current (a
+        copy of the list: the caller may extend it)."""
+        cached = self._cache.get(record.id)
+        if cached is not None and cached[0] == _version(record):
+            self._cache.move_to_end(record.id)
+            return list(cached[1])
+        history = await self.store.load_history(record.id)
+        self.remember(record, history)
+        return list(history)
+
+    async def history_after(
+        self, before: SessionRecord, after: SessionRecord, appended: list[Message]
+    ) -> list[Message]:
+        """The history as `after` holds it, when `after` is `before` with
+        `appended` added (the cache is extended instead of reloaded)."""
+        cached = self._cache.get(before.id)
+        if cached is not None and cached[0] == _version(before):
+            history = [*cached[1], *appended]
+            self.remember(after, history)
+            return list(history)
+        return await self.history(after)
+
+    def remember(self, record: SessionRecord, history: list[Message]) -> None:
+        self._cache[record.id] = (_version(record), history)
+        self._cache.move_to_end(record.id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        self._cache.pop(session_id, None)
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+
+def _version(record: SessionRecord) -> _Version:
+    return (record.updated_at, record.message_count)
