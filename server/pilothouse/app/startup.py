@@ -22,8 +22,8 @@ from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
-from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.agents import AgentService
+from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.runs import RunService
 from pilothouse.handlers.sessions import SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics

@@ -316,7 +316,7 @@ async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
         )
     state = _StreamState()
     try:
-        async for batch in EventStream(body):
+        async for batch in EventStream(body, body.event_idle_s):
             for event, data in batch:
                 if event == "ping":
                     continue
