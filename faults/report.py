@@ -33,9 +33,9 @@ PYTHON_TEXT = re.compile(
     r"Traceback|Exception calling application|Unexpected <class|<class '|Error\(|"
     r"RecursionError|KeyError|TypeError|AttributeError|OverflowError|UnicodeDecodeError|DecodeError"
 )
-#: Trailing metadata larger than this is an echo gone wrong (the limit that
-#: clients enforce by default is 8 KiB, gRPC's hard limit 16 KiB).
-MAX_TRAILER_BYTES = 4096
+#: Trailing metadata larger than this is an echo gone wrong (clients refuse
+#: more than 8 KiB of metadata by default; this leaves room for headers).
+MAX_TRAILER_BYTES = 6144
 
 
 @dataclass

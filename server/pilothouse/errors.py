@@ -8,22 +8,25 @@ itself knows nothing of gRPC.
 
 from __future__ import annotations
 
-#: Longest echo of a client's value (an id, a name) in an error, characters:
-#: every valid id fits; a longer value is cut, with its size noted.
-MAX_ECHO_CHARS = 128
-#: Longest error message and field-violation description, characters.
-MAX_MESSAGE_CHARS = 1024
+#: Longest echo of a client's value (an id, a name) in an error, in UTF-8
+#: bytes: every valid id fits; a longer value is cut, with its size noted.
+MAX_ECHO_BYTES = 128
+#: Longest error message, and field-violation description, in UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1024
+MAX_DESCRIPTION_BYTES = 512
 
 
-def clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """`value` as an error may echo it: unchanged up to `limit` characters,
-    else its first `limit` characters, "…" and its size in bytes. Errors
-    travel in gRPC trailers, which clients cap (8-16 KiB): an echo must
-    never turn a NOT_FOUND into RESOURCE_EXHAUSTED."""
-    if len(value) <= limit:
+def clip(value: str, limit: int = MAX_ECHO_BYTES) -> str:
+    """`value` as an error may echo it: unchanged up to `limit` bytes of
+    UTF-8, else cut (at a character boundary) to about that, with "…" and
+    its size in bytes. Errors travel in gRPC trailers, which clients cap
+    (8 KiB by default; grpc-message percent-encodes non-ASCII, tripling
+    it): an echo must never turn a NOT_FOUND into RESOURCE_EXHAUSTED."""
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
         return value
-    size = len(value.encode("utf-8", "surrogatepass"))
-    return f"{value[:limit]}…({size} bytes)"
+    cut = raw[:limit].decode("utf-8", "ignore")
+    return f"{cut}…({len(raw)} bytes)"
 
 
 class PilothouseError(Exception):
@@ -32,8 +35,9 @@ class PilothouseError(Exception):
     `reason` is an UPPER_SNAKE_CASE machine-readable cause (ErrorInfo
     reason); `metadata` names the objects involved (ErrorInfo metadata);
     `field_violations` lists (field path, description) pairs for bad input.
-    The message and descriptions are cut at MAX_MESSAGE_CHARS and metadata
-    values at MAX_ECHO_CHARS (`clip`), whatever the raiser passed.
+    The message is cut at MAX_MESSAGE_BYTES, descriptions at
+    MAX_DESCRIPTION_BYTES and metadata values at MAX_ECHO_BYTES (`clip`),
+    whatever the raiser passed.
     """
 
     default_reason = "ERROR"
@@ -46,13 +50,13 @@ class PilothouseError(Exception):
         metadata: dict[str, str] | None = None,
         field_violations: list[tuple[str, str]] | None = None,
     ) -> None:
-        message = clip(message, MAX_MESSAGE_CHARS)
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = {k: clip(v) for k, v in (metadata or {}).items()}
         self.field_violations = [
-            (f, clip(d, MAX_MESSAGE_CHARS)) for f, d in field_violations or []
+            (f, clip(d, MAX_DESCRIPTION_BYTES)) for f, d in field_violations or []
         ]
 
 
