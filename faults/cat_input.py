@@ -114,14 +114,16 @@ def _forged_tokens(method: Method, request) -> list[tuple[str, str]]:
     elif name == "ListSessions":
         kind = "sessions"
         filters = {"agent": request.agent, "created_by": request.created_by, "state": ""}
+    elif name == "ListRuns":
+        kind, filters = "runs", {"session_id": request.session_id, "statuses": []}
     else:
         kind, filters = "messages", {"session_id": request.session_id, "newest_first": False}
     positions = {
         "string position": "x", "negative": -1, "huge": 10**30, "float": 1.5, "null": None,
         "list": [1], "object": {"a": 1}, "boolean": True, "10 KB string": "9" * 10_000,
     }
-    if kind == "agents":
-        del positions["string position"]  # a name: the position of this list
+    if kind in ("agents", "runs"):
+        del positions["string position"]  # a key: the position of these lists
     tokens = [(f"forged token ({label})", encode_token(kind, value, filters))
               for label, value in positions.items()]
     tokens += [

@@ -211,7 +211,14 @@ class Report:
             "known_open": KNOWN_OPEN,
             "rows": [cat.row() for cat in self.categories],
             "figures": {cat.name: cat.figures for cat in self.categories},
-            "cases": {cat.name: [asdict(c) for c in cat.cases] for cat in self.categories},
+            # Every case; the clear ones by name only (with their count).
+            "cases": {
+                cat.name: [
+                    asdict(c) if c.failed or c.known else {"name": c.name, "count": c.count}
+                    for c in cat.cases
+                ]
+                for cat in self.categories
+            },
         }
 
     def write(self, directory: Path) -> None:

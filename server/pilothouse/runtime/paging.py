@@ -27,7 +27,8 @@ MAX_OFFSET = 2**31 - 1
 #: Longest key position (the last name of a page), characters.
 MAX_KEY_CHARS = 256
 #: What each list's position is: an offset (int) or the last key seen (str).
-POSITION_TYPES: dict[str, type] = {"agents": str, "sessions": int, "messages": int}
+#: A list not named here may use either (its caller checks the value).
+POSITION_TYPES: dict[str, type] = {"agents": str, "runs": str, "sessions": int, "messages": int}
 REASON = "INVALID_PAGE_TOKEN"
 
 
@@ -59,7 +60,9 @@ def _bad(problem: str) -> InvalidArgumentError:
 
 def _position(body: dict[str, Any], kind: str) -> Any:
     position = body["p"]
-    wanted = POSITION_TYPES.get(kind, int)
+    wanted = POSITION_TYPES.get(kind)
+    if wanted is None:
+        wanted = str if isinstance(position, str) else int
     if wanted is int:
         if isinstance(position, bool) or not isinstance(position, int):
             raise _bad("not a page token of this server (bad position)")
