@@ -16,16 +16,26 @@ NODE_MISSING = echo "node is not installed: skipping the TypeScript client ($@);
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The server distribution depends on the SDK (clients/python) by path, which
+# pip installs as a copy; the second step makes that copy editable too, so
+# the SDK's sources are the ones imported while developing.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps -e ./clients/python
 	touch $(STAMP)
 
-# Regenerate the Python stubs beside each .proto (committed).
+# Regenerate the Python stubs of protos/ into the SDK (committed), with
+# mypy-protobuf's type stubs for messages and for the sync and aio stubs.
+STUBS := clients/python
 gen: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--python_out=$(STUBS) --mypy_out=quiet:$(STUBS) \
+		--grpc_python_out=$(STUBS) --mypy_grpc_out=quiet:$(STUBS) $(PROTOS)
+	$(PY) clients/python/gen_events.py
 
 # npm ci from the lock file; install scripts are not needed (buf's binary
 # comes in its platform package).
@@ -38,8 +48,11 @@ $(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
 gen-ts: $(TS_STAMP)
 	cd $(TS) && npm run --silent gen
 
+# mypy: the SDK strictly; the server against the baseline in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests faults
+	$(VENV)/bin/mypy --config-file clients/python/pyproject.toml
+	$(VENV)/bin/mypy
 	npx --yes @bufbuild/buf@1.75.0 lint
 	$(MAKE) --no-print-directory lint-ts
 

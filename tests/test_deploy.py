@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pilothouse.app.startup import (
     RUN_SERVICE,
     STREAM_GRACE_S,
 )
+from pilothouse.auth import check_exposure
 from pilothouse.rpc.serving import Keepalive
 from pilothouse.toolexecutor.main import ToolsSettings
 from pilothouse.toolexecutor.service import SERVICE_NAME as EXECUTOR_SERVICE
@@ -106,8 +108,15 @@ def test_probe_service_names_are_the_proto_services():
     assert runtime["startupProbe"]["grpc"]["service"] == AGENT_SERVICE
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert tools[probe]["grpc"]["service"] == EXECUTOR_SERVICE
-        assert runtime[probe]["grpc"]["port"] == port_named(runtime, "grpc")
-        assert tools[probe]["grpc"]["port"] == port_named(tools, "grpc")
+        # The kubelet's gRPC probes speak plaintext: the health-only port.
+        assert runtime[probe]["grpc"]["port"] == port_named(runtime, "health")
+        assert tools[probe]["grpc"]["port"] == port_named(tools, "health")
+    runtime_env, tools_env = env_of(RUNTIME), env_of(TOOLS)
+    assert split_address(runtime_env["PILOTHOUSE_HEALTH_LISTEN_ADDRESS"]) == (
+        "0.0.0.0", port_named(runtime, "health"))
+    assert split_address(tools_env["PILOTHOUSE_TOOLS_HEALTH_LISTEN_ADDRESS"]) == (
+        "0.0.0.0", port_named(tools, "health"))
+    assert port_named(runtime, "health") != port_named(runtime, "grpc")
 
 
 def test_runtime_ports_and_addresses_match_the_settings():
@@ -230,6 +239,64 @@ def test_pods_are_non_root_bounded_and_selected(deployment):
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def secret_files(deployment: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Every file the pod's Secret volumes provide: path → (Secret, read-only)."""
+    spec = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files = {}
+    for mount in container(deployment).get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" not in volume:
+            continue
+        secret = find("Secret", volume["secret"]["secretName"])
+        for key in secret["stringData"]:
+            files[f"{mount['mountPath']}/{key}"] = (secret["metadata"]["name"], mount.get("readOnly", False))
+    return files
+
+
+@pytest.mark.parametrize("deployment, settings_class, listen_key", [
+    (RUNTIME, Settings, "PILOTHOUSE_LISTEN_ADDRESS"),
+    (TOOLS, ToolsSettings, "PILOTHOUSE_TOOLS_LISTEN_ADDRESS"),
+], ids=["runtime", "tools"])
+def test_servers_are_secured_with_mounted_secrets(deployment, settings_class, listen_key, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("PILOTHOUSE_"):
+            monkeypatch.delenv(name)
+    env = env_of(deployment)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = settings_class()
+    # TLS on, authentication required, and the server would start on 0.0.0.0.
+    assert settings.server_tls is not None
+    assert "none" not in settings.auth and not settings.allow_unauthenticated
+    check_exposure(settings, env[listen_key], "manifest")
+    # Every file a setting names comes from a Secret mounted read-only.
+    files = secret_files(deployment)
+    named = {k: v for k, v in env.items() if k.startswith("PILOTHOUSE_") and k.endswith("_FILE")}
+    assert named, "no TLS or auth files configured"
+    for key, path in named.items():
+        assert path in files, f"{key}={path} is in no mounted Secret"
+        assert files[path][1], f"{files[path][0]} is not mounted read-only"
+    tls_secret = find("Secret", files[env["PILOTHOUSE_TLS_CERT_FILE"]][0])
+    assert tls_secret["type"] == "kubernetes.io/tls"
+
+
+def test_the_runtime_reaches_tools_and_replicas_over_tls_with_its_certificate(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("PILOTHOUSE_"):
+            monkeypatch.delenv(name)
+    for key, value in env_of(RUNTIME).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    for tls in (settings.tool_executors_client_tls, settings.peer_client_tls):
+        assert tls is not None and tls.ca_file is not None and tls.cert_file is not None
+    tools = ToolsSettings(**{
+        k.removeprefix("PILOTHOUSE_").lower(): v for k, v in env_of(TOOLS).items()
+        if k.startswith("PILOTHOUSE_")
+    })
+    assert tools.auth == ["mtls"] and tools.tls_client_ca_file is not None
+
+
 # --- the Dockerfile -------------------------------------------------------------
 
 DOCKER = DOCKERFILE.read_text()
@@ -250,15 +317,24 @@ def test_dockerfile_is_slim_non_root_and_matches_the_code():
     assert env["PILOTHOUSE_METRICS_HOST"] == env["PILOTHOUSE_TOOLS_METRICS_HOST"] == "0.0.0.0"
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", DOCKER, re.MULTILINE).group(1).split()}
     assert exposed == {
-        port_named(container(RUNTIME), "grpc"), port_named(container(RUNTIME), "metrics"),
-        port_named(container(TOOLS), "grpc"), port_named(container(TOOLS), "metrics"),
+        port_named(container(d), name)
+        for d in (RUNTIME, TOOLS) for name in ("grpc", "metrics", "health")
     }
+    assert split_address(env["PILOTHOUSE_HEALTH_LISTEN_ADDRESS"])[1] == port_named(container(RUNTIME), "health")
+    assert split_address(env["PILOTHOUSE_TOOLS_HEALTH_LISTEN_ADDRESS"])[1] == port_named(container(TOOLS), "health")
     assert re.search(r'^ENTRYPOINT \["pilothouse-server"\]$', DOCKER, re.MULTILINE)  # exec form: PID 1
     assert re.search(r"^STOPSIGNAL SIGTERM$", DOCKER, re.MULTILINE)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'pilothouse-server = "pilothouse.app.main:main"' in pyproject
     assert 'pilothouse-tools = "pilothouse.toolexecutor.main:main"' in pyproject
-    # What the image copies is what the wheel is built from.
-    for source in ("protos/pilothouse", "server/pilothouse", "clients/python/pilothouse"):
-        assert f"COPY {source} {source}" in DOCKER
-        assert f'"{source}"' in pyproject
+    # What the image copies is what the wheels are built from: the server's
+    # package and the SDK distribution it depends on by path.
+    assert "COPY server/pilothouse server/pilothouse" in DOCKER
+    assert '"server/pilothouse"' in pyproject
+    assert "COPY clients/python clients/python" in DOCKER
+    assert "{root:uri}/clients/python" in pyproject
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    client = tomllib.loads((REPO / "clients" / "python" / "pyproject.toml").read_text())
+    for needed in ("server/pilothouse/**", "clients/python/pyproject.toml",
+                   f"clients/python/{client['project']['readme']}", "clients/python/pilothouse/**"):
+        assert f"!{needed}" in ignore

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from pilothouse.testmodel import text_reply, tool_calls_reply
 from tests.conftest import wait_until
@@ -19,8 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_devstack_demo_runs_a_tool_using_conversation() -> None:
+def test_devstack_demo_runs_a_tool_using_conversation(tmp_path) -> None:
     env = dict(os.environ)
+    env["PILOTHOUSE_DATA_DIR"] = str(tmp_path)
+    env["PILOTHOUSE_METRICS_PORT"] = env["PILOTHOUSE_TOOLS_METRICS_PORT"] = "0"
     for key in ("PILOTHOUSE_MODEL_BASE_URL", "OPENAI_BASE_URL", "PILOTHOUSE_CONFIG"):
         env.pop(key, None)
     env["PILOTHOUSE_LISTEN_ADDRESS"] = f"127.0.0.1:{free_port()}"
@@ -43,8 +47,17 @@ def test_devstack_demo_runs_a_tool_using_conversation() -> None:
     assert json_lines[0]["runStarted"]["agent"] == "assistant"
     assert json_lines[-1]["done"]["stopReason"] == "STOP_REASON_TEXT_RESPONSE"
     assert [e["sequence"] for e in json_lines] == [str(n) for n in range(1, len(json_lines) + 1)]
+    # The servers log to the files the demo names, not between the tokens.
+    named = re.search(r"server logs: (\S+) and (\S+)", out)
+    assert named is not None, out
+    runtime_log, tools_log = Path(named[1]), Path(named[2])
+    assert runtime_log.parent == tmp_path / "logs"
+    assert "listening on port" in runtime_log.read_text()
+    assert "tool call name=calculate" in tools_log.read_text()
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+    assert [line for line in (out + result.stderr).splitlines() if log_line.match(line)] == []
     # The model said it is a test model in the server log too.
-    assert "scripted test model" in result.stderr
+    assert "scripted test model" in runtime_log.read_text()
     assert "runtime exited with 0" in out and "tools exited with 0" in out
 
 

@@ -6,7 +6,9 @@
 
 Ports come from PILOTHOUSE_LISTEN_ADDRESS (default 127.0.0.1:50051) and
 PILOTHOUSE_TOOLS_LISTEN_ADDRESS (default 127.0.0.1:50052); the runtime is
-pointed at the ToolExecutor it starts.
+pointed at the ToolExecutor it starts. In `demo` the servers log to
+files under `--log-dir` (default `$PILOTHOUSE_DATA_DIR/logs`, `data/logs`),
+named at the start, so only the conversation reaches the terminal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,8 +49,17 @@ def wait_serving(address: str, timeout: float, process: subprocess.Popen) -> Non
     raise RuntimeError(f"{address} did not become SERVING within {timeout:g}s")
 
 
-def _start(module: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module], env=env)
+def _start(module: str, env: dict[str, str], log: IO[bytes] | None = None) -> subprocess.Popen:
+    """Start `module`; its output goes to `log` (else this terminal)."""
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
+                            stderr=subprocess.STDOUT if log else None)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError:
+        return ""
 
 
 def _stop(process: subprocess.Popen, name: str) -> int:
@@ -68,18 +82,36 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pilothouse.devstack")
     parser.add_argument("mode", choices=["run", "demo"])
     parser.add_argument("--message", default=DEMO_MESSAGE)
+    parser.add_argument("--log-dir", type=Path, help="where `demo` writes the servers' logs")
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
     tools_address = env.setdefault("PILOTHOUSE_TOOLS_LISTEN_ADDRESS", "127.0.0.1:50052")
     server_address = env.setdefault("PILOTHOUSE_LISTEN_ADDRESS", "127.0.0.1:50051")
     env.setdefault("PILOTHOUSE_TOOL_EXECUTORS", tools_address)
-    tools = _start("pilothouse.toolexecutor.main", env)
+    logs: dict[str, Path] = {}
+    if args.mode == "demo":
+        log_dir = args.log_dir or Path(env.get("PILOTHOUSE_DATA_DIR", "data")) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        logs = {"tools": log_dir / "tools.log", "runtime": log_dir / "runtime.log"}
+        print(f"[devstack] server logs: {logs['runtime']} and {logs['tools']}", flush=True)
+    with contextlib.ExitStack() as files:
+        log_of = {name: files.enter_context(path.open("wb")) for name, path in logs.items()}
+        code = _serve_and_chat(args, env, tools_address, server_address, log_of)
+        if code and logs:
+            for path in logs.values():
+                print(f"[devstack] last lines of {path}:\n{_tail(path)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _serve_and_chat(args: argparse.Namespace, env: dict[str, str], tools_address: str,
+                    server_address: str, log_of: Mapping[str, IO[bytes]]) -> int:
+    tools = _start("pilothouse.toolexecutor.main", env, log_of.get("tools"))
     server = None
     code = 0
     try:
         wait_serving(tools_address, 30, tools)
-        server = _start("pilothouse.app.main", env)
+        server = _start("pilothouse.app.main", env, log_of.get("runtime"))
         wait_serving(server_address, 30, server)
         if args.mode == "run":
             print(f"[devstack] runtime on {server_address}, tools on {tools_address}; Ctrl-C stops",
@@ -107,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         stopped.append(_stop(tools, "tools"))
     if code == 0 and any(stopped):
         code = 1
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

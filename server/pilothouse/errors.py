@@ -99,6 +99,45 @@ class ResourceExhaustedError(PilothouseError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class QuotaExceededError(ResourceExhaustedError):
+    """A per-principal limit was reached (RESOURCE_EXHAUSTED, with
+    `google.rpc.RetryInfo` and `google.rpc.QuotaFailure`).
+
+    `retry_after_s` is how long, in seconds, until the call can succeed;
+    `subject` names who is limited (e.g. "principal:alice") and `limit`
+    which quota (e.g. "runs_per_minute"), as QuotaFailure's violation."""
+
+    default_reason = "QUOTA_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float,
+        subject: str,
+        limit: str,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = max(0.0, retry_after_s)
+        self.subject = subject
+        self.limit = limit
+
+
+class UnauthenticatedError(PilothouseError):
+    """Missing or invalid credentials (UNAUTHENTICATED). The message says
+    nothing about why a credential was refused."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(PilothouseError):
+    """An authenticated principal lacks the right (PERMISSION_DENIED)."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
 class OutOfRangeError(PilothouseError):
     """A position past what is kept (OUT_OF_RANGE)."""
 

@@ -12,6 +12,7 @@ that already turn bad JSON into a clear error handle this one too.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 #: Deepest nesting of arrays and objects accepted (no real document comes
@@ -39,6 +40,7 @@ def depth(value: Any, stop: int = MAX_DEPTH) -> int:
     """How deep arrays and objects nest in `value` (a scalar is 0), counted
     without recursion; stops counting past `stop`."""
     deepest = 0
+    children: Iterable[Any]
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()

@@ -14,7 +14,11 @@ from typing import Any
 
 import grpc
 
+from pilothouse.auth.chain import ON_BEHALF_OF, on_behalf_of
+from pilothouse.auth.credentials import AUTHORIZATION
+from pilothouse.auth.principal import current_principal
 from pilothouse.errors import NotFoundError
+from pilothouse.rpc import tls as rpc_tls
 from pilothouse.rpc.serving import channel_options
 from pilothouse.runtime.runtime import RemoteRun
 from pilothouse.v1 import run_service_pb2_grpc as runs_grpc
@@ -28,21 +32,33 @@ def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
 
 
 class RunForwarder:
-    """Channels to the other replicas, opened on first use."""
+    """Channels to the other replicas, opened on first use; with `tls` they
+    use TLS (and the runtime's client certificate), re-opened when the
+    certificate files change.
+
+    A forwarded call runs on the owner as the same principal: it carries
+    the caller's own `authorization` (the owner checks it again), or, for
+    a caller known by its certificate or mesh identity, which cannot
+    travel, `x-pilothouse-on-behalf-of` naming the principal, which the
+    owner accepts only from replicas in PILOTHOUSE_AUTH_TRUSTED_PEERS."""
 
     def __init__(
         self,
         *,
         max_message_bytes: int,
         interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+        tls: rpc_tls.ClientTls | None = None,
     ) -> None:
-        self._options = channel_options(max_message_bytes=max_message_bytes)
-        self._interceptors = interceptors
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels = rpc_tls.ClientChannels(
+            tls,
+            options=channel_options(max_message_bytes=max_message_bytes),
+            interceptors=interceptors,
+            close_grace_s=600.0,
+        )
 
     def target(
         self, context: grpc.aio.ServicerContext, where: RemoteRun
-    ) -> tuple[runs_grpc.RunServiceStub, dict[str, Any]]:
+    ) -> tuple[runs_grpc.RunServiceAsyncStub, dict[str, Any]]:
         """The owner's stub and the keyword arguments of a forwarded call
         (marking metadata, the caller's remaining deadline). NOT_FOUND when
         this call was itself forwarded (the replicas disagree on the owner)."""
@@ -53,18 +69,22 @@ class RunForwarder:
                 metadata={"session_id": where.session_id, "run_id": where.run_id},
             )
         channel = self._channels.get(where.owner)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(
-                where.owner, options=self._options, interceptors=self._interceptors
-            )
-            self._channels[where.owner] = channel
         kwargs: dict[str, Any] = {
-            "metadata": ((FORWARDED_KEY, "1"),),
+            "metadata": ((FORWARDED_KEY, "1"), *_identity(context)),
             "timeout": context.time_remaining(),
         }
-        return runs_grpc.RunServiceStub(channel), kwargs
+        return runs_grpc.RunServiceStub(channel), kwargs  # type: ignore[return-value]
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()
+
+
+def _identity(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """The metadata that makes the forwarded call run as the caller."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == AUTHORIZATION and isinstance(value, str):
+            return ((AUTHORIZATION, value),)
+    principal = current_principal()
+    if principal is None or principal.source == "none":
+        return ()
+    return ((ON_BEHALF_OF, on_behalf_of(principal)),)

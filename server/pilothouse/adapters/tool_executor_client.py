@@ -12,6 +12,12 @@ so each ExecuteTool is a CLIENT span under the runtime's `execute_tool`
 span (the dispatch runs inside it), and the executor's SERVER span is its
 child. With `record_content`, the tool's arguments and result are set on
 the `execute_tool` span (`gen_ai.tool.call.arguments` / `.result`).
+
+Security: with `tls` the channels use TLS (and present the runtime's client
+certificate to executors that require mutual TLS), re-opened when the
+certificate files change; with `token` every call carries
+`authorization: Bearer <token>`. Each ExecuteTool names the run's
+principal and roles, so tools can authorise.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pilothouse import jsontext
 from pilothouse.errors import UnavailableError
 from pilothouse.ops.telemetry import tracing_client_interceptors
 from pilothouse.rpc.serving import channel_options
+from pilothouse.rpc.tls import ClientChannels, ClientTls, is_loopback
 from pilothouse.runtime.messages import ToolCall
 from pilothouse.runtime.tools import (
     ToolAnswer,
@@ -60,9 +67,14 @@ RECONNECT_OPTIONS = [
 
 @dataclass(slots=True)
 class _Executor:
+    """One executor address; its channel comes from the shared
+    ClientChannels (new after a certificate change), its stub follows."""
+
     address: str
-    channel: grpc.aio.Channel
-    stub: pb_grpc.ToolExecutorServiceStub
+    channels: ClientChannels
+    _channel: grpc.aio.Channel | None = None
+    _stub: pb_grpc.ToolExecutorServiceStub | None = None
+
     #: The tools its last ListTools answer offered, by name.
     offered: dict[str, ToolSpec] = field(default_factory=dict)
     #: Whether its tools were listed since the channel last became READY.
@@ -71,6 +83,17 @@ class _Executor:
     serving: bool | None = None
     #: Whether its being unreachable has been logged since it last answered.
     reported_down: bool = False
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self.channels.get(self.address)
+
+    @property
+    def stub(self) -> pb_grpc.ToolExecutorServiceStub:
+        channel = self.channel
+        if channel is not self._channel or self._stub is None:
+            self._channel, self._stub = channel, pb_grpc.ToolExecutorServiceStub(channel)
+        return self._stub
 
 
 class ToolExecutorClient:
@@ -97,6 +120,8 @@ class ToolExecutorClient:
         lb_policy: str | None = None,
         record_content: bool = False,
         tracer_provider: Any = None,
+        tls: ClientTls | None = None,
+        token: str | None = None,
         catalog: ToolCatalog | None = None,
     ) -> None:
         options = channel_options(
@@ -107,18 +132,22 @@ class ToolExecutorClient:
         ) + RECONNECT_OPTIONS
         self.call_timeout = call_timeout
         self.record_content = record_content
-        self.catalog = catalog if catalog is not None else ToolCatalog()
-        self._executors = [
-            _Executor(
-                a,
-                ch := grpc.aio.insecure_channel(
-                    a, options=options, interceptors=tracing_client_interceptors(tracer_provider)
-                ),
-                pb_grpc.ToolExecutorServiceStub(ch),
-            )
-            for a in addresses
-        ]
+        self._channels = ClientChannels(
+            tls,
+            options=options,
+            interceptors=tracing_client_interceptors(tracer_provider),
+            close_grace_s=call_timeout,
+        )
+        self._executors = [_Executor(a, self._channels) for a in addresses]
         self._routes: dict[str, _Executor] = {}
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        if token and tls is None:
+            for address in addresses:
+                if not is_loopback(address):
+                    log.warning("the ToolExecutor token goes to %s without TLS", address)
+        self.catalog = catalog if catalog is not None else ToolCatalog()
         self._watchers: list[asyncio.Task[None]] = []
 
     @property
@@ -178,6 +207,7 @@ class ToolExecutorClient:
                 pb.ListToolsRequest(),
                 timeout=wait_seconds or self.call_timeout,
                 wait_for_ready=wait_seconds is not None,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             if not executor.reported_down:  # once per outage, not every interval
@@ -229,6 +259,10 @@ class ToolExecutorClient:
         state = channel.get_state(try_to_connect=True)
         while True:
             try:
+                if executor.channel is not channel:  # replaced (new TLS files)
+                    channel = executor.channel
+                    state = channel.get_state(try_to_connect=True)
+                    executor.listed_since_ready = False
                 if state is grpc.ChannelConnectivity.READY and not executor.listed_since_ready:
                     await self.refresh(executor)
                 try:
@@ -263,6 +297,8 @@ class ToolExecutorClient:
             sender=context.sender,
             session_id=context.session_id,
             run_id=context.run_id,
+            principal=context.principal,
+            principal_roles=context.principal_roles,
         )
         if answer is not None:
             request.answer.selected_options.extend(answer.selected_options)
@@ -271,7 +307,9 @@ class ToolExecutorClient:
         if self.record_content and span.is_recording():
             span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS, request.arguments_json)
         try:
-            reply = await executor.stub.ExecuteTool(request, timeout=self.call_timeout)
+            reply = await executor.stub.ExecuteTool(
+                request, timeout=self.call_timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             return ToolOutcome(error=_describe_failure(call.name, executor.address, exc, self.call_timeout))
         kind = reply.WhichOneof("outcome")
@@ -296,8 +334,7 @@ class ToolExecutorClient:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
         self._watchers.clear()
-        for executor in self._executors:
-            await executor.channel.close()
+        await self._channels.close()
 
 
 def _spec_of(tool: Any, address: str) -> ToolSpec | None:

@@ -27,7 +27,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pilothouse.auth.limits import Limits
 from pilothouse.rpc.settings import ServerProcessSettings
+from pilothouse.rpc.tls import ClientTls
 
 TEST_MODEL_NAME = "pilothouse-test-model"
 #: The provider name reserved for the default provider ("default/model").
@@ -177,6 +179,40 @@ class Settings(ServerProcessSettings):
         if repeated:
             raise ValueError(f"provider names must be unique: {', '.join(repeated)}")
         return value
+    # --- Security: health port, outbound TLS, limits (TLS and auth of the
+    # server itself are in ServerProcessSettings) ---------------------------
+    health_listen_address: str = Field(
+        "", description="host:port of a plaintext port serving only grpc.health.v1 (empty: none)"
+    )
+    client_cert_file: Path | None = Field(
+        None, description="PEM certificate the runtime presents to ToolExecutors and replicas"
+    )
+    client_key_file: Path | None = Field(None, description="PEM private key of client_cert_file")
+    tool_executors_tls: bool = Field(False, description="call the ToolExecutors over TLS")
+    tool_executors_ca_file: Path | None = Field(
+        None, description="CA bundle ToolExecutor certificates chain to (implies TLS)"
+    )
+    tool_executors_server_name: str = Field(
+        "", description="name to verify in the ToolExecutors' certificates"
+    )
+    tool_executors_token: SecretStr | None = Field(
+        None, description="bearer token sent to the ToolExecutors"
+    )
+    peer_tls: bool | None = Field(
+        None, description="forward calls to other replicas over TLS (default: when serving TLS)"
+    )
+    peer_ca_file: Path | None = Field(None, description="CA bundle replica certificates chain to")
+    peer_server_name: str = Field(
+        "", description="name to verify in other replicas' certificates (they are called by IP)"
+    )
+    limit_concurrent_runs: int = Field(0, ge=0, description="active runs per principal (0: no limit)")
+    limit_runs_per_minute: int = Field(0, ge=0, description="runs started per principal per minute")
+    limit_sessions_per_minute: int = Field(
+        0, ge=0, description="sessions created per principal per minute"
+    )
+    limit_content_bytes_per_minute: int = Field(
+        0, ge=0, description="bytes of user and steering messages per principal per minute"
+    )
 
     @field_validator("tool_executors", mode="before")
     @classmethod
@@ -207,6 +243,49 @@ class Settings(ServerProcessSettings):
         ):
             data = {**data, "record_content": standard.strip().lower() in {"1", "true", "yes"}}
         return data
+
+    @model_validator(mode="after")
+    def _outbound(self) -> Settings:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError(
+                "a client certificate needs PILOTHOUSE_CLIENT_CERT_FILE and PILOTHOUSE_CLIENT_KEY_FILE"
+            )
+        budget = self.limit_content_bytes_per_minute
+        if budget and budget < self.max_content_bytes:
+            raise ValueError(
+                "PILOTHOUSE_LIMIT_CONTENT_BYTES_PER_MINUTE must be at least "
+                "PILOTHOUSE_MAX_CONTENT_BYTES (or 0), or the largest message could never be sent"
+            )
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            concurrent_runs=self.limit_concurrent_runs,
+            runs_per_minute=self.limit_runs_per_minute,
+            sessions_per_minute=self.limit_sessions_per_minute,
+            content_bytes_per_minute=self.limit_content_bytes_per_minute,
+        )
+
+    @property
+    def tool_executors_client_tls(self) -> ClientTls | None:
+        """TLS of the channels to the ToolExecutors; None: plaintext."""
+        if not (self.tool_executors_tls or self.tool_executors_ca_file):
+            return None
+        return ClientTls(
+            self.tool_executors_ca_file, self.client_cert_file, self.client_key_file,
+            self.tool_executors_server_name,
+        )
+
+    @property
+    def peer_client_tls(self) -> ClientTls | None:
+        """TLS of the channels to other replicas; None: plaintext."""
+        tls = self.peer_tls if self.peer_tls is not None else self.server_tls is not None
+        if not (tls or self.peer_ca_file):
+            return None
+        return ClientTls(
+            self.peer_ca_file, self.client_cert_file, self.client_key_file, self.peer_server_name
+        )
 
     @property
     def uses_test_model(self) -> bool:

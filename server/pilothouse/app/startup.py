@@ -20,6 +20,7 @@ from pilothouse.app.file_agents import FileAgents
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
+from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
@@ -92,6 +93,7 @@ class App:
     runtime_metrics: RuntimeMetrics | None = None
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
+    security: Security | None = None
     file_agents: FileAgents | None = None
     _stopped: bool = field(default=False, repr=False)
 
@@ -224,6 +226,10 @@ async def start_app(
     store: SessionStore | None = None
     runtime: Runtime | None = None
     try:
+        try:
+            security = prepare_security(settings, SERVICE_NAME)
+        except SecurityError as exc:
+            raise StartupError(str(exc)) from exc
         if settings.uses_test_model:
             if stand_in_model is None:
                 raise StartupError(
@@ -255,6 +261,11 @@ async def start_app(
             keepalive_timeout_s=settings.tool_keepalive_timeout,
             lb_policy=settings.tool_lb_policy,
             record_content=settings.record_content,
+            tls=settings.tool_executors_client_tls,
+            token=(
+                settings.tool_executors_token.get_secret_value()
+                if settings.tool_executors_token else None
+            ),
         )
         registry = await tools.discover(settings.tool_discovery_timeout)
         store = await open_session_store(settings)
@@ -282,9 +293,11 @@ async def start_app(
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
             interceptors=tracing_client_interceptors(),
+            tls=settings.peer_client_tls,
         )
         file_agents = FileAgents(runtime, registry, wait_for_tools=bool(tools.unreachable))
         await file_agents.register(read_agents_file(settings.agents_file))
+        security.attach(runtime)
         server = await start_server(
             [
                 Service(
@@ -306,7 +319,9 @@ async def start_app(
             settings.listen_address,
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
-            interceptors=[runtime_metrics.event_interceptor()],
+            interceptors=[*security.interceptors, runtime_metrics.event_interceptor()],
+            tls=settings.server_tls,
+            health_address=settings.health_listen_address,
             request_rules=RUNTIME_REQUEST_RULES,
         )
         runtime.address = advertised_address(settings, server.port)
@@ -342,12 +357,15 @@ async def start_app(
         message = exc.message if isinstance(exc, PilothouseError) else str(exc)
         raise StartupError(message) from exc
     log.info(
-        "pilothouse-server listening on port %d (other replicas reach it at %s)",
-        server.port, runtime.address,
+        "pilothouse-server listening on port %d with %s, authentication %s (other replicas "
+        "reach it at %s)%s",
+        server.port, "TLS" if server.tls else "plaintext", ",".join(settings.auth),
+        runtime.address,
+        f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, file_agents,
+        health, forwarder, security, file_agents,
     )
 
 

@@ -238,12 +238,12 @@ def session_state_from_proto(state: int) -> SessionState | None:
     return _SESSION_STATE_OF.get(state)
 
 
-def stop_reason_value_to_proto(value: str) -> int:
+def stop_reason_value_to_proto(value: str) -> event_pb2.StopReason.ValueType:
     """A stored stop reason value ("" and unknown: unspecified)."""
     return _STOP_REASON_BY_VALUE.get(value, event_pb2.STOP_REASON_UNSPECIFIED)
 
 
-def stop_reason_to_proto(reason: ev.StopReason) -> int:
+def stop_reason_to_proto(reason: ev.StopReason) -> event_pb2.StopReason.ValueType:
     return _STOP_REASONS[reason]
 
 
@@ -283,6 +283,8 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
                 config.reasoning_effort, config.reasoning_effort
             ),
             "fallback_model": config.fallback_model,
+            "allowed_principals": tuple(config.allowed_principals),
+            "allowed_roles": tuple(config.allowed_roles),
         }
     )
 
@@ -310,6 +312,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             parallel_tool_calls=c.parallel_tool_calls,
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
+            allowed_principals=list(c.allowed_principals),
+            allowed_roles=list(c.allowed_roles),
         ),
         tools=[
             tool_pb2.Tool(

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from pilothouse.adapters.forwarding import RunForwarder
+from pilothouse.auth.principal import current_principal
 from pilothouse.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
@@ -58,7 +59,9 @@ class RunService(runs_grpc.RunServiceServicer):
 
     # --- helpers ---------------------------------------------------------------
 
-    def _peer(self, context: Context, where: RemoteRun) -> tuple[runs_grpc.RunServiceStub, dict[str, Any]]:
+    def _peer(
+        self, context: Context, where: RemoteRun
+    ) -> tuple[runs_grpc.RunServiceAsyncStub, dict[str, Any]]:
         """The stub and call options that forward a call to `where.owner`."""
         if self.forwarder is None:
             raise NotFoundError(
@@ -78,7 +81,8 @@ class RunService(runs_grpc.RunServiceServicer):
         key_field = "start.idempotency_key" if field.startswith("start") else "idempotency_key"
         key = idempotency_key(start.idempotency_key, key_field)
         where, created = await self.runtime.start_run(
-            start.session_id, start.content, start.sender, options, idempotency_key=key
+            start.session_id, start.content, start.sender, options, idempotency_key=key,
+            caller=current_principal(),
         )
         return where, options, created
 
@@ -173,7 +177,7 @@ class RunService(runs_grpc.RunServiceServicer):
     async def Attach(
         self, request: runs_pb.AttachRequest, context: Context
     ) -> AsyncIterator[runs_pb.AttachResponse]:
-        where = await self.runtime.locate(request.session_id, request.run_id)
+        where = await self.runtime.locate(request.session_id, request.run_id, current_principal())
         heartbeat = self._heartbeat(request.heartbeat_interval, "heartbeat_interval")
         if not isinstance(where, RemoteRun):
             where.check_position(request.after_sequence)
@@ -195,7 +199,7 @@ class RunService(runs_grpc.RunServiceServicer):
         elif kind == "attach":
             assert first is not None
             attach = first.attach
-            where = await self.runtime.locate(attach.session_id, attach.run_id)
+            where = await self.runtime.locate(attach.session_id, attach.run_id, current_principal())
             options, after, owned = RunOptions(), attach.after_sequence, False
             heartbeat = self._heartbeat(attach.heartbeat_interval, "attach.heartbeat_interval")
             if not isinstance(where, RemoteRun):
@@ -225,7 +229,9 @@ class RunService(runs_grpc.RunServiceServicer):
     async def SteerSession(
         self, request: runs_pb.SteerSessionRequest, context: Context
     ) -> runs_pb.SteerSessionResponse:
-        where = await self.runtime.steer_session(request.session_id, request.content, request.sender)
+        where = await self.runtime.steer_session(
+            request.session_id, request.content, request.sender, current_principal()
+        )
         if isinstance(where, RemoteRun):
             stub, kwargs = self._peer(context, where)
             return await stub.SteerSession(request, **kwargs)
@@ -233,7 +239,9 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def Cancel(self, request: runs_pb.CancelRequest, context: Context) -> runs_pb.CancelResponse:
-        outcome = await self.runtime.cancel(request.session_id, request.run_id, request.reason)
+        outcome = await self.runtime.cancel(
+            request.session_id, request.run_id, request.reason, current_principal()
+        )
         if isinstance(outcome, RemoteRun):
             stub, kwargs = self._peer(context, outcome)
             return await stub.Cancel(request, **kwargs)
@@ -254,7 +262,7 @@ class RunService(runs_grpc.RunServiceServicer):
         self, request: runs_pb.SubmitDecisionRequest, context: Context
     ) -> runs_pb.SubmitDecisionResponse:
         where = await self.runtime.submit_decision(
-            request.session_id, convert.decision_from_proto(request.decision)
+            request.session_id, convert.decision_from_proto(request.decision), current_principal()
         )
         if isinstance(where, RemoteRun):
             stub, kwargs = self._peer(context, where)
@@ -263,7 +271,7 @@ class RunService(runs_grpc.RunServiceServicer):
 
     @handle_errors
     async def GetRun(self, request: runs_pb.GetRunRequest, context: Context) -> runs_pb.GetRunResponse:
-        record = await self.runtime.get_run(request.run_id, request.session_id)
+        record = await self.runtime.get_run(request.run_id, request.session_id, current_principal())
         return runs_pb.GetRunResponse(run=convert.run_to_proto(record))
 
     @handle_errors
@@ -272,7 +280,8 @@ class RunService(runs_grpc.RunServiceServicer):
     ) -> runs_pb.ListRunsResponse:
         statuses = convert.run_statuses_from_proto(request.statuses)
         records, token = await self.runtime.list_runs(
-            request.session_id, statuses, request.page_size, request.page_token
+            request.session_id, statuses, request.page_size, request.page_token,
+            current_principal(),
         )
         return runs_pb.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in records], next_page_token=token

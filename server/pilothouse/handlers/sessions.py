@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import grpc
 
+from pilothouse.auth.audit import audit
+from pilothouse.auth.principal import Principal, current_principal
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
@@ -19,6 +21,16 @@ from pilothouse.v1 import (
 Context = grpc.aio.ServicerContext
 
 
+def _caller(created_by: str) -> Principal | None:
+    """The calling principal; an admin naming another principal as the
+    session's owner is audited."""
+    caller = current_principal()
+    if (caller is not None and caller.is_admin and caller.source != "none"
+            and created_by and created_by != caller.id):
+        audit("admin.acts_for", caller, created_by=created_by)
+    return caller
+
+
 class SessionService(sessions_grpc.SessionServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -31,21 +43,25 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def CreateSession(
         self, request: sessions_pb.CreateSessionRequest, context: Context
     ) -> sessions_pb.CreateSessionResponse:
-        record = await self.runtime.create_session(request.agent, request.created_by)
+        record = await self.runtime.create_session(
+            request.agent, request.created_by, _caller(request.created_by)
+        )
         return sessions_pb.CreateSessionResponse(session=self._session(record))
 
     @handle_errors
     async def GetOrCreateSession(
         self, request: sessions_pb.GetOrCreateSessionRequest, context: Context
     ) -> sessions_pb.GetOrCreateSessionResponse:
-        record, created = await self.runtime.get_or_create_session(request.agent, request.created_by)
+        record, created = await self.runtime.get_or_create_session(
+            request.agent, request.created_by, _caller(request.created_by)
+        )
         return sessions_pb.GetOrCreateSessionResponse(session=self._session(record), created=created)
 
     @handle_errors
     async def GetSession(
         self, request: sessions_pb.GetSessionRequest, context: Context
     ) -> sessions_pb.GetSessionResponse:
-        record = await self.runtime.get_session(request.session_id)
+        record = await self.runtime.get_session(request.session_id, current_principal())
         return sessions_pb.GetSessionResponse(session=self._session(record))
 
     @handle_errors
@@ -56,7 +72,8 @@ class SessionService(sessions_grpc.SessionServiceServicer):
         if request.state and state is None:
             raise InvalidArgumentError.field("state", f"unknown value {request.state}")
         records, token = await self.runtime.list_sessions(
-            request.agent, request.created_by, request.page_size, request.page_token, state
+            request.agent, request.created_by, request.page_size, request.page_token, state,
+            caller=current_principal(),
         )
         return sessions_pb.ListSessionsResponse(
             sessions=[self._session(r) for r in records], next_page_token=token
@@ -66,7 +83,7 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def CloseSession(
         self, request: sessions_pb.CloseSessionRequest, context: Context
     ) -> sessions_pb.CloseSessionResponse:
-        record = await self.runtime.close_session(request.session_id)
+        record = await self.runtime.close_session(request.session_id, current_principal())
         return sessions_pb.CloseSessionResponse(session=self._session(record))
 
     @handle_errors
@@ -76,6 +93,7 @@ class SessionService(sessions_grpc.SessionServiceServicer):
         messages, token = await self.runtime.list_messages(
             request.session_id, request.page_size, request.page_token,
             newest_first=request.newest_first,
+            caller=current_principal(),
         )
         return sessions_pb.ListMessagesResponse(
             messages=[convert.message_to_proto(m) for m in messages], next_page_token=token
@@ -85,26 +103,26 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def DeleteSession(
         self, request: sessions_pb.DeleteSessionRequest, context: Context
     ) -> sessions_pb.DeleteSessionResponse:
-        await self.runtime.delete_session(request.session_id)
+        await self.runtime.delete_session(request.session_id, current_principal())
         return sessions_pb.DeleteSessionResponse()
 
     @handle_errors
     async def CompactSession(
         self, request: sessions_pb.CompactSessionRequest, context: Context
     ) -> sessions_pb.CompactSessionResponse:
-        summary, record = await self.runtime.compact_session(request.session_id)
+        summary, record = await self.runtime.compact_session(request.session_id, current_principal())
         return sessions_pb.CompactSessionResponse(summary=summary, session=self._session(record))
 
     @handle_errors
     async def ExportSession(
         self, request: sessions_pb.ExportSessionRequest, context: Context
     ) -> sessions_pb.ExportSessionResponse:
-        content = await self.runtime.export_session(request.session_id)
+        content = await self.runtime.export_session(request.session_id, current_principal())
         return sessions_pb.ExportSessionResponse(content=content)
 
     @handle_errors
     async def ImportSession(
         self, request: sessions_pb.ImportSessionRequest, context: Context
     ) -> sessions_pb.ImportSessionResponse:
-        record = await self.runtime.import_session(request.content)
+        record = await self.runtime.import_session(request.content, current_principal())
         return sessions_pb.ImportSessionResponse(session=self._session(record))

@@ -18,10 +18,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from pilothouse.errors import InvalidArgumentError, PilothouseError
@@ -50,7 +50,7 @@ class RequestRules:
         self.rules = dict(rules)
         self._plans: dict[str, list[tuple[FieldDescriptor, FieldRule | None]]] = {}
 
-    def _plan(self, descriptor: Descriptor) -> list[tuple[FieldDescriptor, FieldRule | None]]:
+    def _plan(self, descriptor: Any) -> list[tuple[FieldDescriptor, FieldRule | None]]:
         plan = self._plans.get(descriptor.full_name)
         if plan is None:
             plan = []
@@ -94,7 +94,10 @@ def _undecodable(descriptor_name: str) -> InvalidArgumentError:
     )
 
 
-def _checked_deserializer(deserialize: Callable[[bytes], Any], rules: RequestRules | None):
+def _checked_deserializer(
+    deserialize: Callable[[bytes], Any] | None, rules: RequestRules | None
+) -> Callable[[bytes], Any]:
+    assert deserialize is not None  # handlers without one are not wrapped
     name = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
     message_name = name.full_name if name is not None else "request"
 
@@ -140,24 +143,22 @@ def _wrap(handler: grpc.RpcMethodHandler, rules: RequestRules | None) -> grpc.Rp
             await context.abort_with_status(status_of(request.error))
         return request
 
-    if inspect.isasyncgenfunction(behavior):
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for response in behavior(await admit(request, context), context):
+                yield response
+        except PilothouseError as exc:  # from _requests, unmapped by the servicer
+            await context.abort_with_status(status_of(exc))
 
-        async def wrapped(request, context):
-            try:
-                async for response in behavior(await admit(request, context), context):
-                    yield response
-            except PilothouseError as exc:  # from _requests, unmapped by the servicer
-                await context.abort_with_status(status_of(exc))
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(await admit(request, context), context)
+        except PilothouseError as exc:
+            await context.abort_with_status(status_of(exc))
 
-    else:
-
-        async def wrapped(request, context):
-            try:
-                return await behavior(await admit(request, context), context)
-            except PilothouseError as exc:
-                await context.abort_with_status(status_of(exc))
-
-    return handler._replace(
+    wrapped = streaming if inspect.isasyncgenfunction(behavior) else unary
+    # RpcMethodHandler is a namedtuple at run time.
+    return cast(Any, handler)._replace(
         request_deserializer=_checked_deserializer(handler.request_deserializer, rules),
         **{kind: wrapped},
     )

@@ -13,10 +13,10 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,14 +26,18 @@ from pilothouse.errors import (
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
+    PermissionDeniedError,
     PilothouseError,
+    QuotaExceededError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "pilothouse.v1"
+T = TypeVar("T")
 
 _CODES: dict[type[PilothouseError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -43,6 +47,8 @@ _CODES: dict[type[PilothouseError], grpc.StatusCode] = {
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -59,28 +65,55 @@ def rich_status(
     reason: str,
     metadata: dict[str, str] | None = None,
     field_violations: list[tuple[str, str]] | None = None,
+    *,
+    retry_after_s: float | None = None,
+    quota_violations: list[tuple[str, str]] | None = None,
 ) -> grpc.Status:
-    """A `grpc.Status` carrying `google.rpc.Status` details."""
-    details = []
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    details.append(packed)
+    """A `grpc.Status` carrying `google.rpc.Status` details: ErrorInfo
+    always; BadRequest for `field_violations` (field, description);
+    RetryInfo for `retry_after_s` (seconds); QuotaFailure for
+    `quota_violations` (subject, description)."""
+    messages: list[Any] = [
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    ]
     if field_violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in field_violations
-            ]
+        messages.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in field_violations
+                ]
+            )
         )
+    if retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(max(retry_after_s, 0.0) * 1e9))
+        messages.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if quota_violations:
+        messages.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
+                    for s, d in quota_violations
+                ]
+            )
+        )
+    details = []
+    for detail in messages:
         packed = any_pb2.Any()
-        packed.Pack(bad)
+        packed.Pack(detail)
         details.append(packed)
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(proto)
 
 
 def status_of(error: PilothouseError) -> grpc.Status:
+    if isinstance(error, QuotaExceededError):
+        return rich_status(
+            status_code_of(error), error.message, error.reason, error.metadata,
+            retry_after_s=error.retry_after_s,
+            quota_violations=[(error.subject, error.limit)],
+        )
     return rich_status(
         status_code_of(error), error.message, error.reason, error.metadata, error.field_violations
     )
@@ -92,7 +125,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, grpc.aio.AioRpcError):
         # A call this handler made upstream (a forwarded call) failed: its
         # status, details and rich-status trailers pass through unchanged.
-        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+        # (grpc.aio gives trailers as a Metadata object; abort wants a tuple.)
+        await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
     log.exception("unhandled error in handler", exc_info=exc)
     await context.abort_with_status(
         rich_status(grpc.StatusCode.INTERNAL, "internal error; see the server log", "INTERNAL")
@@ -144,3 +178,18 @@ def error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
     return info, bad
+
+
+def status_detail(error: grpc.aio.AioRpcError | grpc.RpcError, message_type: type[T]) -> T | None:
+    """Client side: the first `google.rpc.Status` detail of `message_type`
+    (e.g. `error_details_pb2.RetryInfo`, `QuotaFailure`) of a failed call,
+    or None."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(message_type.DESCRIPTOR):  # type: ignore[attr-defined]
+            found = message_type()
+            detail.Unpack(found)  # type: ignore[arg-type]
+            return found
+    return None

@@ -1,6 +1,11 @@
 """Start a grpc.aio server with health checking, reflection, tracing and
 graceful shutdown, the same way for every Pilothouse server.
 
+TLS (`pilothouse.rpc.tls.ServerTls`) is optional; so is a second,
+plaintext port carrying only `grpc.health.v1.Health` (Kubernetes' gRPC
+probes cannot speak TLS), which shares the main server's health servicer
+and so reports the same states, drain included.
+
 Drain protocol (`RunningServer`): `enter_drain()` turns every service's
 health NOT_SERVING at once, so load balancers and Kubernetes stop routing
 new work here, while the server still answers (health checks, reads, the
@@ -25,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pilothouse.ops.telemetry import tracing_server_interceptor
 from pilothouse.rpc.decoding import RequestDecoding, RequestRules
+from pilothouse.rpc.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +133,17 @@ class Service:
 @dataclass(slots=True)
 class RunningServer:
     """A started server: the bound `port`, the health servicer and the
-    names of the services it serves."""
+    names of the services it serves; `health_port` is the plaintext health
+    port (0: none)."""
 
     server: grpc.aio.Server
     health: health_aio.HealthServicer
     port: int
     services: list[str] = field(default_factory=list)
     draining: bool = False
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
+    tls: bool = False
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report `service` ("" for the whole server) SERVING or
@@ -147,8 +157,11 @@ class RunningServer:
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new RPCs; in-flight ones get `grace` seconds (None: no
-        limit), then are cancelled."""
+        limit), then are cancelled. The health port answers until the main
+        server has stopped."""
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
     async def drain(self, grace: float) -> None:
         """Mark every service NOT_SERVING, then stop, giving in-flight RPCs
@@ -166,21 +179,28 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tracing: bool = True,
     tracer_provider: Any = None,
+    tls: ServerTls | None = None,
+    health_address: str = "",
     request_rules: RequestRules | None = None,
 ) -> RunningServer:
     """Build, bind and start a server on `address` ("host:port"; port 0
     picks a free one). With `tracing`, the OpenTelemetry server interceptor
     comes first: a caller's `traceparent` becomes the parent of the RPC's
     server span (health checks and reflection are not traced); `interceptors`
-    follow it. A request that cannot be decoded, or that breaks
-    `request_rules`, is INVALID_ARGUMENT before its handler runs
-    (`pilothouse.rpc.decoding`). Raises RuntimeError if the address cannot
-    be bound."""
+    follow it (authentication among them). With `tls` the port serves TLS
+    (mutual TLS with a client CA). With `health_address`, a second,
+    plaintext server there serves only the health service. A request that
+    cannot be decoded, or that breaks `request_rules`, is INVALID_ARGUMENT
+    before its handler runs (`pilothouse.rpc.decoding`). Raises
+    RuntimeError if an address cannot be bound, TlsFileError (a ValueError)
+    if the TLS files cannot be loaded."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         chain.append(tracing_server_interceptor(tracer_provider))
-    chain.append(RequestDecoding(request_rules))
     chain.extend(interceptors)
+    # Last, so that authentication answers first; the request is still
+    # decoded before any handler code runs.
+    chain.append(RequestDecoding(request_rules))
     server = grpc.aio.server(
         interceptors=chain, options=server_options(keepalive, max_message_bytes)
     )
@@ -192,13 +212,37 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.credentials())
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
+    health_server, health_port = None, 0
+    if health_address:
+        health_server, health_port = _health_only_server(health, health_address)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ["", *names]:
         await health.set(name, SERVING)
-    return RunningServer(server, health, port, names)
+    return RunningServer(
+        server, health, port, names,
+        health_server=health_server, health_port=health_port, tls=tls is not None,
+    )
+
+
+def _health_only_server(
+    health: health_aio.HealthServicer, address: str
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server on `address` serving nothing but `health` (no
+    reflection, no interceptors). Raises RuntimeError if it cannot bind."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address} (health port)")
+    return server, port
 
 
 class StopSignals:

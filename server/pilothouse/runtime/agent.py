@@ -70,6 +70,9 @@ class AgentConfig(BaseModel):
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort = ReasoningEffort.DEFAULT
     fallback_model: str = ""
+    #: Who may run the agent (besides admins); both empty: everyone.
+    allowed_principals: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
 
     @field_validator("name")
     @classmethod

@@ -125,7 +125,7 @@ class AgentRegistry:
             raise agent_not_found(name)
         return self._agent_of(record)
 
-    async def list(self, size: int, token: str) -> tuple[list[Agent], str]:
+    async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
         """A page of agents in alphabetical order and the next page token."""
         limit = page_size(size, default=50)
         after = decode_token(token, "agents") or ""

@@ -133,6 +133,8 @@ class RunJournal:
         clock: Callable[[], float],
         steps: list[dict[str, Any]] | None = None,
         tail: int = 1,
+        principal: str = "",
+        roles: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         self.writer = writer
@@ -141,6 +143,9 @@ class RunJournal:
         self.clock = clock
         self.steps: list[dict[str, Any]] = steps or []
         self.tail = tail
+        #: Who the run is for (its tools learn it), kept across resumes.
+        self.principal = principal
+        self.roles = roles
         self.usage = Usage()
         for meta in self.steps:
             self.usage = self.usage + Usage(**meta.get("usage", {}))
@@ -173,6 +178,8 @@ class RunJournal:
     def state(self, round_state: RoundState | None = None) -> dict[str, Any]:
         """The run record's checkpoint state."""
         return {
+            "principal": self.principal,
+            "roles": list(self.roles),
             "steps": self.steps,
             "tail": self.tail,
             "round": round_to_json(round_state) if round_state is not None else None,

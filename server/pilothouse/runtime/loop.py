@@ -149,6 +149,7 @@ class LoopContext:
     stream_retries: int = DEFAULT_STREAM_RETRIES
     resume: Resume | None = None
     principal: str = ""
+    principal_roles: tuple[str, ...] = ()
     usage: Usage = field(default_factory=Usage)
 
 
@@ -213,7 +214,8 @@ async def run_agent(
         return ToolPhaseContext(
             agent=agent,
             dispatcher=dispatcher,
-            tool_context=ToolContext(agent.name, sender, ctx.session_id, ctx.run_id, ctx.principal),
+            tool_context=ToolContext(agent.name, sender, ctx.session_id, ctx.run_id,
+                                     ctx.principal, ctx.principal_roles),
             control=control,
             journal=ctx.journal,
             decision_timeout_s=ctx.decision_timeout_s,

@@ -20,6 +20,7 @@ from pilothouse.errors import (
     no_active_run,
     run_not_found,
 )
+from pilothouse.identity import Principal
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.control import RunOptions
@@ -35,7 +36,7 @@ from pilothouse.runtime.scheduler import (
     RuntimeLimits,
     check_content,
 )
-from pilothouse.runtime.sessions import SessionLocks, Sessions
+from pilothouse.runtime.sessions import SessionLocks, Sessions, can_see
 from pilothouse.runtime.store.base import (
     RunRecord,
     RunStatus,
@@ -148,44 +149,60 @@ class Runtime:
         return await self.agents.get(name, field)
 
     async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
-        return await self.agents.list(size, token)
+        return await self.agents.list_agents(size, token)
 
     async def delete_agent(self, name: str) -> None:
         await self.agents.delete(name)
 
     # --- sessions ------------------------------------------------------------------
 
-    async def create_session(self, agent: str, created_by: str) -> SessionRecord:
-        return await self.sessions.create(agent, created_by)
+    # A `caller` (the authenticated principal) sees only its own sessions
+    # and their runs (every one for an admin); another's id is NOT_FOUND.
+    # None is an internal call.
 
-    async def get_or_create_session(self, agent: str, created_by: str) -> tuple[SessionRecord, bool]:
-        return await self.sessions.get_or_create(agent, created_by)
+    async def create_session(
+        self, agent: str, created_by: str, caller: Principal | None = None
+    ) -> SessionRecord:
+        return await self.sessions.create(agent, created_by, caller)
 
-    async def get_session(self, session_id: str) -> SessionRecord:
-        return await self.sessions.get(session_id)
+    async def get_or_create_session(
+        self, agent: str, created_by: str, caller: Principal | None = None
+    ) -> tuple[SessionRecord, bool]:
+        return await self.sessions.get_or_create(agent, created_by, caller)
+
+    async def get_session(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
+        return await self.sessions.get(session_id, caller)
 
     async def list_sessions(
-        self, agent: str, created_by: str, size: int, token: str, state: SessionState | None = None
+        self, agent: str, created_by: str, size: int, token: str, state: SessionState | None = None,
+        caller: Principal | None = None,
     ) -> tuple[list[SessionRecord], str]:
-        return await self.sessions.list(agent, created_by, size, token, state)
+        return await self.sessions.list_sessions(agent, created_by, size, token, state, caller)
 
-    async def close_session(self, session_id: str) -> SessionRecord:
-        return await self.sessions.close(session_id)
+    async def close_session(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
+        return await self.sessions.close(session_id, caller)
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.sessions.delete(session_id)
+    async def delete_session(self, session_id: str, caller: Principal | None = None) -> None:
+        await self.sessions.delete(session_id, caller)
 
-    async def list_messages(self, session_id: str, size: int, token: str, *, newest_first: bool = False):
-        return await self.sessions.list_messages(session_id, size, token, newest_first=newest_first)
+    async def list_messages(
+        self, session_id: str, size: int, token: str, *, newest_first: bool = False,
+        caller: Principal | None = None,
+    ):
+        return await self.sessions.list_messages(
+            session_id, size, token, newest_first=newest_first, caller=caller
+        )
 
-    async def compact_session(self, session_id: str) -> tuple[str, SessionRecord]:
-        return await self.sessions.compact(session_id)
+    async def compact_session(
+        self, session_id: str, caller: Principal | None = None
+    ) -> tuple[str, SessionRecord]:
+        return await self.sessions.compact(session_id, caller)
 
-    async def export_session(self, session_id: str) -> bytes:
-        return await self.sessions.export(session_id)
+    async def export_session(self, session_id: str, caller: Principal | None = None) -> bytes:
+        return await self.sessions.export(session_id, caller)
 
-    async def import_session(self, content: bytes) -> SessionRecord:
-        return await self.sessions.import_(content)
+    async def import_session(self, content: bytes, caller: Principal | None = None) -> SessionRecord:
+        return await self.sessions.import_(content, caller)
 
     # --- runs ------------------------------------------------------------------------
 
@@ -197,12 +214,13 @@ class Runtime:
         options: RunOptions | None = None,
         *,
         idempotency_key: str = "",
+        caller: Principal | None = None,
     ) -> tuple[RunLocation, bool]:
         """Start a run (see `RunScheduler.start_run`); the bool says whether
         this call started it."""
         return await self.scheduler.start_run(
             session_id, content, sender, options, idempotency_key=idempotency_key,
-            locate=self._where,
+            locate=self._where, caller=caller,
         )
 
     async def send_to(
@@ -221,10 +239,12 @@ class Runtime:
         check_content(content, self.limits.max_content_bytes)
         run.steer(content, sender)
 
-    async def steer_session(self, session_id: str, content: str, sender: str = "") -> Run | RemoteRun:
+    async def steer_session(
+        self, session_id: str, content: str, sender: str = "", caller: Principal | None = None
+    ) -> Run | RemoteRun:
         """Steer the session's active (or else next queued) run.
         FAILED_PRECONDITION (NO_ACTIVE_RUN) when there is none."""
-        where = await self.locate(session_id)
+        where = await self.locate(session_id, caller=caller)
         if isinstance(where, RemoteRun):
             return where
         if isinstance(where, StoredRun):
@@ -232,12 +252,14 @@ class Runtime:
         self.steer(where, content, sender)
         return where
 
-    async def locate(self, session_id: str, run_id: str = "") -> RunLocation:
+    async def locate(
+        self, session_id: str, run_id: str = "", caller: Principal | None = None
+    ) -> RunLocation:
         """Where a run is: `run_id` of the session, else the session's
         active run (or its next queued one). NOT_FOUND (RUN_NOT_FOUND) for
         an unknown run id; FAILED_PRECONDITION (NO_ACTIVE_RUN) when no
         `run_id` is given and the session has no active run."""
-        await self.sessions.get(session_id)
+        await self.sessions.get(session_id, caller)
         if run_id:
             local = self.scheduler.local(run_id)
             if local is not None and local.session_id == session_id:
@@ -287,13 +309,13 @@ class Runtime:
         return self.scheduler.queued(session_id)
 
     async def cancel(
-        self, session_id: str, run_id: str = "", reason: str = ""
+        self, session_id: str, run_id: str = "", reason: str = "", caller: Principal | None = None
     ) -> tuple[Run | StoredRun, bool] | RemoteRun:
         """Cancel a run and wait until it has stopped and its history is
         stored. Returns (run, already_finished), or where to forward.
         Errors as `locate`; UNAVAILABLE (RUN_RESUMING) while the run waits
         to be taken over after its process stopped."""
-        where = await self.locate(session_id, run_id)
+        where = await self.locate(session_id, run_id, caller)
         if isinstance(where, RemoteRun):
             return where
         if isinstance(where, StoredRun):
@@ -306,10 +328,13 @@ class Runtime:
         await where.wait()
         return where, False
 
-    async def submit_decision(self, session_id: str, decision: Decision) -> Run | RemoteRun:
-        """Answer a pending approval or question of the session's runs.
-        NOT_FOUND (DECISION_NOT_PENDING) when none is waiting for it."""
-        await self.sessions.get(session_id)
+    async def submit_decision(
+        self, session_id: str, decision: Decision, caller: Principal | None = None
+    ) -> Run | RemoteRun:
+        """Answer a pending approval or question of the session's runs
+        (only its principal, or an admin, may). NOT_FOUND
+        (DECISION_NOT_PENDING) when none is waiting for it."""
+        await self.sessions.get(session_id, caller)
         candidates = self.scheduler.session_runs(session_id)
         for run in candidates:
             if decision.request_id in run.control.pending_requests():
@@ -329,26 +354,34 @@ class Runtime:
             metadata={"session_id": session_id, "request_id": decision.request_id},
         )
 
-    async def get_run(self, run_id: str, session_id: str = "") -> RunRecord:
+    async def get_run(
+        self, run_id: str, session_id: str = "", caller: Principal | None = None
+    ) -> RunRecord:
         """A run's record (with the live sequence when it runs here).
         INVALID_ARGUMENT for an empty id; NOT_FOUND (RUN_NOT_FOUND) for an
-        unknown run or one of another session than `session_id`."""
+        unknown run, one of another session than `session_id`, or one the
+        caller may not see."""
         require(run_id, "run_id")
         record = await self.store.get_run(run_id)
         if record is None or (session_id and record.session_id != session_id):
             raise run_not_found(session_id, run_id)
+        if caller is not None and not caller.is_admin:
+            session = await self.store.get(record.session_id)
+            if session is None or not can_see(caller, session):
+                raise run_not_found(session_id, run_id)
         local = self.scheduler.local(run_id)
         if local is not None:
             record.last_sequence = max(record.last_sequence, local.log.last_sequence)
         return record
 
     async def list_runs(
-        self, session_id: str, statuses: Collection[RunStatus], size: int, token: str
+        self, session_id: str, statuses: Collection[RunStatus], size: int, token: str,
+        caller: Principal | None = None,
     ) -> tuple[list[RunRecord], str]:
         """A page of the session's runs, newest first, optionally only those
         in `statuses`."""
         limit = page_size(size, default=50)
-        await self.sessions.get(session_id)
+        await self.sessions.get(session_id, caller)
         filters = {"session_id": session_id, "statuses": sorted(s.value for s in statuses)}
         before = _cursor(decode_token(token, "runs", filters))
         records = await self.store.list_runs(

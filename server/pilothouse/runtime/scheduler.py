@@ -33,11 +33,13 @@ from pilothouse.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
+    PermissionDeniedError,
     PilothouseError,
     UnavailableError,
     run_active,
     session_closed,
 )
+from pilothouse.identity import Principal
 from pilothouse.runtime import eventcodec, spans
 from pilothouse.runtime.agent import Agent
 from pilothouse.runtime.agents import AgentRegistry
@@ -316,6 +318,8 @@ class RunScheduler:
         journal = RunJournal(
             self.store, self.writer, run.session_id, run.id, clock=time.time,
             steps=list(state.get("steps", [])), tail=int(state.get("tail", 1)),
+            principal=str(state.get("principal", "")),
+            roles=tuple(state.get("roles", ())),
         )
         self._journals[run.id] = journal
         return journal
@@ -393,6 +397,7 @@ class RunScheduler:
         *,
         idempotency_key: str = "",
         locate: Callable[[RunRecord], Coroutine[Any, Any, RunLocation]],
+        caller: Principal | None = None,
     ) -> tuple[RunLocation, bool]:
         """Start a run for a user message and return where it is, with
         True; or, with ACTIVE_RUN_POLICY_STEER on a busy session, the active
@@ -404,11 +409,13 @@ class RunScheduler:
         unknown session or agent. FAILED_PRECONDITION: the session is
         closed, or busy and the policy is REJECT (ErrorInfo metadata
         `active_run_id`). UNAVAILABLE: the server is draining or the store
-        is down. A RemoteRun when the session is busy on another replica
-        and the policy is not REJECT (the caller forwards the message)."""
+        is down. PERMISSION_DENIED (AGENT_NOT_ALLOWED): the agent is not
+        for `caller`. A RemoteRun when the session is busy on another
+        replica and the policy is not REJECT (the caller forwards the
+        message). The session must be the caller's (NOT_FOUND otherwise)."""
         options = options or RunOptions()
         check_content(content, self.limits.max_content_bytes)
-        record = await self.sessions.get(session_id)
+        record = await self.sessions.get(session_id, caller)
         if idempotency_key:
             existing = await self.store.find_run(session_id, idempotency_key)
             if existing is not None:
@@ -422,9 +429,11 @@ class RunScheduler:
         agent = (await self.agents.get(record.agent)).with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
         self.agents.check_model(agent.config)
+        check_agent_access(agent, caller)
         for _ in range(2):
             try:
-                return await self._admit_new(record, agent, content, sender, options, idempotency_key)
+                return await self._admit_new(record, agent, content, sender, options,
+                                             idempotency_key, caller)
             except AlreadyExistsError as exc:
                 if exc.reason != "RUN_EXISTS" or not idempotency_key:
                     raise
@@ -455,27 +464,31 @@ class RunScheduler:
         local = self._runs.get(record.id)
         return local if local is not None else await locate(record)
 
-    def _new_run(self, agent: Agent, session_id: str, content: str, sender: str,
-                 options: RunOptions, idempotency_key: str) -> tuple[Run, RunRecord, RunJournal]:
+    def _new_run(
+        self, agent: Agent, session_id: str, content: str, sender: str, options: RunOptions,
+        idempotency_key: str, caller: Principal | None,
+    ) -> tuple[Run, RunRecord, RunJournal]:
         run_id = uuid.uuid4().hex
         journal_box: list[RunJournal] = []
         log_ = self._durable_log(run_id, session_id, 1, lambda e: journal_box[0].record(e))
         run = Run(run_id, session_id, agent.name, content, sender, options,
                   idempotency_key=idempotency_key, log=log_)
         journal = self._journal(run)
+        if caller is not None:
+            journal.principal, journal.roles = caller.id, tuple(sorted(caller.roles))
         journal_box.append(journal)
         record = RunRecord(
             id=run.id, session_id=session_id, agent=agent.name, content=content,
             created_at=run.created_at, sender=sender, agent_version=agent.version,
             agent_config=agent.config.model_dump(mode="json"),
             options=encode_value(options), idempotency_key=idempotency_key,
-            owner=self.owner,
+            owner=self.owner, state=journal.state(),
         )
         return run, record, journal
 
     async def _admit_new(
         self, record: SessionRecord, agent: Agent, content: str, sender: str,
-        options: RunOptions, idempotency_key: str,
+        options: RunOptions, idempotency_key: str, caller: Principal | None,
     ) -> tuple[RunLocation, bool]:
         session_id = record.id
         async with self.locks(session_id):
@@ -497,7 +510,7 @@ class RunScheduler:
                     return busiest, False
                 if policy is ActiveRunPolicy.ENQUEUE:
                     return await self._enqueue(agent, session_id, content, sender, options,
-                                               idempotency_key, busiest), True
+                                               idempotency_key, busiest, caller), True
                 if policy is ActiveRunPolicy.INTERRUPT:
                     for other in [*queue, *([current] if current else [])]:
                         other.stop(StopReason.CANCELLED, "interrupted by a newer message")
@@ -506,7 +519,7 @@ class RunScheduler:
                 else:
                     raise run_active(session_id, (current or busiest).id)
             run, run_record, journal = self._new_run(agent, session_id, content, sender, options,
-                                                     idempotency_key)
+                                                     idempotency_key, caller)
             user = Message.user(content, sender)
             started = run.log.next_event(RunStarted(agent.name, agent.config.model, content, sender))
             try:
@@ -533,10 +546,10 @@ class RunScheduler:
 
     async def _enqueue(
         self, agent: Agent, session_id: str, content: str, sender: str, options: RunOptions,
-        idempotency_key: str, after: Run,
+        idempotency_key: str, after: Run, caller: Principal | None,
     ) -> Run:
         run, record, journal = self._new_run(agent, session_id, content, sender, options,
-                                             idempotency_key)
+                                             idempotency_key, caller)
         try:
             await self.store.insert_run(record)
         except BaseException:
@@ -644,7 +657,8 @@ class RunScheduler:
         started = time.monotonic()
         ctx = LoopContext(run.session_id, run.id, run.control, journal,
                           decision_timeout_s=self.limits.decision_timeout_s,
-                          stream_retries=self.limits.stream_retries)
+                          stream_retries=self.limits.stream_retries,
+                          principal=journal.principal, principal_roles=journal.roles)
         ctx.remember_approval = lambda tool: self._remember_approval(run.session_id, tool)
         done: Done | None = None
         with spans.agent_span(agent.name, agent.config.model, run.session_id, run.id) as span:
@@ -854,6 +868,21 @@ class RunScheduler:
 
     def journal_of(self, run_id: str) -> RunJournal | None:
         return self._journals.get(run_id)
+
+
+def check_agent_access(agent: Agent, caller: Principal | None) -> None:
+    """PERMISSION_DENIED (AGENT_NOT_ALLOWED) when the agent restricts who may
+    run it and `caller` is none of them (admins always may)."""
+    config = agent.config
+    if caller is None or caller.is_admin or not (config.allowed_principals or config.allowed_roles):
+        return
+    if caller.id in config.allowed_principals or caller.has_any(config.allowed_roles):
+        return
+    raise PermissionDeniedError(
+        f"agent {agent.name!r} may not be run by this principal",
+        reason="AGENT_NOT_ALLOWED",
+        metadata={"agent": agent.name},
+    )
 
 
 def _key_reused(session_id: str, run_id: str, key: str) -> InvalidArgumentError:

@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 from pilothouse.errors import (
     FailedPreconditionError,
+    PermissionDeniedError,
     UnavailableError,
     run_active,
     session_not_found,
 )
+from pilothouse.identity import Principal
 from pilothouse.runtime import compaction
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.messages import Message
@@ -42,9 +44,32 @@ class SessionLocks:
             del self._locks[session_id]
 
 
+def can_see(caller: Principal | None, record: SessionRecord) -> bool:
+    """Whether `caller` may see the session: its creator, or an admin (None:
+    an internal call, not made for a principal)."""
+    return caller is None or caller.is_admin or record.created_by == caller.id
+
+
+def owner_for(caller: Principal | None, created_by: str) -> str:
+    """The `created_by` of a new session: the caller's own id (an admin may
+    name another principal). PERMISSION_DENIED when a non-admin names
+    someone else."""
+    if caller is None or caller.is_admin:
+        return created_by or (caller.id if caller is not None else "")
+    if created_by and created_by != caller.id:
+        raise PermissionDeniedError(
+            "only an admin may act for another principal", reason="CREATED_BY_NOT_ALLOWED"
+        )
+    return caller.id
+
+
 class Sessions:
     """Session records and histories. `local_run(session_id)` names the
-    session's run active in this process ("" for none)."""
+    session's run active in this process ("" for none).
+
+    Methods taking a `caller` show it only the sessions it may see (its own;
+    every session for an admin): any other is NOT_FOUND, as if it did not
+    exist. `caller` None is an internal call (no check)."""
 
     def __init__(
         self,
@@ -67,17 +92,24 @@ class Sessions:
 
     # --- records ---------------------------------------------------------------
 
-    async def create(self, agent: str, created_by: str) -> SessionRecord:
-        """Open a new session. NOT_FOUND for an unknown agent."""
+    async def create(
+        self, agent: str, created_by: str, caller: Principal | None = None
+    ) -> SessionRecord:
+        """Open a new session owned by `caller` (see `owner_for`). NOT_FOUND
+        for an unknown agent."""
+        created_by = owner_for(caller, created_by)
         await self.agents.get(agent, "agent")
         now = time.time()
         record = SessionRecord(uuid.uuid4().hex, agent, created_by, now, now)
         await self.store.create(record)
         return record
 
-    async def get_or_create(self, agent: str, created_by: str) -> tuple[SessionRecord, bool]:
+    async def get_or_create(
+        self, agent: str, created_by: str, caller: Principal | None = None
+    ) -> tuple[SessionRecord, bool]:
         """The open session of (agent, created_by), or a new one; the bool
         says whether it was created."""
+        created_by = owner_for(caller, created_by)
         await self.agents.get(agent, "agent")
         async with self._identity_lock:
             existing = await self.store.find_open(agent, created_by)
@@ -85,23 +117,28 @@ class Sessions:
                 return existing, False
             return await self.create(agent, created_by), True
 
-    async def get(self, session_id: str) -> SessionRecord:
-        """INVALID_ARGUMENT for an empty id, NOT_FOUND if unknown."""
+    async def get(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
+        """INVALID_ARGUMENT for an empty id, NOT_FOUND if unknown or not the
+        caller's."""
         require(session_id, "session_id")
         record = await self.store.get(session_id)
-        if record is None:
+        if record is None or not can_see(caller, record):
             raise session_not_found(session_id)
         return record
 
-    async def list(
+    async def list_sessions(
         self,
         agent: str,
         created_by: str,
         size: int,
         token: str,
         state: SessionState | None = None,
+        caller: Principal | None = None,
     ) -> tuple[list[SessionRecord], str]:
-        """A page of sessions, most recently active first."""
+        """A page of sessions, most recently active first (a non-admin
+        caller's own only)."""
+        if caller is not None and not caller.is_admin:
+            created_by = caller.id
         limit = page_size(size, default=50)
         filters = {"agent": agent, "created_by": created_by, "state": state.value if state else ""}
         offset = decode_token(token, "sessions", filters) or 0
@@ -118,20 +155,20 @@ class Sessions:
         if run_id:
             raise run_active(record.id, run_id)
 
-    async def close(self, session_id: str) -> SessionRecord:
+    async def close(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
         """Close a session (idempotent). FAILED_PRECONDITION while a run is
         active."""
-        record = await self.get(session_id)
+        record = await self.get(session_id, caller)
         self.check_idle(record)
         if record.state is SessionState.CLOSED:
             return record
         self._cache.pop(session_id, None)
         return await self.store.set_state(session_id, SessionState.CLOSED, time.time())
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, caller: Principal | None = None) -> None:
         """Delete a session, its history and its runs. FAILED_PRECONDITION
         while a run is active."""
-        record = await self.get(session_id)
+        record = await self.get(session_id, caller)
         self.check_idle(record)
         self._cache.pop(session_id, None)
         await self.store.delete(session_id)
@@ -140,11 +177,12 @@ class Sessions:
     # --- history ---------------------------------------------------------------
 
     async def list_messages(
-        self, session_id: str, size: int, token: str, *, newest_first: bool = False
+        self, session_id: str, size: int, token: str, *, newest_first: bool = False,
+        caller: Principal | None = None,
     ) -> tuple[list[Message], str]:
         """A page of the model-visible history."""
         limit = page_size(size, default=100)
-        await self.get(session_id)
+        await self.get(session_id, caller)
         filters = {"session_id": session_id, "newest_first": newest_first}
         offset = decode_token(token, "messages", filters) or 0
         messages = await self.store.list_messages(
@@ -153,11 +191,13 @@ class Sessions:
         more = len(messages) > limit
         return messages[:limit], encode_token("messages", offset + limit, filters) if more else ""
 
-    async def compact(self, session_id: str) -> tuple[str, SessionRecord]:
+    async def compact(
+        self, session_id: str, caller: Principal | None = None
+    ) -> tuple[str, SessionRecord]:
         """Summarise the history with the agent's model and store a compact
         marker. FAILED_PRECONDITION while a run is active or for an empty
         history; UNAVAILABLE when the model fails."""
-        record = await self.get(session_id)
+        record = await self.get(session_id, caller)
         agent = await self.agents.get(record.agent)
         async with self.locks(session_id):
             self.check_idle(record)
@@ -178,21 +218,23 @@ class Sessions:
             self._cache.pop(session_id, None)
         return summary, record
 
-    async def export(self, session_id: str) -> bytes:
+    async def export(self, session_id: str, caller: Principal | None = None) -> bytes:
         """The session as JSON Lines (meta, messages, compact markers)."""
-        await self.get(session_id)
+        await self.get(session_id, caller)
         return await jsonl.export_jsonl(self.store, session_id)
 
-    async def import_(self, content: bytes) -> SessionRecord:
-        """Import an exported session under a new id. INVALID_ARGUMENT naming
-        the first bad line (nothing is written); NOT_FOUND when its agent is
-        not registered."""
+    async def import_(self, content: bytes, caller: Principal | None = None) -> SessionRecord:
+        """Import an exported session under a new id, owned by a non-admin
+        caller (an admin keeps the file's `created_by`). INVALID_ARGUMENT
+        naming the first bad line (nothing is written); NOT_FOUND when its
+        agent is not registered."""
         return await jsonl.import_jsonl(
             self.store,
             content,
             new_id=uuid.uuid4().hex,
             now=time.time(),
             check_agent=lambda agent: self.agents.get(agent, "content"),
+            created_by=None if caller is None or caller.is_admin else caller.id,
         )
 
     # --- the history cache -------------------------------------------------------

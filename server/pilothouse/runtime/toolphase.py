@@ -177,7 +177,11 @@ def on_stop(control: RunControl, callback: Callable[[], None]) -> Callable[[], N
         return lambda: None
     waiter = asyncio.ensure_future(control.stop_event.wait())
     waiter.add_done_callback(lambda f: None if f.cancelled() else callback())
-    return waiter.cancel
+
+    def remove() -> None:
+        waiter.cancel()
+
+    return remove
 
 
 async def run_tool_phase(

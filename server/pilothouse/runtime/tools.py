@@ -53,6 +53,8 @@ class ToolContext:
     session_id: str
     run_id: str
     principal: str = ""
+    #: The principal's roles, sent to the ToolExecutor with each call.
+    principal_roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

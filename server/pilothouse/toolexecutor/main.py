@@ -13,15 +13,24 @@ Settings (environment):
 - `PILOTHOUSE_TOOLS_SHUTDOWN_GRACE` (10): seconds in-flight calls get on SIGTERM
 - `PILOTHOUSE_TOOLS_METRICS_PORT` (9465, 0: off), `PILOTHOUSE_TOOLS_METRICS_HOST`
   (127.0.0.1): the Prometheus endpoint
-- shared with the runtime: `PILOTHOUSE_MAX_MESSAGE_BYTES`,
+- `PILOTHOUSE_TOOLS_HEALTH_LISTEN_ADDRESS` (empty: none): a plaintext port
+  serving only grpc.health.v1, for Kubernetes probes
+- shared with the runtime (same names, read from this process's
+  environment): TLS (`PILOTHOUSE_TLS_CERT_FILE`, `_KEY_FILE`,
+  `_CLIENT_CA_FILE` for mutual TLS) and authentication of the caller
+  (`PILOTHOUSE_AUTH`: `mtls` or `tokens` for the runtime; `none`, the
+  default, only on loopback unless `PILOTHOUSE_ALLOW_UNAUTHENTICATED=true`),
+  `PILOTHOUSE_MAX_MESSAGE_BYTES`,
   `PILOTHOUSE_GRPC_KEEPALIVE_TIME`, `_KEEPALIVE_TIMEOUT`, `_MIN_PING_INTERVAL`,
   `_MAX_CONNECTION_AGE`, `_MAX_CONNECTION_AGE_GRACE`, `PILOTHOUSE_LOG_FORMAT`
   (text, json), `PILOTHOUSE_LOG_LEVEL`, and the `OTEL_*` variables.
 
 SIGTERM or SIGINT drains: health NOT_SERVING at once, new calls refused,
 in-flight calls get the grace to finish; a second signal cancels them;
-then the MCP servers' connections close. Exits 0 after a signal, 1 if the
-address cannot be bound, 2 for bad settings or a bad config file.
+then the MCP servers' connections close. Exits 0 after a signal, 1 if it
+cannot start (an address cannot be bound, TLS files do not load,
+authentication is off on an exposed address), 2 for bad settings or a bad
+config file.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from pilothouse.auth import build_chain, check_exposure
 from pilothouse.ops.logs import configure_logging
 from pilothouse.ops.metrics import start_metrics
 from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider, resource_for
@@ -78,6 +88,9 @@ class ToolsSettings(ServerProcessSettings):
     tools_metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
     tools_config: Path | None = Field(
         None, description="TOML config file: the MCP servers whose tools are served"
+    )
+    tools_health_listen_address: str = Field(
+        "", description="host:port of a plaintext port serving only grpc.health.v1 (empty: none)"
     )
 
 
@@ -160,6 +173,13 @@ async def serve(
     """Serve `registry` (and the tools of `config`'s MCP servers) until
     SIGTERM/SIGINT, then drain; returns the exit code (1 if the address
     cannot be bound)."""
+    listen = settings.tools_listen_address
+    try:
+        check_exposure(settings, listen, SERVICE_NAME)
+        chain = build_chain(settings)
+    except (ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     metrics = await start_metrics(
@@ -169,7 +189,6 @@ async def serve(
     )
     mcp_hosts = await start_mcp_hosts(config)
     tools = served_tools(registry, mcp_hosts)
-    listen = settings.tools_listen_address
     try:
         running = await serve_tools(
             tools,
@@ -177,9 +196,12 @@ async def serve(
             max_message_bytes=settings.max_message_bytes,
             keepalive=settings.keepalive,
             metrics=ToolExecutorMetrics(metrics.meter()),
+            tls=settings.server_tls,
+            auth=None if chain.anonymous_only else chain,
+            health_address=settings.tools_health_listen_address,
         )
-    except RuntimeError as exc:
-        log.error("cannot listen on %s: %s", listen, exc)
+    except (RuntimeError, ValueError) as exc:
+        log.error("cannot start on %s: %s", listen, exc)
         await stop_mcp_hosts(mcp_hosts)
         await metrics.shutdown()
         return 1

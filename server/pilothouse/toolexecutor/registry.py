@@ -122,12 +122,27 @@ class ToolFlags:
     more, so a run resumed after a crash may call it again; `read_only`:
     it changes nothing; `destructive`: it may delete or overwrite data;
     `requires_approval`: every call waits for a human decision.
+
+    `allowed_principals` and `allowed_roles` restrict who the tool runs
+    for (the run's principal and roles, as the runtime sends them with
+    each call): when either is set, a call whose principal is in neither
+    gets an error result instead. Empty: everyone.
     """
 
     idempotent: bool = False
     read_only: bool = False
     destructive: bool = False
     requires_approval: bool = False
+    allowed_principals: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
+
+    def allows(self, principal: str, roles: Sequence[str]) -> bool:
+        """Whether a call for `principal` with `roles` may run the tool."""
+        if not self.allowed_principals and not self.allowed_roles:
+            return True
+        return principal in self.allowed_principals or any(
+            role in self.allowed_roles for role in roles
+        )
 
 
 @dataclass(frozen=True, slots=True)

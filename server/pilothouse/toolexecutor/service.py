@@ -16,6 +16,9 @@ from typing import Any
 
 import grpc
 
+from pilothouse.auth import TOOL_EXECUTOR_POLICY, AuthChain, AuthInterceptor, Principal
+from pilothouse.auth.audit import audit
+from pilothouse.auth.principal import current_principal
 from pilothouse.errors import InvalidArgumentError, NotFoundError, clip
 from pilothouse.rpc.errors import handle_errors, rich_status
 from pilothouse.rpc.serving import (
@@ -25,6 +28,7 @@ from pilothouse.rpc.serving import (
     Service,
     start_server,
 )
+from pilothouse.rpc.tls import ServerTls
 from pilothouse.toolexecutor.limits import TOOL_REQUEST_RULES
 from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
 from pilothouse.toolexecutor.registry import Answer
@@ -108,6 +112,22 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
                     reason="TOOL_NOT_FOUND",
                     metadata={"tool": request.name},
                 )
+            if not tool.flags.allows(request.principal, request.principal_roles):
+                outcome = "permission_denied"
+                caller = current_principal()
+                audit(
+                    "tool.refused",
+                    Principal(
+                        request.principal, frozenset(request.principal_roles), "runtime",
+                        forwarded_by=caller.id if caller is not None else "",
+                    ),
+                    server="pilothouse-tools", tool=request.name, session_id=request.session_id,
+                    run_id=request.run_id, peer=context.peer(),
+                    detail="the tool is restricted to other principals or roles",
+                )
+                return pb.ExecuteToolResponse(
+                    error=f"tool {request.name!r} may not run for this principal"
+                )
             try:
                 answer = (
                     Answer(tuple(request.answer.selected_options), request.answer.text)
@@ -180,12 +200,18 @@ async def serve_tools(
     keepalive: Keepalive | None = None,
     metrics: ToolExecutorMetrics | None = None,
     tracer_provider: Any = None,
+    tls: ServerTls | None = None,
+    auth: AuthChain | None = None,
+    health_address: str = "",
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks one) serving
     `registry` (a `ToolRegistry`, or `ToolSources` of several) as
     pilothouse.v1.ToolExecutorService, with health checking,
-    reflection and tracing (`tracer_provider` None: the global one). Raises
-    RuntimeError if the address cannot be bound."""
+    reflection and tracing (`tracer_provider` None: the global one). With
+    `tls` it serves TLS (mutual with a client CA); with `auth` every call
+    but health and reflection must authenticate (UNAUTHENTICATED
+    otherwise); with `health_address` health is also served in plaintext
+    there. Raises RuntimeError if an address cannot be bound."""
     service = Service(
         pb_grpc.add_ToolExecutorServiceServicer_to_server,
         ToolExecutorServicer(registry, metrics),
@@ -198,4 +224,9 @@ async def serve_tools(
         keepalive=keepalive,
         tracer_provider=tracer_provider,
         request_rules=TOOL_REQUEST_RULES,
+        tls=tls,
+        interceptors=(
+            [AuthInterceptor(auth, TOOL_EXECUTOR_POLICY, "pilothouse-tools")] if auth else []
+        ),
+        health_address=health_address,
     )

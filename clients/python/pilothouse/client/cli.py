@@ -1,5 +1,6 @@
 """`pilothouse`: chat with an agent and inspect a Pilothouse runtime.
 
+    pilothouse chat --agent assistant                # an interactive conversation
     pilothouse chat --agent assistant "What is 17 * 23?"
     pilothouse chat --agent assistant --json "What time is it?"
     pilothouse agents list
@@ -19,13 +20,22 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from pilothouse.client.client import PilothouseClient, PilothouseRpcError, decision
+from pilothouse.client.client import DEFAULT_TIMEOUT, PilothouseClient, SteerStream
+from pilothouse.client.connection import add_connection_arguments, connection_options
+from pilothouse.client.errors import PilothouseError
+from pilothouse.client.explain import explain
 from pilothouse.client.render import EventPrinter, event_json
+from pilothouse.client.run import decision
 from pilothouse.v1 import event_pb2, run_service_pb2
+
+NEEDS_RICH = ("the interactive chat needs rich: pip install 'pilothouse-client[cli]' "
+              "(or pass a message, or --json)")
 
 
 def _default_user() -> str:
@@ -42,10 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("PILOTHOUSE_SERVER", "127.0.0.1:50051"),
         help="runtime address host:port (PILOTHOUSE_SERVER)",
     )
+    add_connection_arguments(parser)
+    parser.add_argument(
+        "--rpc-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help=f"deadline of each unary call (default {DEFAULT_TIMEOUT:g})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    chat = commands.add_parser("chat", help="send a message and stream the run")
-    chat.add_argument("message")
+    chat = commands.add_parser(
+        "chat", help="send a message and stream the run; without one, an interactive conversation")
+    chat.add_argument("message", nargs="?", help="omit for an interactive conversation")
     chat.add_argument("--agent", default="assistant")
     chat.add_argument("--session", help="session id (else the open session of agent + user)")
     chat.add_argument("--user", default=_default_user(), help="created_by and sender")
@@ -136,33 +152,65 @@ def _options(args: argparse.Namespace) -> run_service_pb2.RunOptions:
 async def _prompt_decision(event: event_pb2.AgentEvent) -> event_pb2.Decision | None:
     """Ask on the terminal; None when the user gives no usable answer."""
     if event.HasField("approval_required"):
-        ask = event.approval_required
+        approval = event.approval_required
         reply = await asyncio.to_thread(input, "approve? [y]es / [n]o / [a]lways: ")
         verdict = _VERDICTS.get(reply.strip().lower()[:1])
         if verdict is None:
             return None
-        return decision(ask.request_id, verdict)
-    ask = event.question_asked
+        return decision(approval.request_id, verdict)
+    question = event.question_asked
     reply = (await asyncio.to_thread(input, "answer: ")).strip()
-    if ask.options:
-        chosen = [o.strip() for o in reply.split(",") if o.strip() in ask.options]
-        return decision(ask.request_id, selected_options=chosen) if chosen else decision(
-            ask.request_id, text=reply
+    if question.options:
+        chosen = [o.strip() for o in reply.split(",") if o.strip() in question.options]
+        return decision(question.request_id, selected_options=chosen) if chosen else decision(
+            question.request_id, text=reply
         )
-    return decision(ask.request_id, text=reply)
+    return decision(question.request_id, text=reply)
 
 
-def _print_json(message) -> None:
+def _print_json(message: Message) -> None:
     print(json.dumps(json_format.MessageToDict(message), ensure_ascii=False))
 
 
-async def _chat(client: PilothouseClient, args: argparse.Namespace) -> int:
+async def _session(client: PilothouseClient, args: argparse.Namespace) -> str:
     if args.session:
-        session_id = args.session
-    elif args.new:
-        session_id = (await client.create_session(args.agent, args.user)).id
-    else:
-        session_id = (await client.get_or_create_session(args.agent, args.user)).id
+        return str(args.session)
+    if args.new:
+        return (await client.create_session(args.agent, args.user)).id
+    return (await client.get_or_create_session(args.agent, args.user)).id
+
+
+def _rich_terminal(args: argparse.Namespace) -> bool:
+    """Whether to render with rich: on a terminal, and rich is installed."""
+    if args.json or args.no_prompt or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interactive(runner: asyncio.Runner, args: argparse.Namespace) -> int:
+    """`chat` on a terminal: the conversation loop, or one rich-rendered run."""
+    from pilothouse.client.interactive import InteractiveChat
+
+    client = runner.run(_connect(args))
+    try:
+        session_id = runner.run(_session(client, args))
+        chat = InteractiveChat(client, session_id, args.user, _options(args))
+        if args.message is None:
+            return chat.run(runner)
+        done = runner.run(chat.send(args.message))
+        chat.console.print(f"[dim]session: {session_id}[/]")
+        failed = (event_pb2.STOP_REASON_ERROR, event_pb2.STOP_REASON_UNSPECIFIED)
+        return 1 if done is None or done.stop_reason in failed else 0
+    finally:
+        runner.run(client.close())
+
+
+async def _chat(client: PilothouseClient, args: argparse.Namespace) -> int:
+    session_id = await _session(client, args)
     interactive = not args.json and not args.no_prompt and sys.stdin.isatty()
     stream = await client.steer(session_id, args.message, args.user, options=_options(args))
     code = await _follow(stream, args.json, stream if interactive else None, session_id)
@@ -171,7 +219,12 @@ async def _chat(client: PilothouseClient, args: argparse.Namespace) -> int:
     return code
 
 
-async def _follow(events, as_json: bool, answer_on=None, session_id: str = "") -> int:
+async def _follow(
+    events: AsyncIterable[event_pb2.AgentEvent],
+    as_json: bool,
+    answer_on: SteerStream | None = None,
+    session_id: str = "",
+) -> int:
     """Print a run's events; with `answer_on` (a SteerStream), ask on the
     terminal for approvals and questions. Returns the exit code: 1 when the
     run ended in error (or without `done`), else 0."""
@@ -201,8 +254,13 @@ async def _follow(events, as_json: bool, answer_on=None, session_id: str = "") -
     return 1 if stop_reason in failed else 0
 
 
+async def _connect(args: argparse.Namespace) -> PilothouseClient:
+    """The client every command uses (created in the running event loop)."""
+    return PilothouseClient(args.server, timeout=args.rpc_timeout, **connection_options(args))
+
+
 async def _run(args: argparse.Namespace) -> int:
-    async with PilothouseClient(args.server) as client:
+    async with await _connect(args) as client:
         if args.command == "chat":
             return await _chat(client, args)
         if args.command == "attach":
@@ -273,10 +331,27 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    chatting = args.command == "chat"
+    if chatting and args.message is None and not _rich_terminal(args):
+        if args.json or args.no_prompt:
+            problem = "give a message: --json and --no-prompt send one and exit"
+        elif sys.stdin.isatty() and sys.stdout.isatty():
+            problem = NEEDS_RICH
+        else:
+            problem = "give a message: an interactive chat needs a terminal"
+        print(f"pilothouse: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
-        code = asyncio.run(_run(args))
-    except PilothouseRpcError as exc:
-        print(f"pilothouse: {exc.code.name}: {exc.message}", file=sys.stderr)
+        with asyncio.Runner() as runner:
+            if chatting and _rich_terminal(args):
+                code = _interactive(runner, args)
+            else:
+                code = runner.run(_run(args))
+    except PilothouseError as exc:
+        print(f"pilothouse: {explain(exc, args.server, args.rpc_timeout)}", file=sys.stderr)
+        code = 2
+    except ValueError as exc:  # unusable TLS files or flags
+        print(f"pilothouse: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130

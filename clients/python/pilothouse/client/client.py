@@ -1,4 +1,9 @@
-"""The async client (see the package docstring)."""
+"""`PilothouseClient`: every RPC of the runtime as an async method.
+
+Methods return the protobuf messages of `pilothouse.v1`; `start_run` and
+`get_run_handle` give a `RunHandle` with typed events. Failed calls raise
+the `PilothouseError` subclass of their status code.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
-from pilothouse.rpc.errors import error_details
+from pilothouse.client.connection import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, ClientTls, open_channel
+from pilothouse.client.errors import PilothouseError, PilothouseRpcError, error_from_rpc
+from pilothouse.client.events import Event, event_from_proto
+from pilothouse.client.run import DEFAULT_MAX_REATTACH, RunHandle, decision
 from pilothouse.v1 import (
     agent_pb2,
     agent_service_pb2 as agents_pb,
@@ -28,31 +36,17 @@ T = TypeVar("T")
 #: Default deadline of unary calls, seconds. Streams have none by default:
 #: a run takes as long as it takes.
 DEFAULT_TIMEOUT = 30.0
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_TIMEOUT",
+    "MAX_MESSAGE_BYTES",
+    "PilothouseClient",
+    "PilothouseError",
+    "PilothouseRpcError",
+    "SteerStream",
+    "decision",
 ]
-
-
-class PilothouseRpcError(Exception):
-    """A failed call: `code` (grpc.StatusCode), `message`, and from
-    `google.rpc.ErrorInfo` the `reason` and `metadata`; `field_violations`
-    lists (field, description) from `BadRequest`."""
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        info, bad = error_details(error)
-        self.code: grpc.StatusCode = error.code()
-        self.message: str = error.details() or ""
-        self.reason = info.reason if info else ""
-        self.metadata = dict(info.metadata) if info else {}
-        self.field_violations = (
-            [(v.field, v.description) for v in bad.field_violations] if bad else []
-        )
-        super().__init__(f"{self.code.name}: {self.message}")
 
 
 def _translate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -61,29 +55,9 @@ def _translate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         try:
             return await method(*args, **kwargs)
         except grpc.aio.AioRpcError as exc:
-            raise PilothouseRpcError(exc) from exc
+            raise error_from_rpc(exc) from exc
 
     return wrapper
-
-
-def decision(
-    request_id: str,
-    verdict: int = event_pb2.VERDICT_UNSPECIFIED,
-    *,
-    reason: str = "",
-    selected_options: Iterable[str] = (),
-    text: str = "",
-) -> event_pb2.Decision:
-    """A `Decision`: `verdict` (event_pb2.VERDICT_APPROVE, _DENY,
-    _APPROVE_ALWAYS) for an approval; `selected_options` or `text` for a
-    question."""
-    return event_pb2.Decision(
-        request_id=request_id,
-        verdict=verdict,
-        reason=reason,
-        selected_options=list(selected_options),
-        text=text,
-    )
 
 
 class SteerStream:
@@ -91,7 +65,7 @@ class SteerStream:
     content, `cancel_run`, `decide`; `done_writing` closes the client side
     (the run goes on)."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: _SteerCall) -> None:
         self._call = call
 
     async def send(self, content: str, sender: str = "") -> None:
@@ -108,6 +82,7 @@ class SteerStream:
         await self._call.write(runs_pb.SteerRequest(decision=answer))
 
     async def done_writing(self) -> None:
+        """Close the client side; events keep arriving until `done`."""
         await self._call.done_writing()
 
     def cancel(self) -> None:
@@ -119,15 +94,27 @@ class SteerStream:
             async for response in self._call:
                 yield response.event
         except grpc.aio.AioRpcError as exc:
-            raise PilothouseRpcError(exc) from exc
+            raise error_from_rpc(exc) from exc
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The same events, typed (see `pilothouse.client.events`)."""
+        async for raw in self:
+            yield event_from_proto(raw)
 
 
-async def _events(call: Any) -> AsyncIterator[event_pb2.AgentEvent]:
+_SteerCall = grpc.aio.StreamStreamCall[runs_pb.SteerRequest, runs_pb.SteerResponse]
+_EventCall = (
+    grpc.aio.UnaryStreamCall[runs_pb.StreamToRequest, runs_pb.StreamToResponse]
+    | grpc.aio.UnaryStreamCall[runs_pb.AttachRequest, runs_pb.AttachResponse]
+)
+
+
+async def _events(call: _EventCall) -> AsyncIterator[event_pb2.AgentEvent]:
     try:
         async for response in call:
             yield response.event
     except grpc.aio.AioRpcError as exc:
-        raise PilothouseRpcError(exc) from exc
+        raise error_from_rpc(exc) from exc
     finally:
         call.cancel()
 
@@ -135,7 +122,8 @@ async def _events(call: Any) -> AsyncIterator[event_pb2.AgentEvent]:
 class PilothouseClient:
     """Client of one Pilothouse runtime. Pass `target` ("host:port") or an
     existing `channel`. Unary calls use `timeout` seconds unless told
-    otherwise; errors raise `PilothouseRpcError`."""
+    otherwise; errors raise the `PilothouseError` subclass of their status
+    code (`NotFoundError`, `FailedPreconditionError`, ...)."""
 
     def __init__(
         self,
@@ -144,13 +132,19 @@ class PilothouseClient:
         channel: grpc.aio.Channel | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: bool | ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         """`interceptors` go on the channel this client creates: pass
         OpenTelemetry's aio client interceptors to make your span the
-        parent of the run's trace."""
+        parent of the run's trace. `tls` (True: the system roots; a
+        ClientTls for a CA file and a client certificate) and `token` (a
+        bearer token sent with every call) say how to connect; see
+        `pilothouse.client.connection`."""
         self._owns_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
+        self.target = target
+        self.channel = channel or open_channel(
+            target, tls=tls, token=token, interceptors=interceptors
         )
         self.timeout = timeout
         self.agents = agents_grpc.AgentServiceStub(self.channel)
@@ -195,7 +189,7 @@ class PilothouseClient:
         tool_choice: str = "",
         thinking: bool = False,
         compact_threshold: int = 0,
-        approval_policy: int = agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
+        approval_policy: agent_pb2.ApprovalPolicy.ValueType = agent_pb2.APPROVAL_POLICY_UNSPECIFIED,
         approval_required_tools: Iterable[str] = (),
         context_window: int = 0,
         **settings: Any,
@@ -474,7 +468,8 @@ class PilothouseClient:
 
     @_translate
     async def list_runs(
-        self, session_id: str, statuses: Iterable[int] = (), page_size: int = 0
+        self, session_id: str, statuses: Iterable[runs_pb.RunStatus.ValueType] = (),
+        page_size: int = 0,
     ) -> list[runs_pb.Run]:
         """A session's runs, newest first (follows the pages)."""
         return await self._all_pages(
@@ -486,4 +481,51 @@ class PilothouseClient:
                 timeout=self.timeout,
             ),
             "runs",
+        )
+
+    # --- Run handles (typed) ----------------------------------------------
+
+    async def start_run(
+        self,
+        session_id: str,
+        content: str,
+        sender: str = "",
+        *,
+        options: runs_pb.RunOptions | None = None,
+        stream_timeout: float | None = None,
+        max_reattach: int = DEFAULT_MAX_REATTACH,
+    ) -> RunHandle:
+        """Start a run with `StreamTo` and return its handle once the first
+        event arrived (so `handle.run_id` is set). `stream_timeout` is the
+        deadline of each stream call (None: none); a stream that is cut or
+        times out is re-attached by sequence. Raises NotFoundError,
+        InvalidArgumentError, FailedPreconditionError (a run already active:
+        `metadata["active_run_id"]`) as `StreamTo` does."""
+        call = self.runs.StreamTo(
+            runs_pb.StreamToRequest(
+                session_id=session_id, content=content, sender=sender, options=options
+            ),
+            timeout=stream_timeout,
+        )
+        handle = RunHandle(
+            self, session_id, stream=call, stream_timeout=stream_timeout, max_reattach=max_reattach
+        )
+        await handle._first_event()
+        return handle
+
+    def get_run_handle(
+        self,
+        session_id: str,
+        run_id: str = "",
+        *,
+        after: int = 0,
+        stream_timeout: float | None = None,
+        max_reattach: int = DEFAULT_MAX_REATTACH,
+    ) -> RunHandle:
+        """A handle on a run that is already going (or finished within the
+        server's event retention): `run_id` "" means the session's active
+        run. Its `events()` start after sequence `after`."""
+        return RunHandle(
+            self, session_id, run_id, after=after, stream_timeout=stream_timeout,
+            max_reattach=max_reattach,
         )

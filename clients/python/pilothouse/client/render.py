@@ -1,4 +1,5 @@
-"""Render a run's events for a terminal, as they arrive."""
+"""Render a run's events as plain lines (pipes, logs, `make demo`), as
+they arrive; `terminal.TerminalRenderer` is the rich one for terminals."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ def event_json(event: event_pb2.AgentEvent) -> str:
     return json.dumps(json_format.MessageToDict(event), separators=(",", ":"), ensure_ascii=False)
 
 
-def _short(text: str, limit: int = 200) -> str:
+def stop_reason_name(value: int) -> str:
+    """`STOP_REASON_TEXT_RESPONSE` → "text_response"."""
+    return _STOP_NAMES.get(value, str(value))
+
+
+def short(text: str, limit: int = 200) -> str:
+    """`text` on one line, cut to `limit` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -62,23 +69,23 @@ class EventPrinter:
             self._write(event.text_delta.text)
         elif kind == "tool_calls_start":
             for call in event.tool_calls_start.tool_calls:
-                self._line(self._style("36", f"→ {call.name}({_short(call.arguments_json, 120)})"))
+                self._line(self._style("36", f"→ {call.name}({short(call.arguments_json, 120)})"))
         elif kind == "tool_result":
             result = event.tool_result
             if result.WhichOneof("outcome") == "error":
-                body = self._style("31", f"error: {_short(result.error)}")
+                body = self._style("31", f"error: {short(result.error)}")
             else:
-                body = _short(result.output)
+                body = short(result.output)
             self._line(self._style("36", f"← {result.name} [{result.duration_ms} ms] ") + body)
         elif kind == "approval_required":
             ask = event.approval_required
             self._line(self._style("33", f"? approval needed for {ask.tool_call.name}"
-                                   f"({_short(ask.tool_call.arguments_json, 120)}): {ask.reason} "
+                                   f"({short(ask.tool_call.arguments_json, 120)}): {ask.reason} "
                                    f"[request {ask.request_id}]"))
         elif kind == "question_asked":
-            ask = event.question_asked
-            options = f" options: {', '.join(ask.options)}" if ask.options else ""
-            self._line(self._style("33", f"? {ask.question}{options} [request {ask.request_id}]"))
+            question = event.question_asked
+            options = f" options: {', '.join(question.options)}" if question.options else ""
+            self._line(self._style("33", f"? {question.question}{options} [request {question.request_id}]"))
         elif kind == "decision_applied":
             applied = event.decision_applied.decision
             verdict = event_pb2.Verdict.Name(applied.verdict).removeprefix("VERDICT_").lower()
@@ -92,7 +99,7 @@ class EventPrinter:
             self._line(self._style("33", f"[steered] {event.user_steered.content}"))
         elif kind == "done":
             done = event.done
-            reason = _STOP_NAMES.get(done.stop_reason, str(done.stop_reason))
+            reason = stop_reason_name(done.stop_reason)
             summary = (
                 f"[done: {reason} · {done.iterations} round(s) · "
                 f"{done.usage.prompt_tokens} prompt + {done.usage.completion_tokens} completion tokens]"

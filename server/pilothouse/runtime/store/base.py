@@ -18,6 +18,7 @@ replica `claim_runs` and resume the run. Times are Unix seconds.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,7 +71,7 @@ class SessionRecord:
     state: SessionState = SessionState.OPEN
     message_count: int = 0
     uptime_s: float = 0.0
-    always_approved_tools: list[str] = field(default_factory=list)
+    always_approved_tools: builtins.list[str] = field(default_factory=list)
     active_run_id: str = ""
     last_run_id: str = ""
     last_run_stop_reason: str = ""
@@ -109,13 +110,13 @@ class RunOutcome:
     """Transitional: what the pre-checkpoint `finish_run` stored (removed
     once the runtime writes checkpoints)."""
 
-    messages: list[Message]
+    messages: builtins.list[Message]
     stop_reason: str
     usage: Usage
     uptime_s: float
     finished_at: float
     compact_summary: str | None = None
-    messages_before_compact: list[Message] = field(default_factory=list)
+    messages_before_compact: builtins.list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -199,10 +200,10 @@ class Checkpoint:
     """
 
     now: float
-    messages: list[Message] = field(default_factory=list)
+    messages: builtins.list[Message] = field(default_factory=list)
     compact_summary: str | None = None
-    messages_before_compact: list[Message] = field(default_factory=list)
-    events: list[StoredEvent] = field(default_factory=list)
+    messages_before_compact: builtins.list[Message] = field(default_factory=list)
+    events: builtins.list[StoredEvent] = field(default_factory=list)
     run: RunUpdate = field(default_factory=RunUpdate)
     final: bool = False
     release: bool = False
@@ -246,7 +247,7 @@ class SessionStore(Protocol):
         state: SessionState | None,
         offset: int,
         limit: int,
-    ) -> list[SessionRecord]:
+    ) -> builtins.list[SessionRecord]:
         """Sessions matching the non-empty filters, most recently updated
         first (ties by id)."""
         ...
@@ -255,7 +256,7 @@ class SessionStore(Protocol):
         """Remove the session, its history, its runs and their events."""
         ...
 
-    async def load_history(self, session_id: str) -> list[Message]:
+    async def load_history(self, session_id: str) -> builtins.list[Message]:
         """The model-visible history: the messages after the last compact
         marker, preceded by the marker's summary as a user message (seed
         000 `load_context`)."""
@@ -269,7 +270,7 @@ class SessionStore(Protocol):
         *,
         newest_first: bool = False,
         max_bytes: int = 0,
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         """A page of `load_history`, oldest first (or newest first): up to
         `limit` messages from `offset`, and, when `max_bytes` > 0, only as
         many as fit in `max_bytes` of stored size (`codec.stored_size`): the
@@ -277,13 +278,13 @@ class SessionStore(Protocol):
         at least one message."""
         ...
 
-    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+    async def transcript(self, session_id: str) -> builtins.list[TranscriptItem]:
         """Everything ever stored, in order, compact markers included."""
         ...
 
     async def transcript_page(
         self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
-    ) -> list[TranscriptItem]:
+    ) -> builtins.list[TranscriptItem]:
         """`transcript()[offset:offset + limit]`, cut by `max_bytes` as
         `list_messages` is: read a long transcript in bounded pages (the
         transcript only grows, so consecutive pages join up)."""
@@ -343,7 +344,7 @@ class SessionStore(Protocol):
 
     async def claim_runs(
         self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
-    ) -> list[RunRecord]:
+    ) -> builtins.list[RunRecord]:
         """Take over the runs whose process is gone, for `owner`: every
         session whose active run's lease expired or was released, and also,
         when `stale_owner` is given, every active run owned by
@@ -362,7 +363,7 @@ class SessionStore(Protocol):
         (run_id, sequence) is stored already is skipped."""
         ...
 
-    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> builtins.list[StoredEvent]:
         """Up to `limit` events of `run_id` with sequence > `after_sequence`,
         in sequence order (empty for an unknown run)."""
         ...
@@ -386,7 +387,7 @@ class SessionStore(Protocol):
         statuses: Collection[RunStatus] = (),
         before: tuple[float, str] | None = None,
         limit: int,
-    ) -> list[RunRecord]:
+    ) -> builtins.list[RunRecord]:
         """The session's runs, newest first (by `created_at`, then id
         descending), restricted to `statuses` when not empty, and to those
         strictly older than `before` = (created_at, id) when given. Raises
@@ -422,7 +423,7 @@ class SessionStore(Protocol):
         """Remember an "approve always" for `tool` (idempotent)."""
         ...
 
-    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+    async def import_session(self, record: SessionRecord, items: builtins.list[TranscriptItem]) -> None:
         """Create `record` with `items` as its transcript, atomically.
         AlreadyExistsError (SESSION_EXISTS) for a taken id."""
         ...
@@ -438,7 +439,7 @@ class SessionStore(Protocol):
 
     async def get_agent(self, name: str) -> AgentRecord | None: ...
 
-    async def list_agents(self) -> list[AgentRecord]:
+    async def list_agents(self) -> builtins.list[AgentRecord]:
         """Every agent, in alphabetical order of name."""
         ...
 

@@ -410,6 +410,7 @@ async def import_jsonl(
     new_id: str,
     now: float,
     check_agent: Callable[[str], object] | None = None,
+    created_by: str | None = None,
 ) -> SessionRecord:
     """Validate `data` (see `parse_jsonl`) and store it as a new open
     session `new_id` with the same transcript, in one store transaction.
@@ -418,6 +419,8 @@ async def import_jsonl(
     raises NotFoundError there for an unknown agent). Raises
     InvalidArgumentError for a bad file (nothing written), AlreadyExistsError
     if `new_id` is taken (durable stores), UnavailableError from the store.
+    `created_by`, when given, replaces the file's (an import belongs to the
+    principal who imports it).
     """
     meta, items = parse_jsonl(data)
     if check_agent is not None:
@@ -425,5 +428,7 @@ async def import_jsonl(
         if inspect.isawaitable(checked):
             await checked
     record = record_from_meta(meta, items, new_id=new_id, now=now)
+    if created_by is not None:
+        record.created_by = created_by
     await store.import_session(record, items)
     return record

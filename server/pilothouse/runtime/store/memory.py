@@ -3,6 +3,7 @@ durability. Same semantics as the durable stores (see `base`)."""
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 from collections.abc import Collection, Sequence
@@ -44,11 +45,11 @@ class MemorySessionStore:
 
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
-        self._items: dict[str, list[TranscriptItem]] = {}
+        self._items: dict[str, builtins.list[TranscriptItem]] = {}
         self._lease_until: dict[str, float] = {}
         self._agents: dict[str, AgentRecord] = {}
         self._runs: dict[str, RunRecord] = {}
-        self._events: dict[str, list[StoredEvent]] = {}
+        self._events: dict[str, builtins.list[StoredEvent]] = {}
         self._owners: dict[str, tuple[str, str]] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
@@ -98,7 +99,7 @@ class MemorySessionStore:
         state: SessionState | None,
         offset: int,
         limit: int,
-    ) -> list[SessionRecord]:
+    ) -> builtins.list[SessionRecord]:
         matches = [
             r
             for r in self._records.values()
@@ -119,7 +120,7 @@ class MemorySessionStore:
             self._events.pop(run_id, None)
         self._owners.pop(session_id, None)
 
-    async def load_history(self, session_id: str) -> list[Message]:
+    async def load_history(self, session_id: str) -> builtins.list[Message]:
         self._record(session_id)
         return [m.copy() for m in visible_history(self._items[session_id])]
 
@@ -131,19 +132,19 @@ class MemorySessionStore:
         *,
         newest_first: bool = False,
         max_bytes: int = 0,
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         history = await self.load_history(session_id)
         if newest_first:
             history.reverse()
         return _cut(history[offset : offset + limit], max_bytes)
 
-    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+    async def transcript(self, session_id: str) -> builtins.list[TranscriptItem]:
         self._record(session_id)
         return [_copy_item(i) for i in self._items[session_id]]
 
     async def transcript_page(
         self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
-    ) -> list[TranscriptItem]:
+    ) -> builtins.list[TranscriptItem]:
         self._record(session_id)
         page = self._items[session_id][max(offset, 0) : max(offset, 0) + max(limit, 0)]
         return [_copy_item(i) for i in _cut(page, max_bytes)]
@@ -226,7 +227,7 @@ class MemorySessionStore:
         self._add_events(events)
         return self._copy(record)
 
-    def _append(self, record: SessionRecord, messages: list[Message], now: float) -> None:
+    def _append(self, record: SessionRecord, messages: builtins.list[Message], now: float) -> None:
         if messages:
             self._items[record.id].extend(m.copy() for m in messages)
             record.message_count = len(visible_history(self._items[record.id]))
@@ -282,9 +283,9 @@ class MemorySessionStore:
 
     async def claim_runs(
         self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
-    ) -> list[RunRecord]:
-        active: list[RunRecord] = []
-        queued: list[RunRecord] = []
+    ) -> builtins.list[RunRecord]:
+        active: builtins.list[RunRecord] = []
+        queued: builtins.list[RunRecord] = []
         for record in self._records.values():
             if not record.active_run_id:
                 continue
@@ -311,7 +312,7 @@ class MemorySessionStore:
     async def append_events(self, events: Sequence[StoredEvent]) -> None:
         self._add_events(events)
 
-    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> builtins.list[StoredEvent]:
         log = self._events.get(run_id, [])
         return [dataclasses.replace(e) for e in log if e.sequence > after_sequence][: max(limit, 0)]
 
@@ -336,7 +337,7 @@ class MemorySessionStore:
         statuses: Collection[RunStatus] = (),
         before: tuple[float, str] | None = None,
         limit: int,
-    ) -> list[RunRecord]:
+    ) -> builtins.list[RunRecord]:
         self._record(session_id)
         wanted = set(statuses)
         runs = [
@@ -391,7 +392,7 @@ class MemorySessionStore:
             record.always_approved_tools.append(tool)
         return self._copy(record)
 
-    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+    async def import_session(self, record: SessionRecord, items: builtins.list[TranscriptItem]) -> None:
         self._check_new(record.id)
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [_copy_item(i) for i in items]
@@ -418,7 +419,7 @@ class MemorySessionStore:
         record.updated_at = now
         self._lease_until.pop(session_id, None)
 
-    async def recover_interrupted(self, now: float) -> list[str]:
+    async def recover_interrupted(self, now: float) -> builtins.list[str]:
         recovered = []
         for record in self._records.values():
             if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
@@ -457,7 +458,7 @@ class MemorySessionStore:
         record = self._agents.get(name)
         return dataclasses.replace(record, config=copy.deepcopy(record.config)) if record else None
 
-    async def list_agents(self) -> list[AgentRecord]:
+    async def list_agents(self) -> builtins.list[AgentRecord]:
         return [
             dataclasses.replace(r, config=copy.deepcopy(r.config))
             for _, r in sorted(self._agents.items())
@@ -474,7 +475,7 @@ _T = TypeVar("_T", bound=Message | CompactMarker)
 _LEGACY = True
 
 
-def _cut(items: list[_T], max_bytes: int) -> list[_T]:
+def _cut(items: builtins.list[_T], max_bytes: int) -> builtins.list[_T]:
     """The first of `items` that fit in `max_bytes` of stored size (at
     least one); all of them without a budget."""
     if max_bytes <= 0:

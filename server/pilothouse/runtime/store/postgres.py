@@ -21,6 +21,7 @@ transactions on one pooled connection (see `postgres_runs`).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
@@ -188,7 +189,7 @@ class PostgresSessionStore(PostgresRuns):
             raise self._unavailable(RuntimeError("the store is not open"))
         return self._pool
 
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, sql: str, *args: Any) -> builtins.list[asyncpg.Record]:
         pool = self._get_pool()
         with self._errors():
             conn = await pool.acquire(timeout=self._timeout)
@@ -305,9 +306,9 @@ class PostgresSessionStore(PostgresRuns):
         state: SessionState | None,
         offset: int,
         limit: int,
-    ) -> list[SessionRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
+    ) -> builtins.list[SessionRecord]:
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         for column, value in (
             ("agent", agent),
             ("created_by", created_by),
@@ -340,7 +341,7 @@ class PostgresSessionStore(PostgresRuns):
 
     # --- history ----------------------------------------------------------
 
-    async def _items_from(self, session_id: str, *, visible: bool) -> list[asyncpg.Record]:
+    async def _items_from(self, session_id: str, *, visible: bool) -> builtins.list[asyncpg.Record]:
         start = "s.history_seq" if visible else "0"
         rows = await self._fetch(
             f"SELECT {_ITEM_COLUMNS} FROM sessions s "
@@ -355,7 +356,7 @@ class PostgresSessionStore(PostgresRuns):
             return []
         return rows
 
-    async def load_history(self, session_id: str) -> list[Message]:
+    async def load_history(self, session_id: str) -> builtins.list[Message]:
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
@@ -366,7 +367,7 @@ class PostgresSessionStore(PostgresRuns):
         *,
         newest_first: bool = False,
         max_bytes: int = 0,
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq).
         if newest_first:
             where = (
@@ -379,12 +380,12 @@ class PostgresSessionStore(PostgresRuns):
             where, newest_first, session_id, offset, limit, max_bytes, decode_visible
         )
 
-    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+    async def transcript(self, session_id: str) -> builtins.list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
     async def transcript_page(
         self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
-    ) -> list[TranscriptItem]:
+    ) -> builtins.list[TranscriptItem]:
         where = "i.seq >= $2 AND i.seq < $2 + $3 AND i.seq < s.next_seq"
         return await self._page(where, False, session_id, offset, limit, max_bytes, decode_item)
 
@@ -397,13 +398,13 @@ class PostgresSessionStore(PostgresRuns):
         limit: int,
         max_bytes: int,
         decode: Callable[..., _T],
-    ) -> list[_T]:
+    ) -> builtins.list[_T]:
         """The session's items in the `where` range ($2 offset, $3 limit),
         by seq; with `max_bytes` > 0 ($4), only those that fit in it (at
         least one): a window sum of their sizes, computed without reading
         the text itself (`octet_length` reads TOAST headers), picks them."""
         order = "i.seq DESC" if descending else "i.seq"
-        args: list[Any] = [session_id, max(offset, 0), max(limit, 0)]
+        args: builtins.list[Any] = [session_id, max(offset, 0), max(limit, 0)]
         items = (
             "FROM sessions s JOIN transcript_items i ON i.session_id = s.id "
             f"AND {where} WHERE s.id = $1"
@@ -455,7 +456,7 @@ class PostgresSessionStore(PostgresRuns):
             tool,
         )
 
-    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+    async def import_session(self, record: SessionRecord, items: builtins.list[TranscriptItem]) -> None:
         """Insert `record` (message_count recomputed from `items`) and its
         transcript in one statement. AlreadyExistsError if the id is taken;
         nothing is written then."""
@@ -494,7 +495,7 @@ class PostgresSessionStore(PostgresRuns):
         rows = await self._fetch(f"{SELECT_AGENT} WHERE name = $1", name)
         return agent_from_row(rows[0]) if rows else None
 
-    async def list_agents(self) -> list[AgentRecord]:
+    async def list_agents(self) -> builtins.list[AgentRecord]:
         return [agent_from_row(r) for r in await self._fetch(f"{SELECT_AGENT} ORDER BY name")]
 
     async def delete_agent(self, name: str) -> bool:

@@ -11,6 +11,7 @@ a write and always see committed data only. Schema and migrations: see
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import sqlite3
@@ -165,12 +166,12 @@ class SqliteSessionStore(SqliteRuns):
                     raise
                 await conn.execute("COMMIT")
 
-    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
+    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> builtins.list[Any]:
         conn = self._read_conn()
         with self._errors():
             return list(await conn.execute_fetchall(sql, params))
 
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Any]:
         """One statement in autocommit mode (atomic by itself)."""
         conn = self._write_conn()
         async with self._lock:
@@ -274,7 +275,7 @@ class SqliteSessionStore(SqliteRuns):
         state: SessionState | None,
         offset: int,
         limit: int,
-    ) -> list[SessionRecord]:
+    ) -> builtins.list[SessionRecord]:
         where, params = _filters(agent, created_by, state)
         rows = await self._read(
             f"{_SELECT}{where} ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
@@ -297,7 +298,7 @@ class SqliteSessionStore(SqliteRuns):
 
     # --- history ----------------------------------------------------------
 
-    async def _items_from(self, session_id: str, *, visible: bool) -> list[Any]:
+    async def _items_from(self, session_id: str, *, visible: bool) -> builtins.list[Any]:
         """(kind, payload, created_at) rows of the history (`visible`) or
         the whole transcript, in one statement (one snapshot); NotFound for
         an unknown session."""
@@ -315,7 +316,7 @@ class SqliteSessionStore(SqliteRuns):
             return []
         return rows
 
-    async def load_history(self, session_id: str) -> list[Message]:
+    async def load_history(self, session_id: str) -> builtins.list[Message]:
         return decode_rows(await self._items_from(session_id, visible=True), decode_visible)
 
     async def list_messages(
@@ -326,7 +327,7 @@ class SqliteSessionStore(SqliteRuns):
         *,
         newest_first: bool = False,
         max_bytes: int = 0,
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         # The history is the contiguous seq range [history_seq, next_seq):
         # a page is a range of the primary key, whatever the offset.
         if newest_first:
@@ -352,12 +353,12 @@ class SqliteSessionStore(SqliteRuns):
             await self._require(session_id)
         return decode_rows(rows, decode_visible)
 
-    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+    async def transcript(self, session_id: str) -> builtins.list[TranscriptItem]:
         return decode_rows(await self._items_from(session_id, visible=False), decode_item)
 
     async def transcript_page(
         self, session_id: str, offset: int, limit: int, *, max_bytes: int = 0
-    ) -> list[TranscriptItem]:
+    ) -> builtins.list[TranscriptItem]:
         sql = (
             f"SELECT {_ITEM_COLUMNS} FROM sessions s "
             "JOIN transcript_items i ON i.session_id = s.id "
@@ -370,7 +371,7 @@ class SqliteSessionStore(SqliteRuns):
             await self._require(session_id)
         return decode_rows(rows, decode_item)
 
-    async def _read_page(self, sql: str, params: dict[str, Any], max_bytes: int) -> list[Any]:
+    async def _read_page(self, sql: str, params: dict[str, Any], max_bytes: int) -> builtins.list[Any]:
         """The item rows of `sql`, only as many as fit in `max_bytes` of
         stored size (at least one) when it is > 0: read from one statement
         (one snapshot) in growing batches, so that rows past the budget are
@@ -378,7 +379,7 @@ class SqliteSessionStore(SqliteRuns):
         if max_bytes <= 0:
             return await self._read(sql, params)
         conn = self._read_conn()
-        rows: list[Any] = []
+        rows: builtins.list[Any] = []
         total, batch = 0, 8
         with self._errors():
             async with conn.execute(sql, params) as cursor:
@@ -439,7 +440,7 @@ class SqliteSessionStore(SqliteRuns):
             )
         return record
 
-    async def import_session(self, record: SessionRecord, items: list[TranscriptItem]) -> None:
+    async def import_session(self, record: SessionRecord, items: builtins.list[TranscriptItem]) -> None:
         """Insert `record` (message_count recomputed from `items`) and its
         transcript in one transaction. AlreadyExistsError if the id is
         taken; nothing is written then."""
@@ -477,7 +478,7 @@ class SqliteSessionStore(SqliteRuns):
         rows = await self._read(f"{SELECT_AGENT} WHERE name = ?", (name,))
         return agent_from_row(rows[0]) if rows else None
 
-    async def list_agents(self) -> list[AgentRecord]:
+    async def list_agents(self) -> builtins.list[AgentRecord]:
         return [agent_from_row(r) for r in await self._read(f"{SELECT_AGENT} ORDER BY name", ())]
 
     async def delete_agent(self, name: str) -> bool:
@@ -486,10 +487,10 @@ class SqliteSessionStore(SqliteRuns):
 
 
 
-def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, list[Any]]:
+def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, builtins.list[Any]]:
     """A WHERE clause for the non-empty `list` filters and its parameters."""
-    clauses: list[str] = []
-    params: list[Any] = []
+    clauses: builtins.list[str] = []
+    params: builtins.list[Any] = []
     for column, value in (
         ("agent", agent),
         ("created_by", created_by),

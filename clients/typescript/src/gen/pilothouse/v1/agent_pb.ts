@@ -14,11 +14,10 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/agent.proto.
  */
 export const file_pilothouse_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIrACCgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBCKpAQoFQWdlbnQSKgoGY29uZmlnGAEgASgLMhoucGlsb3Rob3VzZS52MS5BZ2VudENvbmZpZxIiCgV0b29scxgCIAMoCzITLnBpbG90aG91c2UudjEuVG9vbBIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc291cmNlGAQgASgJEg8KB3ZlcnNpb24YBSABKA0qaAoOQXBwcm92YWxQb2xpY3kSHwobQVBQUk9WQUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVQVBQUk9WQUxfUE9MSUNZX05FVkVSEAESGgoWQVBQUk9WQUxfUE9MSUNZX0FMV0FZUxACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
+  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIrAECgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBBIYCgt0ZW1wZXJhdHVyZRgNIAEoAUgAiAEBEhIKBXRvcF9wGA4gASgBSAGIAQESEgoKbWF4X3Rva2VucxgPIAEoDRIWCg5zdG9wX3NlcXVlbmNlcxgQIAMoCRIgChNwYXJhbGxlbF90b29sX2NhbGxzGBEgASgISAKIAQESOAoQcmVhc29uaW5nX2VmZm9ydBgSIAEoDjIeLnBpbG90aG91c2UudjEuUmVhc29uaW5nRWZmb3J0EhYKDmZhbGxiYWNrX21vZGVsGBMgASgJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHMisAIKDk1vZGVsT3ZlcnJpZGVzEg0KBW1vZGVsGAEgASgJEhMKC3Rvb2xfY2hvaWNlGAIgASgJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESEgoFdG9wX3AYBCABKAFIAYgBARIXCgptYXhfdG9rZW5zGAUgASgNSAKIAQESFgoOc3RvcF9zZXF1ZW5jZXMYBiADKAkSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgHIAEoCEgDiAEBEjgKEHJlYXNvbmluZ19lZmZvcnQYCCABKA4yHi5waWxvdGhvdXNlLnYxLlJlYXNvbmluZ0VmZm9ydEIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQg0KC19tYXhfdG9rZW5zQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqkBCgVBZ2VudBIqCgZjb25maWcYASABKAsyGi5waWxvdGhvdXNlLnYxLkFnZW50Q29uZmlnEiIKBXRvb2xzGAIgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBCABKAkSDwoHdmVyc2lvbhgFIAEoDSqgAQoPUmVhc29uaW5nRWZmb3J0EiAKHFJFQVNPTklOR19FRkZPUlRfVU5TUEVDSUZJRUQQABIZChVSRUFTT05JTkdfRUZGT1JUX05PTkUQARIYChRSRUFTT05JTkdfRUZGT1JUX0xPVxACEhsKF1JFQVNPTklOR19FRkZPUlRfTUVESVVNEAMSGQoVUkVBU09OSU5HX0VGRk9SVF9ISUdIEAQqaAoOQXBwcm92YWxQb2xpY3kSHwobQVBQUk9WQUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVQVBQUk9WQUxfUE9MSUNZX05FVkVSEAESGgoWQVBQUk9WQUxfUE9MSUNZX0FMV0FZUxACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
 
 /**
- * AgentConfig is the immutable definition an agent is built from
- * (seed 000 `AgentConfig`).
+ * AgentConfig is the immutable definition an agent is built from.
  *
  * @generated from message pilothouse.v1.AgentConfig
  */
@@ -45,8 +44,11 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
   systemPrompt: string;
 
   /**
-   * Model name sent to the Chat Completions endpoint. Empty means the
-   * server's default model.
+   * The model: "provider/model" for a provider named in the server's
+   * `[[providers]]` settings ("default/model" for the default provider), or
+   * a model name of the default provider. Empty means the server's default
+   * model. A name whose provider is not configured fails CreateAgent with
+   * FAILED_PRECONDITION (ErrorInfo reason UNKNOWN_MODEL_PROVIDER).
    *
    * @generated from field: string model = 4;
    */
@@ -77,8 +79,8 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
   toolChoice: string;
 
   /**
-   * Ask the model to reason before answering (sent as
-   * `reasoning_effort: "high"`, as the seed does).
+   * Ask the model to reason before answering: the older spelling of
+   * `reasoning_effort = REASONING_EFFORT_HIGH`, used when that is unset.
    *
    * @generated from field: bool thinking = 8;
    */
@@ -114,6 +116,62 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
    * @generated from field: uint64 context_window = 12;
    */
   contextWindow: bigint;
+
+  /**
+   * Sampling temperature, 0 to 2 (Anthropic accepts 0 to 1); unset: the
+   * provider's default.
+   *
+   * @generated from field: optional double temperature = 13;
+   */
+  temperature?: number | undefined;
+
+  /**
+   * Nucleus sampling, 0 to 1; unset: the provider's default.
+   *
+   * @generated from field: optional double top_p = 14;
+   */
+  topP?: number | undefined;
+
+  /**
+   * The most tokens one model round may generate; 0: the provider's
+   * default (4096 for Anthropic, which requires a value, plus the thinking
+   * budget).
+   *
+   * @generated from field: uint32 max_tokens = 15;
+   */
+  maxTokens: number;
+
+  /**
+   * Sequences that end the answer when generated (at most 16).
+   *
+   * @generated from field: repeated string stop_sequences = 16;
+   */
+  stopSequences: string[];
+
+  /**
+   * False asks the model for at most one tool call per round; unset: the
+   * provider's default (parallel calls allowed).
+   *
+   * @generated from field: optional bool parallel_tool_calls = 17;
+   */
+  parallelToolCalls?: boolean | undefined;
+
+  /**
+   * How hard the model reasons before answering (OpenAI-compatible:
+   * `reasoning_effort`; Anthropic: an extended-thinking budget of 1024,
+   * 4096 or 16384 tokens).
+   *
+   * @generated from field: pilothouse.v1.ReasoningEffort reasoning_effort = 18;
+   */
+  reasoningEffort: ReasoningEffort;
+
+  /**
+   * The model a run switches to when its own keeps failing mid-stream
+   * (same form as `model`); empty: none.
+   *
+   * @generated from field: string fallback_model = 19;
+   */
+  fallbackModel: string;
 };
 
 /**
@@ -122,6 +180,79 @@ export type AgentConfig = Message<"pilothouse.v1.AgentConfig"> & {
  */
 export const AgentConfigSchema: GenMessage<AgentConfig> = /*@__PURE__*/
   messageDesc(file_pilothouse_v1_agent, 0);
+
+/**
+ * ModelOverrides changes an agent's model settings for one run; every
+ * unset field keeps the agent's value.
+ *
+ * @generated from message pilothouse.v1.ModelOverrides
+ */
+export type ModelOverrides = Message<"pilothouse.v1.ModelOverrides"> & {
+  /**
+   * The model for this run (same form as `AgentConfig.model`); empty: the
+   * agent's.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * `tool_choice` for this run: "auto", "none", "required" or one of the
+   * agent's tools; empty: the agent's.
+   *
+   * @generated from field: string tool_choice = 2;
+   */
+  toolChoice: string;
+
+  /**
+   * Sampling temperature, 0 to 2.
+   *
+   * @generated from field: optional double temperature = 3;
+   */
+  temperature?: number | undefined;
+
+  /**
+   * Nucleus sampling, 0 to 1.
+   *
+   * @generated from field: optional double top_p = 4;
+   */
+  topP?: number | undefined;
+
+  /**
+   * The most tokens one model round may generate.
+   *
+   * @generated from field: optional uint32 max_tokens = 5;
+   */
+  maxTokens?: number | undefined;
+
+  /**
+   * Stop sequences for this run; empty: the agent's.
+   *
+   * @generated from field: repeated string stop_sequences = 6;
+   */
+  stopSequences: string[];
+
+  /**
+   * Whether the model may make several tool calls per round.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 7;
+   */
+  parallelToolCalls?: boolean | undefined;
+
+  /**
+   * Reasoning effort for this run; unspecified: the agent's.
+   *
+   * @generated from field: pilothouse.v1.ReasoningEffort reasoning_effort = 8;
+   */
+  reasoningEffort: ReasoningEffort;
+};
+
+/**
+ * Describes the message pilothouse.v1.ModelOverrides.
+ * Use `create(ModelOverridesSchema)` to create a new message.
+ */
+export const ModelOverridesSchema: GenMessage<ModelOverrides> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent, 1);
 
 /**
  * Agent is a registered agent: its config plus the snapshot of the tool
@@ -173,7 +304,55 @@ export type Agent = Message<"pilothouse.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_agent, 1);
+  messageDesc(file_pilothouse_v1_agent, 2);
+
+/**
+ * How hard the model reasons before it answers.
+ *
+ * @generated from enum pilothouse.v1.ReasoningEffort
+ */
+export enum ReasoningEffort {
+  /**
+   * The provider's default (or high when `thinking` is set).
+   *
+   * @generated from enum value: REASONING_EFFORT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No reasoning asked for (an override can turn an agent's off).
+   *
+   * @generated from enum value: REASONING_EFFORT_NONE = 1;
+   */
+  NONE = 1,
+
+  /**
+   * A little reasoning.
+   *
+   * @generated from enum value: REASONING_EFFORT_LOW = 2;
+   */
+  LOW = 2,
+
+  /**
+   * Some reasoning.
+   *
+   * @generated from enum value: REASONING_EFFORT_MEDIUM = 3;
+   */
+  MEDIUM = 3,
+
+  /**
+   * Much reasoning.
+   *
+   * @generated from enum value: REASONING_EFFORT_HIGH = 4;
+   */
+  HIGH = 4,
+}
+
+/**
+ * Describes the enum pilothouse.v1.ReasoningEffort.
+ */
+export const ReasoningEffortSchema: GenEnum<ReasoningEffort> = /*@__PURE__*/
+  enumDesc(file_pilothouse_v1_agent, 0);
 
 /**
  * Which tool calls need approval.
@@ -208,5 +387,5 @@ export enum ApprovalPolicy {
  * Describes the enum pilothouse.v1.ApprovalPolicy.
  */
 export const ApprovalPolicySchema: GenEnum<ApprovalPolicy> = /*@__PURE__*/
-  enumDesc(file_pilothouse_v1_agent, 0);
+  enumDesc(file_pilothouse_v1_agent, 1);
 

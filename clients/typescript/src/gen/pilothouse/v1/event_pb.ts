@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/event.proto.
  */
 export const file_pilothouse_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChlwaWxvdGhvdXNlL3YxL2V2ZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIoABCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgEEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgEEhQKDHRvdGFsX3Rva2VucxgDIAEoBBIVCg1jYWNoZWRfdG9rZW5zGAQgASgEEhgKEHJlYXNvbmluZ190b2tlbnMYBSABKAQibgoKVG9vbFJlc3VsdBIPCgdjYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoGb3V0cHV0GAMgASgJSAASDwoFZXJyb3IYBCABKAlIABITCgtkdXJhdGlvbl9tcxgFIAEoBEIJCgdvdXRjb21lIs4BCglBZ2VudFN0ZXASJwoHbWVzc2FnZRgBIAEoCzIWLnBpbG90aG91c2UudjEuTWVzc2FnZRIjCgV1c2FnZRgCIAEoCzIULnBpbG90aG91c2UudjEuVXNhZ2USFQoNZmluaXNoX3JlYXNvbhgDIAEoCRIrCgp0b29sX2NhbGxzGAQgAygLMhcucGlsb3Rob3VzZS52MS5Ub29sQ2FsbBIvCgx0b29sX3Jlc3VsdHMYBSADKAsyGS5waWxvdGhvdXNlLnYxLlRvb2xSZXN1bHQijwIKDUFnZW50UmVzcG9uc2USFgoOZmluYWxfcmVzcG9uc2UYASABKAkSEgoKaXRlcmF0aW9ucxgCIAEoDRIuCgtzdG9wX3JlYXNvbhgDIAEoDjIZLnBpbG90aG91c2UudjEuU3RvcFJlYXNvbhINCgVlcnJvchgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLnBpbG90aG91c2UudjEuQWdlbnRTdGVwEg0KBW1vZGVsGAYgASgJEiMKBXVzYWdlGAcgASgLMhQucGlsb3Rob3VzZS52MS5Vc2FnZRI2ChJ1bmFwcGxpZWRfc3RlZXJpbmcYCCADKAsyGi5waWxvdGhvdXNlLnYxLlVzZXJTdGVlcmVkIksKClJ1blN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHY29udGVudBgDIAEoCRIOCgZzZW5kZXIYBCABKAkiCwoJVGV4dFN0YXJ0IhkKCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJIgkKB1RleHRFbmQiDwoNVGhpbmtpbmdTdGFydCIdCg1UaGlua2luZ0RlbHRhEgwKBHRleHQYASABKAkiDQoLVGhpbmtpbmdFbmQiPQoOVG9vbENhbGxzQmVnaW4SKwoKdG9vbF9jYWxscxgBIAMoCzIXLnBpbG90aG91c2UudjEuVG9vbENhbGwiPQoOVG9vbENhbGxzU3RhcnQSKwoKdG9vbF9jYWxscxgBIAMoCzIXLnBpbG90aG91c2UudjEuVG9vbENhbGwiEwoRVG9vbENhbGxzQ29tcGxldGUiLgoLVXNlclN0ZWVyZWQSDwoHY29udGVudBgBIAEoCRIOCgZzZW5kZXIYAiABKAkiRwoNVXNhZ2VSZXBvcnRlZBIRCglpdGVyYXRpb24YASABKA0SIwoFdXNhZ2UYAiABKAsyFC5waWxvdGhvdXNlLnYxLlVzYWdlIpMBChBBcHByb3ZhbFJlcXVpcmVkEhIKCnJlcXVlc3RfaWQYASABKAkSKgoJdG9vbF9jYWxsGAIgASgLMhcucGlsb3Rob3VzZS52MS5Ub29sQ2FsbBIOCgZyZWFzb24YAyABKAkSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo0BCg1RdWVzdGlvbkFza2VkEhIKCnJlcXVlc3RfaWQYASABKAkSEAoIcXVlc3Rpb24YAiABKAkSDwoHb3B0aW9ucxgDIAMoCRIUCgxtdWx0aV9zZWxlY3QYBCABKAgSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKD0RlY2lzaW9uQXBwbGllZBISCgpyZXF1ZXN0X2lkGAEgASgJEikKCGRlY2lzaW9uGAIgASgLMhcucGlsb3Rob3VzZS52MS5EZWNpc2lvbiJ/CghEZWNpc2lvbhISCgpyZXF1ZXN0X2lkGAEgASgJEicKB3ZlcmRpY3QYAiABKA4yFi5waWxvdGhvdXNlLnYxLlZlcmRpY3QSDgoGcmVhc29uGAMgASgJEhgKEHNlbGVjdGVkX29wdGlvbnMYBCADKAkSDAoEdGV4dBgFIAEoCSILCglIZWFydGJlYXQiHQoJUnVuUXVldWVkEhAKCHBvc2l0aW9uGAEgASgNImcKDENvbnRleHRVc2FnZRIfChdlc3RpbWF0ZWRfcHJvbXB0X3Rva2VucxgBIAEoBBIeChZyZXBvcnRlZF9wcm9tcHRfdG9rZW5zGAIgASgEEhYKDmNvbnRleHRfd2luZG93GAMgASgEIhwKCUNvbXBhY3RlZBIPCgdzdW1tYXJ5GAEgASgJIscJCgpBZ2VudEV2ZW50EhIKCnNlc3Npb25faWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhAKCHNlcXVlbmNlGAMgASgEEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKC3J1bl9zdGFydGVkGAogASgLMhkucGlsb3Rob3VzZS52MS5SdW5TdGFydGVkSAASLgoKdGV4dF9zdGFydBgLIAEoCzIYLnBpbG90aG91c2UudjEuVGV4dFN0YXJ0SAASLgoKdGV4dF9kZWx0YRgMIAEoCzIYLnBpbG90aG91c2UudjEuVGV4dERlbHRhSAASKgoIdGV4dF9lbmQYDSABKAsyFi5waWxvdGhvdXNlLnYxLlRleHRFbmRIABI2Cg50aGlua2luZ19zdGFydBgOIAEoCzIcLnBpbG90aG91c2UudjEuVGhpbmtpbmdTdGFydEgAEjYKDnRoaW5raW5nX2RlbHRhGA8gASgLMhwucGlsb3Rob3VzZS52MS5UaGlua2luZ0RlbHRhSAASMgoMdGhpbmtpbmdfZW5kGBAgASgLMhoucGlsb3Rob3VzZS52MS5UaGlua2luZ0VuZEgAEjkKEHRvb2xfY2FsbHNfYmVnaW4YESABKAsyHS5waWxvdGhvdXNlLnYxLlRvb2xDYWxsc0JlZ2luSAASOQoQdG9vbF9jYWxsc19zdGFydBgSIAEoCzIdLnBpbG90aG91c2UudjEuVG9vbENhbGxzU3RhcnRIABIwCgt0b29sX3Jlc3VsdBgTIAEoCzIZLnBpbG90aG91c2UudjEuVG9vbFJlc3VsdEgAEj8KE3Rvb2xfY2FsbHNfY29tcGxldGUYFCABKAsyIC5waWxvdGhvdXNlLnYxLlRvb2xDYWxsc0NvbXBsZXRlSAASMgoMdXNlcl9zdGVlcmVkGBUgASgLMhoucGlsb3Rob3VzZS52MS5Vc2VyU3RlZXJlZEgAEi0KBXVzYWdlGBYgASgLMhwucGlsb3Rob3VzZS52MS5Vc2FnZVJlcG9ydGVkSAASLAoEZG9uZRgXIAEoCzIcLnBpbG90aG91c2UudjEuQWdlbnRSZXNwb25zZUgAEjwKEWFwcHJvdmFsX3JlcXVpcmVkGBggASgLMh8ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFJlcXVpcmVkSAASNgoOcXVlc3Rpb25fYXNrZWQYGSABKAsyHC5waWxvdGhvdXNlLnYxLlF1ZXN0aW9uQXNrZWRIABI6ChBkZWNpc2lvbl9hcHBsaWVkGBogASgLMh4ucGlsb3Rob3VzZS52MS5EZWNpc2lvbkFwcGxpZWRIABItCgloZWFydGJlYXQYGyABKAsyGC5waWxvdGhvdXNlLnYxLkhlYXJ0YmVhdEgAEi4KCnJ1bl9xdWV1ZWQYHCABKAsyGC5waWxvdGhvdXNlLnYxLlJ1blF1ZXVlZEgAEjQKDWNvbnRleHRfdXNhZ2UYHSABKAsyGy5waWxvdGhvdXNlLnYxLkNvbnRleHRVc2FnZUgAEi0KCWNvbXBhY3RlZBgeIAEoCzIYLnBpbG90aG91c2UudjEuQ29tcGFjdGVkSABCBwoFZXZlbnQqjAIKClN0b3BSZWFzb24SGwoXU1RPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlTVE9QX1JFQVNPTl9URVhUX1JFU1BPTlNFEAESHgoaU1RPUF9SRUFTT05fTUFYX0lURVJBVElPTlMQAhIZChVTVE9QX1JFQVNPTl9OT19BQ1RJT04QAxIVChFTVE9QX1JFQVNPTl9FUlJPUhAEEhkKFVNUT1BfUkVBU09OX0NBTkNFTExFRBAFEhcKE1NUT1BfUkVBU09OX1RJTUVPVVQQBhIfChtTVE9QX1JFQVNPTl9CVURHRVRfRVhDRUVERUQQBxIbChdTVE9QX1JFQVNPTl9JTlRFUlJVUFRFRBAIKmUKB1ZlcmRpY3QSFwoTVkVSRElDVF9VTlNQRUNJRklFRBAAEhMKD1ZFUkRJQ1RfQVBQUk9WRRABEhAKDFZFUkRJQ1RfREVOWRACEhoKFlZFUkRJQ1RfQVBQUk9WRV9BTFdBWVMQA2IGcHJvdG8z", [file_google_protobuf_timestamp, file_pilothouse_v1_message, file_pilothouse_v1_tool]);
+  fileDesc("ChlwaWxvdGhvdXNlL3YxL2V2ZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIpwBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgEEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgEEhQKDHRvdGFsX3Rva2VucxgDIAEoBBIVCg1jYWNoZWRfdG9rZW5zGAQgASgEEhgKEHJlYXNvbmluZ190b2tlbnMYBSABKAQSGgoSY2FjaGVfd3JpdGVfdG9rZW5zGAYgASgEIm4KClRvb2xSZXN1bHQSDwoHY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKBm91dHB1dBgDIAEoCUgAEg8KBWVycm9yGAQgASgJSAASEwoLZHVyYXRpb25fbXMYBSABKARCCQoHb3V0Y29tZSLOAQoJQWdlbnRTdGVwEicKB21lc3NhZ2UYASABKAsyFi5waWxvdGhvdXNlLnYxLk1lc3NhZ2USIwoFdXNhZ2UYAiABKAsyFC5waWxvdGhvdXNlLnYxLlVzYWdlEhUKDWZpbmlzaF9yZWFzb24YAyABKAkSKwoKdG9vbF9jYWxscxgEIAMoCzIXLnBpbG90aG91c2UudjEuVG9vbENhbGwSLwoMdG9vbF9yZXN1bHRzGAUgAygLMhkucGlsb3Rob3VzZS52MS5Ub29sUmVzdWx0Io8CCg1BZ2VudFJlc3BvbnNlEhYKDmZpbmFsX3Jlc3BvbnNlGAEgASgJEhIKCml0ZXJhdGlvbnMYAiABKA0SLgoLc3RvcF9yZWFzb24YAyABKA4yGS5waWxvdGhvdXNlLnYxLlN0b3BSZWFzb24SDQoFZXJyb3IYBCABKAkSJwoFc3RlcHMYBSADKAsyGC5waWxvdGhvdXNlLnYxLkFnZW50U3RlcBINCgVtb2RlbBgGIAEoCRIjCgV1c2FnZRgHIAEoCzIULnBpbG90aG91c2UudjEuVXNhZ2USNgoSdW5hcHBsaWVkX3N0ZWVyaW5nGAggAygLMhoucGlsb3Rob3VzZS52MS5Vc2VyU3RlZXJlZCJLCgpSdW5TdGFydGVkEg0KBWFnZW50GAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2NvbnRlbnQYAyABKAkSDgoGc2VuZGVyGAQgASgJIgsKCVRleHRTdGFydCIZCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCSIJCgdUZXh0RW5kIg8KDVRoaW5raW5nU3RhcnQiHQoNVGhpbmtpbmdEZWx0YRIMCgR0ZXh0GAEgASgJIg0KC1RoaW5raW5nRW5kIj0KDlRvb2xDYWxsc0JlZ2luEisKCnRvb2xfY2FsbHMYASADKAsyFy5waWxvdGhvdXNlLnYxLlRvb2xDYWxsIj0KDlRvb2xDYWxsc1N0YXJ0EisKCnRvb2xfY2FsbHMYASADKAsyFy5waWxvdGhvdXNlLnYxLlRvb2xDYWxsIhMKEVRvb2xDYWxsc0NvbXBsZXRlIi4KC1VzZXJTdGVlcmVkEg8KB2NvbnRlbnQYASABKAkSDgoGc2VuZGVyGAIgASgJIkcKDVVzYWdlUmVwb3J0ZWQSEQoJaXRlcmF0aW9uGAEgASgNEiMKBXVzYWdlGAIgASgLMhQucGlsb3Rob3VzZS52MS5Vc2FnZSKTAQoQQXBwcm92YWxSZXF1aXJlZBISCgpyZXF1ZXN0X2lkGAEgASgJEioKCXRvb2xfY2FsbBgCIAEoCzIXLnBpbG90aG91c2UudjEuVG9vbENhbGwSDgoGcmVhc29uGAMgASgJEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKNAQoNUXVlc3Rpb25Bc2tlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCHF1ZXN0aW9uGAIgASgJEg8KB29wdGlvbnMYAyADKAkSFAoMbXVsdGlfc2VsZWN0GAQgASgIEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJQCg9EZWNpc2lvbkFwcGxpZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRIpCghkZWNpc2lvbhgCIAEoCzIXLnBpbG90aG91c2UudjEuRGVjaXNpb24ingEKCERlY2lzaW9uEhIKCnJlcXVlc3RfaWQYASABKAkSJwoHdmVyZGljdBgCIAEoDjIWLnBpbG90aG91c2UudjEuVmVyZGljdBIOCgZyZWFzb24YAyABKAkSGAoQc2VsZWN0ZWRfb3B0aW9ucxgEIAMoCRIMCgR0ZXh0GAUgASgJEh0KFWVkaXRlZF9hcmd1bWVudHNfanNvbhgGIAEoCSILCglIZWFydGJlYXQiHQoJUnVuUXVldWVkEhAKCHBvc2l0aW9uGAEgASgNImcKDENvbnRleHRVc2FnZRIfChdlc3RpbWF0ZWRfcHJvbXB0X3Rva2VucxgBIAEoBBIeChZyZXBvcnRlZF9wcm9tcHRfdG9rZW5zGAIgASgEEhYKDmNvbnRleHRfd2luZG93GAMgASgEIhwKCUNvbXBhY3RlZBIPCgdzdW1tYXJ5GAEgASgJIksKClJ1blJlc3VtZWQSDwoHYXR0ZW1wdBgBIAEoDRIcChRsYXN0X3N0b3JlZF9zZXF1ZW5jZRgCIAEoBBIOCgZyZWFzb24YAyABKAkiTAoMUm91bmRSZXRyaWVkEg8KB2F0dGVtcHQYASABKA0SDQoFY2F1c2UYAiABKAkSDQoFZXJyb3IYAyABKAkSDQoFbW9kZWwYBCABKAkirwoKCkFnZW50RXZlbnQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoLcnVuX3N0YXJ0ZWQYCiABKAsyGS5waWxvdGhvdXNlLnYxLlJ1blN0YXJ0ZWRIABIuCgp0ZXh0X3N0YXJ0GAsgASgLMhgucGlsb3Rob3VzZS52MS5UZXh0U3RhcnRIABIuCgp0ZXh0X2RlbHRhGAwgASgLMhgucGlsb3Rob3VzZS52MS5UZXh0RGVsdGFIABIqCgh0ZXh0X2VuZBgNIAEoCzIWLnBpbG90aG91c2UudjEuVGV4dEVuZEgAEjYKDnRoaW5raW5nX3N0YXJ0GA4gASgLMhwucGlsb3Rob3VzZS52MS5UaGlua2luZ1N0YXJ0SAASNgoOdGhpbmtpbmdfZGVsdGEYDyABKAsyHC5waWxvdGhvdXNlLnYxLlRoaW5raW5nRGVsdGFIABIyCgx0aGlua2luZ19lbmQYECABKAsyGi5waWxvdGhvdXNlLnYxLlRoaW5raW5nRW5kSAASOQoQdG9vbF9jYWxsc19iZWdpbhgRIAEoCzIdLnBpbG90aG91c2UudjEuVG9vbENhbGxzQmVnaW5IABI5ChB0b29sX2NhbGxzX3N0YXJ0GBIgASgLMh0ucGlsb3Rob3VzZS52MS5Ub29sQ2FsbHNTdGFydEgAEjAKC3Rvb2xfcmVzdWx0GBMgASgLMhkucGlsb3Rob3VzZS52MS5Ub29sUmVzdWx0SAASPwoTdG9vbF9jYWxsc19jb21wbGV0ZRgUIAEoCzIgLnBpbG90aG91c2UudjEuVG9vbENhbGxzQ29tcGxldGVIABIyCgx1c2VyX3N0ZWVyZWQYFSABKAsyGi5waWxvdGhvdXNlLnYxLlVzZXJTdGVlcmVkSAASLQoFdXNhZ2UYFiABKAsyHC5waWxvdGhvdXNlLnYxLlVzYWdlUmVwb3J0ZWRIABIsCgRkb25lGBcgASgLMhwucGlsb3Rob3VzZS52MS5BZ2VudFJlc3BvbnNlSAASPAoRYXBwcm92YWxfcmVxdWlyZWQYGCABKAsyHy5waWxvdGhvdXNlLnYxLkFwcHJvdmFsUmVxdWlyZWRIABI2Cg5xdWVzdGlvbl9hc2tlZBgZIAEoCzIcLnBpbG90aG91c2UudjEuUXVlc3Rpb25Bc2tlZEgAEjoKEGRlY2lzaW9uX2FwcGxpZWQYGiABKAsyHi5waWxvdGhvdXNlLnYxLkRlY2lzaW9uQXBwbGllZEgAEi0KCWhlYXJ0YmVhdBgbIAEoCzIYLnBpbG90aG91c2UudjEuSGVhcnRiZWF0SAASLgoKcnVuX3F1ZXVlZBgcIAEoCzIYLnBpbG90aG91c2UudjEuUnVuUXVldWVkSAASNAoNY29udGV4dF91c2FnZRgdIAEoCzIbLnBpbG90aG91c2UudjEuQ29udGV4dFVzYWdlSAASLQoJY29tcGFjdGVkGB4gASgLMhgucGlsb3Rob3VzZS52MS5Db21wYWN0ZWRIABIwCgtydW5fcmVzdW1lZBgfIAEoCzIZLnBpbG90aG91c2UudjEuUnVuUmVzdW1lZEgAEjQKDXJvdW5kX3JldHJpZWQYICABKAsyGy5waWxvdGhvdXNlLnYxLlJvdW5kUmV0cmllZEgAQgcKBWV2ZW50KowCCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZU1RPUF9SRUFTT05fVEVYVF9SRVNQT05TRRABEh4KGlNUT1BfUkVBU09OX01BWF9JVEVSQVRJT05TEAISGQoVU1RPUF9SRUFTT05fTk9fQUNUSU9OEAMSFQoRU1RPUF9SRUFTT05fRVJST1IQBBIZChVTVE9QX1JFQVNPTl9DQU5DRUxMRUQQBRIXChNTVE9QX1JFQVNPTl9USU1FT1VUEAYSHwobU1RPUF9SRUFTT05fQlVER0VUX0VYQ0VFREVEEAcSGwoXU1RPUF9SRUFTT05fSU5URVJSVVBURUQQCCplCgdWZXJkaWN0EhcKE1ZFUkRJQ1RfVU5TUEVDSUZJRUQQABITCg9WRVJESUNUX0FQUFJPVkUQARIQCgxWRVJESUNUX0RFTlkQAhIaChZWRVJESUNUX0FQUFJPVkVfQUxXQVlTEANiBnByb3RvMw", [file_google_protobuf_timestamp, file_pilothouse_v1_message, file_pilothouse_v1_tool]);
 
 /**
  * Token usage, with the Chat Completions `usage` names.
@@ -60,6 +60,14 @@ export type Usage = Message<"pilothouse.v1.Usage"> & {
    * @generated from field: uint64 reasoning_tokens = 5;
    */
   reasoningTokens: bigint;
+
+  /**
+   * Prompt tokens written to the provider's cache (Anthropic's
+   * `cache_creation_input_tokens`); part of `prompt_tokens`.
+   *
+   * @generated from field: uint64 cache_write_tokens = 6;
+   */
+  cacheWriteTokens: bigint;
 };
 
 /**
@@ -515,7 +523,9 @@ export const UsageReportedSchema: GenMessage<UsageReported> = /*@__PURE__*/
  */
 export type ApprovalRequired = Message<"pilothouse.v1.ApprovalRequired"> & {
   /**
-   * Id to answer with (`Decision.request_id`); the tool call's id.
+   * Id to answer with (`Decision.request_id`): made by the server, unique
+   * within the run, the same when the request is asked again after a
+   * resume. `tool_call.id` names the call.
    *
    * @generated from field: string request_id = 1;
    */
@@ -669,6 +679,14 @@ export type Decision = Message<"pilothouse.v1.Decision"> & {
    * @generated from field: string text = 5;
    */
   text: string;
+
+  /**
+   * With an approval: the arguments (a JSON object) to run the call with
+   * instead of the model's; the stored call shows them.
+   *
+   * @generated from field: string edited_arguments_json = 6;
+   */
+  editedArgumentsJson: string;
 };
 
 /**
@@ -772,6 +790,92 @@ export type Compacted = Message<"pilothouse.v1.Compacted"> & {
  */
 export const CompactedSchema: GenMessage<Compacted> = /*@__PURE__*/
   messageDesc(file_pilothouse_v1_event, 23);
+
+/**
+ * RunResumed: the run was taken over after its replica stopped (a crash,
+ * or a drain that handed it over) and goes on from its last checkpoint.
+ * Events of the earlier attempt after `last_stored_sequence` that a
+ * client may have seen are void: drop them. The events that follow
+ * restate the round in progress (tool_calls_start, the results already
+ * known, pending approvals and questions with their ids), or the
+ * interrupted model round is made again.
+ *
+ * @generated from message pilothouse.v1.RunResumed
+ */
+export type RunResumed = Message<"pilothouse.v1.RunResumed"> & {
+  /**
+   * How many times the run was taken over, from 1.
+   *
+   * @generated from field: uint32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * The last event stored before the takeover.
+   *
+   * @generated from field: uint64 last_stored_sequence = 2;
+   */
+  lastStoredSequence: bigint;
+
+  /**
+   * "lease_expired" (its replica died) or "handover" (it drained).
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.RunResumed.
+ * Use `create(RunResumedSchema)` to create a new message.
+ */
+export const RunResumedSchema: GenMessage<RunResumed> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_event, 24);
+
+/**
+ * RoundRetried: the model's stream failed after it began and the round is
+ * made again; drop the text and thinking of the failed attempt.
+ *
+ * @generated from message pilothouse.v1.RoundRetried
+ */
+export type RoundRetried = Message<"pilothouse.v1.RoundRetried"> & {
+  /**
+   * Retries of this round so far, from 1.
+   *
+   * @generated from field: uint32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * What failed, in a word ("connection_reset", "idle_timeout",
+   * "server_error", "error_event", ...).
+   *
+   * @generated from field: string cause = 2;
+   */
+  cause: string;
+
+  /**
+   * The failure, as the provider reported it.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+
+  /**
+   * The model the retry uses (the agent's fallback model once the
+   * retries on its model ran out).
+   *
+   * @generated from field: string model = 4;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.RoundRetried.
+ * Use `create(RoundRetriedSchema)` to create a new message.
+ */
+export const RoundRetriedSchema: GenMessage<RoundRetried> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_event, 25);
 
 /**
  * AgentEvent is one event of a run. Events of a run have increasing
@@ -981,6 +1085,22 @@ export type AgentEvent = Message<"pilothouse.v1.AgentEvent"> & {
      */
     value: Compacted;
     case: "compacted";
+  } | {
+    /**
+     * The run was taken over and resumes.
+     *
+     * @generated from field: pilothouse.v1.RunResumed run_resumed = 31;
+     */
+    value: RunResumed;
+    case: "runResumed";
+  } | {
+    /**
+     * A model round is made again after its stream failed.
+     *
+     * @generated from field: pilothouse.v1.RoundRetried round_retried = 32;
+     */
+    value: RoundRetried;
+    case: "roundRetried";
   } | { case: undefined; value?: undefined };
 };
 
@@ -989,7 +1109,7 @@ export type AgentEvent = Message<"pilothouse.v1.AgentEvent"> & {
  * Use `create(AgentEventSchema)` to create a new message.
  */
 export const AgentEventSchema: GenMessage<AgentEvent> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_event, 24);
+  messageDesc(file_pilothouse_v1_event, 26);
 
 /**
  * Why a run ended (seed 003 `AgentStopReason`).

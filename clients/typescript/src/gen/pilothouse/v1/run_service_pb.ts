@@ -4,9 +4,11 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { AgentEvent, AgentResponse, Decision, StopReason } from "./event_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ModelOverrides } from "./agent_pb.js";
+import { file_pilothouse_v1_agent } from "./agent_pb.js";
+import type { AgentEvent, AgentResponse, Decision, StopReason, Usage } from "./event_pb.js";
 import { file_pilothouse_v1_event } from "./event_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +16,148 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/run_service.proto.
  */
 export const file_pilothouse_v1_run_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9waWxvdGhvdXNlL3YxL3J1bl9zZXJ2aWNlLnByb3RvEg1waWxvdGhvdXNlLnYxIt8CCgpSdW5PcHRpb25zEjYKDW9uX2Rpc2Nvbm5lY3QYASABKA4yHy5waWxvdGhvdXNlLnYxLkRpc2Nvbm5lY3RQb2xpY3kSMQoJaWZfYWN0aXZlGAIgASgOMh4ucGlsb3Rob3VzZS52MS5BY3RpdmVSdW5Qb2xpY3kSOAoNbGF0ZV9zdGVlcmluZxgDIAEoDjIhLnBpbG90aG91c2UudjEuTGF0ZVN0ZWVyaW5nUG9saWN5EioKB3RpbWVvdXQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMdG9rZW5fYnVkZ2V0GAUgASgEEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIzChBkZWNpc2lvbl90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInAKDVNlbmRUb1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEg4KBnNlbmRlchgDIAEoCRIqCgdvcHRpb25zGAQgASgLMhkucGlsb3Rob3VzZS52MS5SdW5PcHRpb25zIlAKDlNlbmRUb1Jlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCRIuCghyZXNwb25zZRgCIAEoCzIcLnBpbG90aG91c2UudjEuQWdlbnRSZXNwb25zZSJyCg9TdHJlYW1Ub1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEg4KBnNlbmRlchgDIAEoCRIqCgdvcHRpb25zGAQgASgLMhkucGlsb3Rob3VzZS52MS5SdW5PcHRpb25zIjwKEFN0cmVhbVRvUmVzcG9uc2USKAoFZXZlbnQYASABKAsyGS5waWxvdGhvdXNlLnYxLkFnZW50RXZlbnQiawoIU3RhcnRSdW4SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEg4KBnNlbmRlchgDIAEoCRIqCgdvcHRpb25zGAQgASgLMhkucGlsb3Rob3VzZS52MS5SdW5PcHRpb25zIn4KCUF0dGFjaFJ1bhISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgDIAEoBBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iGwoJQ2FuY2VsUnVuEg4KBnJlYXNvbhgBIAEoCSItCgpTdGVlcklucHV0Eg8KB2NvbnRlbnQYASABKAkSDgoGc2VuZGVyGAIgASgJIvMBCgxTdGVlclJlcXVlc3QSKAoFc3RhcnQYASABKAsyFy5waWxvdGhvdXNlLnYxLlN0YXJ0UnVuSAASKgoFc3RlZXIYAiABKAsyGS5waWxvdGhvdXNlLnYxLlN0ZWVySW5wdXRIABIqCgZhdHRhY2gYAyABKAsyGC5waWxvdGhvdXNlLnYxLkF0dGFjaFJ1bkgAEioKBmNhbmNlbBgEIAEoCzIYLnBpbG90aG91c2UudjEuQ2FuY2VsUnVuSAASKwoIZGVjaXNpb24YBSABKAsyFy5waWxvdGhvdXNlLnYxLkRlY2lzaW9uSABCCAoGYWN0aW9uIjkKDVN0ZWVyUmVzcG9uc2USKAoFZXZlbnQYASABKAsyGS5waWxvdGhvdXNlLnYxLkFnZW50RXZlbnQiggEKDUF0dGFjaFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAyABKAQSNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKDkF0dGFjaFJlc3BvbnNlEigKBWV2ZW50GAEgASgLMhkucGlsb3Rob3VzZS52MS5BZ2VudEV2ZW50IkoKE1N0ZWVyU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdjb250ZW50GAIgASgJEg4KBnNlbmRlchgDIAEoCSImChRTdGVlclNlc3Npb25SZXNwb25zZRIOCgZydW5faWQYASABKAkiQwoNQ2FuY2VsUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiagoOQ2FuY2VsUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJEhgKEGFscmVhZHlfZmluaXNoZWQYAiABKAgSLgoLc3RvcF9yZWFzb24YAyABKA4yGS5waWxvdGhvdXNlLnYxLlN0b3BSZWFzb24iVgoVU3VibWl0RGVjaXNpb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSKQoIZGVjaXNpb24YAiABKAsyFy5waWxvdGhvdXNlLnYxLkRlY2lzaW9uIigKFlN1Ym1pdERlY2lzaW9uUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJKnMKEERpc2Nvbm5lY3RQb2xpY3kSIQodRElTQ09OTkVDVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpESVNDT05ORUNUX1BPTElDWV9DT05USU5VRRABEhwKGERJU0NPTk5FQ1RfUE9MSUNZX0NBTkNFTBACKq8BCg9BY3RpdmVSdW5Qb2xpY3kSIQodQUNUSVZFX1JVTl9QT0xJQ1lfVU5TUEVDSUZJRUQQABIcChhBQ1RJVkVfUlVOX1BPTElDWV9SRUpFQ1QQARIdChlBQ1RJVkVfUlVOX1BPTElDWV9FTlFVRVVFEAISHwobQUNUSVZFX1JVTl9QT0xJQ1lfSU5URVJSVVBUEAMSGwoXQUNUSVZFX1JVTl9QT0xJQ1lfU1RFRVIQBCp/ChJMYXRlU3RlZXJpbmdQb2xpY3kSJAogTEFURV9TVEVFUklOR19QT0xJQ1lfVU5TUEVDSUZJRUQQABIiCh5MQVRFX1NURUVSSU5HX1BPTElDWV9GT0xMT1dfVVAQARIfChtMQVRFX1NURUVSSU5HX1BPTElDWV9SRVRVUk4QAjKyBAoKUnVuU2VydmljZRJFCgZTZW5kVG8SHC5waWxvdGhvdXNlLnYxLlNlbmRUb1JlcXVlc3QaHS5waWxvdGhvdXNlLnYxLlNlbmRUb1Jlc3BvbnNlEk0KCFN0cmVhbVRvEh4ucGlsb3Rob3VzZS52MS5TdHJlYW1Ub1JlcXVlc3QaHy5waWxvdGhvdXNlLnYxLlN0cmVhbVRvUmVzcG9uc2UwARJGCgVTdGVlchIbLnBpbG90aG91c2UudjEuU3RlZXJSZXF1ZXN0GhwucGlsb3Rob3VzZS52MS5TdGVlclJlc3BvbnNlKAEwARJHCgZBdHRhY2gSHC5waWxvdGhvdXNlLnYxLkF0dGFjaFJlcXVlc3QaHS5waWxvdGhvdXNlLnYxLkF0dGFjaFJlc3BvbnNlMAESVwoMU3RlZXJTZXNzaW9uEiIucGlsb3Rob3VzZS52MS5TdGVlclNlc3Npb25SZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5TdGVlclNlc3Npb25SZXNwb25zZRJFCgZDYW5jZWwSHC5waWxvdGhvdXNlLnYxLkNhbmNlbFJlcXVlc3QaHS5waWxvdGhvdXNlLnYxLkNhbmNlbFJlc3BvbnNlEl0KDlN1Ym1pdERlY2lzaW9uEiQucGlsb3Rob3VzZS52MS5TdWJtaXREZWNpc2lvblJlcXVlc3QaJS5waWxvdGhvdXNlLnYxLlN1Ym1pdERlY2lzaW9uUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_pilothouse_v1_event]);
+  fileDesc("Ch9waWxvdGhvdXNlL3YxL3J1bl9zZXJ2aWNlLnByb3RvEg1waWxvdGhvdXNlLnYxIvEDCgNSdW4SDgoGcnVuX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoDRIoCgZzdGF0dXMYBSABKA4yGC5waWxvdGhvdXNlLnYxLlJ1blN0YXR1cxIuCgtzdG9wX3JlYXNvbhgGIAEoDjIZLnBpbG90aG91c2UudjEuU3RvcFJlYXNvbhINCgVlcnJvchgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBXVzYWdlGAsgASgLMhQucGlsb3Rob3VzZS52MS5Vc2FnZRISCgppdGVyYXRpb25zGAwgASgNEg0KBW93bmVyGA0gASgJEg8KB2F0dGVtcHQYDiABKA0SFwoPaWRlbXBvdGVuY3lfa2V5GA8gASgJEhUKDWxhc3Rfc2VxdWVuY2UYECABKAQSDwoHY29udGVudBgRIAEoCRIOCgZzZW5kZXIYEiABKAkikQMKClJ1bk9wdGlvbnMSNgoNb25fZGlzY29ubmVjdBgBIAEoDjIfLnBpbG90aG91c2UudjEuRGlzY29ubmVjdFBvbGljeRIxCglpZl9hY3RpdmUYAiABKA4yHi5waWxvdGhvdXNlLnYxLkFjdGl2ZVJ1blBvbGljeRI4Cg1sYXRlX3N0ZWVyaW5nGAMgASgOMiEucGlsb3Rob3VzZS52MS5MYXRlU3RlZXJpbmdQb2xpY3kSKgoHdGltZW91dBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgx0b2tlbl9idWRnZXQYBSABKAQSNQoSaGVhcnRiZWF0X2ludGVydmFsGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjMKEGRlY2lzaW9uX3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMAoJb3ZlcnJpZGVzGBQgASgLMh0ucGlsb3Rob3VzZS52MS5Nb2RlbE92ZXJyaWRlcyKlAQoNU2VuZFRvUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSDgoGc2VuZGVyGAMgASgJEioKB29wdGlvbnMYBCABKAsyGS5waWxvdGhvdXNlLnYxLlJ1bk9wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEhoKEnJldHVybl9pbW1lZGlhdGVseRgGIAEoCCJxCg5TZW5kVG9SZXNwb25zZRIOCgZydW5faWQYASABKAkSLgoIcmVzcG9uc2UYAiABKAsyHC5waWxvdGhvdXNlLnYxLkFnZW50UmVzcG9uc2USHwoDcnVuGAMgASgLMhIucGlsb3Rob3VzZS52MS5SdW4iiwEKD1N0cmVhbVRvUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSDgoGc2VuZGVyGAMgASgJEioKB29wdGlvbnMYBCABKAsyGS5waWxvdGhvdXNlLnYxLlJ1bk9wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJIjwKEFN0cmVhbVRvUmVzcG9uc2USKAoFZXZlbnQYASABKAsyGS5waWxvdGhvdXNlLnYxLkFnZW50RXZlbnQihAEKCFN0YXJ0UnVuEhIKCnNlc3Npb25faWQYASABKAkSDwoHY29udGVudBgCIAEoCRIOCgZzZW5kZXIYAyABKAkSKgoHb3B0aW9ucxgEIAEoCzIZLnBpbG90aG91c2UudjEuUnVuT3B0aW9ucxIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkifgoJQXR0YWNoUnVuEhIKCnNlc3Npb25faWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAMgASgEEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIbCglDYW5jZWxSdW4SDgoGcmVhc29uGAEgASgJIi0KClN0ZWVySW5wdXQSDwoHY29udGVudBgBIAEoCRIOCgZzZW5kZXIYAiABKAki8wEKDFN0ZWVyUmVxdWVzdBIoCgVzdGFydBgBIAEoCzIXLnBpbG90aG91c2UudjEuU3RhcnRSdW5IABIqCgVzdGVlchgCIAEoCzIZLnBpbG90aG91c2UudjEuU3RlZXJJbnB1dEgAEioKBmF0dGFjaBgDIAEoCzIYLnBpbG90aG91c2UudjEuQXR0YWNoUnVuSAASKgoGY2FuY2VsGAQgASgLMhgucGlsb3Rob3VzZS52MS5DYW5jZWxSdW5IABIrCghkZWNpc2lvbhgFIAEoCzIXLnBpbG90aG91c2UudjEuRGVjaXNpb25IAEIICgZhY3Rpb24iOQoNU3RlZXJSZXNwb25zZRIoCgVldmVudBgBIAEoCzIZLnBpbG90aG91c2UudjEuQWdlbnRFdmVudCKCAQoNQXR0YWNoUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgDIAEoBBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoOQXR0YWNoUmVzcG9uc2USKAoFZXZlbnQYASABKAsyGS5waWxvdGhvdXNlLnYxLkFnZW50RXZlbnQiSgoTU3RlZXJTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSDgoGc2VuZGVyGAMgASgJIiYKFFN0ZWVyU2Vzc2lvblJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSJDCg1DYW5jZWxSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGcnVuX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJqCg5DYW5jZWxSZXNwb25zZRIOCgZydW5faWQYASABKAkSGAoQYWxyZWFkeV9maW5pc2hlZBgCIAEoCBIuCgtzdG9wX3JlYXNvbhgDIAEoDjIZLnBpbG90aG91c2UudjEuU3RvcFJlYXNvbiJWChVTdWJtaXREZWNpc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIpCghkZWNpc2lvbhgCIAEoCzIXLnBpbG90aG91c2UudjEuRGVjaXNpb24iKAoWU3VibWl0RGVjaXNpb25SZXNwb25zZRIOCgZydW5faWQYASABKAkiMwoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIxCg5HZXRSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5waWxvdGhvdXNlLnYxLlJ1biJ4Cg9MaXN0UnVuc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIqCghzdGF0dXNlcxgCIAMoDjIYLnBpbG90aG91c2UudjEuUnVuU3RhdHVzEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIk0KEExpc3RSdW5zUmVzcG9uc2USIAoEcnVucxgBIAMoCzISLnBpbG90aG91c2UudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqwAQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFSVU5fU1RBVFVTX1FVRVVFRBABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEiMKH1JVTl9TVEFUVVNfV0FJVElOR19GT1JfREVDSVNJT04QAxIXChNSVU5fU1RBVFVTX0ZJTklTSEVEEAQSGgoWUlVOX1NUQVRVU19JTlRFUlJVUFRFRBAFKnMKEERpc2Nvbm5lY3RQb2xpY3kSIQodRElTQ09OTkVDVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpESVNDT05ORUNUX1BPTElDWV9DT05USU5VRRABEhwKGERJU0NPTk5FQ1RfUE9MSUNZX0NBTkNFTBACKq8BCg9BY3RpdmVSdW5Qb2xpY3kSIQodQUNUSVZFX1JVTl9QT0xJQ1lfVU5TUEVDSUZJRUQQABIcChhBQ1RJVkVfUlVOX1BPTElDWV9SRUpFQ1QQARIdChlBQ1RJVkVfUlVOX1BPTElDWV9FTlFVRVVFEAISHwobQUNUSVZFX1JVTl9QT0xJQ1lfSU5URVJSVVBUEAMSGwoXQUNUSVZFX1JVTl9QT0xJQ1lfU1RFRVIQBCp/ChJMYXRlU3RlZXJpbmdQb2xpY3kSJAogTEFURV9TVEVFUklOR19QT0xJQ1lfVU5TUEVDSUZJRUQQABIiCh5MQVRFX1NURUVSSU5HX1BPTElDWV9GT0xMT1dfVVAQARIfChtMQVRFX1NURUVSSU5HX1BPTElDWV9SRVRVUk4QAjLGBQoKUnVuU2VydmljZRJFCgZTZW5kVG8SHC5waWxvdGhvdXNlLnYxLlNlbmRUb1JlcXVlc3QaHS5waWxvdGhvdXNlLnYxLlNlbmRUb1Jlc3BvbnNlEk0KCFN0cmVhbVRvEh4ucGlsb3Rob3VzZS52MS5TdHJlYW1Ub1JlcXVlc3QaHy5waWxvdGhvdXNlLnYxLlN0cmVhbVRvUmVzcG9uc2UwARJGCgVTdGVlchIbLnBpbG90aG91c2UudjEuU3RlZXJSZXF1ZXN0GhwucGlsb3Rob3VzZS52MS5TdGVlclJlc3BvbnNlKAEwARJHCgZBdHRhY2gSHC5waWxvdGhvdXNlLnYxLkF0dGFjaFJlcXVlc3QaHS5waWxvdGhvdXNlLnYxLkF0dGFjaFJlc3BvbnNlMAESVwoMU3RlZXJTZXNzaW9uEiIucGlsb3Rob3VzZS52MS5TdGVlclNlc3Npb25SZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5TdGVlclNlc3Npb25SZXNwb25zZRJFCgZDYW5jZWwSHC5waWxvdGhvdXNlLnYxLkNhbmNlbFJlcXVlc3QaHS5waWxvdGhvdXNlLnYxLkNhbmNlbFJlc3BvbnNlEl0KDlN1Ym1pdERlY2lzaW9uEiQucGlsb3Rob3VzZS52MS5TdWJtaXREZWNpc2lvblJlcXVlc3QaJS5waWxvdGhvdXNlLnYxLlN1Ym1pdERlY2lzaW9uUmVzcG9uc2USRQoGR2V0UnVuEhwucGlsb3Rob3VzZS52MS5HZXRSdW5SZXF1ZXN0Gh0ucGlsb3Rob3VzZS52MS5HZXRSdW5SZXNwb25zZRJLCghMaXN0UnVucxIeLnBpbG90aG91c2UudjEuTGlzdFJ1bnNSZXF1ZXN0Gh8ucGlsb3Rob3VzZS52MS5MaXN0UnVuc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_pilothouse_v1_agent, file_pilothouse_v1_event]);
+
+/**
+ * Run is one run: a user message on a session and the agent's work on it.
+ *
+ * @generated from message pilothouse.v1.Run
+ */
+export type Run = Message<"pilothouse.v1.Run"> & {
+  /**
+   * The run's id.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Its session.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The agent, and the version of it the run started with (a run keeps
+   * that version to the end, across resumes).
+   *
+   * @generated from field: string agent = 3;
+   */
+  agent: string;
+
+  /**
+   * The agent's registry version.
+   *
+   * @generated from field: uint32 agent_version = 4;
+   */
+  agentVersion: number;
+
+  /**
+   * Where the run is in its life.
+   *
+   * @generated from field: pilothouse.v1.RunStatus status = 5;
+   */
+  status: RunStatus;
+
+  /**
+   * How it ended (once it has).
+   *
+   * @generated from field: pilothouse.v1.StopReason stop_reason = 6;
+   */
+  stopReason: StopReason;
+
+  /**
+   * Why it failed, for STOP_REASON_ERROR.
+   *
+   * @generated from field: string error = 7;
+   */
+  error: string;
+
+  /**
+   * When it was created, started and ended.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it took the session's lease (unset while queued).
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 9;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * When it ended (unset until then).
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 10;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Tokens used so far.
+   *
+   * @generated from field: pilothouse.v1.Usage usage = 11;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * Completed model rounds.
+   *
+   * @generated from field: uint32 iterations = 12;
+   */
+  iterations: number;
+
+  /**
+   * The gRPC address of the replica that runs (or ran) it.
+   *
+   * @generated from field: string owner = 13;
+   */
+  owner: string;
+
+  /**
+   * How many times it was taken over and resumed.
+   *
+   * @generated from field: uint32 attempt = 14;
+   */
+  attempt: number;
+
+  /**
+   * The idempotency key it was started with ("" for none).
+   *
+   * @generated from field: string idempotency_key = 15;
+   */
+  idempotencyKey: string;
+
+  /**
+   * The sequence of its latest event.
+   *
+   * @generated from field: uint64 last_sequence = 16;
+   */
+  lastSequence: bigint;
+
+  /**
+   * The user message, and who sent it.
+   *
+   * @generated from field: string content = 17;
+   */
+  content: string;
+
+  /**
+   * Who sent the user message.
+   *
+   * @generated from field: string sender = 18;
+   */
+  sender: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.Run.
+ * Use `create(RunSchema)` to create a new message.
+ */
+export const RunSchema: GenMessage<Run> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_run_service, 0);
 
 /**
  * Options of a new run. Zero values mean the server defaults.
@@ -72,6 +215,16 @@ export type RunOptions = Message<"pilothouse.v1.RunOptions"> & {
    * @generated from field: google.protobuf.Duration decision_timeout = 7;
    */
   decisionTimeout?: Duration | undefined;
+
+  /**
+   * The agent's model settings changed for this run only (model,
+   * tool_choice, sampling, reasoning). A bad value is INVALID_ARGUMENT
+   * (field `options.overrides.*`); a model whose provider is not configured
+   * FAILED_PRECONDITION (UNKNOWN_MODEL_PROVIDER).
+   *
+   * @generated from field: pilothouse.v1.ModelOverrides overrides = 20;
+   */
+  overrides?: ModelOverrides | undefined;
 };
 
 /**
@@ -79,7 +232,7 @@ export type RunOptions = Message<"pilothouse.v1.RunOptions"> & {
  * Use `create(RunOptionsSchema)` to create a new message.
  */
 export const RunOptionsSchema: GenMessage<RunOptions> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 0);
+  messageDesc(file_pilothouse_v1_run_service, 1);
 
 /**
  * Request of SendTo.
@@ -114,6 +267,24 @@ export type SendToRequest = Message<"pilothouse.v1.SendToRequest"> & {
    * @generated from field: pilothouse.v1.RunOptions options = 4;
    */
   options?: RunOptions | undefined;
+
+  /**
+   * Makes a retry safe: a call with a key already used on this session
+   * attaches to that key's run instead of starting another (on any
+   * replica; INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED when the content
+   * differs). At most 128 characters.
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Return as soon as the run has started, with `run` and no `response`
+   * (follow it with Attach, GetRun or SendTo again with the same key).
+   *
+   * @generated from field: bool return_immediately = 6;
+   */
+  returnImmediately: boolean;
 };
 
 /**
@@ -121,7 +292,7 @@ export type SendToRequest = Message<"pilothouse.v1.SendToRequest"> & {
  * Use `create(SendToRequestSchema)` to create a new message.
  */
 export const SendToRequestSchema: GenMessage<SendToRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 1);
+  messageDesc(file_pilothouse_v1_run_service, 2);
 
 /**
  * Response of SendTo.
@@ -138,11 +309,18 @@ export type SendToResponse = Message<"pilothouse.v1.SendToResponse"> & {
 
   /**
    * The run's outcome; runs that end with an error are a response with
-   * STOP_REASON_ERROR, not an RPC error.
+   * STOP_REASON_ERROR, not an RPC error. Unset with `return_immediately`.
    *
    * @generated from field: pilothouse.v1.AgentResponse response = 2;
    */
   response?: AgentResponse | undefined;
+
+  /**
+   * The run's record.
+   *
+   * @generated from field: pilothouse.v1.Run run = 3;
+   */
+  run?: Run | undefined;
 };
 
 /**
@@ -150,7 +328,7 @@ export type SendToResponse = Message<"pilothouse.v1.SendToResponse"> & {
  * Use `create(SendToResponseSchema)` to create a new message.
  */
 export const SendToResponseSchema: GenMessage<SendToResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 2);
+  messageDesc(file_pilothouse_v1_run_service, 3);
 
 /**
  * Request of StreamTo.
@@ -185,6 +363,16 @@ export type StreamToRequest = Message<"pilothouse.v1.StreamToRequest"> & {
    * @generated from field: pilothouse.v1.RunOptions options = 4;
    */
   options?: RunOptions | undefined;
+
+  /**
+   * Makes a retry safe: a call with a key already used on this session
+   * attaches to that key's run instead of starting another (on any
+   * replica; INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED when the content
+   * differs). At most 128 characters.
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -192,7 +380,7 @@ export type StreamToRequest = Message<"pilothouse.v1.StreamToRequest"> & {
  * Use `create(StreamToRequestSchema)` to create a new message.
  */
 export const StreamToRequestSchema: GenMessage<StreamToRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 3);
+  messageDesc(file_pilothouse_v1_run_service, 4);
 
 /**
  * Response of StreamTo: one event.
@@ -213,7 +401,7 @@ export type StreamToResponse = Message<"pilothouse.v1.StreamToResponse"> & {
  * Use `create(StreamToResponseSchema)` to create a new message.
  */
 export const StreamToResponseSchema: GenMessage<StreamToResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 4);
+  messageDesc(file_pilothouse_v1_run_service, 5);
 
 /**
  * StartRun starts a run on Steer.
@@ -248,6 +436,13 @@ export type StartRun = Message<"pilothouse.v1.StartRun"> & {
    * @generated from field: pilothouse.v1.RunOptions options = 4;
    */
   options?: RunOptions | undefined;
+
+  /**
+   * As SendToRequest.idempotency_key.
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -255,7 +450,7 @@ export type StartRun = Message<"pilothouse.v1.StartRun"> & {
  * Use `create(StartRunSchema)` to create a new message.
  */
 export const StartRunSchema: GenMessage<StartRun> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 5);
+  messageDesc(file_pilothouse_v1_run_service, 6);
 
 /**
  * AttachRun attaches a Steer call to a run that is already going.
@@ -297,7 +492,7 @@ export type AttachRun = Message<"pilothouse.v1.AttachRun"> & {
  * Use `create(AttachRunSchema)` to create a new message.
  */
 export const AttachRunSchema: GenMessage<AttachRun> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 6);
+  messageDesc(file_pilothouse_v1_run_service, 7);
 
 /**
  * CancelRun cancels the run a Steer call follows.
@@ -318,7 +513,7 @@ export type CancelRun = Message<"pilothouse.v1.CancelRun"> & {
  * Use `create(CancelRunSchema)` to create a new message.
  */
 export const CancelRunSchema: GenMessage<CancelRun> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 7);
+  messageDesc(file_pilothouse_v1_run_service, 8);
 
 /**
  * SteerInput is steering content for the active run.
@@ -346,7 +541,7 @@ export type SteerInput = Message<"pilothouse.v1.SteerInput"> & {
  * Use `create(SteerInputSchema)` to create a new message.
  */
 export const SteerInputSchema: GenMessage<SteerInput> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 8);
+  messageDesc(file_pilothouse_v1_run_service, 9);
 
 /**
  * Request of Steer.
@@ -407,7 +602,7 @@ export type SteerRequest = Message<"pilothouse.v1.SteerRequest"> & {
  * Use `create(SteerRequestSchema)` to create a new message.
  */
 export const SteerRequestSchema: GenMessage<SteerRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 9);
+  messageDesc(file_pilothouse_v1_run_service, 10);
 
 /**
  * Response of Steer: one event.
@@ -428,7 +623,7 @@ export type SteerResponse = Message<"pilothouse.v1.SteerResponse"> & {
  * Use `create(SteerResponseSchema)` to create a new message.
  */
 export const SteerResponseSchema: GenMessage<SteerResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 10);
+  messageDesc(file_pilothouse_v1_run_service, 11);
 
 /**
  * Request of Attach.
@@ -470,7 +665,7 @@ export type AttachRequest = Message<"pilothouse.v1.AttachRequest"> & {
  * Use `create(AttachRequestSchema)` to create a new message.
  */
 export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 11);
+  messageDesc(file_pilothouse_v1_run_service, 12);
 
 /**
  * Response of Attach: one event.
@@ -491,7 +686,7 @@ export type AttachResponse = Message<"pilothouse.v1.AttachResponse"> & {
  * Use `create(AttachResponseSchema)` to create a new message.
  */
 export const AttachResponseSchema: GenMessage<AttachResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 12);
+  messageDesc(file_pilothouse_v1_run_service, 13);
 
 /**
  * Request of SteerSession.
@@ -526,7 +721,7 @@ export type SteerSessionRequest = Message<"pilothouse.v1.SteerSessionRequest"> &
  * Use `create(SteerSessionRequestSchema)` to create a new message.
  */
 export const SteerSessionRequestSchema: GenMessage<SteerSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 13);
+  messageDesc(file_pilothouse_v1_run_service, 14);
 
 /**
  * Response of SteerSession.
@@ -547,7 +742,7 @@ export type SteerSessionResponse = Message<"pilothouse.v1.SteerSessionResponse">
  * Use `create(SteerSessionResponseSchema)` to create a new message.
  */
 export const SteerSessionResponseSchema: GenMessage<SteerSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 14);
+  messageDesc(file_pilothouse_v1_run_service, 15);
 
 /**
  * Request of Cancel: by run id, or the session's active run.
@@ -582,7 +777,7 @@ export type CancelRequest = Message<"pilothouse.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 15);
+  messageDesc(file_pilothouse_v1_run_service, 16);
 
 /**
  * Response of Cancel.
@@ -617,7 +812,7 @@ export type CancelResponse = Message<"pilothouse.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 16);
+  messageDesc(file_pilothouse_v1_run_service, 17);
 
 /**
  * Request of SubmitDecision.
@@ -645,7 +840,7 @@ export type SubmitDecisionRequest = Message<"pilothouse.v1.SubmitDecisionRequest
  * Use `create(SubmitDecisionRequestSchema)` to create a new message.
  */
 export const SubmitDecisionRequestSchema: GenMessage<SubmitDecisionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 17);
+  messageDesc(file_pilothouse_v1_run_service, 18);
 
 /**
  * Response of SubmitDecision.
@@ -666,7 +861,182 @@ export type SubmitDecisionResponse = Message<"pilothouse.v1.SubmitDecisionRespon
  * Use `create(SubmitDecisionResponseSchema)` to create a new message.
  */
 export const SubmitDecisionResponseSchema: GenMessage<SubmitDecisionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_run_service, 18);
+  messageDesc(file_pilothouse_v1_run_service, 19);
+
+/**
+ * Request of GetRun.
+ *
+ * @generated from message pilothouse.v1.GetRunRequest
+ */
+export type GetRunRequest = Message<"pilothouse.v1.GetRunRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Its session; when set, a run of another session is NOT_FOUND.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.GetRunRequest.
+ * Use `create(GetRunRequestSchema)` to create a new message.
+ */
+export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_run_service, 20);
+
+/**
+ * Response of GetRun.
+ *
+ * @generated from message pilothouse.v1.GetRunResponse
+ */
+export type GetRunResponse = Message<"pilothouse.v1.GetRunResponse"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: pilothouse.v1.Run run = 1;
+   */
+  run?: Run | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.GetRunResponse.
+ * Use `create(GetRunResponseSchema)` to create a new message.
+ */
+export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_run_service, 21);
+
+/**
+ * Request of ListRuns.
+ *
+ * @generated from message pilothouse.v1.ListRunsRequest
+ */
+export type ListRunsRequest = Message<"pilothouse.v1.ListRunsRequest"> & {
+  /**
+   * The session whose runs to list.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Only runs in these statuses; empty for all.
+   *
+   * @generated from field: repeated pilothouse.v1.RunStatus statuses = 2;
+   */
+  statuses: RunStatus[];
+
+  /**
+   * At most this many (0: 50; at most 1000).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From ListRunsResponse.next_page_token.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.ListRunsRequest.
+ * Use `create(ListRunsRequestSchema)` to create a new message.
+ */
+export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_run_service, 22);
+
+/**
+ * Response of ListRuns.
+ *
+ * @generated from message pilothouse.v1.ListRunsResponse
+ */
+export type ListRunsResponse = Message<"pilothouse.v1.ListRunsResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated pilothouse.v1.Run runs = 1;
+   */
+  runs: Run[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.ListRunsResponse.
+ * Use `create(ListRunsResponseSchema)` to create a new message.
+ */
+export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_run_service, 23);
+
+/**
+ * Where a run is in its life.
+ *
+ * @generated from enum pilothouse.v1.RunStatus
+ */
+export enum RunStatus {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: RUN_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Waiting for the session's active run to end.
+   *
+   * @generated from enum value: RUN_STATUS_QUEUED = 1;
+   */
+  QUEUED = 1,
+
+  /**
+   * Running.
+   *
+   * @generated from enum value: RUN_STATUS_RUNNING = 2;
+   */
+  RUNNING = 2,
+
+  /**
+   * Running, waiting for a decision on an approval or a question.
+   *
+   * @generated from enum value: RUN_STATUS_WAITING_FOR_DECISION = 3;
+   */
+  WAITING_FOR_DECISION = 3,
+
+  /**
+   * Ended; `stop_reason` says how.
+   *
+   * @generated from enum value: RUN_STATUS_FINISHED = 4;
+   */
+  FINISHED = 4,
+
+  /**
+   * Ended because its replica stopped and it was not resumed (resume
+   * policy `interrupt`).
+   *
+   * @generated from enum value: RUN_STATUS_INTERRUPTED = 5;
+   */
+  INTERRUPTED = 5,
+}
+
+/**
+ * Describes the enum pilothouse.v1.RunStatus.
+ */
+export const RunStatusSchema: GenEnum<RunStatus> = /*@__PURE__*/
+  enumDesc(file_pilothouse_v1_run_service, 0);
 
 /**
  * What happens to a run when the client that started it goes away (or
@@ -701,7 +1071,7 @@ export enum DisconnectPolicy {
  * Describes the enum pilothouse.v1.DisconnectPolicy.
  */
 export const DisconnectPolicySchema: GenEnum<DisconnectPolicy> = /*@__PURE__*/
-  enumDesc(file_pilothouse_v1_run_service, 0);
+  enumDesc(file_pilothouse_v1_run_service, 1);
 
 /**
  * What a new message does while the session has an active run.
@@ -750,7 +1120,7 @@ export enum ActiveRunPolicy {
  * Describes the enum pilothouse.v1.ActiveRunPolicy.
  */
 export const ActiveRunPolicySchema: GenEnum<ActiveRunPolicy> = /*@__PURE__*/
-  enumDesc(file_pilothouse_v1_run_service, 1);
+  enumDesc(file_pilothouse_v1_run_service, 2);
 
 /**
  * What happens to steering that arrives after the run's last model round.
@@ -784,23 +1154,32 @@ export enum LateSteeringPolicy {
  * Describes the enum pilothouse.v1.LateSteeringPolicy.
  */
 export const LateSteeringPolicySchema: GenEnum<LateSteeringPolicy> = /*@__PURE__*/
-  enumDesc(file_pilothouse_v1_run_service, 2);
+  enumDesc(file_pilothouse_v1_run_service, 3);
 
 /**
  * RunService runs agents on sessions. A run lives apart from the RPC that
  * started it: it appends every event to its own event log, and the RPCs
  * below subscribe to that log. Losing the RPC does not stop the run.
  *
+ * Runs outlive their process: the user message is stored when a run
+ * starts and every completed round when it ends; events go to a durable
+ * event log; a run whose replica stops (a crash, or a drain that hands it
+ * over) is taken over by another replica or the next start and resumes
+ * from its last checkpoint (`run_resumed`). Any replica answers about any
+ * run: calls about a run another replica holds are forwarded there.
+ *
  * Errors that keep a run from starting: NOT_FOUND (unknown session or
  * agent), INVALID_ARGUMENT (empty or oversized content), FAILED_PRECONDITION
  * (session closed, or a run already active on it, named in ErrorInfo
- * metadata `active_run_id`).
+ * metadata `active_run_id`), UNAVAILABLE (the replica drains: retry, with
+ * the same `idempotency_key`).
  *
  * @generated from service pilothouse.v1.RunService
  */
 export const RunService: GenService<{
   /**
-   * Sends a user message and waits for the run to finish.
+   * Sends a user message and waits for the run to finish (or, with
+   * `return_immediately`, returns the started run at once).
    *
    * @generated from rpc pilothouse.v1.RunService.SendTo
    */
@@ -836,11 +1215,13 @@ export const RunService: GenService<{
   },
   /**
    * Streams a run's events from `after_sequence` on: every event missed,
-   * then live ones, with no gap and no duplicate. OUT_OF_RANGE when the
-   * events asked for are no longer kept (ErrorInfo metadata
-   * `oldest_available_sequence`); NOT_FOUND for an unknown run;
-   * FAILED_PRECONDITION when the session has no active run and no run_id
-   * is given.
+   * then live ones, with no gap and no duplicate, on any replica and after
+   * restarts. OUT_OF_RANGE when the events asked for are no longer kept
+   * (ErrorInfo reason EVENTS_EXPIRED, metadata `oldest_available_sequence`)
+   * or `after_sequence` is past the end of a finished run (reason
+   * SEQUENCE_PAST_END, metadata `last_sequence`); NOT_FOUND for an unknown
+   * run; FAILED_PRECONDITION (NO_ACTIVE_RUN) when no run_id is given and
+   * the session has no active run.
    *
    * @generated from rpc pilothouse.v1.RunService.Attach
    */
@@ -881,6 +1262,26 @@ export const RunService: GenService<{
     methodKind: "unary";
     input: typeof SubmitDecisionRequestSchema;
     output: typeof SubmitDecisionResponseSchema;
+  },
+  /**
+   * Gets a run's record. NOT_FOUND for an unknown run.
+   *
+   * @generated from rpc pilothouse.v1.RunService.GetRun
+   */
+  getRun: {
+    methodKind: "unary";
+    input: typeof GetRunRequestSchema;
+    output: typeof GetRunResponseSchema;
+  },
+  /**
+   * Lists a session's runs, newest first, optionally by status.
+   *
+   * @generated from rpc pilothouse.v1.RunService.ListRuns
+   */
+  listRuns: {
+    methodKind: "unary";
+    input: typeof ListRunsRequestSchema;
+    output: typeof ListRunsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pilothouse_v1_run_service, 0);

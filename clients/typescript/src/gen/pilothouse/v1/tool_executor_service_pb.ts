@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/tool_executor_service.proto.
  */
 export const file_pilothouse_v1_tool_executor_service: GenFile = /*@__PURE__*/
-  fileDesc("CilwaWxvdGhvdXNlL3YxL3Rvb2xfZXhlY3V0b3Jfc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSISChBMaXN0VG9vbHNSZXF1ZXN0IjcKEUxpc3RUb29sc1Jlc3BvbnNlEiIKBXRvb2xzGAEgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sIrUBChJFeGVjdXRlVG9vbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhYKDmFyZ3VtZW50c19qc29uGAMgASgJEg0KBWFnZW50GAQgASgJEg4KBnNlbmRlchgFIAEoCRISCgpzZXNzaW9uX2lkGAYgASgJEg4KBnJ1bl9pZBgHIAEoCRIlCgZhbnN3ZXIYCCABKAsyFS5waWxvdGhvdXNlLnYxLkFuc3dlciJwChNFeGVjdXRlVG9vbFJlc3BvbnNlEhAKBm91dHB1dBgBIAEoCUgAEg8KBWVycm9yGAIgASgJSAASKwoIcXVlc3Rpb24YAyABKAsyFy5waWxvdGhvdXNlLnYxLlF1ZXN0aW9uSABCCQoHb3V0Y29tZTK7AQoTVG9vbEV4ZWN1dG9yU2VydmljZRJOCglMaXN0VG9vbHMSHy5waWxvdGhvdXNlLnYxLkxpc3RUb29sc1JlcXVlc3QaIC5waWxvdGhvdXNlLnYxLkxpc3RUb29sc1Jlc3BvbnNlElQKC0V4ZWN1dGVUb29sEiEucGlsb3Rob3VzZS52MS5FeGVjdXRlVG9vbFJlcXVlc3QaIi5waWxvdGhvdXNlLnYxLkV4ZWN1dGVUb29sUmVzcG9uc2ViBnByb3RvMw", [file_pilothouse_v1_tool]);
+  fileDesc("CilwaWxvdGhvdXNlL3YxL3Rvb2xfZXhlY3V0b3Jfc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSISChBMaXN0VG9vbHNSZXF1ZXN0IjcKEUxpc3RUb29sc1Jlc3BvbnNlEiIKBXRvb2xzGAEgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sIuEBChJFeGVjdXRlVG9vbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhYKDmFyZ3VtZW50c19qc29uGAMgASgJEg0KBWFnZW50GAQgASgJEg4KBnNlbmRlchgFIAEoCRISCgpzZXNzaW9uX2lkGAYgASgJEg4KBnJ1bl9pZBgHIAEoCRIlCgZhbnN3ZXIYCCABKAsyFS5waWxvdGhvdXNlLnYxLkFuc3dlchIRCglwcmluY2lwYWwYCSABKAkSFwoPcHJpbmNpcGFsX3JvbGVzGAogAygJInAKE0V4ZWN1dGVUb29sUmVzcG9uc2USEAoGb3V0cHV0GAEgASgJSAASDwoFZXJyb3IYAiABKAlIABIrCghxdWVzdGlvbhgDIAEoCzIXLnBpbG90aG91c2UudjEuUXVlc3Rpb25IAEIJCgdvdXRjb21lMrsBChNUb29sRXhlY3V0b3JTZXJ2aWNlEk4KCUxpc3RUb29scxIfLnBpbG90aG91c2UudjEuTGlzdFRvb2xzUmVxdWVzdBogLnBpbG90aG91c2UudjEuTGlzdFRvb2xzUmVzcG9uc2USVAoLRXhlY3V0ZVRvb2wSIS5waWxvdGhvdXNlLnYxLkV4ZWN1dGVUb29sUmVxdWVzdBoiLnBpbG90aG91c2UudjEuRXhlY3V0ZVRvb2xSZXNwb25zZWIGcHJvdG8z", [file_pilothouse_v1_tool]);
 
 /**
  * Request of ListTools.
@@ -112,6 +112,22 @@ export type ExecuteToolRequest = Message<"pilothouse.v1.ExecuteToolRequest"> & {
    * @generated from field: pilothouse.v1.Answer answer = 8;
    */
   answer?: Answer | undefined;
+
+  /**
+   * The authenticated principal the run belongs to (empty when the runtime
+   * does not authenticate its callers). The executor can trust it as far as
+   * it trusts its caller, the runtime (mutual TLS or a token).
+   *
+   * @generated from field: string principal = 9;
+   */
+  principal: string;
+
+  /**
+   * The principal's roles (e.g. "admin", "user").
+   *
+   * @generated from field: repeated string principal_roles = 10;
+   */
+  principalRoles: string[];
 };
 
 /**

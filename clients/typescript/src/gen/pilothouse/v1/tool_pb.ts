@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/tool.proto.
  */
 export const file_pilothouse_v1_tool: GenFile = /*@__PURE__*/
-  fileDesc("ChhwaWxvdGhvdXNlL3YxL3Rvb2wucHJvdG8SDXBpbG90aG91c2UudjEirwEKBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIeChZwYXJhbWV0ZXJzX2pzb25fc2NoZW1hGAMgASgJEjMKCG1ldGFkYXRhGAQgAygLMiEucGlsb3Rob3VzZS52MS5Ub29sLk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkiQwoIUXVlc3Rpb24SEAoIcXVlc3Rpb24YASABKAkSDwoHb3B0aW9ucxgCIAMoCRIUCgxtdWx0aV9zZWxlY3QYAyABKAgiMAoGQW5zd2VyEhgKEHNlbGVjdGVkX29wdGlvbnMYASADKAkSDAoEdGV4dBgCIAEoCWIGcHJvdG8z");
+  fileDesc("ChhwaWxvdGhvdXNlL3YxL3Rvb2wucHJvdG8SDXBpbG90aG91c2UudjEihgIKBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIeChZwYXJhbWV0ZXJzX2pzb25fc2NoZW1hGAMgASgJEjMKCG1ldGFkYXRhGAQgAygLMiEucGlsb3Rob3VzZS52MS5Ub29sLk1ldGFkYXRhRW50cnkSEgoKaWRlbXBvdGVudBgFIAEoCBIRCglyZWFkX29ubHkYBiABKAgSEwoLZGVzdHJ1Y3RpdmUYByABKAgSGQoRcmVxdWlyZXNfYXBwcm92YWwYCCABKAgaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkiQwoIUXVlc3Rpb24SEAoIcXVlc3Rpb24YASABKAkSDwoHb3B0aW9ucxgCIAMoCRIUCgxtdWx0aV9zZWxlY3QYAyABKAgiMAoGQW5zd2VyEhgKEHNlbGVjdGVkX29wdGlvbnMYASADKAkSDAoEdGV4dBgCIAEoCWIGcHJvdG8z");
 
 /**
  * Tool describes one function a ToolExecutor offers, in the shape of an
@@ -47,6 +47,39 @@ export type Tool = Message<"pilothouse.v1.Tool"> & {
    * @generated from field: map<string, string> metadata = 4;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Calling the tool again with the same arguments has no further effect
+   * (MCP's `idempotentHint`). When a run resumes after a crash, a call
+   * whose result was never stored is made again only for an idempotent
+   * tool; any other tool gets a result saying it was interrupted.
+   *
+   * @generated from field: bool idempotent = 5;
+   */
+  idempotent: boolean;
+
+  /**
+   * The tool only reads and changes nothing (MCP's `readOnlyHint`).
+   *
+   * @generated from field: bool read_only = 6;
+   */
+  readOnly: boolean;
+
+  /**
+   * The tool may delete or overwrite data (MCP's `destructiveHint`).
+   *
+   * @generated from field: bool destructive = 7;
+   */
+  destructive: boolean;
+
+  /**
+   * Every call waits for a human decision before it runs, whatever the
+   * agent's approval policy (the same as metadata "requires_approval":
+   * "true").
+   *
+   * @generated from field: bool requires_approval = 8;
+   */
+  requiresApproval: boolean;
 };
 
 /**
