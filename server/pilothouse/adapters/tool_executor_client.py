@@ -57,6 +57,11 @@ EXECUTOR_SERVICE: str = pb.DESCRIPTOR.services_by_name["ToolExecutorService"].fu
 CHANNEL_OPTIONS = channel_options()
 
 
+#: Answers of an executor that is up but refuses the runtime: a start-up error.
+_REFUSALS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED}
+)
+
 #: Reconnection backoff towards an executor that is down, so that one
 #: coming up is seen within seconds (gRPC's default grows to 120 s).
 RECONNECT_OPTIONS = [
@@ -83,6 +88,8 @@ class _Executor:
     serving: bool | None = None
     #: Whether its being unreachable has been logged since it last answered.
     reported_down: bool = False
+    #: The status of its last failed ListTools (None after an answer).
+    last_error: grpc.aio.AioRpcError | None = None
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -194,8 +201,18 @@ class ToolExecutorClient:
         """ListTools on every executor, waiting up to `wait_seconds` for each
         to come up, and return the catalog of their tools. An executor that
         does not answer is logged and left out (its tools are unavailable
-        until it comes up: see `watch`); nothing is raised."""
+        until it comes up: see `watch`). One that answers but refuses (the
+        runtime's credentials, a wrong service) is a mistake of the
+        configuration: UnavailableError naming it."""
         await asyncio.gather(*(self.refresh(e, wait_seconds) for e in self._executors))
+        for executor in self._executors:
+            error = executor.last_error
+            if error is not None and error.code() in _REFUSALS:
+                raise UnavailableError(
+                    f"ToolExecutor at {executor.address} did not answer ListTools: "
+                    f"{error.code().name}: {error.details()}",
+                    metadata={"address": executor.address},
+                )
         return self.catalog
 
     async def refresh(self, executor: _Executor, wait_seconds: float | None = None) -> bool:
@@ -210,6 +227,7 @@ class ToolExecutorClient:
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
+            executor.last_error = exc
             if not executor.reported_down:  # once per outage, not every interval
                 executor.reported_down = True
                 log.warning(
@@ -218,6 +236,7 @@ class ToolExecutorClient:
                 )
             return False
         executor.reported_down = False
+        executor.last_error = None
         offered: dict[str, ToolSpec] = {}
         for tool in reply.tools:
             spec = _spec_of(tool, executor.address)
