@@ -124,7 +124,8 @@ def store_table(stores: list[dict[str, Any]]) -> list[str]:
     if not stores:
         return ["Not run (`--only`)."]
     out = [
-        "| store | append one run (begin_run + finish_run, 4 messages) median / p99 µs "
+        "| store | store one durable tool-call turn (begin_run + 2 checkpoints + final, "
+        "4 messages, 30 events) median / p99 µs "
         "| load a 10,000-message session median / p99 ms | note |",
         "|---|---|---|---|",
     ]

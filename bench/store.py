@@ -1,7 +1,10 @@
 """Scenario 5, session stores, in the bench process: the cost of storing one
-run (`begin_run` + `finish_run` with the four messages of a tool-call turn,
-as the runtime does per run) and the time to load a 10,000-message session
-(`load_history`), for every store that exists in the tree: memory, SQLite
+durable tool-call turn as the runtime does per run (`durable_turn`:
+`begin_run` with the user message, its run record and first event, a
+checkpoint of the tool round, a checkpoint of the run's state, the final
+checkpoint with the answer, and the turn's events in batches) and the time
+to load a 10,000-message session (`load_history`), for every store that
+exists in the tree: memory, SQLite
 (a file in the bench's work directory, WAL) and PostgreSQL (a throwaway
 local server started with the tests' `PgServer`, fsync off; skipped when
 the PostgreSQL binaries are missing). A store module that is not there yet
@@ -22,6 +25,7 @@ import workload as w
 from stats import summary
 
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
+from pilothouse.runtime.store.base import Checkpoint, RunRecord, RunStatus, RunUpdate, StoredEvent
 
 REPO = Path(__file__).resolve().parents[1]
 STORE_MODULES = {
@@ -38,6 +42,43 @@ class StoreResult:
     load_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
     error: str | None = None
+
+
+def turn_events(run_id: str) -> list[StoredEvent]:
+    """The events of one tool-call turn, as the durable log stores them
+    (about 30 events of 60-120 bytes of JSON)."""
+    kinds = ["run_started", "tool_calls_begin", "tool_calls_start", "tool_result",
+             "tool_calls_complete", "usage", "text_start"]  # fmt: skip
+    kinds += ["text_delta"] * len(w.answer_tokens()) + ["text_end", "usage", "done"]
+    now = time.time()
+    return [
+        StoredEvent(run_id, i + 1, now, kind,
+                    f'{{"session_id":"bench","run_id":"{run_id}","sequence":{i + 1},"{kind}":{{}}}}')
+        for i, kind in enumerate(kinds)
+    ]  # fmt: skip
+
+
+async def durable_turn(store: Any, session_id: str, run_id: str, messages: list[Message]) -> None:
+    """One tool-call turn through the store, as the runtime writes it."""
+    question, call, result, answer = messages
+    events = turn_events(run_id)
+    now = time.time()
+    record = RunRecord(run_id, session_id, w.AGENT_TURN, question.content, now, sender="bench",
+                       agent_version=1, agent_config={"name": w.AGENT_TURN, "tools": [w.TOOL_NAME]},
+                       owner="127.0.0.1:50051")  # fmt: skip
+    await store.begin_run(session_id, run_id, lease_s=30.0, now=now, messages=[question],
+                          new_run=record, events=events[:1])  # fmt: skip
+    await store.checkpoint(session_id, run_id, Checkpoint(
+        now=now, messages=[call, result], events=events[1:6],
+        run=RunUpdate(iterations=1, usage=Usage(40, 16, 56))))  # fmt: skip
+    await store.append_events(events[6:16])  # the answer streams: batched
+    await store.checkpoint(session_id, run_id, Checkpoint(
+        now=now, events=events[16:20], run=RunUpdate(state={"round": 2, "pending": []})))  # fmt: skip
+    await store.append_events(events[20:-3])
+    await store.checkpoint(session_id, run_id, Checkpoint(
+        now=time.time(), messages=[answer], events=events[-3:], final=True, uptime_s=0.01,
+        run=RunUpdate(status=RunStatus.FINISHED, stop_reason="text_response", iterations=2,
+                      usage=Usage(64, 32, 96), ended_at=time.time())))  # fmt: skip
 
 
 def turn_messages() -> list[Message]:
@@ -64,7 +105,7 @@ async def measure_store(
     name: str, open_store: Callable[[], Awaitable[Any]], appends: int, loads: int,
     history: int, seconds: float,
 ) -> StoreResult:
-    from pilothouse.runtime.store.base import RunOutcome, SessionRecord
+    from pilothouse.runtime.store.base import SessionRecord
 
     result = StoreResult(name)
     store = await open_store()
@@ -78,9 +119,7 @@ async def measure_store(
                 break
             run_id = uuid.uuid4().hex
             start = time.perf_counter()
-            await store.begin_run(session_id, run_id, lease_s=30.0, now=time.time())
-            outcome = RunOutcome(messages, "text_response", Usage(64, 32, 96), 0.01, time.time())
-            await store.finish_run(session_id, run_id, outcome)
+            await durable_turn(store, session_id, run_id, messages)
             samples.append((time.perf_counter() - start) * 1e6)
         result.append_us = summary(samples)
 

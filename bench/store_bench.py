@@ -3,7 +3,7 @@
 `await run_store_bench(store_factory)` measures one store:
 
 - append: `runs` runs (default 500, after 20 warm-up runs) on one session,
-  each `begin_run` + `finish_run` of 4 messages (a user question, an
+  each `begin_run` (with its run record) + a final `checkpoint` of 4 messages (a user question, an
   assistant tool call, its ~1 KB tool result, an assistant answer); the
   time of each pair, median / p99 / mean in milliseconds.
 - load: `load_history` of a 10,000-message session (stored with
@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
-from pilothouse.runtime.store.base import RunOutcome, SessionRecord, SessionStore
+from pilothouse.runtime.store.base import (
+    Checkpoint,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
+    SessionRecord,
+    SessionStore,
+)
 
 _REPO = str(Path(__file__).resolve().parents[1])
 
@@ -101,12 +108,14 @@ async def run_store_bench(
             messages = run_messages(i, now + i)
             run_id = f"run-{i}"
             started = time.perf_counter()
-            await store.begin_run(session, run_id, lease_s=60.0, now=now + i)
-            await store.finish_run(
-                session,
-                run_id,
-                RunOutcome(messages, "text_response", Usage(900, 120, 1020), 1.2, now + i + 1.2),
-            )
+            record = RunRecord(run_id, session, "bench", _QUESTION, now + i)
+            await store.begin_run(session, run_id, lease_s=60.0, now=now + i, new_run=record)
+            update = RunUpdate(
+                status=RunStatus.FINISHED, stop_reason="text_response",
+                usage=Usage(900, 120, 1020), ended_at=now + i + 1.2,
+            )  # fmt: skip
+            await store.checkpoint(session, run_id, Checkpoint(
+                now=now + i + 1.2, messages=messages, run=update, final=True, uptime_s=1.2))  # fmt: skip
             if i >= warmup:
                 timings.append(time.perf_counter() - started)
         append = _ms(timings)

@@ -79,6 +79,11 @@ def build_test_tools() -> ToolRegistry:
             raise
         return f"gate {name} read"
 
+    @registry.tool(flags=ToolFlags(allowed_roles=("admin",)))
+    def admin_only() -> str:
+        """Only runs for principals with the admin role."""
+        return "done for an admin"
+
     @registry.tool(metadata={"requires_approval": "true"})
     def delete_records(table: str) -> str:
         """Pretend to delete every record of a table (needs approval).

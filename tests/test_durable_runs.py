@@ -25,6 +25,7 @@ from pilothouse.v1 import (
     event_pb2,
     message_pb2,
     run_service_pb2,
+    session_service_pb2,
     tool_executor_service_pb2,
     tool_executor_service_pb2_grpc,
 )
@@ -565,3 +566,52 @@ async def test_the_fallback_model_takes_over_when_retries_run_out(client, fake_m
     assert [r["model"] for r in fake_model.requests] == ["fake-model"] * 3 + ["fallback-model"]
     assert events[-1].done.final_response == "From the fallback."
     assert [m.content for m in await client.list_messages(session_id)] == ["Hi", "From the fallback."]
+
+
+# --- answers too big for one message -------------------------------------------
+
+
+async def test_a_huge_answer_is_capped_and_everything_stays_readable(fake_model, tool_server):
+    """A model that answers with megabytes: the round is cut at the output
+    limit (STOP_REASON_OUTPUT_LIMIT), `done` does not repeat the answer and
+    fits the message limit, ListMessages and ExportSession page by bytes."""
+    app = await start_app(app_settings(
+        fake_model, tool_server, max_message_bytes=1024 * 1024, max_output_chars=300_000,
+    ))
+    try:
+        async with PilothouseClient(f"127.0.0.1:{app.port}") as client:
+            await client.create_agent("chatty")
+            session = await client.create_session("chatty", "reader")
+            fake_model.responder.push(text_reply("x" * 600_000, chunk_size=20_000))
+            reply = await client.send_to(session.id, "Write a lot", timeout=60)
+            response = reply.response
+            assert response.stop_reason == event_pb2.STOP_REASON_OUTPUT_LIMIT
+            assert 300_000 <= len(response.final_response) < 320_000
+            assert response.steps[-1].message.content == ""  # not repeated
+            assert reply.ByteSize() < 1024 * 1024
+
+            for _ in range(2):
+                fake_model.responder.push(text_reply("y" * 200_000, chunk_size=20_000))
+                more = await client.send_to(session.id, "More", timeout=60)
+                assert more.response.final_response == "y" * 200_000, more.response.error
+            history = await client.list_messages(session.id)  # pages of about 256 KiB
+            assert [len(m.content) for m in history if m.role == message_pb2.ROLE_ASSISTANT] == [
+                len(response.final_response), 200_000, 200_000,
+            ]
+            first = await client.sessions.ListMessages(
+                session_service_pb2.ListMessagesRequest(session_id=session.id, page_size=100),
+                timeout=10,
+            )
+            assert 1 <= len(first.messages) < len(history) and first.next_page_token
+
+            exported = await client.export_session(session.id)  # several pages, joined
+            page = await client.sessions.ExportSession(
+                session_service_pb2.ExportSessionRequest(session_id=session.id), timeout=10
+            )
+            assert page.next_page_token and len(page.content) < len(exported)
+            imported = await client.import_session(exported)
+            assert [m.content for m in await client.list_messages(imported.id)] == [
+                m.content for m in history
+            ]
+    finally:
+        await app.stop(0)

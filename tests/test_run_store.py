@@ -398,15 +398,8 @@ async def test_a_queued_run_ends_without_starting(store: SessionStore) -> None:
     assert (await store.get_run("r1")).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
 
-async def test_begin_needs_the_record_of_a_run_it_does_not_create(
-    store: SessionStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without `new_run` the run must have a record on that session (the
-    stores still accept a record-less run while the runtime switches to run
-    records: the check is asserted with that transition switched off)."""
-    monkeypatch.setattr("pilothouse.runtime.store.memory._LEGACY", False)
-    monkeypatch.setattr("pilothouse.runtime.store.sqlite_runs.LEGACY_RUNS", False)
-    monkeypatch.setattr("pilothouse.runtime.store.postgres_runs.LEGACY_RUNS", False)
+async def test_begin_needs_the_record_of_a_run_it_does_not_create(store: SessionStore) -> None:
+    """Without `new_run` the run must have a record on that session."""
     await store.create(record("s1"))
     await store.create(record("s2"))
     await store.insert_run(run_record("other", "s2"))

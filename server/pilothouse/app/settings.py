@@ -113,6 +113,10 @@ class Settings(ServerProcessSettings):
     )
     agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
+    max_output_chars: int = Field(
+        4 * 1024 * 1024, gt=0,
+        description="characters one model round may produce (then STOP_REASON_OUTPUT_LIMIT)",
+    )
     shutdown_grace: float = Field(10.0, ge=0, description="seconds given to RPCs on SIGTERM")
     store_url: str = Field(
         "sqlite:///sessions.db",
@@ -205,6 +209,10 @@ class Settings(ServerProcessSettings):
     peer_server_name: str = Field(
         "", description="name to verify in other replicas' certificates (they are called by IP)"
     )
+    approval_exempt_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="tools whose ToolExecutor's requires_approval is lifted (an audited admin setting)",
+    )
     limit_concurrent_runs: int = Field(0, ge=0, description="active runs per principal (0: no limit)")
     limit_runs_per_minute: int = Field(0, ge=0, description="runs started per principal per minute")
     limit_sessions_per_minute: int = Field(
@@ -214,7 +222,7 @@ class Settings(ServerProcessSettings):
         0, ge=0, description="bytes of user and steering messages per principal per minute"
     )
 
-    @field_validator("tool_executors", mode="before")
+    @field_validator("tool_executors", "approval_exempt_tools", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

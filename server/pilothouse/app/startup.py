@@ -22,6 +22,7 @@ from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
 from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
+from pilothouse.auth.audit import audit
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
 from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
@@ -284,12 +285,21 @@ async def start_app(
                 resume_policy=ResumePolicy(settings.resume_policy),
                 resume_poll_s=settings.resume_poll_interval,
                 stream_retries=settings.model_stream_retries,
+                approval_exempt_tools=frozenset(settings.approval_exempt_tools),
+                max_output_chars=settings.max_output_chars,
+                page_bytes=settings.max_message_bytes // 4,
                 decision_timeout_s=settings.decision_timeout,
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
         )
         tools.watch(settings.tool_rediscovery_interval)
+        if settings.approval_exempt_tools:
+            audit("approval.exempted", tools=",".join(sorted(settings.approval_exempt_tools)))
+            log.warning(
+                "PILOTHOUSE_APPROVAL_EXEMPT_TOOLS lifts the ToolExecutors' approval requirement of: %s",
+                ", ".join(sorted(settings.approval_exempt_tools)),
+            )
         forwarder = RunForwarder(
             max_message_bytes=settings.max_message_bytes,
             interceptors=tracing_client_interceptors(),

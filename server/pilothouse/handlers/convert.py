@@ -25,6 +25,7 @@ from pilothouse.runtime.store.base import (
     INTERRUPTED,
     RunRecord,
     RunStatus,
+    SessionMatch,
     SessionRecord,
     SessionState,
 )
@@ -34,6 +35,7 @@ from pilothouse.v1 import (
     message_pb2,
     run_service_pb2,
     session_pb2,
+    session_service_pb2,
     tool_pb2,
 )
 
@@ -56,6 +58,7 @@ _STOP_REASONS = {
     ev.StopReason.TIMEOUT: event_pb2.STOP_REASON_TIMEOUT,
     ev.StopReason.BUDGET_EXCEEDED: event_pb2.STOP_REASON_BUDGET_EXCEEDED,
     ev.StopReason.INTERRUPTED: event_pb2.STOP_REASON_INTERRUPTED,
+    ev.StopReason.OUTPUT_LIMIT: event_pb2.STOP_REASON_OUTPUT_LIMIT,
 }
 _STOP_REASON_BY_VALUE = {reason.value: proto for reason, proto in _STOP_REASONS.items()}
 _APPROVAL_POLICIES = {
@@ -374,6 +377,26 @@ def message_to_proto(message: Message) -> message_pb2.Message:
     )
 
 
+def session_match_to_proto(
+    match: SessionMatch, session: session_pb2.Session
+) -> session_service_pb2.SessionSearchResult:
+    """A search result; `session` is the session as `session_to_proto` made it."""
+    return session_service_pb2.SessionSearchResult(
+        session=session,
+        score=match.score,
+        matches=[
+            session_service_pb2.MessageMatch(
+                message_id=str(m.position),
+                role=_ROLES[m.role],
+                snippet=m.snippet,
+                highlights=[session_service_pb2.TextRange(start=s, end=e) for s, e in m.highlights],
+                create_time=timestamp(m.created_at),
+            )
+            for m in match.matches
+        ],
+    )
+
+
 def usage_to_proto(usage: Usage) -> event_pb2.Usage:
     return event_pb2.Usage(
         prompt_tokens=usage.prompt_tokens,
@@ -394,22 +417,58 @@ def tool_result_to_proto(result: ev.ToolResult) -> event_pb2.ToolResult:
     return proto
 
 
-def response_to_proto(response: ev.AgentResponse) -> event_pb2.AgentResponse:
+#: Bytes of step text (tool outputs and errors) a `done` carries at most;
+#: longer runs have their steps' tool outputs shortened (the whole history
+#: is in ListMessages), so `done` stays well under the message limit.
+DONE_STEPS_BUDGET = 2 * 1024 * 1024
+
+
+def _shortened(text: str, room: int) -> str:
+    if len(text) <= room:
+        return text
+    return text[: max(room, 0)] + f" [... {len(text) - max(room, 0)} more characters: see ListMessages]"
+
+
+def response_to_proto(
+    response: ev.AgentResponse, steps_budget: int = DONE_STEPS_BUDGET
+) -> event_pb2.AgentResponse:
+    """The run's outcome. The answer is not repeated: the last step's text,
+    when it is `final_response`, is left out of it, and each step's calls
+    are in `tool_calls` only (not again in its message). Tool outputs past
+    `steps_budget` characters in all are shortened with a note."""
+    room = steps_budget
+    steps = []
+    last = len(response.steps) - 1
+    for index, step in enumerate(response.steps):
+        message = message_to_proto(step.message)
+        del message.tool_calls[:]
+        if index == last and step.message.content == response.final_response:
+            message.content = ""
+        results = []
+        for result in step.tool_results:
+            proto = tool_result_to_proto(result)
+            text = result.output if result.error is None else result.error
+            if text and len(text) > room:
+                short = _shortened(text, room)
+                if result.error is None:
+                    proto.output = short
+                else:
+                    proto.error = short
+            room -= min(len(text or ""), max(room, 0))
+            results.append(proto)
+        steps.append(event_pb2.AgentStep(
+            message=message,
+            usage=usage_to_proto(step.usage),
+            finish_reason=step.finish_reason,
+            tool_calls=tool_calls_to_proto(step.tool_calls),
+            tool_results=results,
+        ))
     return event_pb2.AgentResponse(
         final_response=response.final_response,
         iterations=response.iterations,
         stop_reason=_STOP_REASONS[response.stop_reason],
         error=response.error,
-        steps=[
-            event_pb2.AgentStep(
-                message=message_to_proto(step.message),
-                usage=usage_to_proto(step.usage),
-                finish_reason=step.finish_reason,
-                tool_calls=tool_calls_to_proto(step.tool_calls),
-                tool_results=[tool_result_to_proto(r) for r in step.tool_results],
-            )
-            for step in response.steps
-        ],
+        steps=steps,
         model=response.model,
         usage=usage_to_proto(response.usage),
         unapplied_steering=[

@@ -11,7 +11,7 @@ from pilothouse.errors import InvalidArgumentError
 from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
 from pilothouse.runtime.runtime import Runtime
-from pilothouse.runtime.store.base import SessionRecord
+from pilothouse.runtime.store.base import SessionRecord, SessionState
 from pilothouse.v1 import (
     session_pb2,
     session_service_pb2 as sessions_pb,
@@ -68,15 +68,27 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def ListSessions(
         self, request: sessions_pb.ListSessionsRequest, context: Context
     ) -> sessions_pb.ListSessionsResponse:
-        state = convert.session_state_from_proto(request.state)
-        if request.state and state is None:
-            raise InvalidArgumentError.field("state", f"unknown value {request.state}")
+        state = _state_filter(request.state)
         records, token = await self.runtime.list_sessions(
             request.agent, request.created_by, request.page_size, request.page_token, state,
             caller=current_principal(),
         )
         return sessions_pb.ListSessionsResponse(
             sessions=[self._session(r) for r in records], next_page_token=token
+        )
+
+    @handle_errors
+    async def SearchSessions(
+        self, request: sessions_pb.SearchSessionsRequest, context: Context
+    ) -> sessions_pb.SearchSessionsResponse:
+        found, token = await self.runtime.search_sessions(
+            request.query, agent=request.agent, created_by=request.created_by,
+            state=_state_filter(request.state), size=request.page_size, token=request.page_token,
+            caller=current_principal(),
+        )  # fmt: skip
+        return sessions_pb.SearchSessionsResponse(
+            results=[convert.session_match_to_proto(m, self._session(m.session)) for m in found],
+            next_page_token=token,
         )
 
     @handle_errors
@@ -117,8 +129,10 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     async def ExportSession(
         self, request: sessions_pb.ExportSessionRequest, context: Context
     ) -> sessions_pb.ExportSessionResponse:
-        content = await self.runtime.export_session(request.session_id, current_principal())
-        return sessions_pb.ExportSessionResponse(content=content)
+        content, token = await self.runtime.export_session(
+            request.session_id, current_principal(), request.page_token
+        )
+        return sessions_pb.ExportSessionResponse(content=content, next_page_token=token)
 
     @handle_errors
     async def ImportSession(
@@ -126,3 +140,11 @@ class SessionService(sessions_grpc.SessionServiceServicer):
     ) -> sessions_pb.ImportSessionResponse:
         record = await self.runtime.import_session(request.content, current_principal())
         return sessions_pb.ImportSessionResponse(session=self._session(record))
+
+
+def _state_filter(value: int) -> SessionState | None:
+    """The `state` filter of ListSessions and SearchSessions (None: any)."""
+    state = convert.session_state_from_proto(value)
+    if value and state is None:
+        raise InvalidArgumentError.field("state", f"unknown value {value}")
+    return state

@@ -4,6 +4,7 @@ its own ToolExecutors' tool schemas."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class AgentRegistry:
         tools: ToolCatalog,
         default_model: str,
         check_model: Callable[[str], None] | None = None,
+        approval_exempt: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
         self.tools = tools
@@ -41,6 +43,8 @@ class AgentRegistry:
         #: Raises FailedPreconditionError (UNKNOWN_MODEL_PROVIDER) for a
         #: model that names no configured provider.
         self.check_model_name = check_model
+        #: Tools whose executor-declared `requires_approval` is lifted.
+        self.approval_exempt = approval_exempt
         self._built: dict[str, Agent] = {}
         # Agents carry a snapshot of their tools: rebuild them when tools change.
         tools.on_change(self._built.clear)
@@ -103,9 +107,14 @@ class AgentRegistry:
         parsed = AgentConfig.model_validate(config)
         if not parsed.model:
             parsed = parsed.model_copy(update={"model": self.default_model})
+        tools = tuple(
+            dataclasses.replace(spec, requires_approval=False)
+            if spec.name in self.approval_exempt else spec
+            for spec in self.tools.snapshot(parsed.tools)
+        )
         return Agent(
             parsed,
-            self.tools.snapshot(parsed.tools),
+            tools,
             created_at=created_at or time.time(),
             source=source,
             version=version,

@@ -43,6 +43,7 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     INTERRUPTED = "interrupted"
+    OUTPUT_LIMIT = "output_limit"
     #: Not an outcome: the run stopped at a safe point so that another
     #: replica (or the next start) resumes it. Never in a `done`.
     HANDOVER = "handover"

@@ -78,6 +78,9 @@ from pilothouse.runtime.tools import ToolContext, ToolDispatcher
 DEFAULT_CONTEXT_WINDOW = 128_000
 #: Retries of a model round whose stream failed after it began.
 DEFAULT_STREAM_RETRIES = 2
+#: Most characters (text, reasoning and tool-call arguments) one model round
+#: may produce before its stream is closed.
+DEFAULT_MAX_OUTPUT_CHARS = 4 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_DECISION_TIMEOUT_S",
@@ -147,6 +150,7 @@ class LoopContext:
     remember_approval: Callable[[str], Awaitable[None]] | None = None
     decision_timeout_s: float = DEFAULT_DECISION_TIMEOUT_S
     stream_retries: int = DEFAULT_STREAM_RETRIES
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
     resume: Resume | None = None
     principal: str = ""
     principal_roles: tuple[str, ...] = ()
@@ -297,6 +301,10 @@ async def run_agent(
             return
 
         message = builder.build()
+        if round_state.truncated:
+            # Past the output limit: the text so far is the answer; calls
+            # whose arguments may be cut are dropped, so history stays valid.
+            message.tool_calls = []
         usage = round_state.usage or Usage()
         ctx.usage = ctx.usage + usage
         if usage != Usage():
@@ -340,6 +348,12 @@ async def run_agent(
                     yield Compacted(summary)
             continue
 
+        if round_state.truncated:
+            yield done(
+                StopReason.OUTPUT_LIMIT, final=message.content,
+                error=f"the model's output passed the limit of {ctx.max_output_chars} characters",
+            )
+            return
         if control.steering.pending() and control.options.late_steering is LateSteeringPolicy.FOLLOW_UP:
             continue  # steering that came in during the last round gets an answer
         yield done(StopReason.TEXT_RESPONSE, final=message.content)
@@ -369,6 +383,8 @@ class _RoundState:
     error: str | None = None
     failure: ModelError | None = None
     stopped: bool = False
+    #: The stream was closed at the output limit.
+    truncated: bool = False
     first_chunk_at: float | None = None
     started_at: float = field(default_factory=time.perf_counter)
 
@@ -393,10 +409,12 @@ async def _model_round(
     while True:
         builder = MessageBuilder()
         state.error = state.failure = state.first_chunk_at = state.usage = None
+        state.truncated = False
         state.finish_reason = state.response_model = ""
         state.started_at = time.perf_counter()
         with spans.chat_span(model.provider_name, model_name, ctx.session_id) as span:
-            async for event in _stream_round(model, request, builder, state, ctx.control):
+            async for event in _stream_round(model, request, builder, state, ctx.control,
+                                             ctx.max_output_chars):
                 yield event
             spans.end_chat_span(
                 span,
@@ -452,9 +470,12 @@ async def _stream_round(
     builder: MessageBuilder,
     state: _RoundState,
     control: RunControl,
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
 ) -> AsyncIterator[Event]:
     """Events of one model stream. The stream is read by a pump task so a
-    stop request can close it at once (the HTTP response is closed)."""
+    stop request can close it at once (the HTTP response is closed); past
+    `max_output_chars` characters of output the stream is closed too (`truncated`)."""
+    output = 0
     queue: asyncio.Queue[object] = asyncio.Queue()
     pump = asyncio.create_task(_pump(model.stream(request), queue))
     remove_waker = on_stop(control, lambda: queue.put_nowait(_STOP))
@@ -475,6 +496,12 @@ async def _stream_round(
             chunk: ChatChunk = item  # type: ignore[assignment]
             if state.first_chunk_at is None:
                 state.first_chunk_at = time.perf_counter()
+            output += len(chunk.content or "") + len(chunk.reasoning or "") + sum(
+                len(d.arguments or "") for d in chunk.tool_calls
+            )
+            if output > max_output_chars:
+                state.truncated = True
+                break
             if chunk.content:
                 if open_segment is not TextStart:
                     if open_segment is ThinkingStart:

@@ -21,6 +21,7 @@ from pilothouse.errors import (
     run_not_found,
 )
 from pilothouse.identity import Principal
+from pilothouse.runtime import search
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.control import RunOptions
@@ -40,6 +41,7 @@ from pilothouse.runtime.sessions import SessionLocks, Sessions, can_see
 from pilothouse.runtime.store.base import (
     RunRecord,
     RunStatus,
+    SessionMatch,
     SessionRecord,
     SessionState,
     SessionStore,
@@ -77,12 +79,14 @@ class Runtime:
         self.tools = tools
         self.limits = limits or RuntimeLimits()
         self.agents = AgentRegistry(
-            store, tools, default_model, check_model=getattr(model, "check_model", None)
+            store, tools, default_model, check_model=getattr(model, "check_model", None),
+            approval_exempt=self.limits.approval_exempt_tools,
         )
         locks = SessionLocks()
         self.sessions = Sessions(
             store, self.agents, model, locks, cache_size=self.limits.session_cache_size,
             local_run=lambda sid: run.id if (run := self.scheduler.active(sid)) else "",
+            page_bytes=self.limits.page_bytes,
         )
         self.scheduler = RunScheduler(
             model=model, dispatcher=dispatcher, store=store, agents=self.agents,
@@ -181,6 +185,26 @@ class Runtime:
 
     async def close_session(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
         return await self.sessions.close(session_id, caller)
+    async def search_sessions(
+        self,
+        query: str,
+        *,
+        agent: str = "",
+        created_by: str = "",
+        state: SessionState | None = None,
+        size: int = 0,
+        token: str = "",
+        caller: Principal | None = None,
+    ) -> tuple[list[SessionMatch], str]:
+        """A page of the sessions whose messages match `query`, best first
+        (see `search.search_sessions`); a non-admin caller's own only."""
+        if caller is not None and not caller.is_admin:
+            created_by = caller.id
+        return await search.search_sessions(
+            self.store, query, agent=agent, created_by=created_by, state=state, size=size,
+            token=token,
+        )  # fmt: skip
+
 
     async def delete_session(self, session_id: str, caller: Principal | None = None) -> None:
         await self.sessions.delete(session_id, caller)
@@ -198,8 +222,10 @@ class Runtime:
     ) -> tuple[str, SessionRecord]:
         return await self.sessions.compact(session_id, caller)
 
-    async def export_session(self, session_id: str, caller: Principal | None = None) -> bytes:
-        return await self.sessions.export(session_id, caller)
+    async def export_session(
+        self, session_id: str, caller: Principal | None = None, token: str = ""
+    ) -> tuple[bytes, str]:
+        return await self.sessions.export(session_id, caller, token)
 
     async def import_session(self, content: bytes, caller: Principal | None = None) -> SessionRecord:
         return await self.sessions.import_(content, caller)

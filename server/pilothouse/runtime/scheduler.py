@@ -57,7 +57,13 @@ from pilothouse.runtime.events import (
     ToolResult,
 )
 from pilothouse.runtime.journal import EventWriter, RunJournal
-from pilothouse.runtime.loop import DEFAULT_DECISION_TIMEOUT_S, LoopContext, Resume, run_agent
+from pilothouse.runtime.loop import (
+    DEFAULT_DECISION_TIMEOUT_S,
+    DEFAULT_MAX_OUTPUT_CHARS,
+    LoopContext,
+    Resume,
+    run_agent,
+)
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.runs import EventLog, Run, StoredRun, stored_events_loader
@@ -109,6 +115,13 @@ class RuntimeLimits:
     resume_poll_s: float = 2.0
     event_flush_s: float = 0.05
     stream_retries: int = 2
+    #: Tools whose ToolExecutor's `requires_approval` an admin lifted
+    #: (PILOTHOUSE_APPROVAL_EXEMPT_TOOLS, audited at start).
+    approval_exempt_tools: frozenset[str] = frozenset()
+    #: Stored bytes one page of ListMessages or ExportSession holds at most.
+    page_bytes: int = 4 * 1024 * 1024
+    #: Characters one model round may produce (STOP_REASON_OUTPUT_LIMIT).
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +671,7 @@ class RunScheduler:
         ctx = LoopContext(run.session_id, run.id, run.control, journal,
                           decision_timeout_s=self.limits.decision_timeout_s,
                           stream_retries=self.limits.stream_retries,
+                          max_output_chars=self.limits.max_output_chars,
                           principal=journal.principal, principal_roles=journal.roles)
         ctx.remember_approval = lambda tool: self._remember_approval(run.session_id, tool)
         done: Done | None = None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from pilothouse.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     PermissionDeniedError,
     UnavailableError,
     run_active,
@@ -80,12 +81,16 @@ class Sessions:
         *,
         cache_size: int = 1000,
         local_run: Callable[[str], str] = lambda _: "",
+        page_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.agents = agents
         self.model = model
         self.locks = locks
         self.cache_size = cache_size
+        #: Stored bytes one page of ListMessages or ExportSession holds at
+        #: most (at least one item), so a reply stays under the message limit.
+        self.page_bytes = page_bytes
         self.local_run = local_run
         self._cache: OrderedDict[str, tuple[_Version, list[Message]]] = OrderedDict()
         self._identity_lock = asyncio.Lock()
@@ -186,10 +191,16 @@ class Sessions:
         filters = {"session_id": session_id, "newest_first": newest_first}
         offset = decode_token(token, "messages", filters) or 0
         messages = await self.store.list_messages(
-            session_id, offset, limit + 1, newest_first=newest_first
+            session_id, offset, limit + 1, newest_first=newest_first, max_bytes=self.page_bytes
         )
-        more = len(messages) > limit
-        return messages[:limit], encode_token("messages", offset + limit, filters) if more else ""
+        page = messages[:limit]
+        if len(messages) > limit:
+            more = True
+        else:  # a page cut by bytes: more unless it reached the end
+            record = await self.get(session_id)
+            more = offset + len(page) < record.message_count
+        following = offset + len(page)
+        return page, encode_token("messages", following, filters) if more and page else ""
 
     async def compact(
         self, session_id: str, caller: Principal | None = None
@@ -218,10 +229,20 @@ class Sessions:
             self._cache.pop(session_id, None)
         return summary, record
 
-    async def export(self, session_id: str, caller: Principal | None = None) -> bytes:
-        """The session as JSON Lines (meta, messages, compact markers)."""
+    async def export(
+        self, session_id: str, caller: Principal | None = None, token: str = ""
+    ) -> tuple[bytes, str]:
+        """A page of the session as JSON Lines (meta, messages, compact
+        markers) and the next page's token ("" at the end)."""
         await self.get(session_id, caller)
-        return await jsonl.export_jsonl(self.store, session_id)
+        filters = {"session_id": session_id}
+        offset = decode_token(token, "export", filters) or 0
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgumentError.field("page_token", "not a page token of this export")
+        content, following = await jsonl.export_page(
+            self.store, session_id, offset, page_bytes=self.page_bytes
+        )
+        return content, encode_token("export", following, filters) if following is not None else ""
 
     async def import_(self, content: bytes, caller: Principal | None = None) -> SessionRecord:
         """Import an exported session under a new id, owned by a non-admin

@@ -298,11 +298,18 @@ class PilothouseClient:
 
     @_translate
     async def export_session(self, session_id: str) -> bytes:
-        """The session as JSON Lines."""
-        reply = await self.sessions.ExportSession(
-            sessions_pb.ExportSessionRequest(session_id=session_id), timeout=self.timeout
-        )
-        return reply.content
+        """The session as JSON Lines (every page of a long session, joined)."""
+        parts: list[bytes] = []
+        token = ""
+        while True:
+            reply = await self.sessions.ExportSession(
+                sessions_pb.ExportSessionRequest(session_id=session_id, page_token=token),
+                timeout=self.timeout,
+            )
+            parts.append(reply.content)
+            token = reply.next_page_token
+            if not token:
+                return b"".join(parts)
 
     @_translate
     async def import_session(self, content: bytes) -> session_pb2.Session:

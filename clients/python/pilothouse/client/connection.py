@@ -24,9 +24,9 @@ import grpc
 __all__ = [
     "CHANNEL_OPTIONS",
     "MAX_MESSAGE_BYTES",
-    "BearerToken",
     "ClientTls",
     "add_connection_arguments",
+    "bearer_token",
     "connection_options",
     "open_channel",
 ]
@@ -78,13 +78,8 @@ class ClientTls:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
-class BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
+class _Bearer:
+    """Adds `authorization: Bearer <token>` to a call's metadata."""
 
     def __init__(self, token: str) -> None:
         self._entry = ("authorization", f"Bearer {token}")
@@ -96,27 +91,44 @@ class BearerToken(
             details.wait_for_ready,
         )
 
+
+# grpc.aio files each interceptor under the first call kind it implements,
+# so one class per kind.
+class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _BearerStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send `authorization: Bearer <token>` with every
+    call of a channel (unary and streaming)."""
+    return [cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary,
+                                   _BearerStreamStream)]
 
 
 def open_channel(
@@ -134,7 +146,7 @@ def open_channel(
     every call (OpenTelemetry's aio client interceptors make the caller's
     span the parent of the run's trace)."""
     settings = ClientTls() if tls is True else (tls or None)
-    chain = [*interceptors, *([BearerToken(token)] if token else [])] or None
+    chain = [*interceptors, *(bearer_token(token) if token else [])] or None
     all_options = [*CHANNEL_OPTIONS, *options]
     if settings is None:
         return grpc.aio.insecure_channel(target, options=all_options, interceptors=chain)

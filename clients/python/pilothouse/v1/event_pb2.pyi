@@ -50,8 +50,13 @@ class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason
     STOP_REASON_BUDGET_EXCEEDED: _StopReason.ValueType  # 7
     """The run used up its token budget (`RunOptions.token_budget`)."""
     STOP_REASON_INTERRUPTED: _StopReason.ValueType  # 8
-    """The server stopped during the run (a crash); only whole rounds were
-    stored.
+    """The server stopped during the run and it was not resumed (resume
+    policy `interrupt`); only whole rounds were stored.
+    """
+    STOP_REASON_OUTPUT_LIMIT: _StopReason.ValueType  # 9
+    """A model round's output passed PILOTHOUSE_MAX_OUTPUT_CHARS: the stream
+    was closed, the text so far is the answer (stored), tool calls of that
+    round were dropped.
     """
 
 class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
@@ -79,8 +84,13 @@ STOP_REASON_TIMEOUT: StopReason.ValueType  # 6
 STOP_REASON_BUDGET_EXCEEDED: StopReason.ValueType  # 7
 """The run used up its token budget (`RunOptions.token_budget`)."""
 STOP_REASON_INTERRUPTED: StopReason.ValueType  # 8
-"""The server stopped during the run (a crash); only whole rounds were
-stored.
+"""The server stopped during the run and it was not resumed (resume
+policy `interrupt`); only whole rounds were stored.
+"""
+STOP_REASON_OUTPUT_LIMIT: StopReason.ValueType  # 9
+"""A model round's output passed PILOTHOUSE_MAX_OUTPUT_CHARS: the stream
+was closed, the text so far is the answer (stored), tool calls of that
+round were dropped.
 """
 Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
 
@@ -202,7 +212,12 @@ Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
 class AgentStep(_message.Message):
-    """AgentStep records one model round (seed 003 `AgentStep`)."""
+    """AgentStep records one model round. `done` does not repeat itself: the
+    last step's text, when it is the run's `final_response`, is left out of
+    `message`, the round's calls are in `tool_calls` (not again in
+    `message`), and tool outputs past about 2 MiB in all are shortened with a
+    note (the whole history is in ListMessages).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -215,7 +230,7 @@ class AgentStep(_message.Message):
     """The model's `finish_reason` ("stop", "tool_calls", "length", ...)."""
     @_builtins.property
     def message(self) -> _message_pb2.Message:
-        """The assistant message the round produced."""
+        """The assistant message the round produced (see above)."""
 
     @_builtins.property
     def usage(self) -> Global___Usage:

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from pilothouse.v1 import message_pb2 as _message_pb2
 from pilothouse.v1 import session_pb2 as _session_pb2
@@ -444,16 +445,22 @@ class ExportSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id."""
+    page_token: _builtins.str
+    """From ExportSessionResponse.next_page_token, for the next part of a
+    long session's file.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,21 +468,27 @@ Global___ExportSessionRequest: _TypeAlias = ExportSessionRequest  # noqa: Y015
 
 @_typing.final
 class ExportSessionResponse(_message.Message):
-    """Response of ExportSession."""
+    """Response of ExportSession. A long session comes in pages of a few MiB
+    each: the file is the `content` of every page, in order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
-    """The session as JSON Lines (UTF-8)."""
+    """The session as JSON Lines (UTF-8), or the next part of it."""
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     def __init__(
         self,
         *,
         content: _builtins.bytes = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,3 +539,193 @@ class ImportSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportSessionResponse: _TypeAlias = ImportSessionResponse  # noqa: Y015
+
+@_typing.final
+class SearchSessionsRequest(_message.Message):
+    """Request of SearchSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """What to find: words, all of which a message must contain (whole words,
+    any case); "words in quotes" must appear in a row; a trailing `*` makes
+    a word a prefix (`deploy*` finds "deployed"). Other characters only
+    separate words. Required; at most 500 characters and 32 terms.
+    """
+    agent: _builtins.str
+    """Only sessions of this agent, when set."""
+    created_by: _builtins.str
+    """Only sessions opened by this identity, when set."""
+    state: _session_pb2.SessionState.ValueType
+    """Only sessions in this state, when set."""
+    page_size: _builtins.int
+    """Maximum sessions to return: 0 means 20, above 100 is clamped to 100,
+    negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of a previous call with the same query and filters,
+    or empty.
+    """
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        state: _session_pb2.SessionState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_by", b"created_by", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSessionsRequest: _TypeAlias = SearchSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SearchSessionsResponse(_message.Message):
+    """Response of SearchSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionSearchResult]:
+        """The sessions found, best match first (equal matches: most recently
+        active first).
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SessionSearchResult] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSessionsResponse: _TypeAlias = SearchSessionsResponse  # noqa: Y015
+
+@_typing.final
+class SessionSearchResult(_message.Message):
+    """A session found by SearchSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """Relevance: higher is better. Comparable between the results of one
+    search only (its scale depends on the session store).
+    """
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """The session."""
+
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageMatch]:
+        """The session's best-matching messages (at most 3), best first."""
+
+    def __init__(
+        self,
+        *,
+        session: _session_pb2.Session | None = ...,
+        score: _builtins.float = ...,
+        matches: _abc.Iterable[Global___MessageMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "score", b"score", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSearchResult: _TypeAlias = SessionSearchResult  # noqa: Y015
+
+@_typing.final
+class MessageMatch(_message.Message):
+    """A message that matches a search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    HIGHLIGHTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The message's id: its position in the session's stored transcript,
+    counting from 0, compaction summaries included (it never changes: the
+    transcript only grows). In ExportSession's output it is the message on
+    line `message_id + 2`.
+    """
+    role: _message_pb2.Role.ValueType
+    """Who spoke: ROLE_USER or ROLE_ASSISTANT."""
+    snippet: _builtins.str
+    """The matching passage of the message's content; "…" where it was cut."""
+    @_builtins.property
+    def highlights(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextRange]:
+        """Where the matched words are in `snippet`."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the message was added."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        role: _message_pb2.Role.ValueType = ...,
+        snippet: _builtins.str = ...,
+        highlights: _abc.Iterable[Global___TextRange] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "highlights", b"highlights", "message_id", b"message_id", "role", b"role", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageMatch: _TypeAlias = MessageMatch  # noqa: Y015
+
+@_typing.final
+class TextRange(_message.Message):
+    """A range of a text, in Unicode code points from its start: `start`
+    included, `end` excluded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """First code point of the range."""
+    end: _builtins.int
+    """Code point just after the range."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextRange: _TypeAlias = TextRange  # noqa: Y015

@@ -85,6 +85,11 @@ class SessionServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
                 _registered_method=True)
+        self.SearchSessions = channel.unary_unary(
+                '/pilothouse.v1.SessionService/SearchSessions',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -170,6 +175,16 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSessions(self, request, context):
+        """Finds sessions by what was said in them: full-text search over the
+        content of user and assistant messages (tool calls, tool results and
+        reasoning are not searched), best match first, filtered like
+        ListSessions. INVALID_ARGUMENT for a query without a word.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +237,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ImportSession,
                     request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'SearchSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSessions,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +515,33 @@ class SessionService:
             '/pilothouse.v1.SessionService/ImportSession',
             pilothouse_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
             pilothouse_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/SearchSessions',
+            pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.SearchSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class SessionServiceStub:
     """Imports an exported session as a new session (new id, same content).
     INVALID_ARGUMENT naming the first bad line; nothing is written then.
     """
+    SearchSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.SearchSessionsRequest, _session_service_pb2.SearchSessionsResponse]
+    """Finds sessions by what was said in them: full-text search over the
+    content of user and assistant messages (tool calls, tool results and
+    reasoning are not searched), best match first, filtered like
+    ListSessions. INVALID_ARGUMENT for a query without a word.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -108,6 +114,12 @@ class SessionServiceAsyncStub(SessionServiceStub):
     ImportSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ImportSessionRequest, _session_service_pb2.ImportSessionResponse]  # type: ignore[assignment]
     """Imports an exported session as a new session (new id, same content).
     INVALID_ARGUMENT naming the first bad line; nothing is written then.
+    """
+    SearchSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.SearchSessionsRequest, _session_service_pb2.SearchSessionsResponse]  # type: ignore[assignment]
+    """Finds sessions by what was said in them: full-text search over the
+    content of user and assistant messages (tool calls, tool results and
+    reasoning are not searched), best match first, filtered like
+    ListSessions. INVALID_ARGUMENT for a query without a word.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +218,18 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.ImportSessionResponse, _abc.Awaitable[_session_service_pb2.ImportSessionResponse]]:
         """Imports an exported session as a new session (new id, same content).
         INVALID_ARGUMENT naming the first bad line; nothing is written then.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchSessions(
+        self,
+        request: _session_service_pb2.SearchSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.SearchSessionsResponse, _abc.Awaitable[_session_service_pb2.SearchSessionsResponse]]:
+        """Finds sessions by what was said in them: full-text search over the
+        content of user and assistant messages (tool calls, tool results and
+        reasoning are not searched), best match first, filtered like
+        ListSessions. INVALID_ARGUMENT for a query without a word.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

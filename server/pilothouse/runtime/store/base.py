@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.messages import Message, Role, Usage
+from pilothouse.runtime.store.textsearch import SearchQuery
 
 
 class SessionState(StrEnum):
@@ -103,20 +104,6 @@ class AgentRecord:
 
 #: One line of a stored transcript.
 TranscriptItem = Message | CompactMarker
-
-
-@dataclass(slots=True)
-class RunOutcome:
-    """Transitional: what the pre-checkpoint `finish_run` stored (removed
-    once the runtime writes checkpoints)."""
-
-    messages: builtins.list[Message]
-    stop_reason: str
-    usage: Usage
-    uptime_s: float
-    finished_at: float
-    compact_summary: str | None = None
-    messages_before_compact: builtins.list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -208,6 +195,33 @@ class Checkpoint:
     final: bool = False
     release: bool = False
     uptime_s: float = 0.0
+
+
+@dataclass(slots=True)
+class MessageMatch:
+    """A message that matches a search. `position` is its index in the
+    session's transcript (from 0, compact markers counted: stable, since
+    history only grows); `snippet` the matching passage of its content,
+    `highlights` the (start, end) code-point ranges of the matched words in
+    `snippet`; `score` its relevance (higher is better)."""
+
+    position: int
+    role: Role
+    snippet: str
+    highlights: builtins.list[tuple[int, int]]
+    created_at: float
+    score: float
+
+
+@dataclass(slots=True)
+class SessionMatch:
+    """A session found by `search_sessions`: its record, its relevance
+    (the best of its messages'; higher is better, comparable only within
+    one search) and its best-matching messages, best first."""
+
+    session: SessionRecord
+    score: float
+    matches: builtins.list[MessageMatch]
 
 
 class SessionStore(Protocol):
@@ -407,6 +421,23 @@ class SessionStore(Protocol):
         session became unusable): apply `update` (its final status, stop
         reason, end time) and append `events`, in one transaction, only if
         the run is still QUEUED; False otherwise (nothing written)."""
+        ...
+
+    async def search_sessions(
+        self,
+        query: SearchQuery,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+        matches: int = 3,
+    ) -> builtins.list[SessionMatch]:
+        """Sessions (matching the non-empty filters, as `list`) with a user
+        or assistant message matching `query` (see `textsearch`), best first
+        (ties: most recently updated first, then by id), from `offset`, up
+        to `limit` of them, each with its `matches` best messages."""
         ...
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:

@@ -144,6 +144,26 @@ async def iter_jsonl(
         yield b"".join(_item_line(item) + b"\n" for item in page)
 
 
+async def export_page(
+    store: SessionStore, session_id: str, offset: int, *, page_bytes: int = EXPORT_PAGE_BYTES
+) -> tuple[bytes, int | None]:
+    """One page of the session file: from transcript item `offset` (the
+    meta line first when it is 0), about `page_bytes` of stored size (at
+    least one item), and the offset the next page starts at (None at the
+    end). The transcript is append-only, so pages read one after the other
+    make the whole file. Errors as `iter_jsonl`."""
+    record = await store.get(session_id)
+    if record is None:
+        raise session_not_found(session_id)
+    head = _meta_line(record) + b"\n" if offset == 0 else b""
+    page = await store.transcript_page(session_id, offset, EXPORT_PAGE_ITEMS * 64,
+                                       max_bytes=page_bytes)
+    body = b"".join(_item_line(item) + b"\n" for item in page)
+    following = offset + len(page)
+    more = bool(page) and bool(await store.transcript_page(session_id, following, 1))
+    return head + body, following if more else None
+
+
 async def export_jsonl(store: SessionStore, session_id: str) -> bytes:
     """The session as a session file (UTF-8 JSON Lines, one line a
     transcript item, compact markers included), read in bounded pages

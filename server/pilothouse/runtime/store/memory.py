@@ -24,9 +24,11 @@ from pilothouse.runtime.store.base import (
     AgentRecord,
     Checkpoint,
     CompactMarker,
+    MessageMatch,
     RunRecord,
     RunStatus,
     RunUpdate,
+    SessionMatch,
     SessionRecord,
     SessionState,
     StoredEvent,
@@ -34,6 +36,7 @@ from pilothouse.runtime.store.base import (
 )
 from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.textsearch import SearchQuery, scan
 
 
 def _copy_item(item: TranscriptItem) -> TranscriptItem:
@@ -50,7 +53,6 @@ class MemorySessionStore:
         self._agents: dict[str, AgentRecord] = {}
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, builtins.list[StoredEvent]] = {}
-        self._owners: dict[str, tuple[str, str]] = {}
 
     def _record(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
@@ -118,7 +120,6 @@ class MemorySessionStore:
         for run_id in [r.id for r in self._runs.values() if r.session_id == session_id]:
             del self._runs[run_id]
             self._events.pop(run_id, None)
-        self._owners.pop(session_id, None)
 
     async def load_history(self, session_id: str) -> builtins.list[Message]:
         self._record(session_id)
@@ -208,7 +209,7 @@ class MemorySessionStore:
             raise session_closed(session_id)
         if new_run is not None:
             self._check_new_run(new_run)
-        elif not self._is_run_of(run_id, session_id) and not _LEGACY:
+        elif not self._is_run_of(run_id, session_id):
             raise run_not_found(session_id, run_id)
         if record.active_run_id and record.active_run_id != run_id:
             live_record, expired = self._lease_state(record, now)
@@ -230,7 +231,7 @@ class MemorySessionStore:
     def _append(self, record: SessionRecord, messages: builtins.list[Message], now: float) -> None:
         if messages:
             self._items[record.id].extend(m.copy() for m in messages)
-            record.message_count = len(visible_history(self._items[record.id]))
+            record.message_count += len(messages)
             record.updated_at = now
 
     def _add_events(self, events: Sequence[StoredEvent]) -> None:
@@ -262,8 +263,11 @@ class MemorySessionStore:
         if cp.compact_summary is not None:
             items.append(CompactMarker(cp.compact_summary, cp.now))
         items.extend(m.copy() for m in cp.messages)
-        if appended:
-            record.message_count = len(visible_history(items))
+        if appended:  # counted as the SQL stores do: no pass over the whole history
+            if cp.compact_summary is not None:
+                record.message_count = 1 + len(cp.messages)
+            else:
+                record.message_count += len(cp.messages_before_compact) + len(cp.messages)
             record.updated_at = cp.now
         run = self._runs.get(run_id)
         if run is not None:
@@ -368,6 +372,35 @@ class MemorySessionStore:
         self._add_events(events)
         return True
 
+    async def search_sessions(
+        self,
+        query: SearchQuery,
+        *,
+        agent: str,
+        created_by: str,
+        state: SessionState | None,
+        offset: int,
+        limit: int,
+        matches: int = 3,
+    ) -> builtins.list[SessionMatch]:
+        """A scan of every matching session's transcript (`textsearch.scan`)."""
+        found = []
+        for record in self._records.values():
+            if (agent and record.agent != agent) or (created_by and record.created_by != created_by):
+                continue
+            if state is not None and record.state is not state:
+                continue
+            hits = []
+            for position, item in enumerate(self._items[record.id]):
+                if isinstance(item, Message) and (hit := scan(query, item)) is not None:
+                    score, text, spans = hit
+                    hits.append(MessageMatch(position, item.role, text, spans, item.created_at, score))
+            if hits:
+                hits.sort(key=lambda m: (-m.score, m.position))
+                found.append(SessionMatch(self._copy(record), hits[0].score, hits[:matches]))
+        found.sort(key=lambda f: (f.score, f.session.updated_at, f.session.id), reverse=True)
+        return found[max(offset, 0) : max(offset, 0) + max(limit, 0)]
+
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
         record = self._record(session_id)
         self._items[session_id].append(CompactMarker(summary, now))
@@ -397,41 +430,6 @@ class MemorySessionStore:
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
-
-    # --- Transitional: the run API before durable runs (removed with it) ---
-
-    async def finish_run(self, session_id: str, run_id: str, outcome) -> SessionRecord:
-        return await self.checkpoint(session_id, run_id, Checkpoint(
-            now=outcome.finished_at, messages=outcome.messages,
-            compact_summary=outcome.compact_summary,
-            messages_before_compact=outcome.messages_before_compact,
-            run=RunUpdate(stop_reason=outcome.stop_reason, usage=outcome.usage),
-            final=True, uptime_s=outcome.uptime_s,
-        ))
-
-    async def abandon_run(self, session_id: str, run_id: str, stop_reason: str, now: float) -> None:
-        record = self._record(session_id)
-        if record.active_run_id != run_id:
-            return
-        record.active_run_id = ""
-        record.last_run_id = run_id
-        record.last_run_stop_reason = stop_reason
-        record.updated_at = now
-        self._lease_until.pop(session_id, None)
-
-    async def recover_interrupted(self, now: float) -> builtins.list[str]:
-        recovered = []
-        for record in self._records.values():
-            if record.active_run_id and self._lease_until.get(record.id, 0.0) <= now:
-                self._interrupt(record)
-                recovered.append(record.id)
-        return recovered
-
-    async def set_run_owner(self, session_id: str, run_id: str, owner: str) -> None:
-        self._owners[session_id] = (run_id, owner)
-
-    async def get_run_owner(self, session_id: str) -> tuple[str, str] | None:
-        return self._owners.get(session_id)
 
     # --- Agents -----------------------------------------------------------
 
@@ -469,10 +467,6 @@ class MemorySessionStore:
 
 
 _T = TypeVar("_T", bound=Message | CompactMarker)
-
-#: Transitional: begin_run accepts a run without a record (the runtime
-#: before durable runs).
-_LEGACY = True
 
 
 def _cut(items: builtins.list[_T], max_bytes: int) -> builtins.list[_T]:

@@ -50,6 +50,20 @@ Version 4 (durable runs) adds:
 `run_owners` is no longer written (a run's owner is `runs.owner`); it stays
 so that replicas of the previous version keep working during a rolling
 upgrade.
+
+Version 5 indexes the text of user and assistant messages for
+`search_sessions` (what is searched: see `textsearch`), existing sessions
+included:
+
+- SQLite: `message_texts` (an integer id, session_id, seq, role, content,
+  created_at; unique (session_id, seq)) filled by a trigger on
+  `transcript_items` inserts, and `message_search`, an FTS5 index of it
+  (external content, `unicode61` tokenizer, accents kept) kept in sync by
+  triggers on `message_texts`. `delete` removes a session's rows.
+- PostgreSQL: `transcript_items.search`, a stored generated `tsvector`
+  (`simple` configuration: no stemming, no stop words) of the searched
+  messages, NULL for the others, under a GIN index. Adding the column
+  rewrites `transcript_items` once, under an exclusive lock.
 """
 
 from __future__ import annotations
@@ -293,6 +307,50 @@ MIGRATIONS: tuple[Migration, ...] = (
                 payload TEXT NOT NULL,
                 PRIMARY KEY (run_id, sequence)
             )""",
+        ),
+    ),
+    Migration(
+        5,
+        "message search",
+        sqlite=(
+            """CREATE TABLE message_texts (
+                id INTEGER PRIMARY KEY,
+                session_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                role TEXT NOT NULL,
+                content TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                UNIQUE (session_id, seq)
+            )""",
+            "CREATE VIRTUAL TABLE message_search USING fts5(content, content='message_texts',"
+            " content_rowid='id', tokenize='unicode61 remove_diacritics 0')",
+            "CREATE TRIGGER message_texts_indexed AFTER INSERT ON message_texts BEGIN"
+            " INSERT INTO message_search (rowid, content) VALUES (new.id, new.content); END",
+            "CREATE TRIGGER message_texts_unindexed AFTER DELETE ON message_texts BEGIN"
+            " INSERT INTO message_search (message_search, rowid, content)"
+            " VALUES ('delete', old.id, old.content); END",
+            "CREATE TRIGGER transcript_items_searched AFTER INSERT ON transcript_items"
+            " WHEN new.kind = 'message' AND new.role IN ('user', 'assistant')"
+            " AND new.content <> '' AND (new.payload IS NULL"
+            " OR json_extract(new.payload, '$.auto_injected') IS NULL) BEGIN"
+            " INSERT INTO message_texts (session_id, seq, role, content, created_at)"
+            " VALUES (new.session_id, new.seq, new.role, new.content, new.created_at); END",
+            # The sessions stored before this version.
+            "INSERT INTO message_texts (session_id, seq, role, content, created_at)"
+            " SELECT session_id, seq, role, content, created_at FROM transcript_items"
+            " WHERE kind = 'message' AND role IN ('user', 'assistant') AND content <> ''"
+            " AND (payload IS NULL OR json_extract(payload, '$.auto_injected') IS NULL)"
+            " ORDER BY session_id, seq",
+        ),
+        postgres=(
+            "ALTER TABLE transcript_items ADD COLUMN search tsvector GENERATED ALWAYS AS ("
+            "CASE WHEN kind = 'message' AND role IN ('user', 'assistant') AND content <> ''"
+            # Not `payload ->> 'auto_injected'`: that parses the JSON, and
+            # fails on the \\u0000 escape of text with NUL.
+            """ AND (payload IS NULL OR payload::text NOT LIKE '%"auto_injected":true%')"""
+            " THEN to_tsvector('simple'::regconfig, content) END) STORED",
+            "CREATE INDEX transcript_items_search ON transcript_items USING GIN (search)"
+            " WHERE search IS NOT NULL",
         ),
     ),
 )

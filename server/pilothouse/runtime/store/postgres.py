@@ -32,6 +32,7 @@ import asyncpg
 
 from pilothouse.errors import UnavailableError, agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store import postgres_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
@@ -424,6 +425,9 @@ class PostgresSessionStore(PostgresRuns):
         if not rows:
             await self._require(session_id)
         return decode_rows(rows, decode)
+
+    #: Full-text search (see `postgres_search`).
+    search_sessions = postgres_search.search_sessions
 
     # --- metadata ---------------------------------------------------------
 

@@ -34,7 +34,6 @@ from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     Checkpoint,
-    RunOutcome,
     RunRecord,
     RunStatus,
     RunUpdate,
@@ -53,14 +52,12 @@ from pilothouse.runtime.store.codec import (
 )
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
-    LEGACY_RUNS,
     RUN_COLUMN_COUNT,
     RUN_COLUMNS,
     event_from_row,
     event_params,
     has_update,
     key_column,
-    legacy_checkpoint,
     run_from_row,
     run_params,
     update_assignments,
@@ -310,7 +307,7 @@ class PostgresRuns:
                         if key_run is not None:
                             raise run_exists(session_id, key_run)
                         raise run_exists(run_session, run_id)
-                elif run_session != session_id and not LEGACY_RUNS:
+                elif run_session != session_id:
                     raise run_not_found(session_id, run_id)
                 takeover = False
                 if active and active != run_id:
@@ -488,49 +485,4 @@ class PostgresRuns:
         )
         return rows[0][0] == 1
 
-    # --- Transitional: the run API before durable runs (removed with it) ---
-
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        return await self.checkpoint(  # type: ignore[attr-defined]
-            session_id, run_id, legacy_checkpoint(outcome)
-        )
-
-    async def abandon_run(
-        self: _Connected, session_id: str, run_id: str, stop_reason: str, now: float
-    ) -> None:
-        rows = await self._fetch(
-            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = $2, "
-            "last_run_stop_reason = $3, updated_at = $4 WHERE id = $1 AND active_run_id = $2 "
-            "RETURNING 1",
-            session_id,
-            run_id,
-            stop_reason,
-            now,
-        )
-        if not rows:
-            await self._require(session_id)
-
-    async def recover_interrupted(self: _Connected, now: float) -> list[str]:
-        rows = await self._fetch(
-            "UPDATE sessions SET last_run_id = active_run_id, "
-            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
-            "WHERE active_run_id <> '' AND lease_until <= $1 RETURNING id",
-            now,
-        )
-        return [row[0] for row in rows]
-
-    async def set_run_owner(self: _Connected, session_id: str, run_id: str, owner: str) -> None:
-        await self._fetch(
-            "INSERT INTO run_owners (session_id, run_id, owner) VALUES ($1, $2, $3) "
-            "ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner",
-            session_id,
-            run_id,
-            owner,
-        )
-
-    async def get_run_owner(self: _Connected, session_id: str) -> tuple[str, str] | None:
-        rows = await self._fetch(
-            "SELECT run_id, owner FROM run_owners WHERE session_id = $1", session_id
-        )
-        return (rows[0]["run_id"], rows[0]["owner"]) if rows else None
 

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from pilothouse.runtime.store.base import (
-    Checkpoint,
-    RunOutcome,
     RunRecord,
     RunStatus,
     RunUpdate,
@@ -188,23 +186,3 @@ def event_params(event: StoredEvent) -> tuple[str, int, float, str, str]:
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
     """A `StoredEvent` from a (run_id, sequence, time, kind, payload) row."""
     return StoredEvent(row[0], int(row[1]), float(row[2]), row[3], row[4])
-
-
-# --- Transitional: the run API before durable runs (removed with it) ---------
-
-#: `begin_run` takes the lease for a run without a record (the runtime
-#: before durable runs), as the memory store does.
-LEGACY_RUNS = True
-
-
-def legacy_checkpoint(outcome: RunOutcome) -> Checkpoint:
-    """Transitional: the final checkpoint a pre-checkpoint `finish_run` makes."""
-    return Checkpoint(
-        now=outcome.finished_at,
-        messages=outcome.messages,
-        compact_summary=outcome.compact_summary,
-        messages_before_compact=outcome.messages_before_compact,
-        run=RunUpdate(stop_reason=outcome.stop_reason, usage=outcome.usage),
-        final=True,
-        uptime_s=outcome.uptime_s,
-    )

@@ -1,29 +1,19 @@
-"""The embedded durable session store: one SQLite file (aiosqlite).
+"""The embedded durable session store: one SQLite file.
 
-WAL journal with `synchronous=NORMAL` (a commit is durable against a
-process crash at once and against power loss at the next checkpoint),
-one writer connection whose transactions are serialised by an
-`asyncio.Lock`, and one read-only connection, so reads never wait behind
-a write and always see committed data only. Schema and migrations: see
-`migrations`; semantics: see `base` and the reference `memory` store.
+Connections (one writer thread, one reader), transactions and migrations:
+see `sqlite_base`; the run methods: `sqlite_runs`; schema: `migrations`;
+semantics: `base` and the reference `memory` store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
-import logging
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
-from pilothouse.errors import UnavailableError, agent_exists, session_not_found
+from pilothouse.errors import agent_exists, session_not_found
 from pilothouse.runtime.messages import Message
+from pilothouse.runtime.store import sqlite_search
 from pilothouse.runtime.store.base import (
     AgentRecord,
     CompactMarker,
@@ -43,39 +33,17 @@ from pilothouse.runtime.store.codec import (
     encode_tools,
     record_from_row,
     record_params,
-    stored_size,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
-from pilothouse.runtime.store.migrations import (
-    INSERT_AGENT,
-    LATEST_VERSION,
-    SCHEMA_MIGRATIONS_TABLE,
-    SELECT_AGENT,
-    UPSERT_AGENT,
-    pending,
-)
-from pilothouse.runtime.store.sqlite_runs import SqliteRuns
+from pilothouse.runtime.store.migrations import INSERT_AGENT, SELECT_AGENT, UPSERT_AGENT
+from pilothouse.runtime.store.sqlite_base import PAGE_SIZE
+from pilothouse.runtime.store.sqlite_runs import INSERT_ITEM, SqliteRuns
 
-log = logging.getLogger(__name__)
-
-#: Page size of new database files, bytes.
-PAGE_SIZE = 8192
+__all__ = ["PAGE_SIZE", "SqliteSessionStore"]
 
 _SELECT = f"SELECT {RECORD_COLUMNS} FROM sessions"
 _RETURNING = f"RETURNING {RECORD_COLUMNS}"
-_INSERT_ITEM = (
-    f"INSERT INTO transcript_items (session_id, seq, {', '.join(ITEM_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * (len(ITEM_COLUMNS) + 1))}, ?)"
-)
 _ITEM_COLUMNS = ", ".join(f"i.{column}" for column in ITEM_COLUMNS)
-
-
-def _unavailable(path: Path, exc: BaseException) -> UnavailableError:
-    return UnavailableError(
-        f"session store {str(path)!r} is unavailable: {exc}",
-        reason="STORE_UNAVAILABLE",
-        metadata={"store": "sqlite", "path": str(path)},
-    )
 
 
 class SqliteSessionStore(SqliteRuns):
@@ -88,159 +56,6 @@ class SqliteSessionStore(SqliteRuns):
     cannot be opened, is locked past the timeout, is not a database, or the
     store is not open.
     """
-
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
-        self.path = Path(path)
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    # --- connections ------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Map driver errors meaning "the database cannot be used" (cannot
-        open, locked, I/O error, corrupt, closed) to UnavailableError;
-        constraint and programming errors are bugs and pass through."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            raise _unavailable(self.path, exc) from exc
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # Integrity/Programming/...
-                raise
-            raise _unavailable(self.path, exc) from exc  # e.g. "file is not a database"
-        except ValueError as exc:  # aiosqlite: "no active connection"
-            if "connection" not in str(exc):
-                raise
-            raise _unavailable(self.path, exc) from exc
-
-    async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            if read_only:
-                await conn.execute("PRAGMA query_only = ON")
-            else:
-                # Only takes effect on a new file: larger pages keep a
-                # session's long messages inline in the b-tree.
-                await conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-                mode = (await conn.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
-                if mode.lower() != "wal":
-                    log.warning("sqlite store %s: journal mode is %s, not wal", self.path, mode)
-                await conn.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    def _write_conn(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise _unavailable(self.path, RuntimeError("the store is not open"))
-        return self._writer
-
-    def _read_conn(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise _unavailable(self.path, RuntimeError("the store is not open"))
-        return self._reader
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction (`BEGIN IMMEDIATE`): committed when the body
-        returns, rolled back when it raises."""
-        conn = self._write_conn()
-        async with self._lock:
-            with self._errors():
-                if conn.in_transaction:  # defensive: left open by an earlier failure
-                    await conn.execute("ROLLBACK")
-                try:
-                    # Inside the try: a BEGIN whose caller was cancelled still
-                    # runs on the connection's thread, and the ROLLBACK queued
-                    # after it must close that transaction.
-                    await conn.execute("BEGIN IMMEDIATE")
-                    yield conn
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error, ValueError):
-                        await conn.execute("ROLLBACK")
-                    raise
-                await conn.execute("COMMIT")
-
-    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> builtins.list[Any]:
-        conn = self._read_conn()
-        with self._errors():
-            return list(await conn.execute_fetchall(sql, params))
-
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Any]:
-        """One statement in autocommit mode (atomic by itself)."""
-        conn = self._write_conn()
-        async with self._lock:
-            with self._errors():
-                return list(await conn.execute_fetchall(sql, params))
-
-    async def _exists(self, session_id: str) -> bool:
-        return bool(await self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
-
-    async def _require(self, session_id: str) -> None:
-        if not await self._exists(session_id):
-            raise session_not_found(session_id)
-
-    # --- lifecycle --------------------------------------------------------
-
-    async def open(self) -> None:
-        """Open the file (creating it), switch it to WAL and apply pending
-        migrations. UnavailableError when the file cannot be used."""
-        if self._writer is not None:
-            return
-        try:
-            with self._errors():
-                self._writer = await self._connect(read_only=False)
-                await self._migrate(self._writer)
-                self._reader = await self._connect(read_only=True)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            await conn.execute(SCHEMA_MIGRATIONS_TABLE)
-            rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
-            applied = {row[0] for row in rows}
-            for migration in pending(applied):
-                for statement in migration.sqlite:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
-                )
-                log.info(
-                    "sqlite store %s: applied migration %d (%s)",
-                    self.path,
-                    migration.version,
-                    migration.name,
-                )
-            if applied and max(applied) > LATEST_VERSION:
-                log.warning(
-                    "sqlite store %s: schema version %d is newer than this server's %d",
-                    self.path,
-                    max(applied),
-                    LATEST_VERSION,
-                )
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await conn.execute("ROLLBACK")
-            raise
-        await conn.execute("COMMIT")
-
-    async def close(self) -> None:
-        """Close both connections (idempotent)."""
-        for name in ("_reader", "_writer"):
-            conn = getattr(self, name)
-            setattr(self, name, None)
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await conn.close()
 
     # --- sessions ---------------------------------------------------------
 
@@ -284,17 +99,19 @@ class SqliteSessionStore(SqliteRuns):
         return [record_from_row(row) for row in rows]
 
     async def delete(self, session_id: str) -> None:
-        async with self._transaction() as conn:
-            cursor = await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-            if cursor.rowcount == 0:
+        def delete(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
                 raise session_not_found(session_id)
-            await conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
-            await conn.execute(
+            conn.execute("DELETE FROM transcript_items WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM message_texts WHERE session_id = ?", (session_id,))
+            conn.execute(
                 "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE session_id = ?)",
                 (session_id,),
             )
-            await conn.execute("DELETE FROM runs WHERE session_id = ?", (session_id,))
-            await conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM runs WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
+
+        await self._transaction(delete)
 
     # --- history ----------------------------------------------------------
 
@@ -371,43 +188,26 @@ class SqliteSessionStore(SqliteRuns):
             await self._require(session_id)
         return decode_rows(rows, decode_item)
 
-    async def _read_page(self, sql: str, params: dict[str, Any], max_bytes: int) -> builtins.list[Any]:
-        """The item rows of `sql`, only as many as fit in `max_bytes` of
-        stored size (at least one) when it is > 0: read from one statement
-        (one snapshot) in growing batches, so that rows past the budget are
-        never read."""
-        if max_bytes <= 0:
-            return await self._read(sql, params)
-        conn = self._read_conn()
-        rows: builtins.list[Any] = []
-        total, batch = 0, 8
-        with self._errors():
-            async with conn.execute(sql, params) as cursor:
-                while True:
-                    fetched = await cursor.fetchmany(batch)
-                    for row in fetched:
-                        total += stored_size(row)
-                        if total > max_bytes and rows:
-                            return rows
-                        rows.append(row)
-                    if len(fetched) < batch:
-                        return rows
-                    batch = min(batch * 2, 256)
+    #: Full-text search (see `sqlite_search`).
+    search_sessions = sqlite_search.search_sessions
 
     # --- metadata ---------------------------------------------------------
 
     async def compact(self, session_id: str, summary: str, now: float) -> SessionRecord:
         marker = encode_item(CompactMarker(summary, now))
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(
+
+        def compact(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(
                 "UPDATE sessions SET history_seq = next_seq, next_seq = next_seq + 1, "
                 f"message_count = 1, updated_at = ? WHERE id = ? {_RETURNING}, history_seq",
                 (now, session_id),
-            )
-            if not rows:
+            ).fetchone()
+            if row is None:
                 raise session_not_found(session_id)
-            await conn.execute(_INSERT_ITEM, (session_id, rows[0][-1], *marker))
-        return record_from_row(rows[0])
+            conn.execute(INSERT_ITEM, (session_id, row[-1], *marker))
+            return row
+
+        return record_from_row(await self._transaction(compact))
 
     async def _update(
         self, session_id: str, assignments: str, params: tuple[Any, ...]
@@ -426,19 +226,20 @@ class SqliteSessionStore(SqliteRuns):
         return await self._update(session_id, "title = ?", (title,))
 
     async def add_approved_tool(self, session_id: str, tool: str) -> SessionRecord:
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(f"{_SELECT} WHERE id = ?", (session_id,))
-            if not rows:
+        def add(conn: sqlite3.Connection) -> SessionRecord:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
                 raise session_not_found(session_id)
-            record = record_from_row(rows[0])
-            if tool in record.always_approved_tools:
-                return record
-            record.always_approved_tools.append(tool)
-            await conn.execute(
-                "UPDATE sessions SET always_approved_tools = ? WHERE id = ?",
-                (encode_tools(record.always_approved_tools), session_id),
-            )
-        return record
+            record = record_from_row(row)
+            if tool not in record.always_approved_tools:
+                record.always_approved_tools.append(tool)
+                conn.execute(
+                    "UPDATE sessions SET always_approved_tools = ? WHERE id = ?",
+                    (encode_tools(record.always_approved_tools), session_id),
+                )
+            return record
+
+        return await self._transaction(add)
 
     async def import_session(self, record: SessionRecord, items: builtins.list[TranscriptItem]) -> None:
         """Insert `record` (message_count recomputed from `items`) and its
@@ -450,14 +251,17 @@ class SqliteSessionStore(SqliteRuns):
             (i for i, item in enumerate(items) if isinstance(item, CompactMarker)), default=0
         )
         rows = [(record.id, i, *encode_item(item)) for i, item in enumerate(items)]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO sessions ({RECORD_COLUMNS}, next_seq, history_seq) "
+                f"VALUES ({', '.join('?' * 16)})",
+                (*params, len(items), history_seq),
+            )
+            conn.executemany(INSERT_ITEM, rows)
+
         try:
-            async with self._transaction() as conn:
-                await conn.execute(
-                    f"INSERT INTO sessions ({RECORD_COLUMNS}, next_seq, history_seq) "
-                    f"VALUES ({', '.join('?' * 16)})",
-                    (*params, len(items), history_seq),
-                )
-                await conn.executemany(_INSERT_ITEM, rows)
+            await self._transaction(insert)
         except sqlite3.IntegrityError as exc:
             raise session_exists(record.id) from exc
 
@@ -466,13 +270,15 @@ class SqliteSessionStore(SqliteRuns):
     async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
         params = (record.name, agent_config_text(record.config), record.source, record.updated_at)
         sql = (UPSERT_AGENT if replace else INSERT_AGENT).format(p1="?1", p2="?2", p3="?3", p4="?4")
-        async with self._transaction() as conn:
+
+        def put(conn: sqlite3.Connection) -> Any:
             try:
-                await conn.execute(sql, params)
+                conn.execute(sql, params)
             except sqlite3.IntegrityError as exc:
                 raise agent_exists(record.name) from exc
-            rows = list(await conn.execute_fetchall(f"{SELECT_AGENT} WHERE name = ?", (record.name,)))
-        return agent_from_row(rows[0])
+            return conn.execute(f"{SELECT_AGENT} WHERE name = ?", (record.name,)).fetchone()
+
+        return agent_from_row(await self._transaction(put))
 
     async def get_agent(self, name: str) -> AgentRecord | None:
         rows = await self._read(f"{SELECT_AGENT} WHERE name = ?", (name,))

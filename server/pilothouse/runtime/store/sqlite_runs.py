@@ -1,20 +1,19 @@
 """The run half of the SQLite store: the run lease, checkpoints, run
 records and the durable event log (semantics: `base.SessionStore`).
 
-Every write is one `BEGIN IMMEDIATE` transaction of the store's writer
-connection, so it is atomic and serialised against every other writer,
-this process's and other processes' on the same file. The lease check is
-the conditional UPDATE of the session row (`active_run_id = run_id`).
+Every write is one `BEGIN IMMEDIATE` transaction run whole in the writer
+thread (`sqlite_base`), so it is atomic, costs one hop from the event loop,
+and is serialised against every other writer, this process's and other
+processes' on the same file. The lease check is the conditional UPDATE of
+the session row (`active_run_id = run_id`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import Collection, Sequence
-from typing import Any, Protocol
-
-import aiosqlite
+from typing import Any
 
 from pilothouse.errors import (
     lease_lost,
@@ -28,7 +27,6 @@ from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     Checkpoint,
-    RunOutcome,
     RunRecord,
     RunStatus,
     RunUpdate,
@@ -46,7 +44,6 @@ from pilothouse.runtime.store.codec import (
 )
 from pilothouse.runtime.store.runcodec import (
     LAST_SEQUENCE,
-    LEGACY_RUNS,
     RUN_COLUMN_COUNT,
     RUN_COLUMNS,
     dumps,
@@ -54,14 +51,14 @@ from pilothouse.runtime.store.runcodec import (
     event_params,
     has_update,
     key_column,
-    legacy_checkpoint,
     run_from_row,
     run_params,
     update_assignments,
     update_params,
 )
+from pilothouse.runtime.store.sqlite_base import SqliteBase
 
-_INSERT_ITEM = (
+INSERT_ITEM = (
     f"INSERT INTO transcript_items (session_id, seq, {', '.join(ITEM_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (len(ITEM_COLUMNS) + 1))}, ?)"
 )
@@ -133,55 +130,51 @@ WHERE :stale <> '' AND a.owner = :stale AND a.status IN {_ACTIVE}
 """
 
 
-class _Connected(Protocol):
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]: ...
-
-    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[Any]: ...
-
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> list[Any]: ...
-
-    async def _require(self, session_id: str) -> None: ...
-
-
 def _encoded(messages: Sequence[Any]) -> list[tuple[Any, ...]]:
     return [encode_item(m) for m in messages]
 
 
-async def _append_items(
-    conn: aiosqlite.Connection, session_id: str, next_seq: int, encoded: list[tuple[Any, ...]]
+def _append_items(
+    conn: sqlite3.Connection, session_id: str, next_seq: int, encoded: list[tuple[Any, ...]]
 ) -> None:
     """Insert `encoded` items as the last ones before `next_seq`."""
     if encoded:
         first = next_seq - len(encoded)
-        await conn.executemany(
-            _INSERT_ITEM, [(session_id, first + i, *item) for i, item in enumerate(encoded)]
+        conn.executemany(
+            INSERT_ITEM, [(session_id, first + i, *item) for i, item in enumerate(encoded)]
         )
 
 
-class SqliteRuns:
+def _ended(status: str) -> bool:
+    return RunStatus(status).ended
+
+
+class SqliteRuns(SqliteBase):
     """The `SessionStore` run methods of `SqliteSessionStore`."""
 
-    async def insert_run(self: _Connected, record: RunRecord) -> None:
+    async def insert_run(self, record: RunRecord) -> None:
         params = run_params(record)
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(
+
+        def insert(conn: sqlite3.Connection) -> None:
+            exists, run_session, key_run = conn.execute(
                 "SELECT (SELECT 1 FROM sessions WHERE id = :id), "
                 "(SELECT session_id FROM runs WHERE id = :run), "
                 "(SELECT id FROM runs WHERE :key <> '' AND session_id = :id "
                 "AND idempotency_key = :key)",
                 {"id": record.session_id, "run": record.id, "key": params[9]},
-            )
-            exists, run_session, key_run = rows[0]
+            ).fetchone()
             if not exists:
                 raise session_not_found(record.session_id)
             if key_run is not None:
                 raise run_exists(record.session_id, key_run)
             if run_session is not None:
                 raise run_exists(run_session, record.id)
-            await conn.execute(_INSERT_RUN, params)
+            conn.execute(_INSERT_RUN, params)
+
+        await self._transaction(insert)
 
     async def begin_run(
-        self: _Connected,
+        self,
         session_id: str,
         run_id: str,
         *,
@@ -200,21 +193,20 @@ class SqliteRuns:
             started = dataclasses.replace(new_run, status=RunStatus.RUNNING, started_at=now)
             run_row = run_params(started)
         key = run_row[9] if run_row is not None else ""
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(
-                _BEGIN_READ, {"id": session_id, "run": run_id, "key": key}
-            )
-            if not rows:
+
+        def begin(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(_BEGIN_READ, {"id": session_id, "run": run_id, "key": key}).fetchone()
+            if row is None:
                 raise session_not_found(session_id)
-            state, active, lease_until, active_status, run_session, key_run = rows[0]
+            state, active, lease_until, active_status, run_session, key_run = row
             if state == SessionState.CLOSED.value:
                 raise session_closed(session_id)
             if run_row is not None:
-                if run_session is not None or key_run is not None:
-                    if key_run is not None:
-                        raise run_exists(session_id, key_run)
+                if key_run is not None:
+                    raise run_exists(session_id, key_run)
+                if run_session is not None:
                     raise run_exists(run_session, run_id)
-            elif run_session != session_id and not LEGACY_RUNS:
+            elif run_session != session_id:
                 raise run_not_found(session_id, run_id)
             takeover = False
             if active and active != run_id:
@@ -223,27 +215,27 @@ class SqliteRuns:
                     raise run_active(session_id, active, lease_expired=expired)
                 takeover = True
             if run_row is not None:
-                await conn.execute(_INSERT_RUN, run_row)
+                conn.execute(_INSERT_RUN, run_row)
             elif run_session == session_id:
-                await conn.execute(
+                conn.execute(
                     "UPDATE runs SET status = ?, started_at = ? WHERE id = ?",
                     (RunStatus.RUNNING.value, now, run_id),
                 )
-            session = await conn.execute_fetchall(
+            session = conn.execute(
                 _BEGIN_SESSION,
                 {
                     "id": session_id, "run": run_id, "until": now + lease_s, "now": now,
                     "n": len(encoded), "takeover": takeover,
                 },
-            )  # fmt: skip
-            await _append_items(conn, session_id, session[0][-1], encoded)
+            ).fetchone()  # fmt: skip
+            _append_items(conn, session_id, session[-1], encoded)
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
-        return record_from_row(session[0])
+                conn.executemany(_INSERT_EVENT, event_rows)
+            return session
 
-    async def renew_run(
-        self: _Connected, session_id: str, run_id: str, *, lease_s: float, now: float
-    ) -> bool:
+        return record_from_row(await self._transaction(begin))
+
+    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
         rows = await self._write(
             "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? RETURNING 1",
             (now + lease_s, session_id, run_id),
@@ -254,7 +246,7 @@ class SqliteRuns:
         return False
 
     async def checkpoint(
-        self: _Connected, session_id: str, run_id: str, checkpoint: Checkpoint
+        self, session_id: str, run_id: str, checkpoint: Checkpoint
     ) -> SessionRecord:
         """One transaction: the session row (lease check, counters, last-run
         fields), then the transcript items, the events and the run record."""
@@ -272,45 +264,37 @@ class SqliteRuns:
             "stop": update.stop_reason,
             "usage": encode_usage(update.usage) if update.usage is not None else None,
         }  # fmt: skip
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(_CHECKPOINT_SESSION, params)
-            if not rows:
-                exists = await conn.execute_fetchall(
-                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+
+        def write(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(_CHECKPOINT_SESSION, params).fetchone()
+            if row is None:
+                exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,))
+                raise lease_lost(session_id, run_id) if exists.fetchone() else session_not_found(
+                    session_id
                 )
-                raise lease_lost(session_id, run_id) if exists else session_not_found(session_id)
-            await _append_items(conn, session_id, rows[0][-1], encoded)
+            _append_items(conn, session_id, row[-1], encoded)
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
+                conn.executemany(_INSERT_EVENT, event_rows)
             if run_update is not None:
-                await conn.execute(_UPDATE_RUN, run_update)
-        return record_from_row(rows[0])
+                conn.execute(_UPDATE_RUN, run_update)
+            return row
+
+        return record_from_row(await self._transaction(write))
 
     async def claim_runs(
-        self: _Connected, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
+        self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
     ) -> list[RunRecord]:
         """One transaction: find the claimable sessions, renew their leases
         for `owner` (or mark them interrupted when their active run has no
         live record), hand their active and queued runs to `owner`, and read
         the records back."""
-        async with self._transaction() as conn:
-            rows = await conn.execute_fetchall(_CLAIMABLE, {"now": now, "stale": stale_owner})
-            if not rows:
-                return []
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(_CLAIMABLE, {"now": now, "stale": stale_owner}).fetchall()
             claimed = [(s, a) for s, a, status in rows if status is not None and not _ended(status)]
             lost = [s for s, _, status in rows if status is None or _ended(status)]
-            sessions = dumps([s for s, _ in claimed])
-            active = dumps([a for _, a in claimed])
-            if claimed:
-                await conn.execute(
-                    f"UPDATE sessions SET lease_until = ? WHERE id {_IN_JSON}", (now + lease_s, sessions)
-                )
-                await conn.execute(
-                    f"UPDATE runs SET owner = ?, attempt = attempt + 1 WHERE id {_IN_JSON}",
-                    (owner, active),
-                )
             if lost:
-                await conn.execute(
+                conn.execute(
                     "UPDATE sessions SET last_run_id = active_run_id, "
                     f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
                     f"WHERE id {_IN_JSON}",
@@ -318,30 +302,37 @@ class SqliteRuns:
                 )
             if not claimed:
                 return []
-            await conn.execute(
+            sessions = dumps([s for s, _ in claimed])
+            active = dumps([a for _, a in claimed])
+            conn.execute(
+                f"UPDATE sessions SET lease_until = ? WHERE id {_IN_JSON}", (now + lease_s, sessions)
+            )
+            conn.execute(
+                f"UPDATE runs SET owner = ?, attempt = attempt + 1 WHERE id {_IN_JSON}",
+                (owner, active),
+            )
+            conn.execute(
                 f"UPDATE runs SET owner = ? WHERE session_id {_IN_JSON} AND status = 'queued'",
                 (owner, sessions),
             )
-            records = await conn.execute_fetchall(
+            records = conn.execute(
                 f"{_SELECT_RUN} WHERE id {_IN_JSON} ORDER BY created_at, id", (active,)
-            )
-            queued = await conn.execute_fetchall(
+            ).fetchall()
+            queued = conn.execute(
                 f"{_SELECT_RUN} WHERE session_id {_IN_JSON} AND status = 'queued' "
                 "ORDER BY created_at, id",
                 (sessions,),
-            )
-        return [run_from_row(row) for row in (*records, *queued)]
+            ).fetchall()
+            return [*records, *queued]
 
-    async def append_events(self: _Connected, events: Sequence[StoredEvent]) -> None:
-        if not events:
-            return
-        rows = [event_params(e) for e in events]
-        async with self._transaction() as conn:
-            await conn.executemany(_INSERT_EVENT, rows)
+        return [run_from_row(row) for row in await self._transaction(claim)]
 
-    async def list_events(
-        self: _Connected, run_id: str, after_sequence: int, limit: int
-    ) -> list[StoredEvent]:
+    async def append_events(self, events: Sequence[StoredEvent]) -> None:
+        if events:
+            rows = [event_params(e) for e in events]
+            await self._transaction(lambda conn: conn.executemany(_INSERT_EVENT, rows))
+
+    async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
         rows = await self._read(
             "SELECT run_id, sequence, time, kind, payload FROM run_events "
             "WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
@@ -349,11 +340,11 @@ class SqliteRuns:
         )
         return [event_from_row(row) for row in rows]
 
-    async def get_run(self: _Connected, run_id: str) -> RunRecord | None:
+    async def get_run(self, run_id: str) -> RunRecord | None:
         rows = await self._read(f"{_SELECT_RUN} WHERE id = ?", (run_id,))
         return run_from_row(rows[0]) if rows else None
 
-    async def find_run(self: _Connected, session_id: str, idempotency_key: str) -> RunRecord | None:
+    async def find_run(self, session_id: str, idempotency_key: str) -> RunRecord | None:
         if not idempotency_key:
             return None
         rows = await self._read(
@@ -362,7 +353,7 @@ class SqliteRuns:
         )
         return run_from_row(rows[0]) if rows else None
 
-    async def latest_run(self: _Connected, session_id: str) -> RunRecord | None:
+    async def latest_run(self, session_id: str) -> RunRecord | None:
         rows = await self._read(
             f"{_SELECT_RUN} WHERE session_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
             (session_id,),
@@ -370,7 +361,7 @@ class SqliteRuns:
         return run_from_row(rows[0]) if rows else None
 
     async def list_runs(
-        self: _Connected,
+        self,
         session_id: str,
         *,
         statuses: Collection[RunStatus] = (),
@@ -392,90 +383,50 @@ class SqliteRuns:
             await self._require(session_id)
         return [run_from_row(row) for row in rows]
 
-    async def prune_events(self: _Connected, ended_before: float) -> int:
+    async def prune_events(self, ended_before: float) -> int:
         """Prune in transactions of up to `PRUNE_BATCH` runs, so that other
         writers wait at most one batch; a pruned run is marked so that the
         next prune skips it."""
+
+        def prune(conn: sqlite3.Connection) -> tuple[int, int]:
+            rows = conn.execute(
+                f"SELECT id FROM runs WHERE status IN {_ENDED} AND events_pruned = 0 "
+                "AND ended_at < ? LIMIT ?",
+                (ended_before, PRUNE_BATCH),
+            ).fetchall()
+            if not rows:
+                return 0, 0
+            ids = dumps([row[0] for row in rows])
+            cursor = conn.execute(
+                f"DELETE FROM run_events WHERE run_id {_IN_JSON} AND sequence < "
+                "(SELECT MAX(e.sequence) FROM run_events e WHERE e.run_id = run_events.run_id)",
+                (ids,),
+            )
+            conn.execute(f"UPDATE runs SET events_pruned = 1 WHERE id {_IN_JSON}", (ids,))
+            return len(rows), max(cursor.rowcount, 0)
+
         deleted = 0
         while True:
-            async with self._transaction() as conn:
-                rows = await conn.execute_fetchall(
-                    f"SELECT id FROM runs WHERE status IN {_ENDED} AND events_pruned = 0 "
-                    "AND ended_at < ? LIMIT ?",
-                    (ended_before, PRUNE_BATCH),
-                )
-                if not rows:
-                    return deleted
-                ids = dumps([row[0] for row in rows])
-                cursor = await conn.execute(
-                    f"DELETE FROM run_events WHERE run_id {_IN_JSON} AND sequence < "
-                    "(SELECT MAX(e.sequence) FROM run_events e WHERE e.run_id = run_events.run_id)",
-                    (ids,),
-                )
-                deleted += max(cursor.rowcount, 0)
-                await conn.execute(f"UPDATE runs SET events_pruned = 1 WHERE id {_IN_JSON}", (ids,))
-            if len(rows) < PRUNE_BATCH:
+            runs, events = await self._transaction(prune)
+            deleted += events
+            if runs < PRUNE_BATCH:
                 return deleted
 
     async def end_queued_run(
-        self: _Connected, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
+        self, run_id: str, update: RunUpdate, events: Sequence[StoredEvent] = ()
     ) -> bool:
         params = (*update_params(update), run_id)
         event_rows = [event_params(e) for e in events]
-        async with self._transaction() as conn:
-            cursor = await conn.execute(f"{_UPDATE_RUN} AND status = 'queued'", params)
-            if cursor.rowcount != 1:
+
+        def end(conn: sqlite3.Connection) -> bool:
+            if conn.execute(f"{_UPDATE_RUN} AND status = 'queued'", params).rowcount != 1:
                 return False
             if event_rows:
-                await conn.executemany(_INSERT_EVENT, event_rows)
-        return True
+                conn.executemany(_INSERT_EVENT, event_rows)
+            return True
 
-    # --- Transitional: the run API before durable runs (removed with it) ---
-
-    async def finish_run(self, session_id: str, run_id: str, outcome: RunOutcome) -> SessionRecord:
-        return await self.checkpoint(  # type: ignore[attr-defined]
-            session_id, run_id, legacy_checkpoint(outcome)
-        )
-
-    async def abandon_run(
-        self: _Connected, session_id: str, run_id: str, stop_reason: str, now: float
-    ) -> None:
-        rows = await self._write(
-            "UPDATE sessions SET active_run_id = '', lease_until = 0, last_run_id = ?, "
-            "last_run_stop_reason = ?, updated_at = ? WHERE id = ? AND active_run_id = ? "
-            "RETURNING 1",
-            (run_id, stop_reason, now, session_id, run_id),
-        )
-        if not rows:
-            await self._require(session_id)
-
-    async def recover_interrupted(self: _Connected, now: float) -> list[str]:
-        rows = await self._write(
-            f"UPDATE sessions SET last_run_id = active_run_id, "
-            f"last_run_stop_reason = '{INTERRUPTED}', active_run_id = '', lease_until = 0 "
-            "WHERE active_run_id <> '' AND lease_until <= ? RETURNING id",
-            (now,),
-        )
-        return [row[0] for row in rows]
-
-    async def set_run_owner(self: _Connected, session_id: str, run_id: str, owner: str) -> None:
-        await self._write(
-            "INSERT INTO run_owners (session_id, run_id, owner) VALUES (?, ?, ?) "
-            "ON CONFLICT (session_id) DO UPDATE SET run_id = excluded.run_id, owner = excluded.owner",
-            (session_id, run_id, owner),
-        )
-
-    async def get_run_owner(self: _Connected, session_id: str) -> tuple[str, str] | None:
-        rows = await self._read(
-            "SELECT run_id, owner FROM run_owners WHERE session_id = ?", (session_id,)
-        )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return await self._transaction(end)
 
 
 #: Runs whose events one `prune_events` transaction deletes.
 PRUNE_BATCH = 500
-
-
-def _ended(status: str) -> bool:
-    return RunStatus(status).ended
-

@@ -4,7 +4,9 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Message as Message$1 } from "./message_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Message as Message$1, Role } from "./message_pb.js";
 import { file_pilothouse_v1_message } from "./message_pb.js";
 import type { Session, SessionState } from "./session_pb.js";
 import { file_pilothouse_v1_session } from "./session_pb.js";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/session_service.proto.
  */
 export const file_pilothouse_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNwaWxvdGhvdXNlL3YxL3Nlc3Npb25fc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSI5ChRDcmVhdGVTZXNzaW9uUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJIkAKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KGUdldE9yQ3JlYXRlU2Vzc2lvblJlcXVlc3QSDQoFYWdlbnQYASABKAkSEgoKY3JlYXRlZF9ieRgCIAEoCSJWChpHZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uEg8KB2NyZWF0ZWQYAiABKAgiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChJHZXRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKLAQoTTGlzdFNlc3Npb25zUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEioKBXN0YXRlGAUgASgOMhsucGlsb3Rob3VzZS52MS5TZXNzaW9uU3RhdGUiWQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKAoIc2Vzc2lvbnMYASADKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIikKE0Nsb3NlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChRDbG9zZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uImYKE0xpc3RNZXNzYWdlc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgiWQoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKAoIbWVzc2FnZXMYASADKAsyFi5waWxvdGhvdXNlLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIisKFUNvbXBhY3RTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIlIKFkNvbXBhY3RTZXNzaW9uUmVzcG9uc2USDwoHc3VtbWFyeRgBIAEoCRInCgdzZXNzaW9uGAIgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIioKFEV4cG9ydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiKAoVRXhwb3J0U2Vzc2lvblJlc3BvbnNlEg8KB2NvbnRlbnQYASABKAwiJwoUSW1wb3J0U2Vzc2lvblJlcXVlc3QSDwoHY29udGVudBgBIAEoDCJAChVJbXBvcnRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbjKoBwoOU2Vzc2lvblNlcnZpY2USWgoNQ3JlYXRlU2Vzc2lvbhIjLnBpbG90aG91c2UudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaJC5waWxvdGhvdXNlLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJpChJHZXRPckNyZWF0ZVNlc3Npb24SKC5waWxvdGhvdXNlLnYxLkdldE9yQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKS5waWxvdGhvdXNlLnYxLkdldE9yQ3JlYXRlU2Vzc2lvblJlc3BvbnNlElEKCkdldFNlc3Npb24SIC5waWxvdGhvdXNlLnYxLkdldFNlc3Npb25SZXF1ZXN0GiEucGlsb3Rob3VzZS52MS5HZXRTZXNzaW9uUmVzcG9uc2USVwoMTGlzdFNlc3Npb25zEiIucGlsb3Rob3VzZS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJXCgxDbG9zZVNlc3Npb24SIi5waWxvdGhvdXNlLnYxLkNsb3NlU2Vzc2lvblJlcXVlc3QaIy5waWxvdGhvdXNlLnYxLkNsb3NlU2Vzc2lvblJlc3BvbnNlElcKDExpc3RNZXNzYWdlcxIiLnBpbG90aG91c2UudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBojLnBpbG90aG91c2UudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2USWgoNRGVsZXRlU2Vzc2lvbhIjLnBpbG90aG91c2UudjEuRGVsZXRlU2Vzc2lvblJlcXVlc3QaJC5waWxvdGhvdXNlLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRJdCg5Db21wYWN0U2Vzc2lvbhIkLnBpbG90aG91c2UudjEuQ29tcGFjdFNlc3Npb25SZXF1ZXN0GiUucGlsb3Rob3VzZS52MS5Db21wYWN0U2Vzc2lvblJlc3BvbnNlEloKDUV4cG9ydFNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkV4cG9ydFNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5FeHBvcnRTZXNzaW9uUmVzcG9uc2USWgoNSW1wb3J0U2Vzc2lvbhIjLnBpbG90aG91c2UudjEuSW1wb3J0U2Vzc2lvblJlcXVlc3QaJC5waWxvdGhvdXNlLnYxLkltcG9ydFNlc3Npb25SZXNwb25zZWIGcHJvdG8z", [file_pilothouse_v1_message, file_pilothouse_v1_session]);
+  fileDesc("CiNwaWxvdGhvdXNlL3YxL3Nlc3Npb25fc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSI5ChRDcmVhdGVTZXNzaW9uUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJIkAKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KGUdldE9yQ3JlYXRlU2Vzc2lvblJlcXVlc3QSDQoFYWdlbnQYASABKAkSEgoKY3JlYXRlZF9ieRgCIAEoCSJWChpHZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uEg8KB2NyZWF0ZWQYAiABKAgiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChJHZXRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKLAQoTTGlzdFNlc3Npb25zUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEioKBXN0YXRlGAUgASgOMhsucGlsb3Rob3VzZS52MS5TZXNzaW9uU3RhdGUiWQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKAoIc2Vzc2lvbnMYASADKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIikKE0Nsb3NlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChRDbG9zZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uImYKE0xpc3RNZXNzYWdlc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgiWQoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKAoIbWVzc2FnZXMYASADKAsyFi5waWxvdGhvdXNlLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIisKFUNvbXBhY3RTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIlIKFkNvbXBhY3RTZXNzaW9uUmVzcG9uc2USDwoHc3VtbWFyeRgBIAEoCRInCgdzZXNzaW9uGAIgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KFEV4cG9ydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEgoKcGFnZV90b2tlbhgCIAEoCSJBChVFeHBvcnRTZXNzaW9uUmVzcG9uc2USDwoHY29udGVudBgBIAEoDBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoUSW1wb3J0U2Vzc2lvblJlcXVlc3QSDwoHY29udGVudBgBIAEoDCJAChVJbXBvcnRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKcAQoVU2VhcmNoU2Vzc2lvbnNSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEg0KBWFnZW50GAIgASgJEhIKCmNyZWF0ZWRfYnkYAyABKAkSKgoFc3RhdGUYBCABKA4yGy5waWxvdGhvdXNlLnYxLlNlc3Npb25TdGF0ZRIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJmChZTZWFyY2hTZXNzaW9uc1Jlc3BvbnNlEjMKB3Jlc3VsdHMYASADKAsyIi5waWxvdGhvdXNlLnYxLlNlc3Npb25TZWFyY2hSZXN1bHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInsKE1Nlc3Npb25TZWFyY2hSZXN1bHQSJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbhINCgVzY29yZRgCIAEoARIsCgdtYXRjaGVzGAMgAygLMhsucGlsb3Rob3VzZS52MS5NZXNzYWdlTWF0Y2gitQEKDE1lc3NhZ2VNYXRjaBISCgptZXNzYWdlX2lkGAEgASgJEiEKBHJvbGUYAiABKA4yEy5waWxvdGhvdXNlLnYxLlJvbGUSDwoHc25pcHBldBgDIAEoCRIsCgpoaWdobGlnaHRzGAQgAygLMhgucGlsb3Rob3VzZS52MS5UZXh0UmFuZ2USLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKCVRleHRSYW5nZRINCgVzdGFydBgBIAEoBRILCgNlbmQYAiABKAUyhwgKDlNlc3Npb25TZXJ2aWNlEloKDUNyZWF0ZVNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USaQoSR2V0T3JDcmVhdGVTZXNzaW9uEigucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXF1ZXN0GikucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRJRCgpHZXRTZXNzaW9uEiAucGlsb3Rob3VzZS52MS5HZXRTZXNzaW9uUmVxdWVzdBohLnBpbG90aG91c2UudjEuR2V0U2Vzc2lvblJlc3BvbnNlElcKDExpc3RTZXNzaW9ucxIiLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBojLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USVwoMQ2xvc2VTZXNzaW9uEiIucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXNwb25zZRJXCgxMaXN0TWVzc2FnZXMSIi5waWxvdGhvdXNlLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaIy5waWxvdGhvdXNlLnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlEloKDURlbGV0ZVNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USXQoOQ29tcGFjdFNlc3Npb24SJC5waWxvdGhvdXNlLnYxLkNvbXBhY3RTZXNzaW9uUmVxdWVzdBolLnBpbG90aG91c2UudjEuQ29tcGFjdFNlc3Npb25SZXNwb25zZRJaCg1FeHBvcnRTZXNzaW9uEiMucGlsb3Rob3VzZS52MS5FeHBvcnRTZXNzaW9uUmVxdWVzdBokLnBpbG90aG91c2UudjEuRXhwb3J0U2Vzc2lvblJlc3BvbnNlEloKDUltcG9ydFNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkltcG9ydFNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5JbXBvcnRTZXNzaW9uUmVzcG9uc2USXQoOU2VhcmNoU2Vzc2lvbnMSJC5waWxvdGhvdXNlLnYxLlNlYXJjaFNlc3Npb25zUmVxdWVzdBolLnBpbG90aG91c2UudjEuU2VhcmNoU2Vzc2lvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_pilothouse_v1_message, file_pilothouse_v1_session]);
 
 /**
  * Request of CreateSession.
@@ -451,6 +453,14 @@ export type ExportSessionRequest = Message<"pilothouse.v1.ExportSessionRequest">
    * @generated from field: string session_id = 1;
    */
   sessionId: string;
+
+  /**
+   * From ExportSessionResponse.next_page_token, for the next part of a
+   * long session's file.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -461,17 +471,25 @@ export const ExportSessionRequestSchema: GenMessage<ExportSessionRequest> = /*@_
   messageDesc(file_pilothouse_v1_session_service, 16);
 
 /**
- * Response of ExportSession.
+ * Response of ExportSession. A long session comes in pages of a few MiB
+ * each: the file is the `content` of every page, in order.
  *
  * @generated from message pilothouse.v1.ExportSessionResponse
  */
 export type ExportSessionResponse = Message<"pilothouse.v1.ExportSessionResponse"> & {
   /**
-   * The session as JSON Lines (UTF-8).
+   * The session as JSON Lines (UTF-8), or the next part of it.
    *
    * @generated from field: bytes content = 1;
    */
   content: Uint8Array;
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -522,6 +540,213 @@ export type ImportSessionResponse = Message<"pilothouse.v1.ImportSessionResponse
  */
 export const ImportSessionResponseSchema: GenMessage<ImportSessionResponse> = /*@__PURE__*/
   messageDesc(file_pilothouse_v1_session_service, 19);
+
+/**
+ * Request of SearchSessions.
+ *
+ * @generated from message pilothouse.v1.SearchSessionsRequest
+ */
+export type SearchSessionsRequest = Message<"pilothouse.v1.SearchSessionsRequest"> & {
+  /**
+   * What to find: words, all of which a message must contain (whole words,
+   * any case); "words in quotes" must appear in a row; a trailing `*` makes
+   * a word a prefix (`deploy*` finds "deployed"). Other characters only
+   * separate words. Required; at most 500 characters and 32 terms.
+   *
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * Only sessions of this agent, when set.
+   *
+   * @generated from field: string agent = 2;
+   */
+  agent: string;
+
+  /**
+   * Only sessions opened by this identity, when set.
+   *
+   * @generated from field: string created_by = 3;
+   */
+  createdBy: string;
+
+  /**
+   * Only sessions in this state, when set.
+   *
+   * @generated from field: pilothouse.v1.SessionState state = 4;
+   */
+  state: SessionState;
+
+  /**
+   * Maximum sessions to return: 0 means 20, above 100 is clamped to 100,
+   * negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call with the same query and filters,
+   * or empty.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.SearchSessionsRequest.
+ * Use `create(SearchSessionsRequestSchema)` to create a new message.
+ */
+export const SearchSessionsRequestSchema: GenMessage<SearchSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 20);
+
+/**
+ * Response of SearchSessions.
+ *
+ * @generated from message pilothouse.v1.SearchSessionsResponse
+ */
+export type SearchSessionsResponse = Message<"pilothouse.v1.SearchSessionsResponse"> & {
+  /**
+   * The sessions found, best match first (equal matches: most recently
+   * active first).
+   *
+   * @generated from field: repeated pilothouse.v1.SessionSearchResult results = 1;
+   */
+  results: SessionSearchResult[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.SearchSessionsResponse.
+ * Use `create(SearchSessionsResponseSchema)` to create a new message.
+ */
+export const SearchSessionsResponseSchema: GenMessage<SearchSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 21);
+
+/**
+ * A session found by SearchSessions.
+ *
+ * @generated from message pilothouse.v1.SessionSearchResult
+ */
+export type SessionSearchResult = Message<"pilothouse.v1.SessionSearchResult"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: pilothouse.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * Relevance: higher is better. Comparable between the results of one
+   * search only (its scale depends on the session store).
+   *
+   * @generated from field: double score = 2;
+   */
+  score: number;
+
+  /**
+   * The session's best-matching messages (at most 3), best first.
+   *
+   * @generated from field: repeated pilothouse.v1.MessageMatch matches = 3;
+   */
+  matches: MessageMatch[];
+};
+
+/**
+ * Describes the message pilothouse.v1.SessionSearchResult.
+ * Use `create(SessionSearchResultSchema)` to create a new message.
+ */
+export const SessionSearchResultSchema: GenMessage<SessionSearchResult> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 22);
+
+/**
+ * A message that matches a search.
+ *
+ * @generated from message pilothouse.v1.MessageMatch
+ */
+export type MessageMatch = Message<"pilothouse.v1.MessageMatch"> & {
+  /**
+   * The message's id: its position in the session's stored transcript,
+   * counting from 0, compaction summaries included (it never changes: the
+   * transcript only grows). In ExportSession's output it is the message on
+   * line `message_id + 2`.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * Who spoke: ROLE_USER or ROLE_ASSISTANT.
+   *
+   * @generated from field: pilothouse.v1.Role role = 2;
+   */
+  role: Role;
+
+  /**
+   * The matching passage of the message's content; "…" where it was cut.
+   *
+   * @generated from field: string snippet = 3;
+   */
+  snippet: string;
+
+  /**
+   * Where the matched words are in `snippet`.
+   *
+   * @generated from field: repeated pilothouse.v1.TextRange highlights = 4;
+   */
+  highlights: TextRange[];
+
+  /**
+   * When the message was added.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.MessageMatch.
+ * Use `create(MessageMatchSchema)` to create a new message.
+ */
+export const MessageMatchSchema: GenMessage<MessageMatch> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 23);
+
+/**
+ * A range of a text, in Unicode code points from its start: `start`
+ * included, `end` excluded.
+ *
+ * @generated from message pilothouse.v1.TextRange
+ */
+export type TextRange = Message<"pilothouse.v1.TextRange"> & {
+  /**
+   * First code point of the range.
+   *
+   * @generated from field: int32 start = 1;
+   */
+  start: number;
+
+  /**
+   * Code point just after the range.
+   *
+   * @generated from field: int32 end = 2;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message pilothouse.v1.TextRange.
+ * Use `create(TextRangeSchema)` to create a new message.
+ */
+export const TextRangeSchema: GenMessage<TextRange> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 24);
 
 /**
  * SessionService opens, lists and closes sessions and reads their history.
@@ -637,6 +862,19 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof ImportSessionRequestSchema;
     output: typeof ImportSessionResponseSchema;
+  },
+  /**
+   * Finds sessions by what was said in them: full-text search over the
+   * content of user and assistant messages (tool calls, tool results and
+   * reasoning are not searched), best match first, filtered like
+   * ListSessions. INVALID_ARGUMENT for a query without a word.
+   *
+   * @generated from rpc pilothouse.v1.SessionService.SearchSessions
+   */
+  searchSessions: {
+    methodKind: "unary";
+    input: typeof SearchSessionsRequestSchema;
+    output: typeof SearchSessionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pilothouse_v1_session_service, 0);
