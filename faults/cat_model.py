@@ -59,7 +59,7 @@ SCENARIOS = [
     Scenario("finish_reason but no [DONE]", "no-done", (TEXT,)),
     Scenario("neither finish_reason nor [DONE]", "no-finish", (ERROR,)),
     Scenario("a body that is not SSE", "non-sse", (ERROR,), must_say="{host}"),
-    Scenario("an answer of 30 MB", "huge:30", (TEXT, "STOP_REASON_LENGTH"), timeout=120, known=5),
+    Scenario("an answer of 30 MB", "huge:30", (TEXT, "STOP_REASON_OUTPUT_LIMIT"), timeout=120, known=5),
     Scenario("tool arguments that are not JSON", "bad-args:calculate", (TEXT,), ("calculate",),
              must_say="invalid arguments", quick=True),
     Scenario("tool arguments nested 5,000 levels", "deep-args:calculate:5000", (TEXT,),

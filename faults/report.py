@@ -22,7 +22,6 @@ import grpc
 #: Defects that are found by the suite and not fixed yet, by issue-12
 #: number (the lead removes an entry once its fix lands).
 KNOWN_OPEN: dict[int, str] = {
-    5: "nothing caps a model's answer; `done` repeats it; ListMessages/ExportSession are paged by count only",
     6: "memory grows with every finished run (event logs and done events kept in memory)",
     7: "after kill -9 and a restart, the session stays locked until its lease expires",
 }
