@@ -11,8 +11,12 @@ TS := clients/typescript
 TS_STAMP := $(TS)/node_modules/.installed
 NODE := $(shell command -v node 2>/dev/null)
 NODE_MISSING = echo "node is not installed: skipping the TypeScript client ($@); install Node.js 20+ to run it"
+# The web console (clients/web), built into server/pilothouse/web/console
+# (committed, so the package ships it and no install needs Node.js).
+WEB := clients/web
+WEB_STAMP := $(WEB)/node_modules/.installed
 
-.PHONY: install gen gen-ts lint lint-ts test test-ts demo run bench faults faults-quick clean
+.PHONY: install gen gen-ts web lint lint-ts lint-web test test-ts demo run bench faults faults-quick clean
 
 install: $(STAMP)
 
@@ -48,6 +52,20 @@ $(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
 gen-ts: $(TS_STAMP)
 	cd $(TS) && npm run --silent gen
 
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+# Rebuild the web console's bundle (committed; `make lint` checks it is
+# fresh). esbuild's binary comes in its platform package.
+web:
+ifeq ($(NODE),)
+	@echo "node is not installed: cannot build the web console; install Node.js 20+"; exit 1
+else
+	$(MAKE) --no-print-directory $(WEB_STAMP)
+	cd $(WEB) && npm run --silent build
+endif
+
 # mypy: the SDK strictly; the server against the baseline in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server clients tests faults
@@ -55,6 +73,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	npx --yes @bufbuild/buf@1.75.0 lint
 	$(MAKE) --no-print-directory lint-ts
+	$(MAKE) --no-print-directory lint-web
 
 lint-ts:
 ifeq ($(NODE),)
@@ -64,8 +83,18 @@ else
 	cd $(TS) && npm run --silent lint
 endif
 
+# tsc, prettier, and the committed bundle against a fresh build.
+lint-web:
+ifeq ($(NODE),)
+	@$(NODE_MISSING)
+else
+	$(MAKE) --no-print-directory $(WEB_STAMP)
+	cd $(WEB) && npm run --silent lint
+endif
+
 test: $(STAMP)
 	bash .ci/install-postgres
+	bash .ci/install-chromium
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-ts
 

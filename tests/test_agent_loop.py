@@ -1,4 +1,4 @@
-"""The agent loop (seed 003 `run_stream`) end to end: gRPC client → runtime
+"""The agent loop end to end: gRPC client → runtime
 → fake OpenAI-compatible model server over HTTP, and the reference
 ToolExecutor over gRPC."""
 

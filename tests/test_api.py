@@ -88,7 +88,7 @@ async def test_create_agent_rejects_bad_configs(client, config, field):
         await client.agents.CreateAgent(agent_service_pb2.CreateAgentRequest(config=config), timeout=5)
     wrapped = PilothouseRpcError(error.value)
     assert wrapped.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert wrapped.reason == "INVALID_ARGUMENT"
+    assert wrapped.reason == "INVALID_AGENT_CONFIG"  # specific, not the code again
     assert [f for f, _ in wrapped.field_violations] == [field]
 
 

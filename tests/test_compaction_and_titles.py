@@ -1,5 +1,4 @@
-"""Compaction (automatic and CompactSession) and background titles (seed
-000 `compact_session`, `spawn_title_generation`; seed 003 auto-compaction)."""
+"""Compaction (automatic and CompactSession) and background titles."""
 
 from __future__ import annotations
 

@@ -50,3 +50,22 @@ def test_the_sdks_typed_events_match_the_event_oneof(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(STUBS / "gen_events.py"), str(output)], check=True)
     committed = STUBS / "pilothouse" / "client" / "events.py"
     assert output.read_text() == committed.read_text(), "stale typed events: run `make gen`"
+
+
+def test_the_protobuf_lower_bound_is_what_the_stubs_require():
+    """The stubs refuse older protobuf runtimes (ValidateProtobufRuntimeVersion):
+    both distributions must not allow one."""
+    import re
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    stubs = sorted((repo / "clients/python/pilothouse/v1").glob("*_pb2.py"))
+    generated = {re.search(r"# Protobuf Python Version: ([\d.]+)", p.read_text()).group(1) for p in stubs}
+    assert len(generated) == 1, generated
+    (version,) = generated
+    for pyproject in (repo / "pyproject.toml", repo / "clients/python/pyproject.toml"):
+        deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+        bound = next(d for d in deps if d.replace(" ", "").startswith("protobuf>="))
+        low = re.match(r"protobuf>=([\d.]+)", bound.replace(" ", "")).group(1)
+        as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+        assert as_tuple(low) >= as_tuple(version), (pyproject, bound, version)

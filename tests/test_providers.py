@@ -308,13 +308,13 @@ async def test_overrides_change_one_run_only(client, fake_model, anthropic_model
     ("overrides", "code", "reason", "field"),
     [
         (agent_pb2.ModelOverrides(tool_choice="delete_everything"), grpc.StatusCode.INVALID_ARGUMENT,
-         "INVALID_ARGUMENT", "options.overrides.tool_choice"),
+         "INVALID_AGENT_CONFIG", "options.overrides.tool_choice"),
         (agent_pb2.ModelOverrides(temperature=7), grpc.StatusCode.INVALID_ARGUMENT,
-         "INVALID_ARGUMENT", "options.overrides.temperature"),
+         "INVALID_AGENT_CONFIG", "options.overrides.temperature"),
         (agent_pb2.ModelOverrides(model="nowhere/model-x"), grpc.StatusCode.FAILED_PRECONDITION,
          "UNKNOWN_MODEL_PROVIDER", None),
         (agent_pb2.ModelOverrides(reasoning_effort=42), grpc.StatusCode.INVALID_ARGUMENT,
-         "INVALID_ARGUMENT", "options.overrides.reasoning_effort"),
+         "INVALID_REASONING_EFFORT", "options.overrides.reasoning_effort"),
     ],
 )  # fmt: skip
 async def test_bad_overrides_are_refused(client, session_of, overrides, code, reason, field) -> None:

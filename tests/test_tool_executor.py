@@ -481,7 +481,7 @@ async def test_empty_name_is_invalid_argument_with_field_violation(stub):
         await execute(stub, "", {"expression": "1"})
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info, bad = error_details(caught.value)
-    assert info is not None and info.reason == "INVALID_ARGUMENT"
+    assert info is not None and info.reason == "INVALID_NAME"
     assert bad is not None
     assert [(v.field, v.description) for v in bad.field_violations] == [
         ("name", "must not be empty")

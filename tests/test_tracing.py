@@ -95,6 +95,11 @@ async def test_a_conversation_with_a_tool_call_is_one_trace_tree(
     assert parent_of(client_call) == root.get_span_context().span_id
     assert parent_of(server_call) == client_call.context.span_id
     assert parent_of(run) == server_call.context.span_id
+    # run_started names the trace (and the run span's parent) for clients
+    # such as the web console
+    version, traced, parent, flags = events[0].run_started.traceparent.split("-")
+    assert (version, traced, parent) == ("00", f"{trace_id:032x}", f"{server_call.context.span_id:016x}")
+    assert int(flags, 16) & 1  # sampled
     assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert run.attributes["gen_ai.agent.name"] == agent
     assert run.attributes["gen_ai.conversation.id"] == session_id

@@ -6,7 +6,9 @@
 
 Ports come from PILOTHOUSE_LISTEN_ADDRESS (default 127.0.0.1:50051) and
 PILOTHOUSE_TOOLS_LISTEN_ADDRESS (default 127.0.0.1:50052); the runtime is
-pointed at the ToolExecutor it starts. In `demo` the servers log to
+pointed at the ToolExecutor it starts. `run` also opens the web port, with
+the web console (PILOTHOUSE_WEB_LISTEN_ADDRESS, default 127.0.0.1:50080;
+set it empty for none). In `demo` the servers log to
 files under `--log-dir` (default `$PILOTHOUSE_DATA_DIR/logs`, `data/logs`),
 named at the start, so only the conversation reaches the terminal.
 """
@@ -28,6 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEMO_MESSAGE = "What is 17 * 23 + 4, and what time is it in UTC?"
+#: The web port of `make run` (browsers and the web console).
+WEB_ADDRESS = "127.0.0.1:50080"
 
 
 def wait_serving(address: str, timeout: float, process: subprocess.Popen) -> None:
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     tools_address = env.setdefault("PILOTHOUSE_TOOLS_LISTEN_ADDRESS", "127.0.0.1:50052")
     server_address = env.setdefault("PILOTHOUSE_LISTEN_ADDRESS", "127.0.0.1:50051")
     env.setdefault("PILOTHOUSE_TOOL_EXECUTORS", tools_address)
+    if args.mode == "run":
+        env.setdefault("PILOTHOUSE_WEB_LISTEN_ADDRESS", WEB_ADDRESS)
     logs: dict[str, Path] = {}
     if args.mode == "demo":
         log_dir = args.log_dir or Path(env.get("PILOTHOUSE_DATA_DIR", "data")) / "logs"
@@ -114,8 +120,10 @@ def _serve_and_chat(args: argparse.Namespace, env: dict[str, str], tools_address
         server = _start("pilothouse.app.main", env, log_of.get("runtime"))
         wait_serving(server_address, 30, server)
         if args.mode == "run":
-            print(f"[devstack] runtime on {server_address}, tools on {tools_address}; Ctrl-C stops",
-                  flush=True)
+            web = env.get("PILOTHOUSE_WEB_LISTEN_ADDRESS", "")
+            console = f", web console on http://{web}/" if web else ""
+            print(f"[devstack] runtime on {server_address}, tools on {tools_address}{console}; "
+                  "Ctrl-C stops", flush=True)
             signal.signal(signal.SIGTERM, _interrupt)
             with contextlib.suppress(KeyboardInterrupt):
                 while server.poll() is None and tools.poll() is None:

@@ -66,13 +66,25 @@ class InvalidArgumentError(PilothouseError):
     default_reason = "INVALID_ARGUMENT"
 
     @classmethod
-    def field(cls, field: str, description: str, **metadata: str) -> InvalidArgumentError:
-        """An error about one request field."""
+    def field(
+        cls, field: str, description: str, *, reason: str | None = None, **metadata: str
+    ) -> InvalidArgumentError:
+        """An error about one request field; the reason names the field
+        (`INVALID_<FIELD>`, from its last path component) unless given."""
         return cls(
             f"{field}: {description}",
+            reason=reason or field_reason(field),
             field_violations=[(field, description)],
             metadata=metadata,
         )
+
+
+def field_reason(field: str) -> str:
+    """`INVALID_<FIELD>` for a field path: "options.timeout" -> INVALID_TIMEOUT,
+    "decision.selected_options" -> INVALID_SELECTED_OPTIONS."""
+    last = field.rsplit(".", 1)[-1].split("[", 1)[0]
+    name = "".join(c if c.isalnum() else "_" for c in last).strip("_").upper()
+    return f"INVALID_{name}" if name else "INVALID_ARGUMENT"
 
 
 class NotFoundError(PilothouseError):

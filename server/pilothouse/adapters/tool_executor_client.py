@@ -1,6 +1,6 @@
 """The runtime's client of the ToolExecutors: discovers their tools at
-start-up (seed 000 `on_register_tools`) and again when an executor comes
-up, restarts or changes its tools, and dispatches calls over gRPC.
+start-up and again when an executor comes up, restarts or changes its
+tools, and dispatches calls over gRPC.
 
 Implements `pilothouse.runtime.tools.ToolDispatcher`: a call that fails for
 any reason (executor down, deadline, unknown tool) becomes an error result

@@ -22,14 +22,16 @@ def read_agents_file(path: Path | None) -> list[AgentConfig]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgumentError(f"{origin}: {exc}") from None
+        raise InvalidArgumentError(f"{origin}: {exc}", reason="INVALID_AGENTS_FILE") from None
     entries = data.get("agents", [])
     if not isinstance(entries, list):
-        raise InvalidArgumentError(f"{origin}: 'agents' must be an array of tables")
+        raise InvalidArgumentError(
+            f"{origin}: 'agents' must be an array of tables", reason="INVALID_AGENTS_FILE"
+        )
     configs = []
     for index, entry in enumerate(entries):
         try:
             configs.append(AgentConfig.parse(entry, field_prefix=f"agents[{index}]"))
         except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"{origin}: {exc.message}") from None
+            raise InvalidArgumentError(f"{origin}: {exc.message}", reason="INVALID_AGENTS_FILE") from None
     return configs

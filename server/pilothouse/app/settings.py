@@ -175,6 +175,18 @@ class Settings(ServerProcessSettings):
         False, description="record message contents and tool arguments/results in spans"
     )
 
+    # --- A2A: every agent as an A2A agent (off by default) ----------------
+    a2a_listen_address: str = Field(
+        "", description="host:port of the A2A JSON-RPC HTTP server (empty: off)"
+    )
+    a2a_grpc: bool = Field(
+        False, description="serve A2A's gRPC binding (lf.a2a.v1.A2AService) on the runtime's gRPC port"
+    )
+    a2a_public_url: str = Field(
+        "", description="the A2A server's URL as clients reach it, e.g. https://agents.example.com "
+        "(default: http://<listen address>)",
+    )
+
     @field_validator("providers")
     @classmethod
     def _unique_providers(cls, value: list[ProviderSettings]) -> list[ProviderSettings]:
@@ -213,6 +225,19 @@ class Settings(ServerProcessSettings):
         default_factory=list,
         description="tools whose ToolExecutor's requires_approval is lifted (an audited admin setting)",
     )
+    # --- Browsers: the web port (Connect, gRPC-Web, the web console) ------
+    web_listen_address: str = Field(
+        "", description="host:port of the browser port (Connect, gRPC-Web, console); empty: off"
+    )
+    web_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins of other sites whose pages may call the web port (comma-separated; "
+        "* for any); empty: its own pages only",
+    )
+    web_console: bool = Field(True, description="serve the web console on the web port")
+    web_trace_url: str = Field(
+        "", description="trace viewer URL with {trace_id}, linked from the console's runs"
+    )
     limit_concurrent_runs: int = Field(0, ge=0, description="active runs per principal (0: no limit)")
     limit_runs_per_minute: int = Field(0, ge=0, description="runs started per principal per minute")
     limit_sessions_per_minute: int = Field(
@@ -222,7 +247,7 @@ class Settings(ServerProcessSettings):
         0, ge=0, description="bytes of user and steering messages per principal per minute"
     )
 
-    @field_validator("tool_executors", "approval_exempt_tools", mode="before")
+    @field_validator("tool_executors", "approval_exempt_tools", "web_cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

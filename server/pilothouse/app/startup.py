@@ -10,7 +10,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pilothouse.adapters.content import ContentRecordingModel
 from pilothouse.adapters.forwarding import RunForwarder
@@ -49,6 +49,11 @@ from pilothouse.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from pilothouse.web import prepare_web_port
+
+if TYPE_CHECKING:
+    from pilothouse.a2a import A2AGateway
+    from pilothouse.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +100,21 @@ class App:
     health: HealthMonitor | None = None
     forwarder: RunForwarder | None = None
     security: Security | None = None
+    #: The web port (PILOTHOUSE_WEB_*), None when off.
+    web: WebServer | None = None
+    #: The A2A bindings (PILOTHOUSE_A2A_*), None when off.
+    a2a: A2AGateway | None = None
     file_agents: FileAgents | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def web_port(self) -> int:
+        """The bound web port (0: none)."""
+        return self.web.port if self.web is not None else 0
 
     @property
     def metrics_port(self) -> int:
@@ -149,7 +163,11 @@ class App:
                 log.error("runs still active %gs after their cancellation", CANCEL_WAIT_S)
         # Every run has ended and published `done`: the streams deliver it
         # and end by themselves (the grace only bounds stuck clients).
+        if self.a2a is not None:
+            await self.a2a.stop()
         await self.server.stop(STREAM_GRACE_S)
+        if self.web is not None:
+            await self.web.stop(STREAM_GRACE_S)
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -226,10 +244,13 @@ async def start_app(
     model: ModelRouter | None = None
     store: SessionStore | None = None
     runtime: Runtime | None = None
+    web: WebServer | None = None
+    a2a: A2AGateway | None = None
     try:
         try:
             security = prepare_security(settings, SERVICE_NAME)
-        except SecurityError as exc:
+            web_plan = prepare_web_port(settings)
+        except (SecurityError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         if settings.uses_test_model:
             if stand_in_model is None:
@@ -308,6 +329,7 @@ async def start_app(
         file_agents = FileAgents(runtime, registry, wait_for_tools=bool(tools.unreachable))
         await file_agents.register(read_agents_file(settings.agents_file))
         security.attach(runtime)
+        a2a = a2a_gateway(settings, runtime, security)
         server = await start_server(
             [
                 Service(
@@ -325,6 +347,7 @@ async def start_app(
                     RunService(runtime, settings.heartbeat_interval, forwarder),
                     RUN_SERVICE,
                 ),
+                *([a2a.grpc_service()] if a2a is not None and settings.a2a_grpc else []),
             ],
             settings.listen_address,
             max_message_bytes=settings.max_message_bytes,
@@ -334,7 +357,15 @@ async def start_app(
             health_address=settings.health_listen_address,
             request_rules=RUNTIME_REQUEST_RULES,
         )
+        if web_plan is not None:
+            try:
+                web = await web_plan.start(server.port)
+            except BaseException:
+                await server.stop(0)
+                raise
         runtime.address = advertised_address(settings, server.port)
+        if a2a is not None:
+            await start_a2a(a2a, settings, runtime.address)
         await runtime.start()  # takes over runs left by a crash or a drain
         health = HealthMonitor(
             server,
@@ -350,6 +381,10 @@ async def start_app(
         )
         await health.start()
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if a2a is not None:
+            await a2a.stop()
+        if web is not None:
+            await web.stop(0)
         if runtime is not None:
             await runtime.shutdown(0)  # closes the store
         elif store is not None:
@@ -373,10 +408,54 @@ async def start_app(
         runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
+    if web is not None:
+        log.info("browsers reach it at %s://%s:%d/ (Connect, gRPC-Web%s)",
+                 "https" if web.tls else "http", web.host, web.port,
+                 ", the web console" if settings.web_console else "")
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security, file_agents,
+        health, forwarder, security, web=web, a2a=a2a, file_agents=file_agents,
     )
+
+
+def a2a_gateway(settings: Settings, runtime: Runtime, security: Security) -> A2AGateway | None:
+    """The A2A bindings the settings ask for (None: off), under the same
+    per-principal limits as the gRPC API. StartupError when the a2a-sdk is
+    not installed."""
+    if not (settings.a2a_listen_address or settings.a2a_grpc):
+        return None
+    try:
+        from pilothouse.a2a import A2AGateway
+    except ImportError as exc:
+        raise StartupError(
+            f"A2A needs the a2a-sdk ({exc}): pip install 'pilothouse[a2a]'"
+        ) from exc
+    return A2AGateway(runtime, security.limiter)
+
+
+async def start_a2a(a2a: A2AGateway, settings: Settings, grpc_address: str) -> None:
+    """Start A2A's JSON-RPC port (when PILOTHOUSE_A2A_LISTEN_ADDRESS is
+    set), with the runtime's authentication and TLS; the cards name the gRPC
+    binding at `grpc_address` when PILOTHOUSE_A2A_GRPC is on. StartupError
+    for an exposed port without authentication; OSError when the address
+    cannot be bound."""
+    from pilothouse.auth import build_chain, check_exposure
+
+    if settings.a2a_grpc:
+        a2a.grpc_address = grpc_address
+    if not settings.a2a_listen_address:
+        return
+    try:
+        check_exposure(settings, settings.a2a_listen_address, "pilothouse-a2a")
+        chain = build_chain(settings)
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    await a2a.start_http(
+        settings.a2a_listen_address, chain, tls=settings.server_tls,
+        public_url=settings.a2a_public_url, grace_s=STREAM_GRACE_S,
+    )
+    log.info("A2A JSON-RPC on %s (agents at %s/agents/<name>/)%s", settings.a2a_listen_address,
+             a2a.public_url, "; gRPC binding on the runtime's port" if settings.a2a_grpc else "")
 
 
 def advertised_address(settings: Settings, port: int) -> str:

@@ -485,7 +485,8 @@ def response_to_proto(
 _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
     ev.RunStarted: lambda e: (
         "run_started",
-        event_pb2.RunStarted(agent=e.agent, model=e.model, content=e.content, sender=e.sender),
+        event_pb2.RunStarted(agent=e.agent, model=e.model, content=e.content, sender=e.sender,
+                             traceparent=e.traceparent),
     ),
     ev.TextStart: lambda e: ("text_start", {}),
     ev.TextDelta: lambda e: ("text_delta", {"text": e.text}),

@@ -140,13 +140,18 @@ def handle_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(method)
         async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
+            inner = method(self, request, context)
             try:
-                async for item in method(self, request, context):
+                async for item in inner:
                     yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # translated, never leaked
                 await _abort(context, exc)
+            finally:
+                # At once, so the handler's own `finally` (a disconnect
+                # policy, a subscription) does not wait for the collector.
+                await inner.aclose()
 
         return stream_wrapper
 

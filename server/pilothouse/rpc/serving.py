@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pilothouse.ops.telemetry import tracing_server_interceptor
 from pilothouse.rpc.decoding import RequestDecoding, RequestRules
@@ -120,6 +120,42 @@ def channel_options(
 SERVER_OPTIONS: list[tuple[str, Any]] = server_options()
 
 
+class HealthServicer(health_aio.HealthServicer):
+    """grpc.health.v1.Health with `List` too (the package's aio servicer
+    answers it UNIMPLEMENTED): every service's current status."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in dict(self._server_status).items()
+            }
+        )
+
+
+#: Server reflection v1 (grpcio-reflection ships v1alpha only; the two
+#: protocols are the same messages under another package name).
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
+    """Serve reflection as both v1alpha and v1 (buf curl and grpcurl try v1
+    first). Only v1alpha is listed: its schema ships with grpcio-reflection,
+    v1's does not, and a listed service must be describable."""
+    servicer = reflection.aio.ReflectionServicer([*service_names, reflection.SERVICE_NAME])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """A servicer to mount: its generated `add_*_to_server` function and the
@@ -204,14 +240,12 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=chain, options=server_options(keepalive, max_message_bytes)
     )
-    health = health_aio.HealthServicer()
+    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in services:
         service.add_to_server(service.servicer, server)
     names = [s.full_name for s in services]
-    reflection.enable_server_reflection(
-        [*names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection([*names, HEALTH_SERVICE_NAME], server)
     if tls is None:
         port = server.add_insecure_port(address)
     else:

@@ -155,7 +155,8 @@ class AgentConfig(BaseModel):
                 violations.append((path, err["msg"]))
             summary = "; ".join(f"{f}: {d}" for f, d in violations)
             raise InvalidArgumentError(
-                f"invalid agent config: {summary}", field_violations=violations
+                f"invalid agent config: {summary}", reason="INVALID_AGENT_CONFIG",
+                field_violations=violations,
             ) from None
 
 

@@ -1,5 +1,5 @@
 """History compaction: summarise a history with the agent's model so it
-fits the context again (seed 000 `compact_session`, seed 003 auto-compaction).
+fits the context again.
 
 The summarisation request sends the history as a transcript with long tool
 outputs truncated, so the request itself stays small.
@@ -24,7 +24,7 @@ COMPACTION_PROMPT = (
 
 
 def estimate_tokens(messages: list[Message]) -> int:
-    """A cheap token estimate: characters / 4 (what the seed does)."""
+    """A cheap token estimate: characters / 4."""
     chars = 0
     for m in messages:
         chars += len(m.content) + len(m.reasoning_content)

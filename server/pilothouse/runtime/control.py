@@ -1,6 +1,6 @@
 """What a running run is told from outside: steering, stop requests,
-decisions on approvals and questions (DESIGN.md: "commands sent to the run;
-the run applies them at its safe points")."""
+decisions on approvals and questions. They are commands sent to the run,
+which applies them at its safe points (between rounds, in the tool phase)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class RunOptions:
 
 class SteeringInbox:
     """Steering messages waiting for the next model round, in arrival order
-    (unlike the seed's watch channel, none is dropped).
+    (none is dropped, however many arrive).
 
     `close()` is called when the run has made its last model round: what
     arrives after it, while the run is storing its history, is kept as

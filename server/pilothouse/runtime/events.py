@@ -62,7 +62,7 @@ class ToolResult:
 
     @property
     def text(self) -> str:
-        """What the model reads (the seed collapses both arms to text)."""
+        """What the model reads: the output, or the error text."""
         return self.output if self.error is None else self.error  # type: ignore[return-value]
 
 
@@ -97,6 +97,8 @@ class RunStarted:
     model: str
     content: str
     sender: str
+    #: W3C traceparent of the context the run's spans are created in.
+    traceparent: str = ""
 
 
 @dataclass(slots=True)

@@ -534,7 +534,8 @@ class RunScheduler:
             run, run_record, journal = self._new_run(agent, session_id, content, sender, options,
                                                      idempotency_key, caller)
             user = Message.user(content, sender)
-            started = run.log.next_event(RunStarted(agent.name, agent.config.model, content, sender))
+            started = run.log.next_event(RunStarted(agent.name, agent.config.model, content, sender,
+                                                    spans.current_traceparent()))
             try:
                 after = await self.store.begin_run(
                     session_id, run.id, lease_s=self.limits.lease_s, now=time.time(),
@@ -608,7 +609,8 @@ class RunScheduler:
                 await journal.writer.settle(run.id)
                 pending = journal.take()
                 started = run.log.next_event(
-                    RunStarted(agent.name, agent.config.model, run.content, run.sender)
+                    RunStarted(agent.name, agent.config.model, run.content, run.sender,
+                               spans.current_traceparent())
                 )
                 try:
                     after = await self.store.begin_run(

@@ -30,6 +30,15 @@ _CHAT = gen_ai.GenAiOperationNameValues.CHAT.value
 _EXECUTE_TOOL = gen_ai.GenAiOperationNameValues.EXECUTE_TOOL.value
 
 
+def current_traceparent() -> str:
+    """The W3C `traceparent` of the current span ("" when there is none,
+    or it is not recording a valid trace)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 @contextmanager
 def agent_span(agent: str, model: str, session_id: str, run_id: str) -> Iterator[Span]:
     """`invoke_agent {agent}` around a run (kind INTERNAL)."""

@@ -2,7 +2,7 @@
 
 The runtime does not run tools itself: a `ToolDispatcher` (in production,
 the gRPC client of the ToolExecutors) does. Schemas are registered once at
-start-up (seed 000 `on_register_tools`) and each agent gets the snapshot its
+start-up and each agent gets the snapshot its
 config names.
 """
 
@@ -150,13 +150,13 @@ class ToolCatalog:
         return [n for n in names if n not in self._known]
 
     def snapshot(self, names: Iterable[str]) -> tuple[ToolSpec, ...]:
-        """The schemas of `names`, in that order (seed `filtered_snapshot`);
-        names not available now are skipped."""
+        """The schemas of `names`, in that order; names not available now
+        are skipped."""
         return tuple(self._specs[n] for n in names if n in self._specs)
 
 
-#: The runtime's own tool: a structured question to the user (crabtalk's
-#: ask_user), answered through the decision path. An agent gets it by
+#: The runtime's own tool: a structured question to the user (`ask_user`),
+#: answered through the decision path. An agent gets it by
 #: naming "ask_user" in its tools.
 ASK_USER = ToolSpec(
     name="ask_user",

@@ -60,7 +60,7 @@ class RunStarted(EventBase):
     """First event of every run. (`run_started`; payload `RunStarted`)"""
 
     kind: Literal["run_started"] = field(default="run_started", init=False)
-    __match_args__ = ("agent", "model", "content", "sender")
+    __match_args__ = ("agent", "model", "content", "sender", "traceparent")
 
     @property
     def data(self) -> event_pb2.RunStarted:
@@ -86,6 +86,14 @@ class RunStarted(EventBase):
     def sender(self) -> str:
         """Its sender."""
         return self.raw.run_started.sender
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C trace context (`traceparent` header value) the run's spans are created in:
+        its trace id is the trace of the run's `invoke_agent`, model and tool spans. Empty
+        when the runtime does not trace.
+        """
+        return self.raw.run_started.traceparent
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason
     """
 
 class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
-    """Why a run ended (seed 003 `AgentStopReason`)."""
+    """Why a run ended."""
 
 STOP_REASON_UNSPECIFIED: StopReason.ValueType  # 0
 STOP_REASON_TEXT_RESPONSE: StopReason.ValueType  # 1
@@ -263,7 +263,7 @@ Global___AgentStep: _TypeAlias = AgentStep  # noqa: Y015
 
 @_typing.final
 class AgentResponse(_message.Message):
-    """AgentResponse is the outcome of a run (seed 003 `AgentResponse`)."""
+    """AgentResponse is the outcome of a run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -329,6 +329,7 @@ class RunStarted(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Agent that runs."""
     model: _builtins.str
@@ -337,6 +338,11 @@ class RunStarted(_message.Message):
     """The user message that started the run."""
     sender: _builtins.str
     """Its sender."""
+    traceparent: _builtins.str
+    """The W3C trace context (`traceparent` header value) the run's spans are
+    created in: its trace id is the trace of the run's `invoke_agent`, model
+    and tool spans. Empty when the runtime does not trace.
+    """
     def __init__(
         self,
         *,
@@ -344,10 +350,11 @@ class RunStarted(_message.Message):
         model: _builtins.str = ...,
         content: _builtins.str = ...,
         sender: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "model", b"model", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "model", b"model", "sender", b"sender", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,7 +73,7 @@ class Session(_message.Message):
     agent: _builtins.str
     """Name of the agent."""
     created_by: _builtins.str
-    """Identity that opened the session (the seed's `created_by`)."""
+    """The principal that opened the session."""
     title: _builtins.str
     """Short title generated after the first exchange; empty until then."""
     state: Global___SessionState.ValueType

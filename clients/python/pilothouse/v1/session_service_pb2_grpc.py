@@ -105,7 +105,7 @@ class SessionServiceServicer:
 
     def GetOrCreateSession(self, request, context):
         """Returns the open session of (agent, created_by), opening one if there is
-        none (seed 000 `get_or_create_session`). NOT_FOUND if the agent is
+        none. NOT_FOUND if the agent is
         unknown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

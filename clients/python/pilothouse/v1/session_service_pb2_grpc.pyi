@@ -37,7 +37,7 @@ class SessionServiceStub:
     """Opens a new session. NOT_FOUND if the agent is unknown."""
     GetOrCreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetOrCreateSessionRequest, _session_service_pb2.GetOrCreateSessionResponse]
     """Returns the open session of (agent, created_by), opening one if there is
-    none (seed 000 `get_or_create_session`). NOT_FOUND if the agent is
+    none. NOT_FOUND if the agent is
     unknown.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _session_service_pb2.GetSessionResponse]
@@ -84,7 +84,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Opens a new session. NOT_FOUND if the agent is unknown."""
     GetOrCreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetOrCreateSessionRequest, _session_service_pb2.GetOrCreateSessionResponse]  # type: ignore[assignment]
     """Returns the open session of (agent, created_by), opening one if there is
-    none (seed 000 `get_or_create_session`). NOT_FOUND if the agent is
+    none. NOT_FOUND if the agent is
     unknown.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _session_service_pb2.GetSessionResponse]  # type: ignore[assignment]
@@ -140,7 +140,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.GetOrCreateSessionResponse, _abc.Awaitable[_session_service_pb2.GetOrCreateSessionResponse]]:
         """Returns the open session of (agent, created_by), opening one if there is
-        none (seed 000 `get_or_create_session`). NOT_FOUND if the agent is
+        none. NOT_FOUND if the agent is
         unknown.
         """
 

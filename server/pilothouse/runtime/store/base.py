@@ -57,7 +57,7 @@ class RunStatus(StrEnum):
 
 @dataclass(slots=True)
 class SessionRecord:
-    """A session's metadata (seed 000 session meta line).
+    """A session's metadata.
 
     `active_run_id` is the run holding the lease ("" when idle);
     `last_run_stop_reason` is a `StopReason` value or "interrupted".
@@ -272,8 +272,7 @@ class SessionStore(Protocol):
 
     async def load_history(self, session_id: str) -> builtins.list[Message]:
         """The model-visible history: the messages after the last compact
-        marker, preceded by the marker's summary as a user message (seed
-        000 `load_context`)."""
+        marker, preceded by the marker's summary as a user message."""
         ...
 
     async def list_messages(

@@ -1,4 +1,4 @@
-"""A session as JSON Lines (UTF-8), as the seed's session files: export and
+"""A session as JSON Lines (UTF-8), one line a transcript item: export and
 import (ExportSession / ImportSession).
 
 Line 1 is the meta line, then one line per transcript item, in order:

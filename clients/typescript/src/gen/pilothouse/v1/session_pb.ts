@@ -37,7 +37,7 @@ export type Session = Message<"pilothouse.v1.Session"> & {
   agent: string;
 
   /**
-   * Identity that opened the session (the seed's `created_by`).
+   * The principal that opened the session.
    *
    * @generated from field: string created_by = 3;
    */

@@ -766,7 +766,7 @@ export const SessionService: GenService<{
   },
   /**
    * Returns the open session of (agent, created_by), opening one if there is
-   * none (seed 000 `get_or_create_session`). NOT_FOUND if the agent is
+   * none. NOT_FOUND if the agent is
    * unknown.
    *
    * @generated from rpc pilothouse.v1.SessionService.GetOrCreateSession
