@@ -1,9 +1,9 @@
 """The rules every runtime request meets before a handler sees it (checked
 by `pilothouse.rpc.decoding` on every RPC, INVALID_ARGUMENT naming the
 field): ids the server made fit in MAX_ID_BYTES, principals (`created_by`,
-`sender`) in MAX_PRINCIPAL_BYTES, and agent names (`agent`, `name`) follow
-the agent name pattern. Empty values are left to the handlers, which know
-whether a field is required."""
+`sender`) in MAX_PRINCIPAL_BYTES, and agent names (`agent`, `name` of
+the request itself) follow the agent name pattern. Empty values are left
+to the handlers, which know whether a field is required."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ RUNTIME_REQUEST_RULES = RequestRules(
         "request_id": max_bytes(MAX_REQUEST_ID_BYTES),
         "created_by": max_bytes(MAX_PRINCIPAL_BYTES),
         "sender": max_bytes(MAX_PRINCIPAL_BYTES),
-        "agent": _agent_name,
-        "name": _agent_name,
-    }
+    },
+    # Agent names of Get/DeleteAgent and the session requests; CreateAgent's
+    # config is validated as a whole by its handler.
+    top_level={"agent": _agent_name, "name": _agent_name},
 )

@@ -43,27 +43,33 @@ def max_bytes(limit: int) -> FieldRule:
 
 class RequestRules:
     """Rules for string fields, by field name, checked in every request
-    (top level and set sub-messages) before its handler runs; empty values
-    are left to the handler. Raises InvalidArgumentError naming the field."""
+    before its handler runs: `rules` at the top level and in set
+    sub-messages, `top_level` only in the request itself (a sub-message
+    such as an agent config has its own validation). Empty values are left
+    to the handler. Raises InvalidArgumentError naming the field."""
 
-    def __init__(self, rules: Mapping[str, FieldRule]) -> None:
+    def __init__(
+        self, rules: Mapping[str, FieldRule], top_level: Mapping[str, FieldRule] | None = None
+    ) -> None:
         self.rules = dict(rules)
-        self._plans: dict[str, list[tuple[FieldDescriptor, FieldRule | None]]] = {}
+        self.top_level = {**self.rules, **(top_level or {})}
+        self._plans: dict[tuple[str, bool], list[tuple[FieldDescriptor, FieldRule | None]]] = {}
 
-    def _plan(self, descriptor: Any) -> list[tuple[FieldDescriptor, FieldRule | None]]:
-        plan = self._plans.get(descriptor.full_name)
+    def _plan(self, descriptor: Any, top: bool) -> list[tuple[FieldDescriptor, FieldRule | None]]:
+        plan = self._plans.get((descriptor.full_name, top))
         if plan is None:
             plan = []
+            rules = self.top_level if top else self.rules
             for field in descriptor.fields:
-                if field.type == FieldDescriptor.TYPE_STRING and field.name in self.rules:
-                    plan.append((field, self.rules[field.name]))
+                if field.type == FieldDescriptor.TYPE_STRING and field.name in rules:
+                    plan.append((field, rules[field.name]))
                 elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
                     plan.append((field, None))
-            self._plans[descriptor.full_name] = plan
+            self._plans[(descriptor.full_name, top)] = plan
         return plan
 
     def check(self, message: Message, prefix: str = "", depth: int = 0) -> None:
-        for field, rule in self._plan(message.DESCRIPTOR):
+        for field, rule in self._plan(message.DESCRIPTOR, depth == 0):
             if rule is None:
                 if depth < 4 and message.HasField(field.name):
                     self.check(getattr(message, field.name), f"{prefix}{field.name}.", depth + 1)
