@@ -146,6 +146,17 @@ class Settings(ServerProcessSettings):
         2, ge=0, le=10, description="retries of a model round whose stream failed after it began"
     )
     session_cache_size: int = Field(1000, ge=0, description="histories kept in memory")
+    # --- Hooks: plugins of the entry-point group `pilothouse.hooks` -------
+    hooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hook plugins to enable, in call order (comma-separated in the environment; "
+        "`enabled` of the config file's [hooks] table)",
+    )
+    hook_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each plugin's own settings: the config file's [hooks.NAME] tables "
+        "(JSON in PILOTHOUSE_HOOK_SETTINGS)",
+    )
     generate_titles: bool = Field(True, description="title sessions after the first exchange")
 
     # --- Operations: health, drain, connections, metrics, logs ------------
@@ -247,7 +258,17 @@ class Settings(ServerProcessSettings):
         0, ge=0, description="bytes of user and steering messages per principal per minute"
     )
 
-    @field_validator("tool_executors", "approval_exempt_tools", "web_cors_origins", mode="before")
+    @field_validator("hooks")
+    @classmethod
+    def _unique_hooks(cls, value: list[str]) -> list[str]:
+        repeated = sorted({n for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"hooks are named twice: {', '.join(repeated)}")
+        return value
+
+    @field_validator(
+        "tool_executors", "approval_exempt_tools", "web_cors_origins", "hooks", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -336,8 +357,24 @@ class Settings(ServerProcessSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file.get() or os.environ.get("PILOTHOUSE_CONFIG")
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(_ConfigFile(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """The TOML config file, with its `[hooks]` table read as `enabled =
+    [names]` (the `hooks` setting) and one table per plugin
+    (`hook_settings`)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        table = data.get("hooks")
+        if isinstance(table, dict):
+            data = dict(data)
+            plugins = {k: v for k, v in table.items() if k != "enabled"}
+            data["hooks"] = table.get("enabled", [])
+            data["hook_settings"] = {**plugins, **data.get("hook_settings", {})}
+        return data
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from pilothouse.app.file_agents import FileAgents
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
+from pilothouse.app.plugins import PluginError, load_hooks
 from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
 from pilothouse.auth.audit import audit
@@ -37,6 +38,7 @@ from pilothouse.ops.telemetry import (
 )
 from pilothouse.rpc.serving import RunningServer, Service, start_server
 from pilothouse.runtime.events import StopReason
+from pilothouse.runtime.hookchain import HookChain
 from pilothouse.runtime.model.router import ModelRouter
 from pilothouse.runtime.runtime import ResumePolicy, Runtime, RuntimeLimits
 from pilothouse.runtime.store.base import SessionStore
@@ -168,6 +170,7 @@ class App:
         await self.server.stop(STREAM_GRACE_S)
         if self.web is not None:
             await self.web.stop(STREAM_GRACE_S)
+        await self.runtime.hooks.close()  # after the last run, before the store closes
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -245,6 +248,7 @@ async def start_app(
     store: SessionStore | None = None
     runtime: Runtime | None = None
     web: WebServer | None = None
+    hooks: HookChain | None = None
     a2a: A2AGateway | None = None
     try:
         try:
@@ -291,6 +295,7 @@ async def start_app(
         )
         registry = await tools.discover(settings.tool_discovery_timeout)
         store = await open_session_store(settings)
+        hooks = await start_hooks(settings, store)
         runtime = Runtime(
             model=ContentRecordingModel(model) if settings.record_content else model,
             default_model=default_model,
@@ -313,6 +318,7 @@ async def start_app(
                 session_cache_size=settings.session_cache_size,
                 generate_titles=settings.generate_titles,
             ),
+            hooks=hooks,
         )
         tools.watch(settings.tool_rediscovery_interval)
         if settings.approval_exempt_tools:
@@ -381,6 +387,8 @@ async def start_app(
         )
         await health.start()
     except (StartupError, PilothouseError, RuntimeError, OSError) as exc:
+        if hooks is not None:
+            await hooks.close()
         if a2a is not None:
             await a2a.stop()
         if web is not None:
@@ -416,6 +424,21 @@ async def start_app(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
         health, forwarder, security, web=web, a2a=a2a, file_agents=file_agents,
     )
+
+
+async def start_hooks(settings: Settings, store: SessionStore) -> HookChain:
+    """The hook plugins `settings.hooks` enables, started (each gets its
+    durable state in `store`). StartupError when one cannot be loaded or
+    fails to start."""
+    try:
+        hooks = load_hooks(settings.hooks, settings.hook_settings)
+    except PluginError as exc:
+        raise StartupError(str(exc)) from exc
+    try:
+        await hooks.start(store)
+    except PilothouseError as exc:
+        raise StartupError(exc.message) from exc
+    return hooks
 
 
 def a2a_gateway(settings: Settings, runtime: Runtime, security: Security) -> A2AGateway | None:

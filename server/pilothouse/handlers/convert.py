@@ -59,6 +59,10 @@ _STOP_REASONS = {
     ev.StopReason.BUDGET_EXCEEDED: event_pb2.STOP_REASON_BUDGET_EXCEEDED,
     ev.StopReason.INTERRUPTED: event_pb2.STOP_REASON_INTERRUPTED,
     ev.StopReason.OUTPUT_LIMIT: event_pb2.STOP_REASON_OUTPUT_LIMIT,
+    ev.StopReason.GUARDRAIL: event_pb2.STOP_REASON_GUARDRAIL,
+    ev.StopReason.MAX_TOKENS: event_pb2.STOP_REASON_MAX_TOKENS,
+    ev.StopReason.CONTENT_FILTER: event_pb2.STOP_REASON_CONTENT_FILTER,
+    ev.StopReason.REFUSAL: event_pb2.STOP_REASON_REFUSAL,
 }
 _STOP_REASON_BY_VALUE = {reason.value: proto for reason, proto in _STOP_REASONS.items()}
 _APPROVAL_POLICIES = {
@@ -157,6 +161,7 @@ def overrides_from_proto(overrides: agent_pb2.ModelOverrides, field: str) -> Mod
         stop_sequences=tuple(overrides.stop_sequences),
         parallel_tool_calls=_optional(overrides, "parallel_tool_calls"),
         reasoning_effort=_REASONING_EFFORT_OF[effort] or None,
+        response_json_schema=overrides.response_json_schema,
     )
 
 
@@ -286,6 +291,7 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
                 config.reasoning_effort, config.reasoning_effort
             ),
             "fallback_model": config.fallback_model,
+            "response_json_schema": config.response_json_schema,
             "allowed_principals": tuple(config.allowed_principals),
             "allowed_roles": tuple(config.allowed_roles),
         }
@@ -315,6 +321,7 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
             parallel_tool_calls=c.parallel_tool_calls,
             reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
             fallback_model=c.fallback_model,
+            response_json_schema=c.response_json_schema,
             allowed_principals=list(c.allowed_principals),
             allowed_roles=list(c.allowed_roles),
         ),
@@ -463,7 +470,7 @@ def response_to_proto(
             tool_calls=tool_calls_to_proto(step.tool_calls),
             tool_results=results,
         ))
-    return event_pb2.AgentResponse(
+    proto = event_pb2.AgentResponse(
         final_response=response.final_response,
         iterations=response.iterations,
         stop_reason=_STOP_REASONS[response.stop_reason],
@@ -476,6 +483,9 @@ def response_to_proto(
             for s in response.unapplied_steering
         ],
     )
+    if response.structured_output is not None:
+        proto.structured_output.update(response.structured_output)
+    return proto
 
 
 # A payload may be a message or a dict of its fields: the `AgentEvent`

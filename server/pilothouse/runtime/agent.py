@@ -4,6 +4,7 @@ settings, the request it sends each round, and the per-run overrides."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -15,8 +16,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pilothouse.errors import InvalidArgumentError
+from pilothouse.runtime import answers
 from pilothouse.runtime.messages import Message
-from pilothouse.runtime.model.base import ChatRequest, ModelSettings, ReasoningEffort
+from pilothouse.runtime.model.base import (
+    ChatRequest,
+    ModelSettings,
+    ReasoningEffort,
+    ResponseFormat,
+)
 from pilothouse.runtime.tools import ToolSpec
 
 DEFAULT_MAX_ITERATIONS = 16
@@ -47,6 +54,7 @@ class AgentConfig(BaseModel):
     `parallel_tool_calls`, `reasoning_effort`) are None / empty for the
     provider's default; `thinking` is the older spelling of
     `reasoning_effort = "high"` and applies when no effort is set.
+    `response_json_schema` asks for structured output.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -73,6 +81,29 @@ class AgentConfig(BaseModel):
     #: Who may run the agent (besides admins); both empty: everyone.
     allowed_principals: tuple[str, ...] = ()
     allowed_roles: tuple[str, ...] = ()
+    # --- structured output ---------------------------------------------------
+    #: A JSON Schema (JSON text; a table in an agents file) of the final
+    #: answer; "" for free text. See `pilothouse.runtime.answers`.
+    response_json_schema: str = ""
+
+    @field_validator("response_json_schema", mode="before")
+    @classmethod
+    def _schema_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return value
+
+    @field_validator("response_json_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        if value:
+            answers.check_schema(value)
+        return value
+
+    @property
+    def response_format(self) -> ResponseFormat | None:
+        """What the model is asked for as structured output, if anything."""
+        return answers.response_format(self.response_json_schema) if self.response_json_schema else None
 
     @field_validator("name")
     @classmethod
@@ -174,6 +205,7 @@ class ModelOverrides:
     stop_sequences: tuple[str, ...] = ()
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort | None = None
+    response_json_schema: str = ""
 
     def changes(self) -> dict[str, Any]:
         """The config fields these overrides set."""
@@ -213,6 +245,7 @@ class Agent:
             tools=self.tools,
             tool_choice=config.tool_choice if self.tools else None,
             settings=config.request_settings(),
+            response_format=config.response_format,
         )
 
     def with_overrides(

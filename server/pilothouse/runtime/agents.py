@@ -12,6 +12,7 @@ from typing import Any
 
 from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, agent_not_found
 from pilothouse.runtime.agent import Agent, AgentConfig
+from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.store.base import AgentRecord, SessionStore
 from pilothouse.runtime.tools import ToolCatalog
@@ -48,6 +49,8 @@ class AgentRegistry:
         self._built: dict[str, Agent] = {}
         # Agents carry a snapshot of their tools: rebuild them when tools change.
         tools.on_change(self._built.clear)
+        #: The hook plugins; their `on_build_agent` sees every config `add` takes.
+        self.hooks: HookChain = NO_HOOKS
 
     def check_model(self, config: AgentConfig) -> None:
         """FAILED_PRECONDITION (UNKNOWN_MODEL_PROVIDER) when the agent's
@@ -73,7 +76,9 @@ class AgentRegistry:
         """Register an agent. ALREADY_EXISTS for a taken name unless
         `replace` (the agents file: a changed config gets a new version);
         FAILED_PRECONDITION when a tool it names is not offered or its model
-        names no configured provider."""
+        names no configured provider; what a failing `on_build_agent` hook
+        raises (FAILED_PRECONDITION HOOK_FAILED, or the plugin's own error)."""
+        config = await self.hooks.build_agent(config)  # hooks: on_build_agent
         self.check_tools(config)
         self.check_model(config)
         now = time.time()

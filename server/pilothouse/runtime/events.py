@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pilothouse.runtime.messages import Message, ToolCall, Usage
 
@@ -44,6 +45,13 @@ class StopReason(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     INTERRUPTED = "interrupted"
     OUTPUT_LIMIT = "output_limit"
+    #: A hook plugin stopped the run (`pilothouse.runtime.hooks.Stop`).
+    GUARDRAIL = "guardrail"
+    #: The model's finish reasons that end a run: "length" (the answer
+    #: reached max_tokens), "content_filter", and a refusal.
+    MAX_TOKENS = "max_tokens"
+    CONTENT_FILTER = "content_filter"
+    REFUSAL = "refusal"
     #: Not an outcome: the run stopped at a safe point so that another
     #: replica (or the next start) resumes it. Never in a `done`.
     HANDOVER = "handover"
@@ -79,7 +87,9 @@ class AgentStep:
 
 @dataclass(slots=True)
 class AgentResponse:
-    """The outcome of a run. `iterations` counts completed rounds."""
+    """The outcome of a run. `iterations` counts completed rounds;
+    `structured_output` is the final answer parsed as JSON when the agent
+    asked for structured output and the answer matched its schema."""
 
     final_response: str
     iterations: int
@@ -89,6 +99,7 @@ class AgentResponse:
     error: str = ""
     usage: Usage = field(default_factory=Usage)
     unapplied_steering: list[UserSteered] = field(default_factory=list)
+    structured_output: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

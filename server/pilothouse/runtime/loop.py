@@ -21,6 +21,16 @@ mutates in place and yields the run's events, ending with exactly one
 - Text without tool calls ends the run (TEXT_RESPONSE), unless steering is
   pending and the late-steering policy is FOLLOW_UP: then a follow-up round
   answers it. Out of rounds: MAX_ITERATIONS.
+- An answer without tool calls whose finish reason says it is incomplete
+  ends the run with MAX_TOKENS ("length"), CONTENT_FILTER or REFUSAL, its
+  text (if any) stored. With structured output (the agent's
+  `response_json_schema`) the answer is validated; an invalid one is not
+  stored and the round is made once more (`RoundRetried`, cause
+  "invalid_structured_output") with the invalid answer and what was wrong
+  sent to the model; a second invalid answer ends the run with ERROR.
+- Hooks (`LoopContext.hooks`): `before_model_call` and `after_model_call`
+  around every round (a `Stop` ends the run with GUARDRAIL, a failing hook
+  with ERROR, the round not stored); the tool hooks run in the tool phase.
 
 A resumed run (`LoopContext.resume`) starts with the steps it had
 completed and, when it stopped during a tool phase, finishes that round's
@@ -34,9 +44,9 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from pilothouse.runtime import compaction, spans
+from pilothouse.runtime import answers, compaction, spans
 from pilothouse.runtime.agent import Agent
 from pilothouse.runtime.control import LateSteeringPolicy, RunControl
 from pilothouse.runtime.events import (
@@ -60,6 +70,8 @@ from pilothouse.runtime.events import (
     UsageReported,
     UserSteered,
 )
+from pilothouse.runtime.hookchain import RunHooks
+from pilothouse.runtime.hooks import HookError, ModelResponse, Stop
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest, ModelError
 from pilothouse.runtime.model.builder import MessageBuilder
@@ -141,7 +153,7 @@ class LoopContext:
     """The run the loop works for. `remember_approval(tool)` persists an
     "approve always"; `stream_retries` bounds retries of a failed model
     stream; `usage` is the run's total so far (read by the caller when the
-    run ends abnormally)."""
+    run ends abnormally); `hooks` are the hook plugins bound to the run."""
 
     session_id: str
     run_id: str
@@ -155,6 +167,7 @@ class LoopContext:
     principal: str = ""
     principal_roles: tuple[str, ...] = ()
     usage: Usage = field(default_factory=Usage)
+    hooks: RunHooks | None = None
 
 
 class _Stop:
@@ -192,7 +205,8 @@ async def run_agent(
     ctx.usage = resume.usage
     model_name = agent.config.model
 
-    def done(stop: StopReason, final: str = "", error: str = "") -> Done:
+    def done(stop: StopReason, final: str = "", error: str = "",
+             structured: dict[str, Any] | None = None) -> Done:
         unapplied = [UserSteered(c, s) for c, s in control.steering.close()]
         return Done(
             AgentResponse(
@@ -204,6 +218,7 @@ async def run_agent(
                 error=error,
                 usage=ctx.usage,
                 unapplied_steering=unapplied,
+                structured_output=structured,
             )
         )
 
@@ -224,6 +239,7 @@ async def run_agent(
             journal=ctx.journal,
             decision_timeout_s=ctx.decision_timeout_s,
             remember_approval=ctx.remember_approval,
+            hooks=ctx.hooks,
         )
 
     async def complete(state: RoundState, phase: ToolPhaseContext) -> AsyncIterator[Event]:
@@ -259,6 +275,10 @@ async def run_agent(
                 yield final
             return
 
+    # The invalid answer and its correction, sent with the next request only
+    # (a structured-output retry); whether the run has had its retry.
+    retry_extra: list[Message] = []
+    structured_retried = False
     while len(steps) < agent.config.max_iterations:
         if control.stopped:
             final = stopped()
@@ -286,7 +306,9 @@ async def run_agent(
         # --- One model round, retried when its stream fails -------------
         round_state = _RoundState()
         builder = MessageBuilder()
-        async for item in _model_round(agent, model, history, ctx, round_state):
+        seen = [*history, *retry_extra] if retry_extra else history
+        retry_extra = []
+        async for item in _model_round(agent, model, seen, ctx, round_state):
             if isinstance(item, MessageBuilder):
                 builder = item
             else:
@@ -298,6 +320,9 @@ async def run_agent(
             return
         if round_state.error is not None:
             yield done(StopReason.ERROR, error=round_state.error)
+            return
+        if round_state.guardrail is not None:
+            yield done(StopReason.GUARDRAIL, error=round_state.guardrail)
             return
 
         message = builder.build()
@@ -314,6 +339,52 @@ async def run_agent(
             usage.prompt_tokens,
             agent.config.context_window or DEFAULT_CONTEXT_WINDOW,
         )
+
+        # --- hooks: after_model_call may change the answer or stop the run --
+        if ctx.hooks is not None and ctx.hooks.has("after_model_call"):
+            try:
+                checked = await ctx.hooks.after_model_call(ModelResponse(
+                    message, round_state.finish_reason, usage,
+                    round_state.response_model or agent.config.model,
+                ))
+            except HookError as exc:
+                yield done(StopReason.ERROR, error=exc.message)
+                return
+            if isinstance(checked, Stop):
+                yield done(StopReason.GUARDRAIL, error=checked.message)
+                return
+            message, round_state.finish_reason = checked.message, checked.finish_reason
+
+        # --- finish reasons that end the run: length, content filter, refusal
+        final_stop = None if message.tool_calls or round_state.truncated else answers.final_stop(
+            round_state.finish_reason, round_state.refusal, agent.config.max_tokens or None
+        )
+        if final_stop is not None:
+            if message.content:
+                history.append(message)
+                step = AgentStep(message, usage, round_state.finish_reason)
+                steps.append(step)
+                await ctx.journal.round_done([message], step)
+            yield done(final_stop.reason, final=message.content, error=final_stop.error)
+            return
+
+        # --- structured output: validated; an invalid answer is retried once
+        structured: dict[str, Any] | None = None
+        schema = agent.config.response_json_schema
+        if schema and message.content and not message.tool_calls and not round_state.truncated:
+            structured, problem = answers.parse_structured(message.content, schema)
+            if problem is not None:
+                if structured_retried:
+                    yield done(StopReason.ERROR, error=(
+                        f"the answer did not match the response JSON Schema after a retry: {problem}"
+                    ))
+                    return
+                structured_retried = True
+                retry_extra = [message, answers.correction(problem)]
+                spans.event("round_retried", {"pilothouse.cause": answers.INVALID_STRUCTURED_OUTPUT})
+                yield RoundRetried(1, answers.INVALID_STRUCTURED_OUTPUT, problem, agent.config.model)
+                continue
+
         if not message.content and not message.tool_calls:
             # Neither text nor a usable call (also what a silently dropped
             # connection looks like): store nothing for this round.
@@ -356,7 +427,7 @@ async def run_agent(
             return
         if control.steering.pending() and control.options.late_steering is LateSteeringPolicy.FOLLOW_UP:
             continue  # steering that came in during the last round gets an answer
-        yield done(StopReason.TEXT_RESPONSE, final=message.content)
+        yield done(StopReason.TEXT_RESPONSE, final=message.content, structured=structured)
         return
 
     last = steps[-1].message.content if steps else ""
@@ -380,6 +451,10 @@ class _RoundState:
     finish_reason: str = ""
     usage: Usage | None = None
     response_model: str = ""
+    #: The provider's refusal text or explanation, when it refused.
+    refusal: str = ""
+    #: A hook's `Stop` message (the round was not made).
+    guardrail: str | None = None
     error: str | None = None
     failure: ModelError | None = None
     stopped: bool = False
@@ -402,6 +477,17 @@ async def _model_round(
     any other retryable failure, once more on the fallback model. The
     outcome is left in `state` (error, stopped, usage...)."""
     request = agent.build_request(history)
+    # --- hooks: before_model_call may change the request or stop the run ---
+    if ctx.hooks is not None and ctx.hooks.has("before_model_call"):
+        try:
+            checked = await ctx.hooks.before_model_call(request)
+        except HookError as exc:
+            state.error = exc.message
+            return
+        if isinstance(checked, Stop):
+            state.guardrail = checked.message
+            return
+        request = checked
     fallback = agent.config.fallback_model
     model_name = agent.config.model
     used_fallback = not fallback or fallback == model_name
@@ -410,7 +496,7 @@ async def _model_round(
         builder = MessageBuilder()
         state.error = state.failure = state.first_chunk_at = state.usage = None
         state.truncated = False
-        state.finish_reason = state.response_model = ""
+        state.finish_reason = state.response_model = state.refusal = ""
         state.started_at = time.perf_counter()
         with spans.chat_span(model.provider_name, model_name, ctx.session_id) as span:
             async for event in _stream_round(model, request, builder, state, ctx.control,
@@ -518,6 +604,8 @@ async def _stream_round(
                 yield ThinkingDelta(chunk.reasoning)
             if chunk.finish_reason:
                 state.finish_reason = chunk.finish_reason
+            if chunk.refusal:
+                state.refusal += chunk.refusal
             if chunk.usage is not None:
                 state.usage = chunk.usage
             if chunk.model:

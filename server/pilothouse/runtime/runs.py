@@ -51,11 +51,13 @@ class EventLog:
     before it, and events dropped by `trim`, are read through `older`.
     `close(error)` ends every subscription, with `error` raised after the
     last event when given (a handover: the client re-attaches elsewhere).
+    `observer`, when set, is called with every event published (the hook
+    plugins' `on_event`); it must return at once and never raise.
     """
 
     __slots__ = (
         "_closed", "_error", "_events", "_first", "_older", "_sink", "_waiters",
-        "run_id", "session_id",
+        "observer", "run_id", "session_id",
     )
 
     def __init__(
@@ -76,6 +78,7 @@ class EventLog:
         self._waiters: list[asyncio.Future[None]] = []
         self._sink = sink
         self._older = older
+        self.observer: Callable[[RunEvent], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -110,6 +113,8 @@ class EventLog:
         if sink and self._sink is not None:
             self._sink(recorded)
         self._wake()
+        if self.observer is not None:
+            self.observer(recorded)
 
     def close(self, error: PilothouseError | None = None) -> None:
         self._closed = True

@@ -26,6 +26,7 @@ from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.agents import AgentRegistry, require
 from pilothouse.runtime.control import RunOptions
 from pilothouse.runtime.events import AgentResponse, Decision, StopReason
+from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.runs import Run, StoredRun
@@ -71,6 +72,7 @@ class Runtime:
         tools: ToolCatalog,
         store: SessionStore,
         limits: RuntimeLimits | None = None,
+        hooks: HookChain | None = None,
     ) -> None:
         if ASK_USER.name not in tools:
             tools.register(ASK_USER)
@@ -92,6 +94,9 @@ class Runtime:
             model=model, dispatcher=dispatcher, store=store, agents=self.agents,
             sessions=self.sessions, locks=locks, limits=self.limits,
         )
+        #: The hook plugins, called by the registry and the scheduler.
+        self.hooks = hooks or NO_HOOKS
+        self.agents.hooks = self.scheduler.hooks = self.hooks
 
     # --- lifecycle ---------------------------------------------------------------
 

@@ -56,6 +56,8 @@ from pilothouse.runtime.events import (
     StopReason,
     ToolResult,
 )
+from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
+from pilothouse.runtime.hooks import SessionInfo
 from pilothouse.runtime.journal import EventWriter, RunJournal
 from pilothouse.runtime.loop import (
     DEFAULT_DECISION_TIMEOUT_S,
@@ -183,6 +185,8 @@ class RunScheduler:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        #: The hook plugins (see `pilothouse.runtime.hooks`).
+        self.hooks: HookChain = NO_HOOKS
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -338,10 +342,12 @@ class RunScheduler:
         return journal
 
     def _durable_log(self, run_id: str, session_id: str, first: int, journal_sink) -> EventLog:
-        return EventLog(
+        log_ = EventLog(
             session_id, run_id, first_sequence=first, sink=journal_sink,
             older=stored_events_loader(self.store, session_id, run_id),
         )
+        log_.observer = self.hooks.observer()  # hooks: on_event
+        return log_
 
     async def _resume(self, record: RunRecord) -> None:
         """Continue a claimed run from its last checkpoint."""
@@ -537,6 +543,7 @@ class RunScheduler:
             started = run.log.next_event(RunStarted(agent.name, agent.config.model, content, sender,
                                                     spans.current_traceparent()))
             try:
+                user.content = await self._preprocess(record, run)  # hooks: preprocess
                 after = await self.store.begin_run(
                     session_id, run.id, lease_s=self.limits.lease_s, now=time.time(),
                     messages=[user], new_run=run_record, events=[eventcodec.encode(started)],
@@ -606,6 +613,7 @@ class RunScheduler:
             user = Message.user(run.content, run.sender)
             try:
                 before = await self.sessions.get(run.session_id)
+                user.content = await self._preprocess(before, run)  # hooks: preprocess
                 await journal.writer.settle(run.id)
                 pending = journal.take()
                 started = run.log.next_event(
@@ -686,6 +694,9 @@ class RunScheduler:
                     history, ctx.resume = await self._resume_point(resume_from, journal)
                 elif history is None:
                     history = await self.sessions.history(record)
+                # hooks: recall (on_before_run) in the model's view, never stored
+                ctx.hooks = self.hooks.bind(_session_info(record, run))
+                await ctx.hooks.before_run(history, max(len(history) - journal.tail, 0))
                 timer = self._start_timer(run, resume_from)
                 async for event in run_agent(agent, self.model, self.dispatcher, history, ctx):
                     if isinstance(event, Done):
@@ -746,6 +757,8 @@ class RunScheduler:
     ) -> None:
         """End the run: hand it over, or store `done` with the outcome and
         publish it; release the session; bookkeeping."""
+        if history is not None and any(m.auto_injected for m in history):
+            history = [m for m in history if not m.auto_injected]  # recall is never stored
         try:
             if done is None:
                 await self._release(run, journal)
@@ -852,6 +865,10 @@ class RunScheduler:
             },
         )
 
+    async def _preprocess(self, session: SessionRecord, run: Run) -> str:
+        """The run's user message as the `preprocess` hooks make it."""
+        return await self.hooks.bind(_session_info(session, run)).preprocess(run.content)
+
     def _forget_run(self, run: Run) -> None:
         if self._runs.get(run.id) is run:
             del self._runs[run.id]
@@ -886,6 +903,8 @@ class RunScheduler:
         return self._journals.get(run_id)
 
 
+def _session_info(session: SessionRecord, run: Run) -> SessionInfo:
+    return SessionInfo(session.id, session.agent, session.created_by, run.id, run.sender)
 def check_agent_access(agent: Agent, caller: Principal | None) -> None:
     """PERMISSION_DENIED (AGENT_NOT_ALLOWED) when the agent restricts who may
     run it and `caller` is none of them (admins always may)."""

@@ -19,6 +19,14 @@ history in call order. A stop request cancels the calls still running
 stored history never holds a tool call without its result; a handover
 (StopReason.HANDOVER) leaves them unanswered in the journal instead, for
 the replica that resumes the run.
+
+Hooks (`ToolPhaseContext.hooks`): `before_tool_call` decides a new call's
+first state in `prepare` (a denial settles it with the denial as its
+result, an ask makes it wait for approval, a rewrite replaces its
+arguments before it is journalled), and `after_tool_call` sees each
+result that came back from a ToolExecutor before it is journalled. A hook
+that fails settles its call with an error result and stops the run
+(STOP_REASON_ERROR): the round is stored with a result for every call.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ from pilothouse.runtime.events import (
     ToolResult,
     Verdict,
 )
+from pilothouse.runtime.hookchain import RunHooks
+from pilothouse.runtime.hooks import HookError
 from pilothouse.runtime.messages import Message, ToolCall, Usage
 from pilothouse.runtime.tools import (
     ASK_USER,
@@ -141,6 +151,7 @@ class ToolPhaseContext:
     decision_timeout_s: float = DEFAULT_DECISION_TIMEOUT_S
     remember_approval: Callable[[str], Awaitable[None]] | None = None
     resumed: bool = False
+    hooks: RunHooks | None = None
 
 
 class _Stop:
@@ -263,6 +274,7 @@ class _Phase:
         """Decide each call's first state and journal them all at once,
         before anything runs: calls that need a decision wait for it,
         the others are dispatched."""
+        failure: HookError | None = None
         for call_state in self.state.calls:
             call = call_state.call
             if call_state.status == DISPATCHED and self.ctx.resumed:
@@ -283,6 +295,9 @@ class _Phase:
                     call.id, call.name,
                     error=f"tool {call.name!r} is not available to agent {self.ctx.agent.name!r}",
                 )
+            elif failure is not None:
+                call_state.status = DONE
+                call_state.result = ToolResult(call.id, call.name, error=f"cancelled: {failure.message}")
             elif call.name == ASK_USER.name:
                 question = _parse_ask_user(call)
                 if isinstance(question, str):
@@ -292,7 +307,24 @@ class _Phase:
                     call_state.status = ASKING
                     call_state.request = self._question_request(question)
             else:
-                why = needs_approval(self.ctx.agent, call, self.ctx.control.approved_tools)
+                # --- hooks: before_tool_call ------------------------------
+                hooked: str | None = None
+                if self.ctx.hooks is not None and self.ctx.hooks.has("before_tool_call"):
+                    try:
+                        verdict = await self.ctx.hooks.before_tool_call(call)
+                    except HookError as exc:
+                        failure = exc
+                        call_state.status = DONE
+                        call_state.result = ToolResult(call.id, call.name, error=exc.message)
+                        continue
+                    if verdict.deny is not None:
+                        call_state.status = DONE
+                        call_state.result = ToolResult(call.id, call.name, error=verdict.deny)
+                        continue
+                    if verdict.arguments is not None:
+                        call.arguments = verdict.arguments  # the stored call says what runs
+                    hooked = verdict.ask
+                why = needs_approval(self.ctx.agent, call, self.ctx.control.approved_tools) or hooked
                 if why:
                     call_state.status = AWAITING
                     call_state.request = PendingRequest(
@@ -301,6 +333,8 @@ class _Phase:
                 else:
                     call_state.status = DISPATCHED
         await self.ctx.journal.tool_round(self.state)
+        if failure is not None:
+            self.ctx.control.request_stop(StopReason.ERROR, failure.message)
 
     def _timeout(self) -> float:
         return self.ctx.control.options.decision_timeout_s or self.ctx.decision_timeout_s
@@ -328,10 +362,20 @@ class _Phase:
         with spans.tool_span(call.name, call.id, self.ctx.tool_context.session_id) as span:
             output, error = await self._drive(call_state)
             spans.end_tool_span(span, error)
-        duration_ms = int((time.perf_counter() - start) * 1000)
-        if error is not None:
-            return ToolResult(call.id, call.name, error=error, duration_ms=duration_ms)
-        return ToolResult(call.id, call.name, output=output or "", duration_ms=duration_ms)
+            duration_ms = int((time.perf_counter() - start) * 1000)
+            if error is not None:
+                result = ToolResult(call.id, call.name, error=error, duration_ms=duration_ms)
+            else:
+                result = ToolResult(call.id, call.name, output=output or "", duration_ms=duration_ms)
+            # --- hooks: after_tool_call, before the result is journalled ---
+            if self.ctx.hooks is not None and self.ctx.hooks.has("after_tool_call"):
+                try:
+                    result = await self.ctx.hooks.after_tool_call(call, result)
+                except HookError as exc:
+                    self.ctx.control.request_stop(StopReason.ERROR, exc.message)
+                    return ToolResult(call.id, call.name, error=f"{exc.message}; the result was withheld",
+                                      duration_ms=duration_ms)
+        return result
 
     async def _drive(self, call_state: CallState) -> tuple[str | None, str | None]:
         """Take the call from its state to its output or error."""

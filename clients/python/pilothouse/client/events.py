@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from pilothouse.client._event_base import EventBase, UnknownEvent
 from pilothouse.v1 import event_pb2, tool_pb2
@@ -326,7 +326,7 @@ class Done(EventBase):
     """
 
     kind: Literal["done"] = field(default="done", init=False)
-    __match_args__ = ("final_response", "iterations", "stop_reason", "error", "steps", "model", "usage", "unapplied_steering")
+    __match_args__ = ("final_response", "iterations", "stop_reason", "error", "steps", "model", "usage", "unapplied_steering", "structured_output")
 
     @property
     def data(self) -> event_pb2.AgentResponse:
@@ -374,6 +374,15 @@ class Done(EventBase):
         with LATE_STEERING_POLICY_RETURN).
         """
         return self.raw.done.unapplied_steering
+
+    @property
+    def structured_output(self) -> struct_pb2.Struct:
+        """The final answer parsed as JSON when the agent (or the run's overrides) set
+        `response_json_schema` and it validated against it; the same answer is in
+        `final_response` as text. Numbers are doubles (a Struct's only number type): read
+        integers from `final_response` when they may exceed 2^53.
+        """
+        return self.raw.done.structured_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,7 +611,7 @@ class RoundRetried(EventBase):
     @property
     def cause(self) -> str:
         """What failed, in a word ("connection_reset", "idle_timeout", "server_error",
-        "error_event", ...).
+        "error_event", "invalid_structured_output", ...).
         """
         return self.raw.round_retried.cause
 

@@ -106,6 +106,7 @@ class AgentConfig(_message.Message):
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     ALLOWED_PRINCIPALS_FIELD_NUMBER: _builtins.int
     ALLOWED_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -167,6 +168,18 @@ class AgentConfig(_message.Message):
     """The model a run switches to when its own keeps failing mid-stream
     (same form as `model`); empty: none.
     """
+    response_json_schema: _builtins.str
+    """Structured output (40+).
+
+    A JSON Schema (JSON text) the final answer must match: the model is
+    asked for it as structured output (OpenAI-compatible: `response_format`
+    of type `json_schema`, strict when the schema allows it; Anthropic: a
+    tool the model must answer with), the answer is validated, an invalid
+    one is retried once with the model told what was wrong, then the run
+    ends with STOP_REASON_ERROR. `done` carries the parsed answer in
+    `AgentResponse.structured_output`. The root must be an object schema
+    (`"type": "object"`); empty: a free-text answer.
+    """
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the tools this agent may call. Every name must be offered by a
@@ -216,12 +229,13 @@ class AgentConfig(_message.Message):
         parallel_tool_calls: _builtins.bool | None = ...,
         reasoning_effort: Global___ReasoningEffort.ValueType = ...,
         fallback_model: _builtins.str = ...,
+        response_json_schema: _builtins.str = ...,
         allowed_principals: _abc.Iterable[_builtins.str] | None = ...,
         allowed_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "allowed_principals", b"allowed_principals", "allowed_roles", b"allowed_roles", "approval_policy", b"approval_policy", "approval_required_tools", b"approval_required_tools", "compact_threshold", b"compact_threshold", "context_window", b"context_window", "description", b"description", "fallback_model", b"fallback_model", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "system_prompt", b"system_prompt", "temperature", b"temperature", "thinking", b"thinking", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
@@ -254,6 +268,7 @@ class ModelOverrides(_message.Message):
     STOP_SEQUENCES_FIELD_NUMBER: _builtins.int
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model for this run (same form as `AgentConfig.model`); empty: the
     agent's.
@@ -272,6 +287,10 @@ class ModelOverrides(_message.Message):
     """Whether the model may make several tool calls per round."""
     reasoning_effort: Global___ReasoningEffort.ValueType
     """Reasoning effort for this run; unspecified: the agent's."""
+    response_json_schema: _builtins.str
+    """The JSON Schema of this run's final answer (see
+    `AgentConfig.response_json_schema`); empty: the agent's.
+    """
     @_builtins.property
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop sequences for this run; empty: the agent's."""
@@ -287,10 +306,11 @@ class ModelOverrides(_message.Message):
         stop_sequences: _abc.Iterable[_builtins.str] | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
         reasoning_effort: Global___ReasoningEffort.ValueType = ...,
+        response_json_schema: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "response_json_schema", b"response_json_schema", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015

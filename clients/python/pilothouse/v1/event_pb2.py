@@ -22,74 +22,75 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pilothouse.v1 import message_pb2 as pilothouse_dot_v1_dot_message__pb2
 from pilothouse.v1 import tool_pb2 as pilothouse_dot_v1_dot_tool__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/event.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/message.proto\x1a\x18pilothouse/v1/tool.proto\"\x9c\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x04\"n\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x06output\x18\x03 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x04 \x01(\tH\x00\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\x42\t\n\x07outcome\"\xce\x01\n\tAgentStep\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Message\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\x12/\n\x0ctool_results\x18\x05 \x03(\x0b\x32\x19.pilothouse.v1.ToolResult\"\x8f\x02\n\rAgentResponse\x12\x16\n\x0e\x66inal_response\x18\x01 \x01(\t\x12\x12\n\niterations\x18\x02 \x01(\r\x12.\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05steps\x18\x05 \x03(\x0b\x32\x18.pilothouse.v1.AgentStep\x12\r\n\x05model\x18\x06 \x01(\t\x12#\n\x05usage\x18\x07 \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x36\n\x12unapplied_steering\x18\x08 \x03(\x0b\x32\x1a.pilothouse.v1.UserSteered\"`\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\"\x0b\n\tTextStart\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\t\n\x07TextEnd\"\x0f\n\rThinkingStart\"\x1d\n\rThinkingDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\r\n\x0bThinkingEnd\"=\n\x0eToolCallsBegin\x12+\n\ntool_calls\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\"=\n\x0eToolCallsStart\x12+\n\ntool_calls\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\"\x13\n\x11ToolCallsComplete\".\n\x0bUserSteered\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"G\n\rUsageReported\x12\x11\n\titeration\x18\x01 \x01(\r\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.pilothouse.v1.Usage\"\x93\x01\n\x10\x41pprovalRequired\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\ttool_call\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.ToolCall\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\rQuestionAsked\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x14\n\x0cmulti_select\x18\x04 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0f\x44\x65\x63isionApplied\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Decision\"\x9e\x01\n\x08\x44\x65\x63ision\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10selected_options\x18\x04 \x03(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x1d\n\x15\x65\x64ited_arguments_json\x18\x06 \x01(\t\"\x0b\n\tHeartbeat\"\x1d\n\tRunQueued\x12\x10\n\x08position\x18\x01 \x01(\r\"g\n\x0c\x43ontextUsage\x12\x1f\n\x17\x65stimated_prompt_tokens\x18\x01 \x01(\x04\x12\x1e\n\x16reported_prompt_tokens\x18\x02 \x01(\x04\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x04\"\x1c\n\tCompacted\x12\x0f\n\x07summary\x18\x01 \x01(\t\"K\n\nRunResumed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x1c\n\x14last_stored_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cRoundRetried\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\xaf\n\n\nAgentEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0brun_started\x18\n \x01(\x0b\x32\x19.pilothouse.v1.RunStartedH\x00\x12.\n\ntext_start\x18\x0b \x01(\x0b\x32\x18.pilothouse.v1.TextStartH\x00\x12.\n\ntext_delta\x18\x0c \x01(\x0b\x32\x18.pilothouse.v1.TextDeltaH\x00\x12*\n\x08text_end\x18\r \x01(\x0b\x32\x16.pilothouse.v1.TextEndH\x00\x12\x36\n\x0ethinking_start\x18\x0e \x01(\x0b\x32\x1c.pilothouse.v1.ThinkingStartH\x00\x12\x36\n\x0ethinking_delta\x18\x0f \x01(\x0b\x32\x1c.pilothouse.v1.ThinkingDeltaH\x00\x12\x32\n\x0cthinking_end\x18\x10 \x01(\x0b\x32\x1a.pilothouse.v1.ThinkingEndH\x00\x12\x39\n\x10tool_calls_begin\x18\x11 \x01(\x0b\x32\x1d.pilothouse.v1.ToolCallsBeginH\x00\x12\x39\n\x10tool_calls_start\x18\x12 \x01(\x0b\x32\x1d.pilothouse.v1.ToolCallsStartH\x00\x12\x30\n\x0btool_result\x18\x13 \x01(\x0b\x32\x19.pilothouse.v1.ToolResultH\x00\x12?\n\x13tool_calls_complete\x18\x14 \x01(\x0b\x32 .pilothouse.v1.ToolCallsCompleteH\x00\x12\x32\n\x0cuser_steered\x18\x15 \x01(\x0b\x32\x1a.pilothouse.v1.UserSteeredH\x00\x12-\n\x05usage\x18\x16 \x01(\x0b\x32\x1c.pilothouse.v1.UsageReportedH\x00\x12,\n\x04\x64one\x18\x17 \x01(\x0b\x32\x1c.pilothouse.v1.AgentResponseH\x00\x12<\n\x11\x61pproval_required\x18\x18 \x01(\x0b\x32\x1f.pilothouse.v1.ApprovalRequiredH\x00\x12\x36\n\x0equestion_asked\x18\x19 \x01(\x0b\x32\x1c.pilothouse.v1.QuestionAskedH\x00\x12:\n\x10\x64\x65\x63ision_applied\x18\x1a \x01(\x0b\x32\x1e.pilothouse.v1.DecisionAppliedH\x00\x12-\n\theartbeat\x18\x1b \x01(\x0b\x32\x18.pilothouse.v1.HeartbeatH\x00\x12.\n\nrun_queued\x18\x1c \x01(\x0b\x32\x18.pilothouse.v1.RunQueuedH\x00\x12\x34\n\rcontext_usage\x18\x1d \x01(\x0b\x32\x1b.pilothouse.v1.ContextUsageH\x00\x12-\n\tcompacted\x18\x1e \x01(\x0b\x32\x18.pilothouse.v1.CompactedH\x00\x12\x30\n\x0brun_resumed\x18\x1f \x01(\x0b\x32\x19.pilothouse.v1.RunResumedH\x00\x12\x34\n\rround_retried\x18  \x01(\x0b\x32\x1b.pilothouse.v1.RoundRetriedH\x00\x42\x07\n\x05\x65vent*\xaa\x02\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19STOP_REASON_TEXT_RESPONSE\x10\x01\x12\x1e\n\x1aSTOP_REASON_MAX_ITERATIONS\x10\x02\x12\x19\n\x15STOP_REASON_NO_ACTION\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x05\x12\x17\n\x13STOP_REASON_TIMEOUT\x10\x06\x12\x1f\n\x1bSTOP_REASON_BUDGET_EXCEEDED\x10\x07\x12\x1b\n\x17STOP_REASON_INTERRUPTED\x10\x08\x12\x1c\n\x18STOP_REASON_OUTPUT_LIMIT\x10\t*e\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_APPROVE\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x1a\n\x16VERDICT_APPROVE_ALWAYS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/event.proto\x12\rpilothouse.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/message.proto\x1a\x18pilothouse/v1/tool.proto\"\x9c\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x04\"n\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x06output\x18\x03 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x04 \x01(\tH\x00\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\x42\t\n\x07outcome\"\xce\x01\n\tAgentStep\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Message\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\x12/\n\x0ctool_results\x18\x05 \x03(\x0b\x32\x19.pilothouse.v1.ToolResult\"\xc3\x02\n\rAgentResponse\x12\x16\n\x0e\x66inal_response\x18\x01 \x01(\t\x12\x12\n\niterations\x18\x02 \x01(\r\x12.\n\x0bstop_reason\x18\x03 \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x05steps\x18\x05 \x03(\x0b\x32\x18.pilothouse.v1.AgentStep\x12\r\n\x05model\x18\x06 \x01(\t\x12#\n\x05usage\x18\x07 \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x36\n\x12unapplied_steering\x18\x08 \x03(\x0b\x32\x1a.pilothouse.v1.UserSteered\x12\x32\n\x11structured_output\x18( \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\"\x0b\n\tTextStart\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\t\n\x07TextEnd\"\x0f\n\rThinkingStart\"\x1d\n\rThinkingDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\r\n\x0bThinkingEnd\"=\n\x0eToolCallsBegin\x12+\n\ntool_calls\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\"=\n\x0eToolCallsStart\x12+\n\ntool_calls\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.ToolCall\"\x13\n\x11ToolCallsComplete\".\n\x0bUserSteered\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"G\n\rUsageReported\x12\x11\n\titeration\x18\x01 \x01(\r\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.pilothouse.v1.Usage\"\x93\x01\n\x10\x41pprovalRequired\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\ttool_call\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.ToolCall\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\rQuestionAsked\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x14\n\x0cmulti_select\x18\x04 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0f\x44\x65\x63isionApplied\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Decision\"\x9e\x01\n\x08\x44\x65\x63ision\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10selected_options\x18\x04 \x03(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x1d\n\x15\x65\x64ited_arguments_json\x18\x06 \x01(\t\"\x0b\n\tHeartbeat\"\x1d\n\tRunQueued\x12\x10\n\x08position\x18\x01 \x01(\r\"g\n\x0c\x43ontextUsage\x12\x1f\n\x17\x65stimated_prompt_tokens\x18\x01 \x01(\x04\x12\x1e\n\x16reported_prompt_tokens\x18\x02 \x01(\x04\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x04\"\x1c\n\tCompacted\x12\x0f\n\x07summary\x18\x01 \x01(\t\"K\n\nRunResumed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x1c\n\x14last_stored_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cRoundRetried\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\xaf\n\n\nAgentEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0brun_started\x18\n \x01(\x0b\x32\x19.pilothouse.v1.RunStartedH\x00\x12.\n\ntext_start\x18\x0b \x01(\x0b\x32\x18.pilothouse.v1.TextStartH\x00\x12.\n\ntext_delta\x18\x0c \x01(\x0b\x32\x18.pilothouse.v1.TextDeltaH\x00\x12*\n\x08text_end\x18\r \x01(\x0b\x32\x16.pilothouse.v1.TextEndH\x00\x12\x36\n\x0ethinking_start\x18\x0e \x01(\x0b\x32\x1c.pilothouse.v1.ThinkingStartH\x00\x12\x36\n\x0ethinking_delta\x18\x0f \x01(\x0b\x32\x1c.pilothouse.v1.ThinkingDeltaH\x00\x12\x32\n\x0cthinking_end\x18\x10 \x01(\x0b\x32\x1a.pilothouse.v1.ThinkingEndH\x00\x12\x39\n\x10tool_calls_begin\x18\x11 \x01(\x0b\x32\x1d.pilothouse.v1.ToolCallsBeginH\x00\x12\x39\n\x10tool_calls_start\x18\x12 \x01(\x0b\x32\x1d.pilothouse.v1.ToolCallsStartH\x00\x12\x30\n\x0btool_result\x18\x13 \x01(\x0b\x32\x19.pilothouse.v1.ToolResultH\x00\x12?\n\x13tool_calls_complete\x18\x14 \x01(\x0b\x32 .pilothouse.v1.ToolCallsCompleteH\x00\x12\x32\n\x0cuser_steered\x18\x15 \x01(\x0b\x32\x1a.pilothouse.v1.UserSteeredH\x00\x12-\n\x05usage\x18\x16 \x01(\x0b\x32\x1c.pilothouse.v1.UsageReportedH\x00\x12,\n\x04\x64one\x18\x17 \x01(\x0b\x32\x1c.pilothouse.v1.AgentResponseH\x00\x12<\n\x11\x61pproval_required\x18\x18 \x01(\x0b\x32\x1f.pilothouse.v1.ApprovalRequiredH\x00\x12\x36\n\x0equestion_asked\x18\x19 \x01(\x0b\x32\x1c.pilothouse.v1.QuestionAskedH\x00\x12:\n\x10\x64\x65\x63ision_applied\x18\x1a \x01(\x0b\x32\x1e.pilothouse.v1.DecisionAppliedH\x00\x12-\n\theartbeat\x18\x1b \x01(\x0b\x32\x18.pilothouse.v1.HeartbeatH\x00\x12.\n\nrun_queued\x18\x1c \x01(\x0b\x32\x18.pilothouse.v1.RunQueuedH\x00\x12\x34\n\rcontext_usage\x18\x1d \x01(\x0b\x32\x1b.pilothouse.v1.ContextUsageH\x00\x12-\n\tcompacted\x18\x1e \x01(\x0b\x32\x18.pilothouse.v1.CompactedH\x00\x12\x30\n\x0brun_resumed\x18\x1f \x01(\x0b\x32\x19.pilothouse.v1.RunResumedH\x00\x12\x34\n\rround_retried\x18  \x01(\x0b\x32\x1b.pilothouse.v1.RoundRetriedH\x00\x42\x07\n\x05\x65vent*\x9a\x03\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19STOP_REASON_TEXT_RESPONSE\x10\x01\x12\x1e\n\x1aSTOP_REASON_MAX_ITERATIONS\x10\x02\x12\x19\n\x15STOP_REASON_NO_ACTION\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x05\x12\x17\n\x13STOP_REASON_TIMEOUT\x10\x06\x12\x1f\n\x1bSTOP_REASON_BUDGET_EXCEEDED\x10\x07\x12\x1b\n\x17STOP_REASON_INTERRUPTED\x10\x08\x12\x1c\n\x18STOP_REASON_OUTPUT_LIMIT\x10\t\x12\x19\n\x15STOP_REASON_GUARDRAIL\x10\x14\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x15\x12\x1e\n\x1aSTOP_REASON_CONTENT_FILTER\x10\x16\x12\x17\n\x13STOP_REASON_REFUSAL\x10\x17*e\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_APPROVE\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x1a\n\x16VERDICT_APPROVE_ALWAYS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=3568
-  _globals['_STOPREASON']._serialized_end=3866
-  _globals['_VERDICT']._serialized_start=3868
-  _globals['_VERDICT']._serialized_end=3969
-  _globals['_USAGE']._serialized_start=133
-  _globals['_USAGE']._serialized_end=289
-  _globals['_TOOLRESULT']._serialized_start=291
-  _globals['_TOOLRESULT']._serialized_end=401
-  _globals['_AGENTSTEP']._serialized_start=404
-  _globals['_AGENTSTEP']._serialized_end=610
-  _globals['_AGENTRESPONSE']._serialized_start=613
-  _globals['_AGENTRESPONSE']._serialized_end=884
-  _globals['_RUNSTARTED']._serialized_start=886
-  _globals['_RUNSTARTED']._serialized_end=982
-  _globals['_TEXTSTART']._serialized_start=984
-  _globals['_TEXTSTART']._serialized_end=995
-  _globals['_TEXTDELTA']._serialized_start=997
-  _globals['_TEXTDELTA']._serialized_end=1022
-  _globals['_TEXTEND']._serialized_start=1024
-  _globals['_TEXTEND']._serialized_end=1033
-  _globals['_THINKINGSTART']._serialized_start=1035
-  _globals['_THINKINGSTART']._serialized_end=1050
-  _globals['_THINKINGDELTA']._serialized_start=1052
-  _globals['_THINKINGDELTA']._serialized_end=1081
-  _globals['_THINKINGEND']._serialized_start=1083
-  _globals['_THINKINGEND']._serialized_end=1096
-  _globals['_TOOLCALLSBEGIN']._serialized_start=1098
-  _globals['_TOOLCALLSBEGIN']._serialized_end=1159
-  _globals['_TOOLCALLSSTART']._serialized_start=1161
-  _globals['_TOOLCALLSSTART']._serialized_end=1222
-  _globals['_TOOLCALLSCOMPLETE']._serialized_start=1224
-  _globals['_TOOLCALLSCOMPLETE']._serialized_end=1243
-  _globals['_USERSTEERED']._serialized_start=1245
-  _globals['_USERSTEERED']._serialized_end=1291
-  _globals['_USAGEREPORTED']._serialized_start=1293
-  _globals['_USAGEREPORTED']._serialized_end=1364
-  _globals['_APPROVALREQUIRED']._serialized_start=1367
-  _globals['_APPROVALREQUIRED']._serialized_end=1514
-  _globals['_QUESTIONASKED']._serialized_start=1517
-  _globals['_QUESTIONASKED']._serialized_end=1658
-  _globals['_DECISIONAPPLIED']._serialized_start=1660
-  _globals['_DECISIONAPPLIED']._serialized_end=1740
-  _globals['_DECISION']._serialized_start=1743
-  _globals['_DECISION']._serialized_end=1901
-  _globals['_HEARTBEAT']._serialized_start=1903
-  _globals['_HEARTBEAT']._serialized_end=1914
-  _globals['_RUNQUEUED']._serialized_start=1916
-  _globals['_RUNQUEUED']._serialized_end=1945
-  _globals['_CONTEXTUSAGE']._serialized_start=1947
-  _globals['_CONTEXTUSAGE']._serialized_end=2050
-  _globals['_COMPACTED']._serialized_start=2052
-  _globals['_COMPACTED']._serialized_end=2080
-  _globals['_RUNRESUMED']._serialized_start=2082
-  _globals['_RUNRESUMED']._serialized_end=2157
-  _globals['_ROUNDRETRIED']._serialized_start=2159
-  _globals['_ROUNDRETRIED']._serialized_end=2235
-  _globals['_AGENTEVENT']._serialized_start=2238
-  _globals['_AGENTEVENT']._serialized_end=3565
+  _globals['_STOPREASON']._serialized_start=3650
+  _globals['_STOPREASON']._serialized_end=4060
+  _globals['_VERDICT']._serialized_start=4062
+  _globals['_VERDICT']._serialized_end=4163
+  _globals['_USAGE']._serialized_start=163
+  _globals['_USAGE']._serialized_end=319
+  _globals['_TOOLRESULT']._serialized_start=321
+  _globals['_TOOLRESULT']._serialized_end=431
+  _globals['_AGENTSTEP']._serialized_start=434
+  _globals['_AGENTSTEP']._serialized_end=640
+  _globals['_AGENTRESPONSE']._serialized_start=643
+  _globals['_AGENTRESPONSE']._serialized_end=966
+  _globals['_RUNSTARTED']._serialized_start=968
+  _globals['_RUNSTARTED']._serialized_end=1064
+  _globals['_TEXTSTART']._serialized_start=1066
+  _globals['_TEXTSTART']._serialized_end=1077
+  _globals['_TEXTDELTA']._serialized_start=1079
+  _globals['_TEXTDELTA']._serialized_end=1104
+  _globals['_TEXTEND']._serialized_start=1106
+  _globals['_TEXTEND']._serialized_end=1115
+  _globals['_THINKINGSTART']._serialized_start=1117
+  _globals['_THINKINGSTART']._serialized_end=1132
+  _globals['_THINKINGDELTA']._serialized_start=1134
+  _globals['_THINKINGDELTA']._serialized_end=1163
+  _globals['_THINKINGEND']._serialized_start=1165
+  _globals['_THINKINGEND']._serialized_end=1178
+  _globals['_TOOLCALLSBEGIN']._serialized_start=1180
+  _globals['_TOOLCALLSBEGIN']._serialized_end=1241
+  _globals['_TOOLCALLSSTART']._serialized_start=1243
+  _globals['_TOOLCALLSSTART']._serialized_end=1304
+  _globals['_TOOLCALLSCOMPLETE']._serialized_start=1306
+  _globals['_TOOLCALLSCOMPLETE']._serialized_end=1325
+  _globals['_USERSTEERED']._serialized_start=1327
+  _globals['_USERSTEERED']._serialized_end=1373
+  _globals['_USAGEREPORTED']._serialized_start=1375
+  _globals['_USAGEREPORTED']._serialized_end=1446
+  _globals['_APPROVALREQUIRED']._serialized_start=1449
+  _globals['_APPROVALREQUIRED']._serialized_end=1596
+  _globals['_QUESTIONASKED']._serialized_start=1599
+  _globals['_QUESTIONASKED']._serialized_end=1740
+  _globals['_DECISIONAPPLIED']._serialized_start=1742
+  _globals['_DECISIONAPPLIED']._serialized_end=1822
+  _globals['_DECISION']._serialized_start=1825
+  _globals['_DECISION']._serialized_end=1983
+  _globals['_HEARTBEAT']._serialized_start=1985
+  _globals['_HEARTBEAT']._serialized_end=1996
+  _globals['_RUNQUEUED']._serialized_start=1998
+  _globals['_RUNQUEUED']._serialized_end=2027
+  _globals['_CONTEXTUSAGE']._serialized_start=2029
+  _globals['_CONTEXTUSAGE']._serialized_end=2132
+  _globals['_COMPACTED']._serialized_start=2134
+  _globals['_COMPACTED']._serialized_end=2162
+  _globals['_RUNRESUMED']._serialized_start=2164
+  _globals['_RUNRESUMED']._serialized_end=2239
+  _globals['_ROUNDRETRIED']._serialized_start=2241
+  _globals['_ROUNDRETRIED']._serialized_end=2317
+  _globals['_AGENTEVENT']._serialized_start=2320
+  _globals['_AGENTEVENT']._serialized_end=3647
 # @@protoc_insertion_point(module_scope)

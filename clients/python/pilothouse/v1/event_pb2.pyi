@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -58,6 +59,26 @@ class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason
     was closed, the text so far is the answer (stored), tool calls of that
     round were dropped.
     """
+    STOP_REASON_GUARDRAIL: _StopReason.ValueType  # 20
+    """Stop reasons of hooks and of the model's finish reasons (20+).
+
+    A hook plugin stopped the run (a guardrail); `AgentResponse.error`
+    says why. The round it stopped was not stored.
+    """
+    STOP_REASON_MAX_TOKENS: _StopReason.ValueType  # 21
+    """The answer reached the round's token limit (`max_tokens`; finish reason
+    "length"). The truncated text is stored and in `final_response`.
+    """
+    STOP_REASON_CONTENT_FILTER: _StopReason.ValueType  # 22
+    """The provider's content filter stopped the answer (finish reason
+    "content_filter"); what was generated is stored and in
+    `final_response`.
+    """
+    STOP_REASON_REFUSAL: _StopReason.ValueType  # 23
+    """The model refused to answer (OpenAI's `refusal`, Anthropic's
+    `stop_reason: refusal`); the refusal text, if any, is stored and in
+    `final_response`, the provider's explanation in `error`.
+    """
 
 class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
     """Why a run ended."""
@@ -91,6 +112,26 @@ STOP_REASON_OUTPUT_LIMIT: StopReason.ValueType  # 9
 """A model round's output passed PILOTHOUSE_MAX_OUTPUT_CHARS: the stream
 was closed, the text so far is the answer (stored), tool calls of that
 round were dropped.
+"""
+STOP_REASON_GUARDRAIL: StopReason.ValueType  # 20
+"""Stop reasons of hooks and of the model's finish reasons (20+).
+
+A hook plugin stopped the run (a guardrail); `AgentResponse.error`
+says why. The round it stopped was not stored.
+"""
+STOP_REASON_MAX_TOKENS: StopReason.ValueType  # 21
+"""The answer reached the round's token limit (`max_tokens`; finish reason
+"length"). The truncated text is stored and in `final_response`.
+"""
+STOP_REASON_CONTENT_FILTER: StopReason.ValueType  # 22
+"""The provider's content filter stopped the answer (finish reason
+"content_filter"); what was generated is stored and in
+`final_response`.
+"""
+STOP_REASON_REFUSAL: StopReason.ValueType  # 23
+"""The model refused to answer (OpenAI's `refusal`, Anthropic's
+`stop_reason: refusal`); the refusal text, if any, is stored and in
+`final_response`, the provider's explanation in `error`.
 """
 Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
 
@@ -275,6 +316,7 @@ class AgentResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     UNAPPLIED_STEERING_FIELD_NUMBER: _builtins.int
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
     final_response: _builtins.str
     """The final text answer; empty when the run ended without one."""
     iterations: _builtins.int
@@ -299,6 +341,15 @@ class AgentResponse(_message.Message):
         applied (only with LATE_STEERING_POLICY_RETURN).
         """
 
+    @_builtins.property
+    def structured_output(self) -> _struct_pb2.Struct:
+        """The final answer parsed as JSON when the agent (or the run's
+        overrides) set `response_json_schema` and it validated against it; the
+        same answer is in `final_response` as text. Numbers are doubles (a
+        Struct's only number type): read integers from `final_response` when
+        they may exceed 2^53.
+        """
+
     def __init__(
         self,
         *,
@@ -310,10 +361,11 @@ class AgentResponse(_message.Message):
         model: _builtins.str = ...,
         usage: Global___Usage | None = ...,
         unapplied_steering: _abc.Iterable[Global___UserSteered] | None = ...,
+        structured_output: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["structured_output", b"structured_output", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "final_response", b"final_response", "iterations", b"iterations", "model", b"model", "steps", b"steps", "stop_reason", b"stop_reason", "unapplied_steering", b"unapplied_steering", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "final_response", b"final_response", "iterations", b"iterations", "model", b"model", "steps", b"steps", "stop_reason", b"stop_reason", "structured_output", b"structured_output", "unapplied_steering", b"unapplied_steering", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -896,7 +948,10 @@ Global___RunResumed: _TypeAlias = RunResumed  # noqa: Y015
 @_typing.final
 class RoundRetried(_message.Message):
     """RoundRetried: the model's stream failed after it began and the round is
-    made again; drop the text and thinking of the failed attempt.
+    made again; drop the text and thinking of the failed attempt. With cause
+    "invalid_structured_output" the attempt finished but its answer did not
+    match the agent's `response_json_schema`: the round is made once more,
+    with the model told what was wrong, and the failed answer is not stored.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -909,7 +964,7 @@ class RoundRetried(_message.Message):
     """Retries of this round so far, from 1."""
     cause: _builtins.str
     """What failed, in a word ("connection_reset", "idle_timeout",
-    "server_error", "error_event", ...).
+    "server_error", "error_event", "invalid_structured_output", ...).
     """
     error: _builtins.str
     """The failure, as the provider reported it."""

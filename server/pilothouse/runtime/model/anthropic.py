@@ -18,6 +18,7 @@ streams against it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import httpx
@@ -27,7 +28,7 @@ from pilothouse.runtime.model.anthropic_wire import (
     build_request_body,
     decode_stream,
 )
-from pilothouse.runtime.model.base import ChatChunk, ChatRequest
+from pilothouse.runtime.model.base import STRUCTURED_OUTPUT_TOOL, ChatChunk, ChatRequest
 from pilothouse.runtime.model.http import ProviderHTTP
 from pilothouse.runtime.model.retry import RetryPolicy
 
@@ -115,4 +116,7 @@ class AnthropicChatModel:
         `message_start` reported), a stream cut before its stop reason,
         and timeouts and connection failures.
         """
-        return self.http.stream(build_request_body(request), decode_stream)
+        answer_tool = STRUCTURED_OUTPUT_TOOL if request.response_format is not None else None
+        return self.http.stream(
+            build_request_body(request), functools.partial(decode_stream, answer_tool=answer_tool)
+        )

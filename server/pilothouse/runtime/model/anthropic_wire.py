@@ -11,6 +11,16 @@ before its text and `tool_use` blocks; tools with `input_schema`;
 API: 4096 by default, plus the thinking budget) and extended thinking with
 a budget taken from the reasoning effort.
 
+Structured output (`ChatRequest.response_format`) is asked for with a
+forced tool: a tool named `structured_output` whose `input_schema` is the
+schema, with `tool_choice` forcing it (`tool` when the agent has no tools
+of its own, `any` when it has, so it can still call them first; `auto`
+with extended thinking, which refuses forced tool use, and a system line
+asking for the tool instead). The model's call to that tool is not a tool
+call: its input streams as the answer's text and its `tool_use` stop is
+the answer's end (`stop`). This works on every Claude model, unlike the
+newer structured-outputs beta.
+
 Stream: `message_start` (model, input and cache usage), content blocks
 (`text` / `text_delta`, `thinking` / `thinking_delta` / `signature_delta`,
 `redacted_thinking` whole in its start, `tool_use` / `input_json_delta`;
@@ -36,11 +46,13 @@ from pilothouse.runtime.model.base import (
     FINISH_REFUSAL,
     FINISH_STOP,
     FINISH_TOOL_CALLS,
+    STRUCTURED_OUTPUT_TOOL,
     ChatChunk,
     ChatRequest,
     FailureCause,
     ModelError,
     ReasoningEffort,
+    ResponseFormat,
     ToolCallDelta,
 )
 from pilothouse.runtime.model.body import Body
@@ -203,6 +215,10 @@ def build_request_body(request: ChatRequest) -> dict[str, Any]:
         choice = _tool_choice(request.tool_choice, settings.parallel_tool_calls)
         if choice is not None:
             body["tool_choice"] = choice
+    if request.response_format is not None:
+        _answer_with_tool(body, request, request.response_format, thinking=budget is not None)
+        if budget is not None:
+            body["system"] = "\n\n".join([*system, _ANSWER_TOOL_HINT])
     if budget is not None:
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if settings.temperature is not None:
@@ -212,6 +228,34 @@ def build_request_body(request: ChatRequest) -> dict[str, Any]:
     if settings.stop:
         body["stop_sequences"] = list(settings.stop)
     return body
+
+
+_ANSWER_TOOL_HINT = (
+    f"Give your final answer by calling the {STRUCTURED_OUTPUT_TOOL} tool; its input is the answer."
+)
+
+
+def _answer_with_tool(
+    body: dict[str, Any], request: ChatRequest, answer: ResponseFormat, *, thinking: bool
+) -> None:
+    """Add the structured-output tool and the `tool_choice` that makes the
+    model answer with it (see the module docstring)."""
+    own = body.get("tools", []) if request.tool_choice != "none" else []
+    tool = {
+        "name": STRUCTURED_OUTPUT_TOOL,
+        "description": "Give your final answer with this tool: its input is the answer, "
+        "matching the required JSON Schema.",
+        "input_schema": answer.schema,
+    }
+    body["tools"] = [*own, tool]
+    if thinking:
+        body["tool_choice"] = {"type": "auto"}
+    elif own and request.tool_choice in (None, "auto", "required"):
+        body["tool_choice"] = {"type": "any"}
+    else:
+        body["tool_choice"] = {"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}
+    if request.settings.parallel_tool_calls is False:
+        body["tool_choice"]["disable_parallel_tool_use"] = True
 
 
 def _tool_choice(choice: str | None, parallel: bool | None) -> dict[str, Any] | None:
@@ -243,6 +287,7 @@ class _Block:
 
     kind: str
     call: bool = False  # a tool_use block: its deltas are tool-call fragments
+    answer: bool = False  # the structured-output tool: its input is the answer's text
     arguments_seen: bool = False
     start_input: Any = None
     signature: str = ""
@@ -254,6 +299,9 @@ class _StreamState:
     counts: dict[str, int] = field(default_factory=dict)
     blocks: dict[int, _Block] = field(default_factory=dict)
     finish_reason: str | None = None
+    #: The structured-output tool's name when the request asked for it.
+    answer_tool: str | None = None
+    calls: int = 0  # tool_use blocks that are real tool calls
 
     def add_usage(self, raw: Any) -> None:
         if not isinstance(raw, dict):
@@ -297,12 +345,14 @@ def parse_usage(raw: Any) -> Usage | None:
     return state.usage()
 
 
-async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
-    """The chunks of a 2xx Messages body (see `AnthropicChatModel.stream`)."""
+async def decode_stream(body: Body, answer_tool: str | None = None) -> AsyncIterator[ChatChunk]:
+    """The chunks of a 2xx Messages body (see `AnthropicChatModel.stream`);
+    with `answer_tool`, that tool's call is the answer (see the module
+    docstring)."""
     provider = body.provider
     media = body.content_type.partition(";")[0].strip().lower()
     if media.endswith("json"):
-        for chunk in _decode_message(provider, await body.text()):
+        for chunk in _decode_message(provider, await body.text(), answer_tool):
             yield chunk
         body.finished = True
         return
@@ -314,7 +364,7 @@ async def decode_stream(body: Body) -> AsyncIterator[ChatChunk]:
             status_code=body.response.status_code,
             cause=FailureCause.BAD_RESPONSE,
         )
-    state = _StreamState()
+    state = _StreamState(answer_tool=answer_tool)
     try:
         async for batch in EventStream(body, body.event_idle_s):
             for event, data in batch:
@@ -378,6 +428,10 @@ def _on_event(kind: Any, payload: dict[str, Any], state: _StreamState) -> ChatCh
         if delta_kind == "signature_delta":
             block.signature += delta.get("signature") or ""
             return None
+        if delta_kind == "input_json_delta" and block.answer:
+            partial = delta.get("partial_json")
+            block.arguments_seen = block.arguments_seen or bool(partial)
+            return ChatChunk(content=partial, model=state.model) if isinstance(partial, str) and partial else None
         if delta_kind == "input_json_delta" and block.call:
             partial = delta.get("partial_json")
             if not partial or not isinstance(partial, str):
@@ -405,6 +459,8 @@ def _on_event(kind: Any, payload: dict[str, Any], state: _StreamState) -> ChatCh
         if not isinstance(stop, str) or not stop:
             return ChatChunk(usage=state.usage(), model=state.model) if state.counts else None
         state.finish_reason = FINISH_REASONS.get(stop, stop)
+        if state.finish_reason == FINISH_TOOL_CALLS and state.answer_tool and not state.calls:
+            state.finish_reason = FINISH_STOP  # it answered with the structured-output tool
         refusal = None
         if state.finish_reason in (FINISH_REFUSAL, FINISH_CONTENT_FILTER):
             details = delta.get("stop_details") if isinstance(delta, dict) else None
@@ -434,7 +490,12 @@ def _on_block_start(payload: dict[str, Any], state: _StreamState) -> ChatChunk |
     if kind == "redacted_thinking":
         data = start.get("data")
         return ChatChunk(redacted_reasoning=data, model=state.model) if data else None
+    if kind == "tool_use" and state.answer_tool and start.get("name") == state.answer_tool:
+        block.answer = True
+        block.start_input = start.get("input")
+        return None
     if kind == "tool_use":
+        state.calls += 1
         block.call = True
         block.start_input = start.get("input")
         delta = ToolCallDelta(index, id=start.get("id") or None, name=start.get("name") or None)
@@ -448,6 +509,10 @@ def _on_block_stop(payload: dict[str, Any], state: _StreamState) -> ChatChunk | 
         return None
     if block.kind == "thinking" and block.signature:
         return ChatChunk(reasoning_signature=block.signature, model=state.model)
+    if block.answer and not block.arguments_seen:
+        start = block.start_input
+        return ChatChunk(content=json.dumps(start if isinstance(start, dict) else {}),
+                         model=state.model)
     if block.call and not block.arguments_seen:
         # No input_json_delta: the input is what the start said ({} for none).
         start = block.start_input
@@ -458,7 +523,7 @@ def _on_block_stop(payload: dict[str, Any], state: _StreamState) -> ChatChunk | 
     return None
 
 
-def _decode_message(provider: str, text: str) -> list[ChatChunk]:
+def _decode_message(provider: str, text: str, answer_tool: str | None = None) -> list[ChatChunk]:
     """The chunks of a whole (non-streamed) Messages response."""
     try:
         message = json.loads(text)
@@ -466,7 +531,7 @@ def _decode_message(provider: str, text: str) -> list[ChatChunk]:
         raise ModelError(f"{provider} sent malformed JSON: {clip(text)}") from exc
     if not isinstance(message, dict) or message.get("type") == "error":
         raise stream_error(provider, message)
-    state = _StreamState()
+    state = _StreamState(answer_tool=answer_tool)
     _on_event("message_start", {"message": {**message, "usage": None}}, state)
     chunks: list[ChatChunk] = []
     for index, block in enumerate(message.get("content") or []):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pilothouse.runtime.messages import Message, Usage
 from pilothouse.runtime.tools import ToolSpec
@@ -49,6 +49,25 @@ class ModelSettings:
     reasoning_effort: ReasoningEffort = ReasoningEffort.DEFAULT
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output asked of the final answer: a JSON Schema (`schema`,
+    an object schema) with a `name` (letters, digits, `_` and `-`); `strict`
+    when the schema meets OpenAI's strict-mode rules (every object closed
+    with `additionalProperties: false` and all its properties required).
+    OpenAI-compatible providers send it as `response_format`; the Anthropic
+    provider as a tool named `STRUCTURED_OUTPUT_TOOL` the model must answer
+    with, whose input becomes the answer's text."""
+
+    name: str
+    schema: dict[str, Any]
+    strict: bool = False
+
+
+#: The tool an Anthropic model answers with when structured output is asked.
+STRUCTURED_OUTPUT_TOOL = "structured_output"
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """One model request in the runtime's own types.
@@ -56,7 +75,8 @@ class ChatRequest:
     `system` is the system prompt (SYSTEM messages inside `messages` are
     system instructions too); `messages` is the history, oldest first;
     `tools` the specs the model may call; `tool_choice` is "auto", "none",
-    "required", a tool name, or None to leave it out (sent only with tools).
+    "required", a tool name, or None to leave it out (sent only with tools);
+    `response_format` asks for structured output.
     """
 
     model: str
@@ -65,6 +85,7 @@ class ChatRequest:
     tools: Sequence[ToolSpec] = ()
     tool_choice: str | None = None
     settings: ModelSettings = field(default_factory=ModelSettings)
+    response_format: ResponseFormat | None = None
 
 
 @dataclass(slots=True)

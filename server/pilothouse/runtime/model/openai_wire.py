@@ -97,7 +97,8 @@ def build_request_body(
     `parallel_tool_calls` when set. Model settings map to `temperature`,
     `top_p`, `stop`, `reasoning_effort` (left out for "" and "none") and
     the max-tokens field the server understands (`max_tokens`, or
-    `max_completion_tokens` for OpenAI's own API)."""
+    `max_completion_tokens` for OpenAI's own API); structured output to
+    `response_format` of type `json_schema` (`name`, `schema`, `strict`)."""
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -129,6 +130,12 @@ def build_request_body(
         body[max_tokens_field] = settings.max_tokens
     if settings.stop:
         body["stop"] = list(settings.stop)
+    answer = request.response_format
+    if answer is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": answer.name, "schema": answer.schema, "strict": answer.strict},
+        }
     return body
 
 

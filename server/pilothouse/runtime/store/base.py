@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from pilothouse.runtime.messages import Message, Role, Usage
+from pilothouse.runtime.store.hook_state import HookStateStore
 from pilothouse.runtime.store.textsearch import SearchQuery
 
 
@@ -224,7 +225,7 @@ class SessionMatch:
     matches: builtins.list[MessageMatch]
 
 
-class SessionStore(Protocol):
+class SessionStore(HookStateStore, Protocol):
     """Where sessions (and the agent registry) live.
 
     Every method raises `pilothouse.errors.UnavailableError` when the store

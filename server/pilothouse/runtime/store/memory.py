@@ -36,6 +36,7 @@ from pilothouse.runtime.store.base import (
 )
 from pilothouse.runtime.store.codec import budget, encode_item, stored_size
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.hook_state import MemoryHookState
 from pilothouse.runtime.store.textsearch import SearchQuery, scan
 
 
@@ -43,7 +44,7 @@ def _copy_item(item: TranscriptItem) -> TranscriptItem:
     return item.copy() if isinstance(item, Message) else dataclasses.replace(item)
 
 
-class MemorySessionStore:
+class MemorySessionStore(MemoryHookState):
     """Records and transcripts in dicts; every read returns copies."""
 
     def __init__(self) -> None:
@@ -120,6 +121,7 @@ class MemorySessionStore:
         for run_id in [r.id for r in self._runs.values() if r.session_id == session_id]:
             del self._runs[run_id]
             self._events.pop(run_id, None)
+        self._delete_session_hook_state(session_id)
 
     async def load_history(self, session_id: str) -> builtins.list[Message]:
         self._record(session_id)

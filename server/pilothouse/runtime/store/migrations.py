@@ -64,6 +64,11 @@ included:
   (`simple` configuration: no stemming, no stop words) of the searched
   messages, NULL for the others, under a GIN index. Adding the column
   rewrites `transcript_items` once, under an exclusive lock.
+
+Version 7 adds `hook_state`: small JSON values hook plugins keep, by
+(`plugin`, `scope`, `key`), with `updated_at`; `value` is JSON text. A
+scope `session:<id>` belongs to that session and is deleted with it
+(indexed by `scope` for that).
 """
 
 from __future__ import annotations
@@ -355,6 +360,38 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+# Version 7: the state of hook plugins (`pending` orders by version, so
+# migrations may be declared in any order).
+MIGRATIONS = (
+    *MIGRATIONS,
+    Migration(
+        7,
+        "hook plugin state",
+        sqlite=(
+            """CREATE TABLE hook_state (
+                plugin TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (plugin, scope, key)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX hook_state_by_scope ON hook_state (scope)",
+        ),
+        postgres=(
+            """CREATE TABLE hook_state (
+                plugin TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (plugin, scope, key)
+            )""",
+            "CREATE INDEX hook_state_by_scope ON hook_state (scope)",
+        ),
+    ),
+)
+
 #: Upsert of an agent (both backends): a replaced agent's version goes up
 #: only when its config or source changed. `config` is canonical JSON text
 #: (sorted keys), so equal configs compare equal.
@@ -372,9 +409,9 @@ INSERT_AGENT = (
 SELECT_AGENT = "SELECT name, config, source, version, created_at, updated_at FROM agents"
 
 #: The schema version this code writes.
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = max(m.version for m in MIGRATIONS)
 
 
 def pending(applied: set[int]) -> list[Migration]:
     """The migrations not in `applied`, in version order."""
-    return [m for m in MIGRATIONS if m.version not in applied]
+    return sorted((m for m in MIGRATIONS if m.version not in applied), key=lambda m: m.version)

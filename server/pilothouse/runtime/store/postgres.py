@@ -53,6 +53,7 @@ from pilothouse.runtime.store.codec import (
     record_params,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.hook_state import PostgresHookState, session_scope
 from pilothouse.runtime.store.migrations import (
     INSERT_AGENT,
     LATEST_VERSION,
@@ -141,7 +142,7 @@ def _redacted(dsn: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
-class PostgresSessionStore(PostgresRuns):
+class PostgresSessionStore(PostgresRuns, PostgresHookState):
     """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
     `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
     `max_size` connections.
@@ -333,9 +334,11 @@ class PostgresSessionStore(PostgresRuns):
         go with it (ON DELETE CASCADE)."""
         rows = await self._fetch(
             "WITH events AS (DELETE FROM run_events WHERE run_id IN "
-            "(SELECT id FROM runs WHERE session_id = $1)) "
+            "(SELECT id FROM runs WHERE session_id = $1)), "
+            "hooks AS (DELETE FROM hook_state WHERE scope = $2) "
             "DELETE FROM sessions WHERE id = $1 RETURNING 1",
             session_id,
+            session_scope(session_id),
         )
         if not rows:
             raise session_not_found(session_id)

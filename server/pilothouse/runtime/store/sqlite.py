@@ -35,6 +35,11 @@ from pilothouse.runtime.store.codec import (
     record_params,
 )
 from pilothouse.runtime.store.common import session_exists, visible_history
+from pilothouse.runtime.store.hook_state import (
+    DELETE_SESSION_SCOPE_SQLITE,
+    SqliteHookState,
+    session_scope,
+)
 from pilothouse.runtime.store.migrations import INSERT_AGENT, SELECT_AGENT, UPSERT_AGENT
 from pilothouse.runtime.store.sqlite_base import PAGE_SIZE
 from pilothouse.runtime.store.sqlite_runs import INSERT_ITEM, SqliteRuns
@@ -46,7 +51,7 @@ _RETURNING = f"RETURNING {RECORD_COLUMNS}"
 _ITEM_COLUMNS = ", ".join(f"i.{column}" for column in ITEM_COLUMNS)
 
 
-class SqliteSessionStore(SqliteRuns):
+class SqliteSessionStore(SqliteRuns, SqliteHookState):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 
@@ -110,6 +115,7 @@ class SqliteSessionStore(SqliteRuns):
             )
             conn.execute("DELETE FROM runs WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM run_owners WHERE session_id = ?", (session_id,))
+            conn.execute(DELETE_SESSION_SCOPE_SQLITE, (session_scope(session_id),))
 
         await self._transaction(delete)
 
