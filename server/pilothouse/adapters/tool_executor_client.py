@@ -62,6 +62,9 @@ _REFUSALS = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED}
 )
 
+#: How often the watcher looks at an executor's channel state, seconds.
+STATE_POLL_S = 0.5
+
 #: Reconnection backoff towards an executor that is down, so that one
 #: coming up is seen within seconds (gRPC's default grows to 120 s).
 RECONNECT_OPTIONS = [
@@ -274,25 +277,24 @@ class ToolExecutorClient:
             self._watchers.append(task)
 
     async def _watch(self, executor: _Executor, interval_s: float) -> None:
-        channel = executor.channel
-        state = channel.get_state(try_to_connect=True)
+        # The channel's state is polled (a cheap local read) rather than
+        # awaited with wait_for_state_change, which keeps a call pending in
+        # gRPC's threads for good.
+        poll_s = min(STATE_POLL_S, interval_s)
+        loop = asyncio.get_running_loop()
+        next_listing = loop.time() + interval_s
         while True:
             try:
-                if executor.channel is not channel:  # replaced (new TLS files)
-                    channel = executor.channel
-                    state = channel.get_state(try_to_connect=True)
+                await asyncio.sleep(poll_s)
+                state = executor.channel.get_state(try_to_connect=True)
+                if state is not grpc.ChannelConnectivity.READY:
                     executor.listed_since_ready = False
-                if state is grpc.ChannelConnectivity.READY and not executor.listed_since_ready:
+                elif not executor.listed_since_ready or loop.time() >= next_listing:
                     await self.refresh(executor)
-                try:
-                    async with asyncio.timeout(interval_s):
-                        await channel.wait_for_state_change(state)
-                except TimeoutError:
+                    next_listing = loop.time() + interval_s
+                if loop.time() >= next_listing:  # down: try again every interval
                     await self.refresh(executor)
-                new = channel.get_state(try_to_connect=True)
-                if new is not grpc.ChannelConnectivity.READY:
-                    executor.listed_since_ready = False
-                state = new
+                    next_listing = loop.time() + interval_s
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watcher must outlive any surprise
