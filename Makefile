@@ -16,7 +16,7 @@ NODE_MISSING = echo "node is not installed: skipping the TypeScript client ($@);
 WEB := clients/web
 WEB_STAMP := $(WEB)/node_modules/.installed
 
-.PHONY: install gen gen-ts web lint lint-ts lint-web test test-ts demo run bench clean
+.PHONY: install gen gen-ts web lint lint-ts lint-web test test-ts demo run bench faults faults-quick clean
 
 install: $(STAMP)
 
@@ -68,7 +68,7 @@ endif
 
 # mypy: the SDK strictly; the server with pyproject.toml (every module, no baseline).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server clients tests
+	$(VENV)/bin/ruff check server clients tests faults
 	$(VENV)/bin/mypy --config-file clients/python/pyproject.toml
 	$(VENV)/bin/mypy
 	npx --yes @bufbuild/buf@1.75.0 lint
@@ -116,6 +116,16 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# The fault suite (see README, Reliability): `make faults` runs everything,
+# `make faults-quick` (or FAULTS_ARGS=--quick) a few cases per category.
+faults: $(STAMP)
+	bash .ci/install-postgres
+	$(PY) faults/run.py $(FAULTS_ARGS)
+
+faults-quick: $(STAMP)
+	bash .ci/install-postgres
+	$(PY) faults/run.py --quick --no-write
 
 clean:
 	rm -rf $(VENV)

@@ -7,7 +7,8 @@ socket in that directory (fsync off: the data is thrown away), and
 `stop()` stops it (immediate mode) and removes the directory. PostgreSQL
 refuses to run as root: as root, every server command runs as the
 `postgres` system user (created by the `postgresql` package) through
-`runuser`, and the directory is handed to that user.
+`runuser`, and the directory is handed to that user. `restart()` crashes and
+restarts it (`durable=True` keeps every acknowledged commit across that).
 
 The `pg_server` fixture (session scope) yields a running `PgServer`; a
 test gets its own empty database from `await server.new_database()`. When
@@ -62,8 +63,12 @@ class PgServer:
     docstring). `dsn` connects as the superuser `postgres` (trust auth) to
     the `postgres` database; `dsn_for(name)` to another database."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        # Durable: commits reach the WAL before they return, so that a crash
+        # (`restart`) loses nothing acknowledged; else fsync and
+        # synchronous commit are off (fast, for tests that never crash it).
+        self.durable = durable
         # Under /tmp as root: the postgres user must reach it (not /root/...).
         self.root = Path(
             tempfile.mkdtemp(prefix="pilothouse-pg-", dir="/tmp" if os.geteuid() == 0 else None)
@@ -104,11 +109,13 @@ class PgServer:
             "--no-sync",
         )  # fmt: skip
         self.port = _free_port()
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "-D", str(self.data),
@@ -118,7 +125,14 @@ class PgServer:
             "start",
         )  # fmt: skip
         self.running = True
-        return self
+
+    def restart(self) -> None:
+        """Stop the server at once (every connection dropped, as in a crash)
+        and start it again on the same port with the same data."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                  "-w", "stop")  # fmt: skip
+        self.running = False
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         """Stop the server (immediate) and remove its directory."""

@@ -937,6 +937,19 @@ async def test_model_settings_in_the_request(fake: Fake) -> None:
 # --- timeouts and failure signals ------------------------------------------------------------
 
 
+async def test_keep_alive_comments_for_ever_end_at_the_idle_timeout(fake: Fake) -> None:
+    """Comments keep bytes coming but are no events: a stream of nothing
+    else ends after the idle timeout (the fault suite found one that never
+    did)."""
+    f = ChunkFactory()
+    comments: list = [": keep-alive", Delay(0.05)] * 200
+    fake.queue.push(SSEReply([f.chunk({"content": "a"}), *comments, "[DONE]"]))
+    error, chunks = await run_until_error(fake.model(read_timeout=5.0, idle_timeout=0.3, max_retries=0))
+    assert [c.content for c in chunks] == ["a"]
+    assert "sent nothing for 0.3s" in error.message
+    assert error.cause is FailureCause.IDLE_TIMEOUT
+
+
 async def test_idle_timeout_mid_stream(fake: Fake) -> None:
     f = ChunkFactory()
     fake.queue.push(SSEReply([f.chunk({"content": "a"}), Delay(2.0), "[DONE]"]))

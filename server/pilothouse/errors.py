@@ -8,6 +8,26 @@ itself knows nothing of gRPC.
 
 from __future__ import annotations
 
+#: Longest echo of a client's value (an id, a name) in an error, in UTF-8
+#: bytes: every valid id fits; a longer value is cut, with its size noted.
+MAX_ECHO_BYTES = 128
+#: Longest error message, and field-violation description, in UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1024
+MAX_DESCRIPTION_BYTES = 512
+
+
+def clip(value: str, limit: int = MAX_ECHO_BYTES) -> str:
+    """`value` as an error may echo it: unchanged up to `limit` bytes of
+    UTF-8, else cut (at a character boundary) to about that, with "…" and
+    its size in bytes. Errors travel in gRPC trailers, which clients cap
+    (8 KiB by default; grpc-message percent-encodes non-ASCII, tripling
+    it): an echo must never turn a NOT_FOUND into RESOURCE_EXHAUSTED."""
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return value
+    cut = raw[:limit].decode("utf-8", "ignore")
+    return f"{cut}…({len(raw)} bytes)"
+
 
 class PilothouseError(Exception):
     """Base of the domain errors.
@@ -15,6 +35,9 @@ class PilothouseError(Exception):
     `reason` is an UPPER_SNAKE_CASE machine-readable cause (ErrorInfo
     reason); `metadata` names the objects involved (ErrorInfo metadata);
     `field_violations` lists (field path, description) pairs for bad input.
+    The message is cut at MAX_MESSAGE_BYTES, descriptions at
+    MAX_DESCRIPTION_BYTES and metadata values at MAX_ECHO_BYTES (`clip`),
+    whatever the raiser passed.
     """
 
     default_reason = "ERROR"
@@ -27,11 +50,14 @@ class PilothouseError(Exception):
         metadata: dict[str, str] | None = None,
         field_violations: list[tuple[str, str]] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata = dict(metadata or {})
-        self.field_violations = list(field_violations or [])
+        self.metadata = {k: clip(v) for k, v in (metadata or {}).items()}
+        self.field_violations = [
+            (f, clip(d, MAX_DESCRIPTION_BYTES)) for f, d in field_violations or []
+        ]
 
 
 class InvalidArgumentError(PilothouseError):
@@ -141,7 +167,7 @@ class UnavailableError(PilothouseError):
 
 def session_not_found(session_id: str) -> NotFoundError:
     return NotFoundError(
-        f"session {session_id!r} not found",
+        f"session {clip(session_id)!r} not found",
         reason="SESSION_NOT_FOUND",
         metadata={"session_id": session_id},
     )
@@ -149,13 +175,13 @@ def session_not_found(session_id: str) -> NotFoundError:
 
 def agent_not_found(name: str) -> NotFoundError:
     return NotFoundError(
-        f"agent {name!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
+        f"agent {clip(name)!r} not found", reason="AGENT_NOT_FOUND", metadata={"agent": name}
     )
 
 
 def agent_exists(name: str) -> AlreadyExistsError:
     return AlreadyExistsError(
-        f"agent {name!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
+        f"agent {clip(name)!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
     )
 
 
@@ -164,7 +190,7 @@ def run_active(session_id: str, run_id: str, *, lease_expired: bool = False) -> 
     and `lease_expired` "true" when the active run's process is gone and
     the run waits to be resumed)."""
     return FailedPreconditionError(
-        f"session {session_id!r} already has an active run {run_id}",
+        f"session {clip(session_id)!r} already has an active run {clip(run_id)}",
         reason="RUN_ACTIVE",
         metadata={
             "session_id": session_id,
@@ -194,7 +220,7 @@ def run_exists(session_id: str, run_id: str) -> AlreadyExistsError:
 
 def no_active_run(session_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"session {session_id!r} has no active run",
+        f"session {clip(session_id)!r} has no active run",
         reason="NO_ACTIVE_RUN",
         metadata={"session_id": session_id},
     )
@@ -202,7 +228,7 @@ def no_active_run(session_id: str) -> FailedPreconditionError:
 
 def session_closed(session_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"session {session_id!r} is closed",
+        f"session {clip(session_id)!r} is closed",
         reason="SESSION_CLOSED",
         metadata={"session_id": session_id},
     )
@@ -210,7 +236,7 @@ def session_closed(session_id: str) -> FailedPreconditionError:
 
 def lease_lost(session_id: str, run_id: str) -> FailedPreconditionError:
     return FailedPreconditionError(
-        f"run {run_id} no longer holds session {session_id!r}",
+        f"run {clip(run_id)} no longer holds session {clip(session_id)!r}",
         reason="LEASE_LOST",
         metadata={"session_id": session_id, "run_id": run_id},
     )

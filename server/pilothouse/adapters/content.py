@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from pilothouse import jsontext
 from pilothouse.runtime.messages import Message, Role
 from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest
 
@@ -30,7 +31,7 @@ def _text_parts(content: str) -> list[dict[str, Any]]:
 
 def _arguments(raw: str | None) -> Any:
     try:
-        return json.loads(raw or "{}")
+        return jsontext.loads(raw or "{}")
     except ValueError:
         return raw
 

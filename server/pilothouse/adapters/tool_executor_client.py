@@ -1,5 +1,6 @@
 """The runtime's client of the ToolExecutors: discovers their tools at
-start-up and dispatches calls over gRPC.
+start-up and again when an executor comes up, restarts or changes its
+tools, and dispatches calls over gRPC.
 
 Implements `pilothouse.runtime.tools.ToolDispatcher`: a call that fails for
 any reason (executor down, deadline, unknown tool) becomes an error result
@@ -22,9 +23,8 @@ principal and roles, so tools can authorise.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from pilothouse import jsontext
 from pilothouse.errors import UnavailableError
 from pilothouse.ops.telemetry import tracing_client_interceptors
 from pilothouse.rpc.serving import channel_options
@@ -56,6 +57,22 @@ EXECUTOR_SERVICE: str = pb.DESCRIPTOR.services_by_name["ToolExecutorService"].fu
 CHANNEL_OPTIONS = channel_options()
 
 
+#: Answers of an executor that is up but refuses the runtime: a start-up error.
+_REFUSALS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED}
+)
+
+#: How often the watcher looks at an executor's channel state, seconds.
+STATE_POLL_S = 0.5
+
+#: Reconnection backoff towards an executor that is down, so that one
+#: coming up is seen within seconds (gRPC's default grows to 120 s).
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
 @dataclass(slots=True)
 class _Executor:
     """One executor address; its channel comes from the shared
@@ -65,6 +82,17 @@ class _Executor:
     channels: ClientChannels
     _channel: grpc.aio.Channel | None = None
     _stub: pb_grpc.ToolExecutorServiceAsyncStub | None = None
+
+    #: The tools its last ListTools answer offered, by name.
+    offered: dict[str, ToolSpec] = field(default_factory=dict)
+    #: Whether its tools were listed since the channel last became READY.
+    listed_since_ready: bool = False
+    #: The last health check's verdict (None: not checked yet).
+    serving: bool | None = None
+    #: Whether its being unreachable has been logged since it last answered.
+    reported_down: bool = False
+    #: The status of its last failed ListTools (None after an answer).
+    last_error: grpc.aio.AioRpcError | None = None
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -79,8 +107,17 @@ class _Executor:
 
 
 class ToolExecutorClient:
-    """Channels to the configured ToolExecutors and the tool → executor
-    routing table. `call_timeout` is the deadline of one call, seconds."""
+    """Channels to the configured ToolExecutors, the tool → executor
+    routing table and the `catalog` of their tools, kept up to date.
+    `call_timeout` is the deadline of one call, seconds.
+
+    Tools are listed at start-up (`discover`) and again (`watch`) whenever
+    an executor's channel becomes READY after it was not (an executor that
+    was absent at start, or restarted), when its health turns SERVING
+    again, and every `rediscovery_interval` seconds: tools that appear are
+    added to the catalog, tools that no executor offers any more are
+    withdrawn (a call of one gets an error result). A name offered by
+    several executors goes to the first in the configured order."""
 
     def __init__(
         self,
@@ -95,13 +132,14 @@ class ToolExecutorClient:
         tracer_provider: Any = None,
         tls: ClientTls | None = None,
         token: str | None = None,
+        catalog: ToolCatalog | None = None,
     ) -> None:
         options = channel_options(
             keepalive_time_s=keepalive_time_s,
             keepalive_timeout_s=keepalive_timeout_s,
             max_message_bytes=max_message_bytes,
             lb_policy=lb_policy,
-        )
+        ) + RECONNECT_OPTIONS
         self.call_timeout = call_timeout
         self.record_content = record_content
         self._channels = ClientChannels(
@@ -119,17 +157,28 @@ class ToolExecutorClient:
             for address in addresses:
                 if not is_loopback(address):
                     log.warning("the ToolExecutor token goes to %s without TLS", address)
+        self.catalog = catalog if catalog is not None else ToolCatalog()
+        self._watchers: list[asyncio.Task[None]] = []
 
     @property
     def addresses(self) -> list[str]:
         return [e.address for e in self._executors]
 
+    @property
+    def unreachable(self) -> list[str]:
+        """Executors whose tools have not been listed since they were last
+        reachable."""
+        return [e.address for e in self._executors if not e.listed_since_ready]
+
     async def check_health(self, timeout: float) -> None:
         """Ask every executor's health service about ToolExecutorService;
-        raises UnavailableError naming the first that is not SERVING."""
+        raises UnavailableError naming the first that is not SERVING. An
+        executor whose health turns SERVING again is asked for its tools."""
 
         async def check(executor: _Executor) -> None:
             stub = health_pb2_grpc.HealthStub(executor.channel)
+            was = executor.serving
+            executor.serving = False
             try:
                 reply = await stub.Check(
                     health_pb2.HealthCheckRequest(service=EXECUTOR_SERVICE), timeout=timeout
@@ -145,62 +194,112 @@ class ToolExecutorClient:
                     f"{health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}",
                     metadata={"address": executor.address},
                 )
+            executor.serving = True
+            if was is False:
+                await self.refresh(executor)
 
         await asyncio.gather(*(check(e) for e in self._executors))
 
     async def discover(self, wait_seconds: float) -> ToolCatalog:
-        """ListTools on every executor (waiting up to `wait_seconds` for each
-        to come up) and return the registry of their tools. A name offered
-        twice goes to the first executor; a tool whose schema is not a JSON
-        object is skipped with a warning. Raises UnavailableError naming an
-        executor that did not answer."""
-        registry = ToolCatalog()
-        replies = await asyncio.gather(
-            *(self._list(e, wait_seconds) for e in self._executors), return_exceptions=True
-        )
-        for executor, reply in zip(self._executors, replies, strict=True):
-            if isinstance(reply, BaseException):
+        """ListTools on every executor, waiting up to `wait_seconds` for each
+        to come up, and return the catalog of their tools. An executor that
+        does not answer is logged and left out (its tools are unavailable
+        until it comes up: see `watch`). One that answers but refuses (the
+        runtime's credentials, a wrong service) is a mistake of the
+        configuration: UnavailableError naming it."""
+        await asyncio.gather(*(self.refresh(e, wait_seconds) for e in self._executors))
+        for executor in self._executors:
+            error = executor.last_error
+            if error is not None and error.code() in _REFUSALS:
                 raise UnavailableError(
-                    f"ToolExecutor at {executor.address} did not answer ListTools: {reply}",
+                    f"ToolExecutor at {executor.address} did not answer ListTools: "
+                    f"{error.code().name}: {error.details()}",
                     metadata={"address": executor.address},
                 )
-            for tool in reply.tools:
-                if tool.name in registry:
-                    log.warning(
-                        "tool %s offered by %s too; using %s",
-                        tool.name, executor.address, self._routes[tool.name].address,
-                    )
-                    continue
-                try:
-                    parameters = json.loads(tool.parameters_json_schema or "{}")
-                except ValueError:
-                    log.warning("tool %s from %s has an invalid JSON Schema; skipped", tool.name, executor.address)
-                    continue
-                if not isinstance(parameters, dict):
-                    log.warning("tool %s from %s: schema is not an object; skipped", tool.name, executor.address)
-                    continue
-                registry.register(
-                    ToolSpec(
-                        tool.name,
-                        tool.description,
-                        parameters,
-                        dict(tool.metadata),
-                        idempotent=tool.idempotent,
-                        read_only=tool.read_only,
-                        destructive=tool.destructive,
-                        requires_approval=tool.requires_approval
-                        or tool.metadata.get("requires_approval", "").lower() == "true",
-                    )
-                )
-                self._routes[tool.name] = executor
-            log.info("ToolExecutor %s offers %d tools", executor.address, len(reply.tools))
-        return registry
+        return self.catalog
 
-    async def _list(self, executor: _Executor, wait_seconds: float) -> pb.ListToolsResponse:
-        return await executor.stub.ListTools(
-            pb.ListToolsRequest(), timeout=wait_seconds, wait_for_ready=True,
-            metadata=self._metadata,
-        )
+    async def refresh(self, executor: _Executor, wait_seconds: float | None = None) -> bool:
+        """List `executor`'s tools again and update the routes and the
+        catalog; False (logged) when it did not answer. With
+        `wait_seconds`, wait that long for it to come up."""
+        try:
+            reply = await executor.stub.ListTools(
+                pb.ListToolsRequest(),
+                timeout=wait_seconds or self.call_timeout,
+                wait_for_ready=wait_seconds is not None,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            executor.last_error = exc
+            if not executor.reported_down:  # once per outage, not every interval
+                executor.reported_down = True
+                log.warning(
+                    "ToolExecutor %s did not answer ListTools (%s: %s): its tools are "
+                    "unavailable until it does", executor.address, exc.code().name, exc.details(),
+                )
+            return False
+        executor.reported_down = False
+        executor.last_error = None
+        offered: dict[str, ToolSpec] = {}
+        for tool in reply.tools:
+            spec = _spec_of(tool, executor.address)
+            if spec is not None:
+                offered[spec.name] = spec
+        if offered.keys() != executor.offered.keys() or not executor.listed_since_ready:
+            log.info("ToolExecutor %s offers %d tools", executor.address, len(offered))
+        executor.offered = offered
+        executor.listed_since_ready = True
+        self._reroute()
+        return True
+
+    def _reroute(self) -> None:
+        """Routes and catalog from every executor's last answer."""
+        routes: dict[str, _Executor] = {}
+        for executor in self._executors:
+            for name, spec in executor.offered.items():
+                if name in routes:
+                    if self._routes.get(name) is not executor:
+                        log.debug("tool %s offered by %s too; using %s",
+                                  name, executor.address, routes[name].address)
+                    continue
+                routes[name] = executor
+                self.catalog.register(spec)
+        for name in set(self._routes) - set(routes):
+            log.warning("tool %s is no longer offered by any ToolExecutor", name)
+            self.catalog.withdraw(name)
+        self._routes = routes
+
+    def watch(self, interval_s: float) -> None:
+        """Keep the catalog up to date in the background (see the class
+        docstring) until `close`."""
+        for executor in self._executors:
+            task = asyncio.create_task(self._watch(executor, interval_s), name="tools-watch")
+            self._watchers.append(task)
+
+    async def _watch(self, executor: _Executor, interval_s: float) -> None:
+        # The channel's state is polled (a cheap local read) rather than
+        # awaited with wait_for_state_change, which keeps a call pending in
+        # gRPC's threads for good.
+        poll_s = min(STATE_POLL_S, interval_s)
+        loop = asyncio.get_running_loop()
+        next_listing = loop.time() + interval_s
+        while True:
+            try:
+                await asyncio.sleep(poll_s)
+                state = executor.channel.get_state(try_to_connect=True)
+                if state is not grpc.ChannelConnectivity.READY:
+                    executor.listed_since_ready = False
+                elif not executor.listed_since_ready or loop.time() >= next_listing:
+                    await self.refresh(executor)
+                    next_listing = loop.time() + interval_s
+                if loop.time() >= next_listing:  # down: try again every interval
+                    await self.refresh(executor)
+                    next_listing = loop.time() + interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("watching ToolExecutor %s failed", executor.address)
+                await asyncio.sleep(interval_s)
 
     async def dispatch(
         self, call: ToolCall, context: ToolContext, answer: ToolAnswer | None = None
@@ -210,7 +309,7 @@ class ToolExecutorClient:
         cancellation."""
         executor = self._routes.get(call.name)
         if executor is None:
-            return ToolOutcome(error=f"tool {call.name!r} is offered by no ToolExecutor")
+            return ToolOutcome(error=f"tool {call.name!r} is offered by no ToolExecutor now")
         request = pb.ExecuteToolRequest(
             call_id=call.id,
             name=call.name,
@@ -252,7 +351,35 @@ class ToolExecutorClient:
         return outcome
 
     async def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers.clear()
         await self._channels.close()
+
+
+def _spec_of(tool: Any, address: str) -> ToolSpec | None:
+    """The runtime's spec of a listed tool; None (logged) when its schema is
+    not a JSON object."""
+    try:
+        parameters = jsontext.loads(tool.parameters_json_schema or "{}")
+    except ValueError:
+        log.warning("tool %s from %s has an invalid JSON Schema; skipped", tool.name, address)
+        return None
+    if not isinstance(parameters, dict):
+        log.warning("tool %s from %s: schema is not an object; skipped", tool.name, address)
+        return None
+    return ToolSpec(
+        tool.name,
+        tool.description,
+        parameters,
+        dict(tool.metadata),
+        idempotent=tool.idempotent,
+        read_only=tool.read_only,
+        destructive=tool.destructive,
+        requires_approval=tool.requires_approval
+        or tool.metadata.get("requires_approval", "").lower() == "true",
+    )
 
 
 def _describe_failure(name: str, address: str, exc: grpc.aio.AioRpcError, timeout: float) -> str:

@@ -108,6 +108,9 @@ class Settings(ServerProcessSettings):
     tool_discovery_timeout: float = Field(
         15.0, gt=0, description="how long start-up waits for each ToolExecutor, seconds"
     )
+    tool_rediscovery_interval: float = Field(
+        30.0, gt=0, description="seconds between ListTools calls that pick up changed tools"
+    )
     agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
     max_output_chars: int = Field(

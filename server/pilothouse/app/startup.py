@@ -16,6 +16,7 @@ from pilothouse.adapters.content import ContentRecordingModel
 from pilothouse.adapters.forwarding import RunForwarder
 from pilothouse.adapters.tool_executor_client import ToolExecutorClient
 from pilothouse.app.agents_file import read_agents_file
+from pilothouse.app.file_agents import FileAgents
 from pilothouse.app.health import Dependency, HealthMonitor
 from pilothouse.app.metrics import RuntimeMetrics
 from pilothouse.app.models import ProviderConfigError, build_router
@@ -26,6 +27,7 @@ from pilothouse.auth.audit import audit
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
 from pilothouse.handlers.events import EventService
+from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.runs import RunService
 from pilothouse.handlers.sessions import SessionService
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
@@ -108,6 +110,7 @@ class App:
     web: WebServer | None = None
     #: The A2A bindings (PILOTHOUSE_A2A_*), None when off.
     a2a: A2AGateway | None = None
+    file_agents: FileAgents | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -175,6 +178,8 @@ class App:
         await self.runtime.shutdown(0)
         if self.forwarder is not None:
             await self.forwarder.close()
+        if self.file_agents is not None:
+            await self.file_agents.close()
         await self.tools.close()
         await self.model.aclose()
         if self.test_model_server is not None:
@@ -224,9 +229,13 @@ async def start_app(
     settings: Settings, *, stand_in_model: StandInModelStarter | None = None
 ) -> App:
     """Start everything `settings` describe. Raises StartupError with the
-    cause when a ToolExecutor does not answer, the agents file is bad, the
-    address cannot be bound, or no model endpoint is configured and no
-    `stand_in_model` is given.
+    cause when the agents file is bad, the address cannot be bound, or no
+    model endpoint is configured and no `stand_in_model` is given. A
+    ToolExecutor that does not answer within `tool_discovery_timeout` is
+    logged and discovered when it comes up (its tools are unavailable until
+    then; agents of the file that need them wait for them). With every
+    executor answering, an agents file naming a tool none offers is a
+    StartupError.
 
     Tracing is configured from the environment unless a tracer provider is
     installed already (`telemetry.configure_tracing`); the metrics derived
@@ -319,6 +328,7 @@ async def start_app(
             ),
             hooks=hooks,
         )
+        tools.watch(settings.tool_rediscovery_interval)
         if settings.approval_exempt_tools:
             audit("approval.exempted", tools=",".join(sorted(settings.approval_exempt_tools)))
             log.warning(
@@ -330,8 +340,8 @@ async def start_app(
             interceptors=tracing_client_interceptors(),
             tls=settings.peer_client_tls,
         )
-        for config in read_agents_file(settings.agents_file):
-            await runtime.add_agent(config, source="file", replace=True)
+        file_agents = FileAgents(runtime, registry, wait_for_tools=bool(tools.unreachable))
+        await file_agents.register(read_agents_file(settings.agents_file))
         security.attach(runtime)
         a2a = a2a_gateway(settings, runtime, security)
         server = await start_server(
@@ -364,6 +374,7 @@ async def start_app(
             interceptors=[*security.interceptors, runtime_metrics.event_interceptor()],
             tls=settings.server_tls,
             health_address=settings.health_listen_address,
+            request_rules=RUNTIME_REQUEST_RULES,
         )
         if web_plan is not None:
             try:
@@ -424,7 +435,7 @@ async def start_app(
                  ", the web console" if settings.web_console else "")
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
-        health, forwarder, security, web=web, a2a=a2a,
+        health, forwarder, security, web=web, a2a=a2a, file_agents=file_agents,
     )
 
 

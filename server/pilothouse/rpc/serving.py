@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pilothouse.ops.telemetry import tracing_server_interceptor
+from pilothouse.rpc.decoding import RequestDecoding, RequestRules
 from pilothouse.rpc.tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ async def start_server(
     tracer_provider: Any = None,
     tls: ServerTls | None = None,
     health_address: str = "",
+    request_rules: RequestRules | None = None,
 ) -> RunningServer:
     """Build, bind and start a server on `address` ("host:port"; port 0
     picks a free one). With `tracing`, the OpenTelemetry server interceptor
@@ -223,13 +225,18 @@ async def start_server(
     server span (health checks and reflection are not traced); `interceptors`
     follow it (authentication among them). With `tls` the port serves TLS
     (mutual TLS with a client CA). With `health_address`, a second,
-    plaintext server there serves only the health service. Raises
+    plaintext server there serves only the health service. A request that
+    cannot be decoded, or that breaks `request_rules`, is INVALID_ARGUMENT
+    before its handler runs (`pilothouse.rpc.decoding`). Raises
     RuntimeError if an address cannot be bound, TlsFileError (a ValueError)
     if the TLS files cannot be loaded."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         chain.append(tracing_server_interceptor(tracer_provider))
     chain.extend(interceptors)
+    # Last, so that authentication answers first; the request is still
+    # decoded before any handler code runs.
+    chain.append(RequestDecoding(request_rules))
     server = grpc.aio.server(
         interceptors=chain, options=server_options(keepalive, max_message_bytes)
     )

@@ -48,6 +48,8 @@ class AgentRegistry:
         #: Tools whose executor-declared `requires_approval` is lifted.
         self.approval_exempt = approval_exempt
         self._built: dict[str, Agent] = {}
+        # Agents carry a snapshot of their tools: rebuild them when tools change.
+        tools.on_change(self._built.clear)
         #: The hook plugins; their `on_build_agent` sees every config `add` takes.
         self.hooks: HookChain = NO_HOOKS
 

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pilothouse import jsontext
 from pilothouse.runtime import spans
 from pilothouse.runtime.agent import Agent, ApprovalPolicy
 from pilothouse.runtime.control import RunControl
@@ -283,7 +284,12 @@ class _Phase:
                 continue
             if call_state.status != PENDING:
                 continue
-            if call.name not in self.allowed:
+            if not call.name:
+                call_state.status = DONE
+                call_state.result = ToolResult(
+                    call.id, call.name, error="this tool call names no tool (its function name is empty)"
+                )
+            elif call.name not in self.allowed:
                 call_state.status = DONE
                 call_state.result = ToolResult(
                     call.id, call.name,
@@ -491,7 +497,7 @@ class _Phase:
 def _parse_ask_user(call: ToolCall) -> ToolQuestion | str:
     """The question of an `ask_user` call, or the error text for the model."""
     try:
-        args = json.loads(call.arguments or "{}")
+        args = jsontext.loads(call.arguments or "{}")
         if not isinstance(args, dict):
             raise ValueError("the arguments must be a JSON object")
         question = args["question"]

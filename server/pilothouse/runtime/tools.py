@@ -8,7 +8,7 @@ config names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,15 +98,43 @@ class ToolDispatcher(Protocol):
 
 class ToolCatalog:
     """The tool schemas the runtime knows (from every ToolExecutor's
-    ListTools), by name, in registration order."""
+    ListTools), by name, in registration order, updated in place as
+    executors come, go and change their tools.
+
+    A tool is *available* while an executor offers it and *known* once one
+    has: `withdraw` makes it unavailable (it leaves agents' snapshots; a
+    call of it gets an error result) but it stays known, so agents naming
+    it are not refused (`missing` lists only names never offered).
+    `on_change` callbacks run after every change (the runtime rebuilds its
+    agents' snapshots then)."""
 
     def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
         self._specs: dict[str, ToolSpec] = {}
+        self._known: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
         for spec in specs:
             self.register(spec)
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after every change of the available tools."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            callback()
+
     def register(self, spec: ToolSpec) -> None:
+        """Add `spec`, or replace the tool of that name."""
+        if self._specs.get(spec.name) == spec:
+            return
         self._specs[spec.name] = spec
+        self._known.add(spec.name)
+        self._changed()
+
+    def withdraw(self, name: str) -> None:
+        """No executor offers `name` any more (it stays known)."""
+        if self._specs.pop(name, None) is not None:
+            self._changed()
 
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
@@ -118,12 +146,12 @@ class ToolCatalog:
         return name in self._specs
 
     def missing(self, names: Iterable[str]) -> list[str]:
-        """The names no registered tool has."""
-        return [n for n in names if n not in self._specs]
+        """The names no executor has ever offered."""
+        return [n for n in names if n not in self._known]
 
     def snapshot(self, names: Iterable[str]) -> tuple[ToolSpec, ...]:
-        """The schemas of `names`, in that order;
-        unknown names are skipped."""
+        """The schemas of `names`, in that order; names not available now
+        are skipped."""
         return tuple(self._specs[n] for n in names if n in self._specs)
 
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
+from pilothouse import jsontext
 from pilothouse.toolexecutor.registry import ToolRegistry
 
 __all__ = [
@@ -298,8 +299,8 @@ def json_query(
         LookupError: a key or index along the path does not exist.
     """
     try:
-        value: Any = json.loads(document)
-    except json.JSONDecodeError as exc:
+        value: Any = jsontext.loads(document)
+    except ValueError as exc:
         raise ValueError(f"document is not valid JSON: {exc}") from None
     parts = _parse_path(path)
     for depth, part in enumerate(parts):

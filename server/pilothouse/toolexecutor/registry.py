@@ -34,6 +34,7 @@ from typing import Any, Literal
 import pydantic
 import pydantic_core
 
+from pilothouse import jsontext
 from pilothouse.errors import NotFoundError
 from pilothouse.toolexecutor.schema import (
     NAME_PATTERN,
@@ -170,7 +171,9 @@ class RegisteredTool:
         Raises `_InvalidArguments` with a text listing every problem."""
         text = arguments_json.strip() or "{}"
         try:
-            data = json.loads(text)
+            data = jsontext.loads(text)
+        except jsontext.JsonTooDeep as exc:
+            raise _InvalidArguments(f"invalid arguments for tool {self.name!r}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise _InvalidArguments(
                 f"invalid arguments for tool {self.name!r}: not valid JSON ({exc})"

@@ -19,7 +19,7 @@ import grpc
 from pilothouse.auth import TOOL_EXECUTOR_POLICY, AuthChain, AuthInterceptor, Principal
 from pilothouse.auth.audit import audit
 from pilothouse.auth.principal import current_principal
-from pilothouse.errors import InvalidArgumentError, NotFoundError
+from pilothouse.errors import InvalidArgumentError, NotFoundError, clip
 from pilothouse.rpc.errors import handle_errors, rich_status
 from pilothouse.rpc.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -29,6 +29,7 @@ from pilothouse.rpc.serving import (
     start_server,
 )
 from pilothouse.rpc.tls import ServerTls
+from pilothouse.toolexecutor.limits import TOOL_REQUEST_RULES
 from pilothouse.toolexecutor.metrics import ToolExecutorMetrics
 from pilothouse.toolexecutor.registry import Answer
 from pilothouse.toolexecutor.sources import ServedTool, ToolSource
@@ -107,7 +108,7 @@ class ToolExecutorServicer(pb_grpc.ToolExecutorServiceServicer):
             if tool is None:
                 outcome = "not_found"
                 raise NotFoundError(
-                    f"no tool named {request.name!r}",
+                    f"no tool named {clip(request.name)!r}",
                     reason="TOOL_NOT_FOUND",
                     metadata={"tool": request.name},
                 )
@@ -222,6 +223,7 @@ async def serve_tools(
         max_message_bytes=max_message_bytes,
         keepalive=keepalive,
         tracer_provider=tracer_provider,
+        request_rules=TOOL_REQUEST_RULES,
         tls=tls,
         interceptors=(
             [AuthInterceptor(auth, TOOL_EXECUTOR_POLICY, "pilothouse-tools")] if auth else []

@@ -368,7 +368,7 @@ async def decode_stream(
         )
     state = _StreamState(answer_tool=answer_tool)
     try:
-        async for batch in EventStream(body):
+        async for batch in EventStream(body, body.event_idle_s):
             for event, data in batch:
                 if event == "ping":
                     continue

@@ -97,6 +97,7 @@ class Body:
         "_first_s",
         "_idle_s",
         "_watch",
+        "event_idle_s",
         "finished",
         "provider",
         "response",
@@ -110,8 +111,12 @@ class Body:
         watch: Watchdog | None = None,
         first_byte_s: float | None = None,
         idle_s: float | None = None,
+        event_idle_s: float | None = None,
     ) -> None:
         self.response = response
+        #: Longest time without an event (SSE comments reset the byte limits
+        #: but are not events); None: no limit.
+        self.event_idle_s = event_idle_s
         self.provider = provider
         self.started = False
         self.finished = False

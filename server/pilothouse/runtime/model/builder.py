@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall
 from pilothouse.runtime.model.base import ChatChunk
 
+#: Longest tool-call id kept as the model sent it, bytes; a longer one is
+#: replaced (the id only pairs a call with its result).
+MAX_CALL_ID_BYTES = 128
+
 
 @dataclass(slots=True)
 class _PartialCall:
@@ -71,13 +75,23 @@ class MessageBuilder:
         ]
 
     def build(self) -> Message:
-        """The assistant message; tool calls without a name are dropped and
-        calls without an id get one derived from their index."""
-        calls = [
-            ToolCall(c.id or f"call_{index}", c.name, c.arguments)
-            for index, c in sorted(self._calls.items())
-            if c.name
-        ]
+        """The assistant message. Every call is kept, a call without a name
+        too (the agent loop answers it with an error result, so that the
+        model learns of it). Call ids are unique within the message: a
+        call without an id, with an id an earlier call of the round has, or
+        with one over MAX_CALL_ID_BYTES gets one derived from its index."""
+        calls: list[ToolCall] = []
+        taken: set[str] = set()
+        for index, c in sorted(self._calls.items()):
+            call_id = c.id
+            if not call_id or call_id in taken or len(call_id.encode()) > MAX_CALL_ID_BYTES:
+                base = f"{c.id}_{index}" if c.id and len(c.id) <= 64 else f"call_{index}"
+                call_id, n = base, 1
+                while call_id in taken:
+                    n += 1
+                    call_id = f"{base}_{n}"
+            taken.add(call_id)
+            calls.append(ToolCall(call_id, c.name, c.arguments))
         return Message(
             Role.ASSISTANT,
             "".join(self._content),

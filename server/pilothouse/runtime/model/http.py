@@ -124,7 +124,10 @@ class ProviderHTTP:
                         if delay is None:
                             raise self._gave_up(error, attempt)
                     else:
-                        body = Body(response, self.provider_name, watch, self._first_byte_s, self._idle_s)
+                        body = Body(
+                            response, self.provider_name, watch, self._first_byte_s, self._idle_s,
+                            event_idle_s=self.idle_timeout,
+                        )
                         released = False
                         try:
                             async with contextlib.aclosing(decode(body)) as chunks:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from pilothouse import jsontext
 from pilothouse.runtime.messages import Message, Role, ToolCall, Usage
 from pilothouse.runtime.model.base import (
     ChatChunk,
@@ -235,7 +236,7 @@ async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
         )
     state = _StreamState()
     try:
-        async for batch in EventStream(body):
+        async for batch in EventStream(body, body.event_idle_s):
             for event, data in batch:
                 if event == "error":
                     raise stream_error(provider, data)
@@ -271,7 +272,7 @@ async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
 
 def _decode(provider: str, data: str) -> dict[str, Any]:
     try:
-        payload = json.loads(data)
+        payload = jsontext.loads(data)
     except ValueError as exc:
         raise ModelError(f"{provider} sent a malformed stream chunk: {clip(data)!r}") from exc
     if not isinstance(payload, dict):

@@ -14,9 +14,12 @@ also dispatches events that have no data, which the standard does not.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable
 from typing import Protocol
+
+import httpx
 
 #: What the parser yields: (event type, data).
 Event = tuple[str, str]
@@ -122,19 +125,26 @@ class EventStream:
     are flushed. An iterator object rather than a generator, so that
     stopping early leaves the body open (the caller may drain it)."""
 
-    __slots__ = ("_ended", "_parser", "_source")
+    __slots__ = ("_ended", "_idle_s", "_parser", "_source")
 
-    def __init__(self, source: TextSource) -> None:
+    def __init__(self, source: TextSource, idle_s: float | None = None) -> None:
         self._source = source
         self._parser = SSEParser()
         self._ended = False
+        #: Longest wait for an event while text arrives that holds none
+        #: (keep-alive comments for ever): then httpx.ReadTimeout.
+        self._idle_s = idle_s
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> list[Event]:
         parser = self._parser
+        clock = asyncio.get_running_loop().time
+        since = clock()
         while not self._ended:
+            if self._idle_s is not None and clock() - since > self._idle_s:
+                raise httpx.ReadTimeout(f"no event for {self._idle_s:g}s, only comments")
             text = await self._source.read()
             if text is None:
                 self._ended = True

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilothouse import jsontext
 from pilothouse.errors import InvalidArgumentError, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store.base import (
@@ -393,9 +394,11 @@ def _decode(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise _Bad(f"not valid UTF-8 (byte {exc.start + 1})") from None
     try:
-        obj = json.loads(text)
+        obj = jsontext.loads(text)
     except json.JSONDecodeError as exc:
         raise _Bad(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except jsontext.JsonTooDeep as exc:
+        raise _Bad(str(exc)) from None
     if not isinstance(obj, dict):
         raise _Bad(f"must be a JSON object, not {_kind(obj)}")
     return obj
