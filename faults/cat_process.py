@@ -77,22 +77,53 @@ async def _kill_at(category: Category, stack: Stack, point: str, model: str, eve
         category.add(name, CRASH, f"the run never reached {event_kind}: {first.describe()} / {turn.describe()}")
         return
     await stack.start_runtime()
+    run_id = turn.events[0].run_id if turn.events else ""
     async with Client(stack.runtime.address) as client:
+        # The restarted process takes its own run back at once (resume
+        # policy `resume`): the run is resumed, not left locked.
+        started = time.monotonic()
+        resumed = await _resumed_or_settled(client, run_id)
+        await _wait_finished(client, run_id)
         lost, invalid = await ledger.audit(client, session)
         lost += await _unstored_answers(client, {session: turn})
         refusal = await _accepts(client, session)
-        verdict, detail = (CLEAR, "a new message is taken at once") if refusal is None else (
-            UNCLEAR, f"after the restart: {refusal.code().name}: {(refusal.details() or '')[:100]}")
+        if not resumed:
+            verdict, detail = UNCLEAR, "the killed run was not taken over at once after the restart"
+        elif refusal is not None:
+            verdict, detail = UNCLEAR, (
+                f"after the resumed run: {refusal.code().name}: {(refusal.details() or '')[:100]}")
+        else:
+            verdict, detail = CLEAR, "resumed at once after the restart; then new messages are taken"
         category.add(name, verdict, detail, lost=lost, invalid=invalid,
-                     known=7 if refusal is not None else None)
-        if measure_lock and refusal is not None:
-            started = time.monotonic()
-            for _ in range(60):
-                if await _accepts(client, session) is None:
-                    break
-                await asyncio.sleep(1)
-            category.figures["session locked after kill -9 and restart"] = (
-                f"{time.monotonic() - started:.0f} s (lease 30 s)")
+                     known=7 if verdict is UNCLEAR else None)
+        if measure_lock:
+            category.figures["run taken over after kill -9 and restart"] = (
+                f"{time.monotonic() - started:.1f} s to resume and finish (lease 30 s)")
+
+
+async def _resumed_or_settled(client: Client, run_id: str, timeout: float = 5.0) -> bool:
+    """Whether the run was taken over (attempt >= 1) or had already ended,
+    within `timeout` seconds of the restart."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            run = (await client.runs.GetRun(runs_pb.GetRunRequest(run_id=run_id), timeout=10)).run
+        except grpc.aio.AioRpcError:
+            run = None
+        if run is not None and (run.attempt >= 1 or run.status == runs_pb.RUN_STATUS_FINISHED):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _wait_finished(client: Client, run_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            run = (await client.runs.GetRun(runs_pb.GetRunRequest(run_id=run_id), timeout=10)).run
+            if run.status in (runs_pb.RUN_STATUS_FINISHED, runs_pb.RUN_STATUS_INTERRUPTED):
+                return
+        await asyncio.sleep(0.2)
 
 
 async def _unstored_answers(client: Client, turns: dict) -> int:

@@ -23,7 +23,6 @@ import grpc
 #: number (the lead removes an entry once its fix lands).
 KNOWN_OPEN: dict[int, str] = {
     6: "memory grows with every finished run (event logs and done events kept in memory)",
-    7: "after kill -9 and a restart, the session stays locked until its lease expires",
 }
 
 CLEAR, UNCLEAR, CRASH = "clear", "unclear", "crash"

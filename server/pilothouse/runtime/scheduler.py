@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,6 +125,9 @@ class RuntimeLimits:
     #: Tools whose ToolExecutor's `requires_approval` an admin lifted
     #: (PILOTHOUSE_APPROVAL_EXEMPT_TOOLS, audited at start).
     approval_exempt_tools: frozenset[str] = frozenset()
+    #: Finished runs kept in memory at most (besides `event_retention_s`):
+    #: memory levels off under a steady stream of runs.
+    finished_runs_kept: int = 1000
     #: Stored bytes one page of ListMessages or ExportSession holds at most.
     page_bytes: int = 4 * 1024 * 1024
     #: Characters one model round may produce (STOP_REASON_OUTPUT_LIMIT).
@@ -188,6 +191,9 @@ class RunScheduler:
         self._queued: defaultdict[str, list[Run]] = defaultdict(list)
         self._runs: dict[str, Run] = {}
         self._journals: dict[str, RunJournal] = {}
+        #: Finished runs still in memory, oldest first (later reads of their
+        #: events come from the store).
+        self._finished: OrderedDict[str, Run] = OrderedDict()
         #: Runs that ended but whose end is not stored yet (store down).
         self._unsettled: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -855,6 +861,10 @@ class RunScheduler:
         idleness, observers and the run's log line."""
         loop = asyncio.get_running_loop()
         loop.call_later(self.limits.event_retention_s, self._forget_run, run)
+        self._finished[run.id] = run
+        while len(self._finished) > self.limits.finished_runs_kept:
+            _, oldest = self._finished.popitem(last=False)
+            self._forget_run(oldest)
         if not self._active and not any(self._queued.values()):
             self._idle.set()
         response = run.response
@@ -888,6 +898,7 @@ class RunScheduler:
         return await self.hooks.bind(_session_info(session, run)).preprocess(run.content)
 
     def _forget_run(self, run: Run) -> None:
+        self._finished.pop(run.id, None)
         if self._runs.get(run.id) is run:
             del self._runs[run.id]
 

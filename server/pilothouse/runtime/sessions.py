@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 
 from pilothouse.errors import (
@@ -34,10 +35,15 @@ class SessionLocks:
     session do not interleave within this process."""
 
     def __init__(self) -> None:
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Weak: a lock lives while a task holds or awaits it, so locks of
+        # sessions no longer in use do not pile up.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def __call__(self, session_id: str) -> asyncio.Lock:
-        return self._locks[session_id]
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
 
     def forget(self, session_id: str) -> None:
         lock = self._locks.get(session_id)
