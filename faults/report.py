@@ -22,7 +22,6 @@ import grpc
 #: Defects that are found by the suite and not fixed yet, by issue-12
 #: number (the lead removes an entry once its fix lands).
 KNOWN_OPEN: dict[int, str] = {
-    6: "memory grows with every finished run (event logs and done events kept in memory)",
 }
 
 CLEAR, UNCLEAR, CRASH = "clear", "unclear", "crash"

@@ -539,6 +539,24 @@ async def test_claim_takes_expired_leases_only(store: SessionStore) -> None:
     await begin(store, "no-record-left", "r5", now=181.0)
 
 
+async def test_a_replica_that_lost_its_run_to_a_takeover_cannot_write(store: SessionStore) -> None:
+    """Fencing: replica A paused past its lease; B claimed the run. A's
+    renewals and checkpoints that name A as the owner are refused, B's go on."""
+    await store.create(record("s1"))
+    await begin(store, "s1", "r1", now=100.0, lease_s=10.0, run={"owner": "a:1"})
+    assert await store.renew_run("s1", "r1", lease_s=10.0, now=105.0, owner="a:1")
+    [claimed] = await store.claim_runs("b:1", now=200.0, lease_s=30.0)
+    assert claimed.owner == "b:1"
+    assert not await store.renew_run("s1", "r1", lease_s=10.0, now=201.0, owner="a:1")
+    with pytest.raises(FailedPreconditionError) as caught:
+        await store.checkpoint("s1", "r1", Checkpoint(now=202.0, messages=[user("late")], owner="a:1"))
+    assert caught.value.reason == "LEASE_LOST"
+    assert "late" not in [m.content for m in await store.load_history("s1")]
+    assert await store.renew_run("s1", "r1", lease_s=10.0, now=203.0, owner="b:1")
+    await store.checkpoint("s1", "r1", Checkpoint(now=204.0, messages=[user("b's")], owner="b:1"))
+    assert [m.content for m in await store.load_history("s1")][-1] == "b's"
+
+
 async def test_a_released_lease_is_claimed_at_once(store: SessionStore) -> None:
     """A draining replica hands its run over: the run keeps the session
     (a new run cannot take it) and any replica claims it at once."""

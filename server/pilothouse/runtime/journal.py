@@ -151,6 +151,9 @@ class RunJournal:
         self.clock = clock
         self.steps: list[dict[str, Any]] = steps or []
         self.tail = tail
+        #: The replica writing (fencing: a write is refused once another
+        #: replica took the run over).
+        self.owner = ""
         #: Who the run is for (its tools learn it), kept across resumes.
         self.principal = principal
         self.roles = roles
@@ -203,6 +206,7 @@ class RunJournal:
                 await self.writer.settle(self.run_id)
                 events = self.take()
                 checkpoint.events = [eventcodec.encode(e) for e in [*events, *(extra or ())]]
+                checkpoint.owner = self.owner
                 try:
                     self.session = await self.store.checkpoint(self.session_id, self.run_id, checkpoint)
                     if checkpoint.events:

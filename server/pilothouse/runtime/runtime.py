@@ -11,6 +11,7 @@ another replica returns a `RemoteRun`, which the handler forwards.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection
 
 from pilothouse.errors import (
@@ -466,7 +467,9 @@ def _cursor(position: object) -> tuple[float, str] | None:
     try:
         assert isinstance(position, str)
         at, run_id = position.split("|", 1)
-        return float(at), run_id
+        created_at = float(at)
+        assert math.isfinite(created_at) and run_id
+        return created_at, run_id
     except (AssertionError, ValueError):
         raise InvalidArgumentError.field("page_token", "not a page token of runs") from None
 

@@ -291,7 +291,8 @@ class RunScheduler:
             for run in [*self._active.values(), *self._unsettled.values()]:
                 try:
                     held = await self.store.renew_run(
-                        run.session_id, run.id, lease_s=self.limits.lease_s, now=time.time()
+                        run.session_id, run.id, lease_s=self.limits.lease_s, now=time.time(),
+                        owner=self.owner,
                     )
                 except PilothouseError as exc:
                     log.warning("run %s: lease renewal failed: %s", run.id, exc.message)
@@ -355,6 +356,7 @@ class RunScheduler:
             roles=tuple(state.get("roles", ())),
         )
         journal.speaker = run.options.agent  # a guest's answers say who gave them
+        journal.owner = self.owner
         self._journals[run.id] = journal
         return journal
 
@@ -860,7 +862,8 @@ class RunScheduler:
         """Bookkeeping once a run has ended here: memory retention,
         idleness, observers and the run's log line."""
         loop = asyncio.get_running_loop()
-        loop.call_later(self.limits.event_retention_s, self._forget_run, run)
+        # The timer holds the id only: a run evicted below is freed at once.
+        loop.call_later(self.limits.event_retention_s, self._forget_run_id, run.id)
         self._finished[run.id] = run
         while len(self._finished) > self.limits.finished_runs_kept:
             _, oldest = self._finished.popitem(last=False)
@@ -901,6 +904,11 @@ class RunScheduler:
         self._finished.pop(run.id, None)
         if self._runs.get(run.id) is run:
             del self._runs[run.id]
+
+    def _forget_run_id(self, run_id: str) -> None:
+        run = self._finished.get(run_id)
+        if run is not None:
+            self._forget_run(run)
 
     async def _remember_approval(self, session_id: str, tool: str) -> None:
         try:

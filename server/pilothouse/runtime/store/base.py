@@ -199,6 +199,9 @@ class Checkpoint:
     final: bool = False
     release: bool = False
     uptime_s: float = 0.0
+    #: When set, the run's record must name this owner: a replica that
+    #: paused past its lease while another took the run over cannot write.
+    owner: str = ""
 
 
 @dataclass(slots=True)
@@ -346,8 +349,11 @@ class SessionStore(HookStateStore, Protocol):
         fields record it as "interrupted" first."""
         ...
 
-    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
-        """Extend the lease; False if `run_id` no longer holds it."""
+    async def renew_run(
+        self, session_id: str, run_id: str, *, lease_s: float, now: float, owner: str = ""
+    ) -> bool:
+        """Extend the lease; False if `run_id` no longer holds it, or (with
+        `owner`) its record names another owner (it was taken over)."""
         ...
 
     async def checkpoint(self, session_id: str, run_id: str, checkpoint: Checkpoint) -> SessionRecord:

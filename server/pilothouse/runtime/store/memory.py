@@ -178,6 +178,11 @@ class MemorySessionStore(MemoryHookState, MemoryFeed):
             None,
         )
 
+    def _owned(self, run_id: str, owner: str) -> bool:
+        """No owner asked for, or the run's record names it."""
+        run = self._runs.get(run_id)
+        return not owner or (run is not None and run.owner == owner)
+
     async def insert_run(self, record: RunRecord) -> None:
         self._record(record.session_id)
         self._check_new_run(record)
@@ -262,16 +267,18 @@ class MemorySessionStore(MemoryHookState, MemoryFeed):
             return None
         return run.session_id, run.agent, session.created_by
 
-    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
+    async def renew_run(
+        self, session_id: str, run_id: str, *, lease_s: float, now: float, owner: str = ""
+    ) -> bool:
         record = self._record(session_id)
-        if record.active_run_id != run_id:
+        if record.active_run_id != run_id or not self._owned(run_id, owner):
             return False
         self._lease_until[session_id] = now + lease_s
         return True
 
     async def checkpoint(self, session_id: str, run_id: str, checkpoint: Checkpoint) -> SessionRecord:
         record = self._record(session_id)
-        if record.active_run_id != run_id:
+        if record.active_run_id != run_id or not self._owned(run_id, checkpoint.owner):
             raise lease_lost(session_id, run_id)
         cp = checkpoint
         items = self._items[session_id]

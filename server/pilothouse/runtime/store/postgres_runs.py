@@ -179,6 +179,7 @@ WITH s AS (
         active_run_id = CASE WHEN $8 THEN '' ELSE active_run_id END,
         lease_until = CASE WHEN $8 OR $9 THEN 0 ELSE lease_until END
     WHERE id = $1 AND active_run_id = $2
+        AND ($34 = '' OR EXISTS (SELECT 1 FROM runs WHERE id = $2 AND owner = $34))
     RETURNING {_JSON_RETURNING}, next_seq - $5 AS first_seq
 ), items AS (
     INSERT INTO transcript_items (session_id, seq, {ITEMS})
@@ -326,13 +327,16 @@ class PostgresRuns:
         return record_from_row(session[0])
 
     async def renew_run(
-        self: _Connected, session_id: str, run_id: str, *, lease_s: float, now: float
+        self: _Connected, session_id: str, run_id: str, *, lease_s: float, now: float,
+        owner: str = "",
     ) -> bool:
         rows = await self._fetch(
-            "UPDATE sessions SET lease_until = $3 WHERE id = $1 AND active_run_id = $2 RETURNING 1",
+            "UPDATE sessions SET lease_until = $3 WHERE id = $1 AND active_run_id = $2 "
+            "AND ($4 = '' OR EXISTS (SELECT 1 FROM runs WHERE id = $2 AND owner = $4)) RETURNING 1",
             session_id,
             run_id,
             now + lease_s,
+            owner,
         )
         if rows:
             return True
@@ -353,7 +357,7 @@ class PostgresRuns:
             checkpoint.uptime_s if final else 0.0, update.stop_reason,
             encode_usage(update.usage) if update.usage is not None else None,
             has_update(update), *update_params(update),
-            *item_arrays(items), *_event_arrays(checkpoint.events),
+            *item_arrays(items), *_event_arrays(checkpoint.events), checkpoint.owner,
         )  # fmt: skip
         if not rows:
             await self._require(session_id)

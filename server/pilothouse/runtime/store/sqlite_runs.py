@@ -111,6 +111,7 @@ UPDATE sessions SET
     active_run_id = CASE WHEN :final THEN '' ELSE active_run_id END,
     lease_until = CASE WHEN :final OR :release THEN 0 ELSE lease_until END
 WHERE id = :id AND active_run_id = :run
+    AND (:owner = '' OR EXISTS (SELECT 1 FROM runs WHERE id = :run AND owner = :owner))
 RETURNING {RECORD_COLUMNS}, next_seq
 """
 
@@ -239,10 +240,13 @@ class SqliteRuns(SqliteBase):
 
         return record_from_row(await self._transaction(begin))
 
-    async def renew_run(self, session_id: str, run_id: str, *, lease_s: float, now: float) -> bool:
+    async def renew_run(
+        self, session_id: str, run_id: str, *, lease_s: float, now: float, owner: str = ""
+    ) -> bool:
         rows = await self._write(
-            "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? RETURNING 1",
-            (now + lease_s, session_id, run_id),
+            "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? "
+            "AND (? = '' OR EXISTS (SELECT 1 FROM runs WHERE id = ? AND owner = ?)) RETURNING 1",
+            (now + lease_s, session_id, run_id, owner, run_id, owner),
         )
         if rows:
             return True
@@ -267,6 +271,7 @@ class SqliteRuns(SqliteBase):
             "uptime": checkpoint.uptime_s if final else 0.0,
             "stop": update.stop_reason,
             "usage": encode_usage(update.usage) if update.usage is not None else None,
+            "owner": checkpoint.owner,
         }  # fmt: skip
 
         def write(conn: sqlite3.Connection) -> Any:
