@@ -53,6 +53,7 @@ from pilothouse.auth.credentials import CallCredentials
 from pilothouse.auth.policy import RUNTIME_POLICY, MethodPolicy
 from pilothouse.auth.principal import reset_principal, set_principal
 from pilothouse.errors import NotFoundError, PilothouseError, UnavailableError
+from pilothouse.ops.sockets import listen_socket
 from pilothouse.rpc.tls import ServerTls
 from pilothouse.runtime.runtime import Runtime
 
@@ -194,18 +195,7 @@ async def serve_http(
     over TLS with `tls` (the certificate is read at start; mutual TLS
     requires client certificates). Open connections get `grace_s` seconds
     when it stops. Raises OSError when the address cannot be bound."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except (OSError, ValueError) as exc:
-        sock.close()
-        raise OSError(f"cannot serve A2A on {address}: {exc}") from exc
+    sock = listen_socket(address, what="A2A")
     options: dict[str, Any] = {}
     if tls is not None:
         options = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}

@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pilothouse.ops.sockets import listen_socket
 from pilothouse.rpc import tls as rpc_tls
 from pilothouse.rpc.serving import channel_options
 from pilothouse.web.gateway import GatewayApplication, GrpcForwarder
@@ -127,19 +128,7 @@ def build_app(
 def bind(listen_address: str) -> socket.socket:
     """A listening TCP socket on `listen_address` (`host:port`, `[v6]:port`).
     Raises OSError."""
-    host, _, port = listen_address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except (OSError, ValueError) as exc:
-        sock.close()
-        raise OSError(f"cannot serve the web port on {listen_address}: {exc}") from exc
-    return sock
+    return listen_socket(listen_address, what="the web port", default_host="0.0.0.0")
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -29,7 +29,7 @@ from pilothouse.runtime.model.anthropic_wire import (
     decode_stream,
 )
 from pilothouse.runtime.model.base import STRUCTURED_OUTPUT_TOOL, ChatChunk, ChatRequest
-from pilothouse.runtime.model.http import ProviderHTTP
+from pilothouse.runtime.model.http import HTTPChatModel, ProviderHTTP
 from pilothouse.runtime.model.retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -42,7 +42,7 @@ def messages_url(base_url: str) -> str:
     return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
 
 
-class AnthropicChatModel:
+class AnthropicChatModel(HTTPChatModel):
     """A `ChatModel` for the Anthropic Messages API (`POST /v1/messages`,
     streamed).
 
@@ -89,16 +89,6 @@ class AnthropicChatModel:
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
         )
-
-    async def aclose(self) -> None:
-        """Close the shared HTTP client and its connections."""
-        await self.http.aclose()
-
-    async def __aenter__(self) -> AnthropicChatModel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Stream one model round as `ChatChunk`s.

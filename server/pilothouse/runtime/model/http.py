@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -266,3 +266,20 @@ class ProviderHTTP:
             f"model stream ended before completion: {what} {detail}",
             retryable=True, mid_stream=body.started, cause=cause,
         )  # fmt: skip
+
+
+class HTTPChatModel:
+    """What a provider over `ProviderHTTP` shares: its client's lifecycle
+    (`aclose`, `async with`)."""
+
+    http: ProviderHTTP
+
+    async def aclose(self) -> None:
+        """Close the shared HTTP client and its connections."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

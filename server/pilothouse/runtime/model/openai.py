@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from pilothouse.runtime.model.base import ChatChunk, ChatRequest
-from pilothouse.runtime.model.http import ProviderHTTP
+from pilothouse.runtime.model.http import HTTPChatModel, ProviderHTTP
 from pilothouse.runtime.model.openai_wire import build_request_body, decode_stream, parse_usage
 from pilothouse.runtime.model.retry import RetryPolicy, parse_retry_after
 
@@ -26,7 +26,7 @@ __all__ = [
 _COMPLETION_TOKENS_HOSTS = ("api.openai.com", ".openai.azure.com")
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(HTTPChatModel):
     """A `ChatModel` for any OpenAI-compatible `/chat/completions` endpoint.
 
     `base_url` is the API root (e.g. `https://api.openai.com/v1`); requests
@@ -97,16 +97,6 @@ class OpenAIChatModel:
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
         )
-
-    async def aclose(self) -> None:
-        """Close the shared HTTP client and its connections."""
-        await self.http.aclose()
-
-    async def __aenter__(self) -> OpenAIChatModel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Stream one model round as `ChatChunk`s.
