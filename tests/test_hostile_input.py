@@ -223,3 +223,23 @@ async def test_a_tool_call_without_a_name_gets_an_error_result(client, fake_mode
     assert "names no tool" in result.error
     assert events[-1].done.stop_reason == 1  # not NO_ACTION
     assert_valid_history(await client.list_messages(session_id))
+
+
+async def test_a_deeply_nested_response_schema_is_invalid_argument(client):
+    deep = '{"type": "object", "properties": {"x": ' + '{"items": ' * 3000 + "{}" + "}" * 3000 + "}}"
+    with pytest.raises(PilothouseRpcError) as caught:
+        await client.create_agent("deep-schema", response_json_schema=deep)
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_guest_agent_that_is_no_agent_name_is_invalid_argument(client, session_of):
+    from pilothouse.v1 import run_service_pb2
+
+    session_id = await session_of()
+    for name in ("x" * 10_000, "no spaces allowed"):
+        with pytest.raises(PilothouseRpcError) as caught:
+            await client.send_to(session_id, "hi", options=run_service_pb2.RunOptions(agent=name),
+                                 timeout=10)
+        assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.reason == "INVALID_AGENT"
+        assert len(caught.value.message) < 2048

@@ -37,7 +37,7 @@ from pilothouse.v1 import run_service_pb2 as runs_pb
 #: Suggested wait when the concurrency limit is reached, seconds.
 CONCURRENCY_RETRY_S = 1.0
 #: Ended run ids remembered for runs whose stream binds late.
-_ENDED_KEPT = 10_000
+_ENDED_KEPT = 2_000
 #: Principals with buckets before full (idle) buckets are dropped.
 _PRUNE_ABOVE = 10_000
 

@@ -11,7 +11,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from pilothouse.errors import InvalidArgumentError
 from pilothouse.runtime import events as ev
-from pilothouse.runtime.agent import Agent, AgentConfig, ApprovalPolicy, ModelOverrides
+from pilothouse.runtime.agent import (
+    NAME_PATTERN as AGENT_NAME_PATTERN,
+    Agent,
+    AgentConfig,
+    ApprovalPolicy,
+    ModelOverrides,
+)
 from pilothouse.runtime.control import (
     ActiveRunPolicy,
     DisconnectPolicy,
@@ -127,6 +133,11 @@ def options_from_proto(options: run_service_pb2.RunOptions, field: str = "option
     ):
         if value not in table:
             raise InvalidArgumentError.field(f"{field}.{name}", f"unknown value {value}")
+    if options.agent and not AGENT_NAME_PATTERN.match(options.agent):
+        raise InvalidArgumentError.field(
+            f"{field}.agent", "must be an agent name: 1-64 characters of letters, digits, "
+            "'_', '.', '-', starting with a letter",
+        )
     return RunOptions(
         on_disconnect=_DISCONNECT[options.on_disconnect],
         if_active=_ACTIVE_RUN[options.if_active],

@@ -6,7 +6,6 @@ refused), and structured output (the agent's JSON Schema, validated with
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from pilothouse import jsontext
 from pilothouse.runtime.events import StopReason
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.model.base import (
@@ -69,7 +69,7 @@ def check_schema(text: str) -> dict[str, Any]:
     JSON, not an object schema (`"type": "object"` at the root, which a
     `google.protobuf.Struct` answer needs), or not a valid JSON Schema."""
     try:
-        schema = json.loads(text)
+        schema = jsontext.loads(text)  # JsonTooDeep is a ValueError
     except ValueError as exc:
         raise ValueError(f"is not JSON: {exc}") from None
     if not isinstance(schema, dict):
@@ -112,7 +112,7 @@ def is_strict(schema: Any) -> bool:
 
 @lru_cache(maxsize=256)
 def _validator(schema_text: str) -> Any:
-    schema = json.loads(schema_text)
+    schema = jsontext.loads(schema_text)
     return jsonschema.validators.validator_for(schema)(schema)
 
 
@@ -125,7 +125,7 @@ def parse_structured(text: str, schema_text: str) -> tuple[dict[str, Any] | None
     if fenced:
         body = fenced.group(1).strip()
     try:
-        value = json.loads(body)
+        value = jsontext.loads(body)
     except ValueError as exc:
         return None, f"the answer is not JSON ({exc})"
     error = best_match(_validator(schema_text).iter_errors(value))
