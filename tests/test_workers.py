@@ -29,7 +29,7 @@ from pilothouse.testmodel import Pause, SSEReply, text_reply
 from pilothouse.v1 import event_pb2, run_service_pb2
 from tests.conftest import collect, wait_until
 from tests.test_durable_runs import stored_up_to
-from tests.test_durable_sessions import AGENTS, first, free_port, wait_serving
+from tests.test_durable_sessions import AGENTS, first, free_port, runtime_process, wait_serving
 
 
 @dataclass
@@ -238,3 +238,12 @@ def test_usable_cpus_follow_the_cgroup_quota(tmp_path):
     assert usable_cpus(tmp_path / "v1", proc) == 1
     write(tmp_path / "v1" / "cpu,cpuacct" / "cpu.cfs_quota_us", "-1\n")
     assert usable_cpus(tmp_path / "v1", proc) == affinity
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_the_server_runs_on_uvloop_unless_told_otherwise(setting, loop, tmp_path, fake_model, tool_server):
+    env = {"PILOTHOUSE_EVENT_LOOP": setting} if setting else {}
+    async with runtime_process(tmp_path, fake_model, tool_server, "memory://", **env):
+        pass
+    text = (tmp_path / "server.log").read_text()
+    assert re.search(rf"listening on port \d+ .* on {loop} ", text), text

@@ -15,7 +15,6 @@ CPUs this process may use) runs N runtime processes sharing the port
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ from pilothouse.app.startup import (
     start_app,
 )
 from pilothouse.app.workers import WorkerRole, run_supervisor, worker_count
+from pilothouse.ops import eventloop
 from pilothouse.ops.logs import configure_logging
 from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider
 from pilothouse.rpc.serving import StopSignals
@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     worker = WorkerRole.from_env()
     if worker is None and (args.workers is not None or settings.workers != 1):
         sys.exit(run_supervisor(settings, worker_count(settings.workers), _worker_args(args)))
-    sys.exit(asyncio.run(_serve(settings, worker)))
+    try:
+        sys.exit(eventloop.run(_serve(settings, worker), settings.event_loop))
+    except ValueError as exc:  # the loop asked for is not installed
+        log.error("bad settings: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

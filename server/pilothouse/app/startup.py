@@ -31,6 +31,7 @@ from pilothouse.handlers.events import EventService
 from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.runs import RunService
 from pilothouse.handlers.sessions import SessionService
+from pilothouse.ops import eventloop
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
 from pilothouse.ops.sockets import share_ports
 from pilothouse.ops.telemetry import (
@@ -437,10 +438,10 @@ async def start_app(
         message = exc.message if isinstance(exc, PilothouseError) else str(exc)
         raise StartupError(message) from exc
     log.info(
-        "pilothouse-server listening on port %d with %s, authentication %s (other replicas "
-        "reach it at %s)%s",
+        "pilothouse-server listening on port %d with %s, authentication %s, on %s (other "
+        "replicas reach it at %s)%s",
         server.port, "TLS" if server.tls else "plaintext", ",".join(settings.auth),
-        runtime.address,
+        eventloop.running(), runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
     if web is not None:
