@@ -12,6 +12,7 @@ peak RSS is reset before each level (Linux `clear_refs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -58,16 +59,24 @@ async def _one_turn(client: PilothouseClient, session_id: str) -> tuple[float, f
 
 
 async def measure_level(
-    address: str, runtime: Proc, others: list[Proc], runs: int, timeout_s: float
+    addresses: list[str], runtimes: list[Proc], others: list[Proc], runs: int, timeout_s: float
 ) -> Level:
+    """`runs` simultaneous turns spread evenly over the runtimes at
+    `addresses` (replicas sharing a store), one client channel each."""
     level = Level(runs)
-    async with PilothouseClient(address) as client:
-        sessions = await create_sessions(client, w.AGENT_DELAY, runs)
-        level.peak_is_lifetime = not runtime.reset_peak_rss()
-        meter = CpuMeter([runtime, *others])
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(PilothouseClient(a)) for a in addresses]
+        share = -(-runs // len(clients))
+        work = [
+            (client, session)
+            for client in clients
+            for session in await create_sessions(client, w.AGENT_DELAY, share)
+        ][:runs]
+        level.peak_is_lifetime = not all([rt.reset_peak_rss() for rt in runtimes])
+        meter = CpuMeter([*runtimes, *others])
         meter.start()
         start = time.perf_counter()
-        tasks = [asyncio.create_task(_one_turn(client, s)) for s in sessions]
+        tasks = [asyncio.create_task(_one_turn(client, s)) for client, s in work]
         done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         level.wall_s = time.perf_counter() - start
         for task in pending:
@@ -82,10 +91,73 @@ async def measure_level(
             else:
                 results.append(task.result())
         level.cpu_ms = meter.stop(max(len(results), 1))
-        level.peak_rss_mb = runtime.peak_rss_kb() / 1024
+        level.peak_rss_mb = sum(rt.peak_rss_kb() for rt in runtimes) / 1024
     level.completed = len(results)
     level.turns_per_s = len(results) / level.wall_s if level.wall_s else 0.0
     level.ttfe_ms = summary([r[0] * 1000 for r in results])
     level.started_ms = summary([r[1] * 1000 for r in results])
     level.turn_ms = summary([r[2] * 1000 for r in results])
     return level
+
+
+async def measure_rate(
+    address: str, procs: list[Proc], rate: float, seconds: float, timeout_s: float
+) -> Level:
+    """Open-loop load: a new turn every 1/`rate` seconds for `seconds`
+    (whatever the runtime's pace), each on its own session; `runs` in the
+    result is the number started."""
+    count = max(int(rate * seconds), 1)
+    level = Level(count)
+    async with PilothouseClient(address) as client:
+        sessions = await create_sessions(client, w.AGENT_DELAY, count)
+        meter = CpuMeter(procs)
+        meter.start()
+        start = time.perf_counter()
+        tasks = []
+        for index, session in enumerate(sessions):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_one_turn(client, session)))
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        level.wall_s = time.perf_counter() - start
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            level.errors.append(f"{len(pending)} runs did not finish in {timeout_s:g}s")
+        results = [t.result() for t in done if t.exception() is None]
+        level.errors += [repr(t.exception()) for t in done if t.exception() is not None][:3]
+        level.cpu_ms = meter.stop(max(len(results), 1))
+    level.completed = len(results)
+    level.turns_per_s = len(results) / level.wall_s if level.wall_s else 0.0
+    level.ttfe_ms = summary([r[0] * 1000 for r in results])
+    level.started_ms = summary([r[1] * 1000 for r in results])
+    level.turn_ms = summary([r[2] * 1000 for r in results])
+    return level
+
+
+async def soak(address: str, runtime: Proc, marks: list[int], in_flight: int = 8) -> dict[str, float]:
+    """Tool-call turns one after another (`in_flight` at a time, each on a
+    new session) until the last of `marks`; the runtime's RSS in MB after
+    each mark (keyed by its count), after a moment to settle."""
+    rss: dict[str, float] = {}
+    done = 0
+    async with PilothouseClient(address) as client:
+        for mark in marks:
+            while done < mark:
+                batch = min(in_flight * 25, mark - done)
+                sessions = await create_sessions(client, w.AGENT_TURN, batch)
+                queue = list(sessions)
+
+                async def worker() -> None:
+                    while queue:
+                        session = queue.pop()
+                        async for _ in client.stream_to(session, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
+                            pass
+
+                await asyncio.gather(*(worker() for _ in range(in_flight)))
+                done += batch
+            await asyncio.sleep(1.0)
+            rss[str(mark)] = runtime.rss_kb() / 1024
+    return rss
