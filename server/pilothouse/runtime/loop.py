@@ -8,7 +8,8 @@ mutates in place and yields the run's events, ending with exactly one
   token budget is checked (BUDGET_EXCEEDED), and queued steering messages
   are appended as user messages, each with `UserSteered`, and
   checkpointed.
-- The model output streams as Text*/Thinking* segments, one open at a time;
+- The model output streams (`pilothouse.runtime.modelround`) as
+  Text*/Thinking* segments, one open at a time;
   `ToolCallsBegin` as soon as tool names appear. A stream that fails after
   it began is retried (`RoundRetried`) up to `stream_retries` times, then
   once more on the agent's fallback model; a failure left over ends the run
@@ -39,16 +40,12 @@ tool phase first; a run stopped during a model stream redoes that round.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pilothouse.runtime import answers, compaction, spans
 from pilothouse.runtime.agent import Agent
-from pilothouse.runtime.control import LateSteeringPolicy, RunControl
+from pilothouse.runtime.control import LateSteeringPolicy
 from pilothouse.runtime.events import (
     AgentResponse,
     AgentStep,
@@ -58,124 +55,46 @@ from pilothouse.runtime.events import (
     Event,
     RoundRetried,
     StopReason,
-    TextDelta,
-    TextEnd,
-    TextStart,
-    ThinkingDelta,
-    ThinkingEnd,
-    ThinkingStart,
-    ToolCallsBegin,
     ToolCallsComplete,
     ToolCallsStart,
     UsageReported,
     UserSteered,
 )
-from pilothouse.runtime.hookchain import RunHooks
 from pilothouse.runtime.hooks import HookError, ModelResponse, Stop
+from pilothouse.runtime.loopcontext import (
+    DEFAULT_MAX_OUTPUT_CHARS,
+    DEFAULT_STREAM_RETRIES,
+    LoopContext,
+    LoopJournal,
+    NullJournal,
+    Resume,
+)
 from pilothouse.runtime.messages import Message, Role, Usage
-from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest, ModelError
+from pilothouse.runtime.model.base import ChatModel, ModelError
 from pilothouse.runtime.model.builder import MessageBuilder
+from pilothouse.runtime.modelround import RoundOutcome, model_round
 from pilothouse.runtime.toolphase import (
     DEFAULT_DECISION_TIMEOUT_S,
     CallState,
     RoundState,
-    ToolJournal,
     ToolPhaseContext,
-    on_stop,
     run_tool_phase,
 )
 from pilothouse.runtime.tools import ToolContext, ToolDispatcher
 
 #: Context window assumed when the agent does not declare one, in tokens.
 DEFAULT_CONTEXT_WINDOW = 128_000
-#: Retries of a model round whose stream failed after it began.
-DEFAULT_STREAM_RETRIES = 2
-#: Most characters (text, reasoning and tool-call arguments) one model round
-#: may produce before its stream is closed.
-DEFAULT_MAX_OUTPUT_CHARS = 4 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_DECISION_TIMEOUT_S",
+    "DEFAULT_MAX_OUTPUT_CHARS",
+    "DEFAULT_STREAM_RETRIES",
     "LoopContext",
     "LoopJournal",
     "NullJournal",
     "Resume",
     "run_agent",
 ]
-
-
-class LoopJournal(ToolJournal, Protocol):
-    """Where the loop checkpoints the run (see `pilothouse.runtime.journal`).
-    Every method returns once its write is durable."""
-
-    async def steered(self, messages: list[Message]) -> None:
-        """Steering messages were appended to the history."""
-        ...
-
-    async def round_done(self, messages: list[Message], step: AgentStep) -> None:
-        """A round completed: `messages` (the assistant message and its tool
-        results, in call order) were appended to the history."""
-        ...
-
-    async def compacted(self, summary: str) -> None:
-        """The history was replaced by `summary`."""
-        ...
-
-
-class NullJournal:
-    """A journal that stores nothing (a run without durability)."""
-
-    async def steered(self, messages: list[Message]) -> None:
-        return None
-
-    async def round_done(self, messages: list[Message], step: AgentStep) -> None:
-        return None
-
-    async def compacted(self, summary: str) -> None:
-        return None
-
-    async def tool_round(self, state: RoundState) -> None:
-        return None
-
-
-@dataclass(slots=True)
-class Resume:
-    """Where a resumed run picks up: the rounds it completed, its usage so
-    far, and the round whose tool phase was in progress, if any."""
-
-    steps: list[AgentStep] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    round: RoundState | None = None
-
-
-@dataclass(slots=True)
-class LoopContext:
-    """The run the loop works for. `remember_approval(tool)` persists an
-    "approve always"; `stream_retries` bounds retries of a failed model
-    stream; `usage` is the run's total so far (read by the caller when the
-    run ends abnormally); `hooks` are the hook plugins bound to the run."""
-
-    session_id: str
-    run_id: str
-    control: RunControl
-    journal: LoopJournal = field(default_factory=NullJournal)
-    remember_approval: Callable[[str], Awaitable[None]] | None = None
-    decision_timeout_s: float = DEFAULT_DECISION_TIMEOUT_S
-    stream_retries: int = DEFAULT_STREAM_RETRIES
-    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
-    resume: Resume | None = None
-    principal: str = ""
-    principal_roles: tuple[str, ...] = ()
-    usage: Usage = field(default_factory=Usage)
-    hooks: RunHooks | None = None
-
-
-class _Stop:
-    """Sentinel put on internal queues when a stop is requested."""
-
-
-_STOP = _Stop()
-_END = object()
 
 
 def _last_sender(history: list[Message]) -> str:
@@ -304,11 +223,11 @@ async def run_agent(
             await ctx.journal.steered(steered)
 
         # --- One model round, retried when its stream fails -------------
-        round_state = _RoundState()
+        round_state = RoundOutcome()
         builder = MessageBuilder()
         seen = [*history, *retry_extra] if retry_extra else history
         retry_extra = []
-        async for part in _model_round(agent, model, seen, ctx, round_state):
+        async for part in model_round(agent, model, seen, ctx, round_state):
             if isinstance(part, MessageBuilder):
                 builder = part
             else:
@@ -441,187 +360,3 @@ async def _compact(model: ChatModel, agent: Agent, history: list[Message]) -> st
         except ModelError as exc:
             span.set_status(spans.Status(spans.StatusCode.ERROR, exc.message))
             return None
-
-
-# --- The model stream ------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _RoundState:
-    finish_reason: str = ""
-    usage: Usage | None = None
-    response_model: str = ""
-    #: The provider's refusal text or explanation, when it refused.
-    refusal: str = ""
-    #: A hook's `Stop` message (the round was not made).
-    guardrail: str | None = None
-    error: str | None = None
-    failure: ModelError | None = None
-    stopped: bool = False
-    #: The stream was closed at the output limit.
-    truncated: bool = False
-    first_chunk_at: float | None = None
-    started_at: float = field(default_factory=time.perf_counter)
-
-
-async def _model_round(
-    agent: Agent,
-    model: ChatModel,
-    history: list[Message],
-    ctx: LoopContext,
-    state: _RoundState,
-) -> AsyncIterator[Event | MessageBuilder]:
-    """One model round: events, then the MessageBuilder of the attempt that
-    succeeded. A stream that fails after it began is made again (with a
-    `RoundRetried` first) up to `ctx.stream_retries` times; then, and for
-    any other retryable failure, once more on the fallback model. The
-    outcome is left in `state` (error, stopped, usage...)."""
-    request = agent.build_request(history)
-    # --- hooks: before_model_call may change the request or stop the run ---
-    if ctx.hooks is not None and ctx.hooks.has("before_model_call"):
-        try:
-            checked = await ctx.hooks.before_model_call(request)
-        except HookError as exc:
-            state.error = exc.message
-            return
-        if isinstance(checked, Stop):
-            state.guardrail = checked.message
-            return
-        request = checked
-    fallback = agent.config.fallback_model
-    model_name = agent.config.model
-    used_fallback = not fallback or fallback == model_name
-    same_model_retries = retries = 0
-    while True:
-        builder = MessageBuilder()
-        state.error = state.failure = state.first_chunk_at = state.usage = None
-        state.truncated = False
-        state.finish_reason = state.response_model = state.refusal = ""
-        state.started_at = time.perf_counter()
-        with spans.chat_span(model.provider_name, model_name, ctx.session_id) as span:
-            async for event in _stream_round(model, request, builder, state, ctx.control,
-                                             ctx.max_output_chars):
-                yield event
-            spans.end_chat_span(
-                span,
-                response_model=state.response_model,
-                finish_reason=state.finish_reason,
-                usage=state.usage,
-                time_to_first_chunk_s=(
-                    None if state.first_chunk_at is None else state.first_chunk_at - state.started_at
-                ),
-                stopped=state.stopped,
-                error=state.error,
-            )
-        failure = state.failure
-        if failure is not None and failure.usage is not None:
-            ctx.usage = ctx.usage + failure.usage  # a failed stream's tokens still count
-        if state.stopped or failure is None:
-            yield builder
-            return
-        if not failure.retryable:
-            return
-        if failure.mid_stream and same_model_retries < ctx.stream_retries:
-            same_model_retries += 1
-        elif not used_fallback:
-            used_fallback, model_name, same_model_retries = True, fallback, 0
-            request = dataclasses.replace(request, model=model_name)
-        else:
-            return
-        retries += 1
-        cause = failure.cause or ("stream_failed" if failure.mid_stream else "model_error")
-        spans.event("round_retried", {"pilothouse.cause": cause})
-        yield RoundRetried(retries, cause, failure.message, model_name)
-
-
-async def _pump(stream: AsyncIterator[ChatChunk], queue: asyncio.Queue[object]) -> None:
-    """Read the model stream into `queue`, ending with _END or the error."""
-    try:
-        async for chunk in stream:
-            queue.put_nowait(chunk)
-        queue.put_nowait(_END)
-    except ModelError as exc:
-        queue.put_nowait(exc)
-    except Exception as exc:  # a provider bug must not kill the run silently
-        queue.put_nowait(ModelError(f"model call failed: {type(exc).__name__}: {exc}"))
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _stream_round(
-    model: ChatModel,
-    request: ChatRequest,
-    builder: MessageBuilder,
-    state: _RoundState,
-    control: RunControl,
-    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-) -> AsyncIterator[Event]:
-    """Events of one model stream. The stream is read by a pump task so a
-    stop request can close it at once (the HTTP response is closed); past
-    `max_output_chars` characters of output the stream is closed too (`truncated`)."""
-    output = 0
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(model.stream(request), queue))
-    remove_waker = on_stop(control, lambda: queue.put_nowait(_STOP))
-    open_segment: type[TextStart] | type[ThinkingStart] | None = None
-    begin_sent = False
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                break
-            if item is _STOP:
-                state.stopped = True
-                break
-            if isinstance(item, ModelError):
-                state.error = item.message
-                state.failure = item
-                break
-            chunk: ChatChunk = item  # type: ignore[assignment]
-            if state.first_chunk_at is None:
-                state.first_chunk_at = time.perf_counter()
-            output += len(chunk.content or "") + len(chunk.reasoning or "") + sum(
-                len(d.arguments or "") for d in chunk.tool_calls
-            )
-            if output > max_output_chars:
-                state.truncated = True
-                break
-            if chunk.content:
-                if open_segment is not TextStart:
-                    if open_segment is ThinkingStart:
-                        yield ThinkingEnd()
-                    yield TextStart()
-                    open_segment = TextStart
-                yield TextDelta(chunk.content)
-            if chunk.reasoning:
-                if open_segment is not ThinkingStart:
-                    if open_segment is TextStart:
-                        yield TextEnd()
-                    yield ThinkingStart()
-                    open_segment = ThinkingStart
-                yield ThinkingDelta(chunk.reasoning)
-            if chunk.finish_reason:
-                state.finish_reason = chunk.finish_reason
-            if chunk.refusal:
-                state.refusal += chunk.refusal
-            if chunk.usage is not None:
-                state.usage = chunk.usage
-            if chunk.model:
-                state.response_model = chunk.model
-            builder.accept(chunk)
-            if not begin_sent and chunk.tool_calls:
-                calls = builder.peek_tool_calls()
-                if calls:
-                    begin_sent = True
-                    yield ToolCallsBegin(calls)
-    finally:
-        remove_waker()
-        if not pump.done():
-            pump.cancel()
-        await asyncio.gather(pump, return_exceptions=True)
-    if open_segment is TextStart:
-        yield TextEnd()
-    elif open_segment is ThinkingStart:
-        yield ThinkingEnd()

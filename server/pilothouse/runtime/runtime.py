@@ -29,17 +29,12 @@ from pilothouse.runtime.control import RunOptions
 from pilothouse.runtime.delegation import Delegations
 from pilothouse.runtime.events import AgentResponse, Decision, StopReason
 from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
+from pilothouse.runtime.limits import ResumePolicy, RuntimeLimits, check_content
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
 from pilothouse.runtime.runs import Run, StoredRun
-from pilothouse.runtime.scheduler import (
-    RemoteRun,
-    ResumePolicy,
-    RunLocation,
-    RunScheduler,
-    RuntimeLimits,
-    check_content,
-)
+from pilothouse.runtime.runtable import RemoteRun, RunLocation
+from pilothouse.runtime.scheduler import RunScheduler
 from pilothouse.runtime.sessions import SessionLocks, Sessions, can_see
 from pilothouse.runtime.store.base import (
     RunRecord,
