@@ -217,7 +217,8 @@ class RunScheduler:
         reused with other content (IDEMPOTENCY_KEY_REUSED). NOT_FOUND:
         unknown session or agent. FAILED_PRECONDITION: the session is
         closed, or busy and the policy is REJECT (ErrorInfo metadata
-        `active_run_id`). UNAVAILABLE: the server is draining or the store
+        `active_run_id`), its agent was replaced (AGENT_REPLACED) or removed
+        from the agents file (AGENT_REMOVED). UNAVAILABLE: the server is draining or the store
         is down. PERMISSION_DENIED (AGENT_NOT_ALLOWED): the agent is not
         for `caller`. A RemoteRun when the session is busy on another
         replica and the policy is not REJECT (the caller forwards the
@@ -238,8 +239,10 @@ class RunScheduler:
         if options.agent == record.agent:
             options = dataclasses.replace(options, agent="")
         # A guest turn runs another agent on this session (see Agent.host).
-        agent = (await self.agents.get(options.agent or record.agent, "options.agent")
-                 if options.agent else await self.agents.get(record.agent))
+        # The session's own agent: its bound uid and pinned version (see
+        # AgentRegistry.for_session).
+        agent = (await self.agents.runnable(options.agent, "options.agent")
+                 if options.agent else await self.agents.for_session(record))
         agent = agent.with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
         self.agents.check_model(agent.config)
