@@ -71,8 +71,16 @@ class FileAgents:
 
     async def _watch(self, path: Path, directory: Path) -> None:
         log.info("watching the agents file %s", path)
+        name = path.name
+
+        def concerns(_: watchfiles.Change, changed: str) -> bool:
+            # The file itself (written in place or renamed onto), or the
+            # `..data` symlink a ConfigMap swaps; not the store or logs
+            # that may share the directory.
+            return Path(changed).name in (name, "..data")
+
         async for _ in watchfiles.awatch(directory, stop_event=self._stop, recursive=False,
-                                         watch_filter=None):
+                                         watch_filter=concerns):
             try:
                 await self.reload(path)
             except Exception:  # a bug: the watch keeps going
