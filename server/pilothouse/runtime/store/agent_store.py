@@ -165,7 +165,8 @@ class MemoryAgents:
         if current is None:
             return []
         versions = sorted((v for v in self._versions(name) if not before or v < before), reverse=True)
-        return [_copy(dataclasses.replace(self._versions(name)[v], removed=current.removed))
+        return [_copy(dataclasses.replace(self._versions(name)[v], uid=current.uid,
+                                          removed=current.removed))
                 for v in versions[:limit]]
 
     async def list_agents(self) -> builtins.list[AgentRecord]:
@@ -182,7 +183,7 @@ class MemoryAgents:
         if record is None:
             raise session_not_found(session_id)
         record.agent_uid, record.agent_version, record.updated_at = agent_uid, agent_version, now
-        return dataclasses.replace(record, always_approved_tools=list(record.always_approved_tools))
+        return copy.deepcopy(record)
 
 
 def _copy(record: AgentRecord) -> AgentRecord:
