@@ -317,7 +317,7 @@ class RunScheduler:
                         raise _key_reused(session_id, same.id, idempotency_key)
                     return same, False
             current = self.table.active(session_id)
-            queue = self.table.queues[session_id]
+            queue = self.table.queued(session_id)
             busiest = self.table.busiest(session_id)
             if busiest is not None:
                 policy = options.if_active
@@ -368,10 +368,8 @@ class RunScheduler:
         except BaseException:
             self.table.journals.pop(run.id, None)
             raise
-        queue = self.table.queues[session_id]
-        queue.append(run)
+        position = self.table.enqueue(run)
         self.table.admit(run)
-        position = len(queue) + (1 if self.table.active(session_id) else 0) - 1
         run.log.append(RunQueued(position))
         self.executor.start_task(run, agent, journal, predecessor=after)
         return run
