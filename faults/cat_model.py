@@ -1,4 +1,5 @@
-"""Model faults, from the fault-injecting model server (`faultmodel.py`):
+"""Model faults, from the fault-injecting model servers (`faultmodel.py`,
+OpenAI-compatible and, with `--wire anthropic`, Anthropic Messages):
 rate limits with short and absurd Retry-After, 5xx, connection refused,
 streams reset, stalled or kept alive forever, malformed chunks, errors in
 the stream, no [DONE], a body that is not SSE, an answer of tens of
@@ -12,6 +13,7 @@ lose nothing stored.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -39,6 +41,9 @@ class Scenario:
     known: int | None = None
     quick: bool = False
     max_iterations: int = 0
+    #: The provider's wire format: "openai", or "anthropic" (the provider
+    #: named `ANTHROPIC`).
+    wire: str = "openai"
 
 
 SCENARIOS = [
@@ -78,11 +83,47 @@ SCENARIOS = [
              max_iterations=4, quick=True),
 ]
 
+#: The named provider the Anthropic scenarios use (`[[providers]]`).
+ANTHROPIC = "claude"
+
+
+def _anthropic(name: str, model: str, expected: tuple[str, ...], tools: tuple[str, ...] = (),
+               **kwargs) -> Scenario:
+    return Scenario(f"Anthropic: {name}", model, expected, tools, wire="anthropic", **kwargs)
+
+
+ANTHROPIC_SCENARIOS = [
+    _anthropic("a plain answer", "ok", (TEXT,), quick=True),
+    _anthropic("529 overloaded_error twice", "overloaded:2", (TEXT,), quick=True),
+    _anthropic("529 overloaded_error for ever", "overloaded", (ERROR,), must_say="{host}"),
+    _anthropic("429 with a short Retry-After, twice", "rate-limit:0.2:2", (TEXT,)),
+    _anthropic("an error event after some text", "error-event", (ERROR,), must_say="{host}",
+               quick=True),
+    _anthropic("connection reset mid-stream", "reset", (ERROR,)),
+    _anthropic("stream stalled mid-answer", "stall", (ERROR,), timeout=30),
+    _anthropic("ping events for ever", "pings", (ERROR,), timeout=90),
+    _anthropic("malformed event data", "malformed", (ERROR,), must_say="{host}"),
+    _anthropic("text without message_stop", "no-stop", (ERROR, TEXT)),
+    _anthropic("a body that is not SSE", "non-sse", (ERROR,), must_say="{host}"),
+    _anthropic("an answer of 30 MB", "huge:30", ("STOP_REASON_OUTPUT_LIMIT",), timeout=120),
+    _anthropic("stop_reason max_tokens", "max-tokens", ("STOP_REASON_MAX_TOKENS",)),
+    _anthropic("stop_reason refusal", "refusal", ("STOP_REASON_REFUSAL",)),
+    _anthropic("tool input that is not JSON", "bad-args:calculate", (TEXT,), ("calculate",),
+               must_say="invalid arguments"),
+    _anthropic("duplicate tool_use ids", "dup-ids:current_time", (TEXT,), ("current_time",),
+               unique_ids=True),
+    _anthropic("an endless tool loop", "loop:current_time", (MAX,), ("current_time",),
+               max_iterations=4),
+]
+
 
 async def _case(category: Category, client: Client, ledger: Ledger, scenario: Scenario,
                 host: str) -> None:
     config = {"max_iterations": scenario.max_iterations} if scenario.max_iterations else {}
-    session = await client.new_session(f"fault.{scenario.model}", scenario.tools, **config)
+    model = f"fault.{scenario.model}"
+    if scenario.wire == "anthropic":
+        model = f"{ANTHROPIC}/{model}"
+    session = await client.new_session(model, scenario.tools, **config)
     turn = await client.turn(session, timeout=scenario.timeout)
     verdict, detail = judge_turn(turn, set(scenario.expected))
     done = turn.done
@@ -124,13 +165,29 @@ async def _refused(category: Category, stack: Stack) -> None:
 
 
 async def run(category: Category, work, quick: bool) -> None:
-    async with Stack.create(work) as stack, Client(stack.runtime.address) as client:
+    work.mkdir(parents=True, exist_ok=True)
+    anthropic = model_proc(work, "model-anthropic", wire="anthropic")
+    anthropic.spawn()
+    try:
+        await anthropic.wait_listening()
+        await _run(category, work, quick, anthropic)
+    finally:
+        await anthropic.stop(10)
+
+
+async def _run(category: Category, work, quick: bool, anthropic) -> None:
+    providers = json.dumps([{
+        "name": ANTHROPIC, "kind": "anthropic", "base_url": f"http://127.0.0.1:{anthropic.port}",
+        "read_timeout": 4, "max_retries": 2,
+    }])
+    async with Stack.create(work, providers=providers) as stack, \
+            Client(stack.runtime.address) as client:
         ledger = Ledger()
-        host = f"127.0.0.1:{stack.model.port}"
-        for scenario in SCENARIOS:
+        hosts = {"openai": f"127.0.0.1:{stack.model.port}", "anthropic": f"127.0.0.1:{anthropic.port}"}
+        for scenario in [*SCENARIOS, *ANTHROPIC_SCENARIOS]:
             if quick and not scenario.quick:
                 continue
-            await _case(category, client, ledger, scenario, host)
+            await _case(category, client, ledger, scenario, hosts[scenario.wire])
         await _refused(category, stack)
         lost, invalid = await ledger.audit_all(client)
         alive = stack.runtime.alive()

@@ -35,6 +35,20 @@ Scenarios (arguments after colons):
 * ``slow:MS:N``: N text deltas, one every MS milliseconds.
 * ``slow-first:MS``: wait MS milliseconds before the first byte, then answer.
 
+With ``--wire anthropic`` it is an Anthropic Messages server instead
+(`POST /v1/messages`, the API's event stream and error bodies), with the
+scenarios that wire format has of its own:
+
+* ``ok``, ``tool:NAME:JSON``, ``reset``, ``stall``, ``malformed``,
+  ``non-sse``, ``huge:MB``, ``bad-args:TOOL``, ``dup-ids:TOOL``,
+  ``loop:TOOL`` as above.
+* ``overloaded[:N]``: HTTP 529 `overloaded_error` N times (default:
+  always), then answer; ``rate-limit:SECONDS[:N]`` a 429 with that
+  Retry-After.
+* ``error-event``: an `error` event (`overloaded_error`) after some text.
+* ``pings``: `ping` events for ever, and nothing else.
+* ``no-stop``: text, but neither `message_delta` nor `message_stop`.
+* ``max-tokens``, ``refusal``: an answer whose `stop_reason` says so.
 """
 
 from __future__ import annotations
@@ -57,6 +71,14 @@ from pilothouse.testmodel import (
     error_in_stream_reply,
     text_reply,
     tool_calls_reply,
+)
+from pilothouse.testmodel.anthropic import (
+    AnthropicMessagesServer,
+    MessagesEvents,
+    anthropic_error_body,
+    anthropic_error_event_reply,
+    anthropic_text_reply,
+    anthropic_tool_use_reply,
 )
 
 PREFIX = "fault."
@@ -89,12 +111,20 @@ class FaultResponder:
         first_user = next((m.get("content") for m in messages if m.get("role") == "user"), "")
         self.seen[str(first_user)] += 1
         attempt = self.seen[str(first_user)]
-        after_tool = bool(messages) and messages[-1].get("role") == "tool"
-        if after_tool and name == "tool-then-slow":
+        if self.after_tool(messages) and name == "tool-then-slow":
             return await self._reply("slow", ["200", "50"], model, attempt)
-        if after_tool and name not in ("loop",):
-            return text_reply(ANSWER, model=model)
+        if self.after_tool(messages) and name not in ("loop",):
+            return self.answer(model)
         return await self._reply(name, args, model, attempt)
+
+    @staticmethod
+    def after_tool(messages: list[dict[str, Any]]) -> bool:
+        """The conversation ends with a tool result."""
+        return bool(messages) and messages[-1].get("role") == "tool"
+
+    @staticmethod
+    def answer(model: str) -> Reply:
+        return text_reply(ANSWER, model=model)
 
     async def _reply(self, name: str, args: list[str], model: str, attempt: int) -> Reply:
         f = ChunkFactory(model)
@@ -161,9 +191,84 @@ class FaultResponder:
         return JSONReply(404, _error(404, f"no fault scenario {name!r}"))
 
 
-async def serve(port: int) -> None:
-    responder = FaultResponder()
-    server = ChatCompletionsServer(responder, port=port)
+class AnthropicFaultResponder(FaultResponder):
+    """The scenarios over the Anthropic Messages wire format."""
+
+    @staticmethod
+    def after_tool(messages: list[dict[str, Any]]) -> bool:
+        if not messages or messages[-1].get("role") != "user":
+            return False
+        content = messages[-1].get("content")
+        return isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+        )
+
+    @staticmethod
+    def answer(model: str) -> Reply:
+        return anthropic_text_reply(ANSWER, model=model)
+
+    async def _reply(self, name: str, args: list[str], model: str, attempt: int) -> Reply:
+        f = MessagesEvents(model)
+        if name == "ok":
+            return anthropic_text_reply(" ".join(["word"] * 5), model=model)
+        if name in ("overloaded", "rate-limit"):
+            status = 529 if name == "overloaded" else 429
+            count = (args[0] if args else "") if name == "overloaded" else (
+                args[1] if len(args) > 1 else "")
+            if attempt > (int(count) if count else 10**9):
+                return self.answer(model)
+            kind = "overloaded_error" if status == 529 else "rate_limit_error"
+            headers = {"Retry-After": args[0]} if name == "rate-limit" else {}
+            return JSONReply(status, anthropic_error_body(kind, f"injected HTTP {status}"), headers)
+        if name == "error-event":
+            return anthropic_error_event_reply("overloaded_error", "Overloaded", after_text="partial")
+        if name == "reset":
+            return SSEReply([*f.message_start(), *f.text_block(0, "partial answer")[:4], Cut()])
+        if name == "stall":
+            return SSEReply([*f.message_start(), *f.text_block(0, "partial")[:4], Delay(10**6)])
+        if name == "pings":
+            return SSEReply([*f.message_start(), *[i for _ in range(10**4) for i in (*f.ping(), Delay(0.5))]])
+        if name == "malformed":
+            return SSEReply([*f.message_start(), "event: content_block_delta",
+                             'data: {"type": "content_block_delta", "index": 0, "delta": {"ty'])
+        if name == "no-stop":
+            return SSEReply([*f.message_start(), *f.text_block(0, ANSWER)])
+        if name == "non-sse":
+            return JSONReply(200, "<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
+        if name == "huge":
+            megabytes = float(args[0]) if args else 30.0
+            piece = f.event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                     "delta": {"type": "text_delta", "text": "x" * 65536}})
+            start = f.event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                     "content_block": {"type": "text", "text": ""}})
+            body = [item for _ in range(int(megabytes * 16)) for item in piece]
+            return SSEReply([*f.message_start(), *start, *body, *f.message_delta("end_turn"),
+                             *f.message_stop()])
+        if name == "max-tokens":
+            return anthropic_text_reply("An answer cut short", model=model, stop_reason="max_tokens")
+        if name == "refusal":
+            return anthropic_text_reply("", model=model, stop_reason="refusal")
+        if name == "tool":
+            return anthropic_tool_use_reply([("toolu_1", args[0], ":".join(args[1:]) or "{}")],
+                                            model=model)
+        if name == "bad-args":
+            return anthropic_tool_use_reply([("toolu_1", args[0], '{"expression": 1 +')], model=model)
+        if name == "dup-ids":
+            return anthropic_tool_use_reply([("toolu_1", args[0], "{}"), ("toolu_1", args[0], "{}")],
+                                            model=model)
+        if name == "loop":
+            return anthropic_tool_use_reply([(f"toolu_{attempt}", args[0], "{}")], model=model)
+        return JSONReply(404, anthropic_error_body("not_found_error", f"no fault scenario {name!r}"))
+
+
+async def serve(port: int, wire: str = "openai") -> None:
+    if wire == "anthropic":
+        responder: FaultResponder = AnthropicFaultResponder()
+        server: ChatCompletionsServer | AnthropicMessagesServer = AnthropicMessagesServer(
+            responder, port=port)
+    else:
+        responder = FaultResponder()
+        server = ChatCompletionsServer(responder, port=port)
     responder.request_log = server.requests
     await server.start()
     print(f"listening on {server.port}", flush=True)
@@ -174,7 +279,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--wire", choices=("openai", "anthropic"), default="openai")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.wire))
 
 
 if __name__ == "__main__":

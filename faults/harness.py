@@ -165,9 +165,10 @@ class Proc:
         raise RuntimeError(f"{self.name} did not listen in {timeout:g}s:\n{self.log_tail()}")
 
 
-def model_proc(work: Path, name: str = "model") -> Proc:
+def model_proc(work: Path, name: str = "model", wire: str = "openai") -> Proc:
+    """The fault-injecting model server, speaking `wire` (openai or anthropic)."""
     port = free_port()
-    argv = [sys.executable, str(FAULTS / "faultmodel.py"), "--port", str(port)]
+    argv = [sys.executable, str(FAULTS / "faultmodel.py"), "--port", str(port), "--wire", wire]
     return Proc(name, argv, clean_env(), work / f"{name}.log", port)
 
 

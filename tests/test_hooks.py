@@ -287,6 +287,8 @@ async def test_agents_are_enriched_when_registered(fake_model, tool_server):
         agent = await client.create_agent("polite", system_prompt="Be brief.")
         assert agent.config.system_prompt == "Be brief. Always answer politely."
         assert (await client.get_agent("polite")).config.system_prompt.endswith("politely.")
+        updated = await client.update_agent("polite", system_prompt="Be long.")
+        assert (updated.version, updated.config.system_prompt) == (2, "Be long. Always answer politely.")
 
 
 # --- on_event ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from pilothouse.runtime.model import (
 from pilothouse.runtime.model.anthropic import AnthropicChatModel, messages_url
 from pilothouse.runtime.model.anthropic_wire import build_request_body
 from pilothouse.runtime.tools import ToolSpec
-from pilothouse.testmodel import Cut, JSONReply, QueueResponder, SSEReply
+from pilothouse.testmodel import Cut, Delay, JSONReply, QueueResponder, SSEReply
 from pilothouse.testmodel.anthropic import (
     AnthropicMessagesServer,
     MessagesEvents,
@@ -515,6 +515,23 @@ async def test_stream_cut_mid_answer(fake: Fake) -> None:
     assert error.cause is FailureCause.CONNECTION_RESET
     assert error.retryable and error.mid_stream
     assert len(fake.server.requests) == 1
+
+
+async def test_ping_events_for_ever_end_at_the_idle_timeout(fake: Fake) -> None:
+    """`ping` events keep the connection alive but are not progress: a
+    stream of nothing else ends after the idle timeout (the fault suite
+    found one that never did)."""
+    f = MessagesEvents()
+    pings: list = [item for _ in range(200) for item in (*f.ping(), Delay(0.05))]
+    start = f.event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}})
+    delta = f.event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": "a"}})
+    fake.queue.push(SSEReply([*f.message_start(), *start, *delta, *pings, *f.message_stop()]))
+    error, chunks = await run_until_error(fake.model(read_timeout=5.0, idle_timeout=0.3, max_retries=0))
+    assert "".join(c.content or "" for c in chunks) == "a"
+    assert "sent nothing for 0.3s" in error.message
+    assert error.cause is FailureCause.IDLE_TIMEOUT
 
 
 async def test_stream_ending_before_its_stop_reason(fake: Fake) -> None:

@@ -162,6 +162,12 @@ class UnavailableError(PilothouseError):
     default_reason = "UNAVAILABLE"
 
 
+class AbortedError(PilothouseError):
+    """A concurrent change came first; read again and retry (ABORTED)."""
+
+    default_reason = "ABORTED"
+
+
 # --- The errors every layer raises about the same objects --------------------
 
 
@@ -182,6 +188,14 @@ def agent_not_found(name: str) -> NotFoundError:
 def agent_exists(name: str) -> AlreadyExistsError:
     return AlreadyExistsError(
         f"agent {clip(name)!r} already exists", reason="AGENT_EXISTS", metadata={"agent": name}
+    )
+
+
+def agent_version_not_found(name: str, version: int) -> NotFoundError:
+    return NotFoundError(
+        f"agent {clip(name)!r} has no version {version}",
+        reason="AGENT_VERSION_NOT_FOUND",
+        metadata={"agent": name, "version": str(version)},
     )
 
 

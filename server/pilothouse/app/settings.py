@@ -117,6 +117,9 @@ class Settings(ServerProcessSettings):
         30.0, gt=0, description="seconds between ListTools calls that pick up changed tools"
     )
     agents_file: Path | None = Field(None, description="TOML file of [[agents]]")
+    agents_file_watch: bool = Field(
+        True, description="apply changes of the agents file while running, as new versions"
+    )
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="limit of one user message")
     max_output_chars: int = Field(
         4 * 1024 * 1024, gt=0,

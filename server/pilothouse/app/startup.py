@@ -448,6 +448,8 @@ async def start_app(
         log.info("browsers reach it at %s://%s:%d/ (Connect, gRPC-Web%s)",
                  "https" if web.tls else "http", web.host, web.port,
                  ", the web console" if settings.web_console else "")
+    if settings.agents_file is not None and settings.agents_file_watch:
+        file_agents.watch(settings.agents_file)
     return App(
         settings, runtime, server, tools, model, test_model_server, metrics, runtime_metrics,
         health, forwarder, security, web=web, a2a=a2a, file_agents=file_agents,

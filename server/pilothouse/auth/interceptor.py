@@ -28,7 +28,7 @@ from pilothouse.rpc.errors import status_code_of, status_of
 
 def _target(request: Any) -> str:
     """The object a request acts on, for the audit log."""
-    for path in ("name", "config.name", "session_id"):
+    for path in ("name", "config.name", "agent.config.name", "session_id"):
         value: Any = request
         for part in path.split("."):
             value = getattr(value, part, None)

@@ -27,7 +27,7 @@ def _agent_writes() -> frozenset[str]:
         f"/{service.full_name}/{m.name}"
         for m in service.methods
         if m.name.startswith(("Create", "Update", "Delete", "Replace"))
-    )
+    ) | {"/pilothouse.v1.SessionService/RebindSession"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,9 @@ class MethodPolicy:
         return not self.caller_roles or principal.has_any(self.caller_roles)
 
 
-#: The runtime: agent CRUD is an admin right (CreateAgent, DeleteAgent,
-#: UpdateAgent when it exists); runs and sessions are for users and admins.
+#: The runtime: agent CRUD is an admin right (CreateAgent, UpdateAgent,
+#: DeleteAgent), and so is rebinding a session to a replaced agent
+#: (RebindSession); runs and sessions are for users and admins.
 RUNTIME_POLICY = MethodPolicy(_agent_writes(), frozenset({ADMIN, USER}))
 
 #: The ToolExecutor: any authenticated caller (who may call is decided by

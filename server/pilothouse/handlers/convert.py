@@ -323,40 +323,44 @@ def config_from_proto(config: agent_pb2.AgentConfig) -> AgentConfig:
     )
 
 
+def config_to_proto(c: AgentConfig) -> agent_pb2.AgentConfig:
+    """The proto of a config (the inverse of `config_from_proto`)."""
+    return agent_pb2.AgentConfig(
+        name=c.name,
+        description=c.description,
+        system_prompt=c.system_prompt,
+        model=c.model,
+        tools=list(c.tools),
+        max_iterations=c.max_iterations,
+        tool_choice=c.tool_choice,
+        thinking=c.thinking,
+        compact_threshold=c.compact_threshold,
+        approval_policy=_APPROVAL_POLICIES[c.approval_policy],
+        approval_required_tools=list(c.approval_required_tools),
+        context_window=c.context_window,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        max_tokens=c.max_tokens,
+        stop_sequences=list(c.stop_sequences),
+        parallel_tool_calls=c.parallel_tool_calls,
+        reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
+        fallback_model=c.fallback_model,
+        response_json_schema=c.response_json_schema,
+        delegates=list(c.delegates),
+        remote_delegates=[
+            agent_pb2.RemoteDelegate(
+                name=d.name, agent_card_url=d.agent_card_url, description=d.description
+            )
+            for d in c.remote_delegates
+        ],
+        allowed_principals=list(c.allowed_principals),
+        allowed_roles=list(c.allowed_roles),
+    )
+
+
 def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
-    c = agent.config
     return agent_pb2.Agent(
-        config=agent_pb2.AgentConfig(
-            name=c.name,
-            description=c.description,
-            system_prompt=c.system_prompt,
-            model=c.model,
-            tools=list(c.tools),
-            max_iterations=c.max_iterations,
-            tool_choice=c.tool_choice,
-            thinking=c.thinking,
-            compact_threshold=c.compact_threshold,
-            approval_policy=_APPROVAL_POLICIES[c.approval_policy],
-            approval_required_tools=list(c.approval_required_tools),
-            context_window=c.context_window,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            max_tokens=c.max_tokens,
-            stop_sequences=list(c.stop_sequences),
-            parallel_tool_calls=c.parallel_tool_calls,
-            reasoning_effort=_REASONING_EFFORTS[c.reasoning_effort],
-            fallback_model=c.fallback_model,
-            response_json_schema=c.response_json_schema,
-            delegates=list(c.delegates),
-            remote_delegates=[
-                agent_pb2.RemoteDelegate(
-                    name=d.name, agent_card_url=d.agent_card_url, description=d.description
-                )
-                for d in c.remote_delegates
-            ],
-            allowed_principals=list(c.allowed_principals),
-            allowed_roles=list(c.allowed_roles),
-        ),
+        config=config_to_proto(agent.config),
         tools=[
             tool_pb2.Tool(
                 name=t.name,
@@ -369,6 +373,10 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         create_time=timestamp(agent.created_at),
         source=agent.source,
         version=agent.version,
+        update_time=timestamp(agent.updated_at or agent.created_at),
+        uid=agent.uid,
+        creator=agent.creator,
+        state=agent_pb2.AGENT_STATE_REMOVED if agent.removed else agent_pb2.AGENT_STATE_ACTIVE,
     )
 
 
@@ -395,6 +403,8 @@ def session_to_proto(record: SessionRecord, active_run_id: str = "") -> session_
             else event_pb2.STOP_REASON_UNSPECIFIED,
         ),
         last_run_usage=usage_to_proto(record.last_run_usage),
+        agent_version=record.agent_version,
+        agent_uid=record.agent_uid,
     )
 
 

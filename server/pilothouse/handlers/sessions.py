@@ -8,7 +8,7 @@ import grpc
 from pilothouse.auth.audit import audit
 from pilothouse.auth.principal import Principal, current_principal
 from pilothouse.errors import InvalidArgumentError
-from pilothouse.handlers import convert
+from pilothouse.handlers import convert, masks
 from pilothouse.rpc.errors import handle_errors
 from pilothouse.runtime.runtime import Runtime
 from pilothouse.runtime.store.base import SessionRecord, SessionState
@@ -19,6 +19,9 @@ from pilothouse.v1 import (
 )
 
 Context = grpc.aio.ServicerContext
+
+#: The Session fields UpdateSession may change.
+_SESSION_MUTABLE = ("agent_version", "title")
 
 
 def _caller(created_by: str) -> Principal | None:
@@ -44,9 +47,32 @@ class SessionService(sessions_grpc.SessionServiceServicer):
         self, request: sessions_pb.CreateSessionRequest, context: Context
     ) -> sessions_pb.CreateSessionResponse:
         record = await self.runtime.create_session(
-            request.agent, request.created_by, _caller(request.created_by)
+            request.agent, request.created_by, _caller(request.created_by),
+            agent_version=request.agent_version,
         )
         return sessions_pb.CreateSessionResponse(session=self._session(record))
+
+    @handle_errors
+    async def UpdateSession(
+        self, request: sessions_pb.UpdateSessionRequest, context: Context
+    ) -> sessions_pb.UpdateSessionResponse:
+        session = request.session
+        fields = masks.mask_fields(request.update_mask, session, _SESSION_MUTABLE)
+        record = await self.runtime.update_session(
+            session.id, current_principal(),
+            title=session.title if "title" in fields else None,
+            agent_version=session.agent_version if "agent_version" in fields else None,
+        )
+        return sessions_pb.UpdateSessionResponse(session=self._session(record))
+
+    @handle_errors
+    async def RebindSession(
+        self, request: sessions_pb.RebindSessionRequest, context: Context
+    ) -> sessions_pb.RebindSessionResponse:
+        record = await self.runtime.rebind_session(
+            request.session_id, request.agent_version, current_principal()
+        )
+        return sessions_pb.RebindSessionResponse(session=self._session(record))
 
     @handle_errors
     async def GetOrCreateSession(

@@ -273,13 +273,19 @@ class ModelOverrides:
 class Agent:
     """An immutable agent: its config (with `model` resolved), the snapshot
     of its tool schemas, when and how it was registered ("file" or "api"),
-    and its version in the registry."""
+    and its version in the registry: when the version was made
+    (`updated_at`, Unix seconds), the registry's `uid` of the agent, its
+    `creator`, and whether it was `removed` from the agents file."""
 
     config: AgentConfig
     tools: tuple[ToolSpec, ...] = ()
     created_at: float = field(default_factory=time.time)
     source: str = "api"
     version: int = 1
+    updated_at: float = 0.0
+    uid: str = ""
+    creator: str = ""
+    removed: bool = False
     #: In a guest turn: the session's own agent, whose assistant messages
     #: carry no sender ("" when this agent is the session's).
     host: str = ""

@@ -1,24 +1,40 @@
 """The agent registry: agents live in the store, shared by every replica;
 each replica builds the immutable `Agent` of a stored version once, with
-its own ToolExecutors' tool schemas."""
+its own ToolExecutors' tool schemas.
+
+Every version is kept (`AgentStore`): `update` makes a new one, a run keeps
+the config it started with (in its run record), and a session is bound to
+an agent's `uid` and may pin a version (`for_session`). An agent deleted and
+created again has a new uid: its old sessions refuse runs (AGENT_REPLACED)
+until they are rebound."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from pilothouse.errors import FailedPreconditionError, InvalidArgumentError, agent_not_found
+from pilothouse.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    agent_not_found,
+    agent_version_not_found,
+)
 from pilothouse.runtime.agent import Agent, AgentConfig
 from pilothouse.runtime.delegation import check_delegation, delegate_spec
 from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
-from pilothouse.runtime.store.base import AgentRecord, SessionStore
+from pilothouse.runtime.store.base import AgentRecord, SessionRecord, SessionStore
 from pilothouse.runtime.tools import ToolCatalog, ToolSpec
 
 log = logging.getLogger(__name__)
+
+#: Pinned versions built and kept per replica (least recently used go).
+_VERSION_CACHE = 256
 
 
 def require(value: str, field: str) -> None:
@@ -48,8 +64,11 @@ class AgentRegistry:
         #: Tools whose executor-declared `requires_approval` is lifted.
         self.approval_exempt = approval_exempt
         self._built: dict[str, Agent] = {}
+        #: Older versions sessions pinned, by (uid, version).
+        self._pinned: OrderedDict[tuple[str, int], Agent] = OrderedDict()
         # Agents carry a snapshot of their tools: rebuild them when tools change.
         tools.on_change(self._built.clear)
+        tools.on_change(self._pinned.clear)
         #: The hook plugins; their `on_build_agent` sees every config `add` takes.
         self.hooks: HookChain = NO_HOOKS
 
@@ -76,18 +95,20 @@ class AgentRegistry:
                 metadata={"agent": config.name, "tools": ",".join(missing)},
             )
 
-    async def add(self, config: AgentConfig, *, source: str = "api", replace: bool = False) -> Agent:
-        """Register an agent. ALREADY_EXISTS for a taken name unless
-        `replace` (the agents file: a changed config gets a new version);
+    async def add(
+        self, config: AgentConfig, *, source: str = "api", replace: bool = False, creator: str = ""
+    ) -> Agent:
+        """Register an agent as version 1, made by `creator` (a principal
+        id). ALREADY_EXISTS for a taken name unless `replace` (the agents
+        file: a changed config gets a new version, a removed agent is back);
         FAILED_PRECONDITION when a tool it names is not offered or its model
         names no configured provider; what a failing `on_build_agent` hook
         raises (FAILED_PRECONDITION HOOK_FAILED, or the plugin's own error)."""
-        config = await self.hooks.build_agent(config)  # hooks: on_build_agent
-        self.check_tools(config)
-        self.check_model(config)
+        config = await self._checked(config)
         now = time.time()
         record = await self.store.put_agent(
-            AgentRecord(config.name, config.model_dump(mode="json"), source, 0, now, now),
+            AgentRecord(config.name, config.model_dump(mode="json"), source, 0, now, now,
+                        uuid.uuid4().hex, creator),
             replace=replace,
         )
         agent = self._agent_of(record)
@@ -97,14 +118,59 @@ class AgentRegistry:
         )
         return agent
 
-    def _agent_of(self, record: AgentRecord) -> Agent:
-        """The immutable agent for a stored record, built once per version."""
-        cached = self._built.get(record.name)
-        if cached is not None and cached.version == record.version:
+    async def update(self, config: AgentConfig, *, expected_version: int) -> Agent:
+        """Store `config` as the next version of its agent (the same version
+        when unchanged). NOT_FOUND if unknown; FAILED_PRECONDITION
+        (AGENT_FROM_FILE) for an agent of the agents file, and as `add` for
+        tools, models and hooks; ABORTED (AGENT_VERSION_CONFLICT) when the
+        agent is no longer at `expected_version`."""
+        current = await self.store.get_agent(config.name)
+        if current is None:
+            raise agent_not_found(config.name)
+        if current.source == "file":
+            raise FailedPreconditionError(
+                f"agent {config.name!r} comes from the agents file: change it there",
+                reason="AGENT_FROM_FILE",
+                metadata={"agent": config.name},
+            )
+        config = await self._checked(config)
+        record = await self.store.update_agent(
+            config.name, config.model_dump(mode="json"), expected_version=expected_version,
+            now=time.time(),
+        )
+        if record is None:
+            raise agent_not_found(config.name)
+        agent = self._agent_of(record)
+        log.info("agent %s updated: v%d", agent.name, agent.version)
+        return agent
+
+    async def _checked(self, config: AgentConfig) -> AgentConfig:
+        config = await self.hooks.build_agent(config)  # hooks: on_build_agent
+        self.check_tools(config)
+        self.check_model(config)
+        return config
+
+    def _agent_of(self, record: AgentRecord, *, latest: bool = True) -> Agent:
+        """The immutable agent for a stored record, built once per version
+        (the latest by name, pinned ones by uid and version)."""
+        cached = self._built.get(record.name) if latest else self._pinned.get(
+            (record.uid, record.version))
+        if cached is not None and (cached.version, cached.uid, cached.removed) == (
+            record.version, record.uid, record.removed
+        ):
+            if not latest:
+                self._pinned.move_to_end((record.uid, record.version))
             return cached
         agent = self.build(record.config, version=record.version, created_at=record.created_at,
                            source=record.source)
-        self._built[record.name] = agent
+        agent = dataclasses.replace(agent, updated_at=record.updated_at, uid=record.uid,
+                                    creator=record.created_by, removed=record.removed)
+        if latest:
+            self._built[record.name] = agent
+        else:
+            self._pinned[(record.uid, record.version)] = agent
+            while len(self._pinned) > _VERSION_CACHE:
+                self._pinned.popitem(last=False)
         return agent
 
     def build(
@@ -158,18 +224,89 @@ class AgentRegistry:
         """The agent last built under `name`, if any (no store read)."""
         return self._built.get(name)
 
-    async def get(self, name: str, field: str = "name") -> Agent:
-        """The agent as the registry has it now. INVALID_ARGUMENT for an
-        empty name, NOT_FOUND if unknown."""
+    async def get(self, name: str, field: str = "name", *, version: int = 0) -> Agent:
+        """The agent as the registry has it now, or its `version` (0: the
+        latest). INVALID_ARGUMENT for an empty name, NOT_FOUND if unknown
+        (AGENT_NOT_FOUND) or without that version (AGENT_VERSION_NOT_FOUND)."""
         require(name, field)
         record = await self.store.get_agent(name)
         if record is None:
             self._built.pop(name, None)
             raise agent_not_found(name)
-        agent = self._agent_of(record)
+        if version and version != record.version:
+            kept = await self.store.get_agent_version(name, version)
+            if kept is None:
+                raise agent_version_not_found(name, version)
+            agent = self._agent_of(kept, latest=False)
+        else:
+            agent = self._agent_of(record)
         if agent.config.delegates:
             agent = await self._with_delegates(agent)
         return agent
+
+    async def stored(self, name: str, field: str = "name") -> tuple[AgentConfig, int]:
+        """The latest version's config as registered (the default model not
+        filled in) and its version: what an update starts from. NOT_FOUND
+        if unknown."""
+        require(name, field)
+        record = await self.store.get_agent(name)
+        if record is None:
+            raise agent_not_found(name)
+        return AgentConfig.model_validate(record.config), record.version
+
+    async def runnable(self, name: str, field: str = "name", *, version: int = 0) -> Agent:
+        """`get`, and FAILED_PRECONDITION (AGENT_REMOVED) for an agent
+        removed from the agents file: it takes no new runs or sessions."""
+        agent = await self.get(name, field, version=version)
+        if agent.removed:
+            raise FailedPreconditionError(
+                f"agent {name!r} was removed from the agents file: it takes no new runs",
+                reason="AGENT_REMOVED",
+                metadata={"agent": name},
+            )
+        return agent
+
+    async def for_session(self, session: SessionRecord) -> Agent:
+        """The agent a new run of `session` uses: the version it pinned, or
+        the latest. NOT_FOUND if the agent is gone (or its pinned version);
+        FAILED_PRECONDITION AGENT_REPLACED when the agent was deleted and
+        created again since the session was bound (an admin rebinds it),
+        AGENT_REMOVED as `runnable`."""
+        agent = await self.runnable(session.agent, "session_id")
+        if session.agent_uid and session.agent_uid != agent.uid:
+            raise agent_replaced(session)
+        if session.agent_version and session.agent_version != agent.version:
+            agent = await self.get(session.agent, version=session.agent_version)
+        return agent
+
+    async def binding(self, session: SessionRecord, version: int) -> tuple[str, int]:
+        """The (agent uid, pinned version) of `session` pinned to `version`
+        (0: the latest) of its agent: NOT_FOUND for an unknown version,
+        FAILED_PRECONDITION AGENT_REPLACED as `for_session`."""
+        agent = await self.get(session.agent, version=version)
+        if session.agent_uid and session.agent_uid != agent.uid:
+            raise agent_replaced(session)
+        return agent.uid, version
+
+    async def list_versions(self, name: str, size: int, token: str) -> tuple[list[Agent], str]:
+        """A page of the agent's versions, newest first, and the next page
+        token. NOT_FOUND if unknown; INVALID_ARGUMENT for a bad page size
+        or token."""
+        limit = page_size(size, default=50)
+        before = decode_token(token, "agent_versions", {"name": name}) or 0
+        if not isinstance(before, int) or before < 0:
+            raise InvalidArgumentError.field("page_token", "not a page token of this agent")
+        await self.get(name)
+        records = await self.store.list_agent_versions(name, before=before, limit=limit + 1)
+        page = [self._agent_of(r, latest=False) for r in records[:limit]]
+        more = len(records) > limit
+        return page, encode_token("agent_versions", page[-1].version,
+                                  {"name": name}) if more and page else ""
+
+    async def set_removed(self, name: str, removed: bool) -> bool:
+        """Mark an agent removed from the agents file (or back); False if
+        it is not registered."""
+        return await self.store.set_agent_removed(name, removed)
 
     async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
         """A page of agents in alphabetical order and the next page token."""
@@ -187,3 +324,13 @@ class AgentRegistry:
         self._built.pop(name, None)
         if not await self.store.delete_agent(name):
             raise agent_not_found(name)
+
+
+def agent_replaced(session: SessionRecord) -> FailedPreconditionError:
+    """A session whose agent was deleted and created again."""
+    return FailedPreconditionError(
+        f"agent {session.agent!r} was deleted and created again since session "
+        f"{session.id!r} was opened: an admin must rebind the session (RebindSession)",
+        reason="AGENT_REPLACED",
+        metadata={"agent": session.agent, "session_id": session.id},
+    )

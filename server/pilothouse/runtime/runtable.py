@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,7 +46,8 @@ class RunTable:
         #: Called with (run, response, duration_s) when a run ends.
         self.on_run_end: list[Callable[[Run, AgentResponse, float], None]] = []
         self.active_by_session: dict[str, Run] = {}
-        self.queues: defaultdict[str, list[Run]] = defaultdict(list)
+        #: Queued runs by session (no entry for a session without any).
+        self.queues: dict[str, list[Run]] = {}
         self.journals: dict[str, RunJournal] = {}
         #: Runs that ended but whose end is not stored yet (store down).
         self.unsettled: dict[str, Run] = {}
@@ -85,10 +86,16 @@ class RunTable:
 
     def busiest(self, session_id: str) -> Run | None:
         """The run a new message of the session would wait behind."""
-        queue = self.queues[session_id]
+        queue = self.queues.get(session_id)
         return queue[-1] if queue else self.active_by_session.get(session_id)
 
     # --- changes -------------------------------------------------------------------
+
+    def enqueue(self, run: Run) -> int:
+        """Queue the run behind its session's runs; its position (0: next)."""
+        queue = self.queues.setdefault(run.session_id, [])
+        queue.append(run)
+        return len(queue) - 1 + (1 if run.session_id in self.active_by_session else 0)
 
     def admit(self, run: Run) -> None:
         self._runs[run.id] = run
@@ -127,7 +134,7 @@ class RunTable:
         while len(self._finished) > self.finished_runs_kept:
             _, oldest = self._finished.popitem(last=False)
             self._forget_run(oldest)
-        if not self.active_by_session and not any(self.queues.values()):
+        if not self.active_by_session and not self.queues:
             self._idle.set()
         response = run.response
         if response is None:

@@ -164,11 +164,22 @@ class Runtime:
 
     # --- agents --------------------------------------------------------------------
 
-    async def add_agent(self, config: AgentConfig, *, source: str = "api", replace: bool = False) -> Agent:
-        return await self.agents.add(config, source=source, replace=replace)
+    async def add_agent(
+        self, config: AgentConfig, *, source: str = "api", replace: bool = False, creator: str = ""
+    ) -> Agent:
+        return await self.agents.add(config, source=source, replace=replace, creator=creator)
 
-    async def get_agent(self, name: str, field: str = "name") -> Agent:
-        return await self.agents.get(name, field)
+    async def stored_agent_config(self, name: str, field: str = "name") -> tuple[AgentConfig, int]:
+        return await self.agents.stored(name, field)
+
+    async def update_agent(self, config: AgentConfig, *, expected_version: int) -> Agent:
+        return await self.agents.update(config, expected_version=expected_version)
+
+    async def get_agent(self, name: str, field: str = "name", *, version: int = 0) -> Agent:
+        return await self.agents.get(name, field, version=version)
+
+    async def list_agent_versions(self, name: str, size: int, token: str) -> tuple[list[Agent], str]:
+        return await self.agents.list_versions(name, size, token)
 
     async def list_agents(self, size: int, token: str) -> tuple[list[Agent], str]:
         return await self.agents.list_agents(size, token)
@@ -183,9 +194,21 @@ class Runtime:
     # None is an internal call.
 
     async def create_session(
-        self, agent: str, created_by: str, caller: Principal | None = None
+        self, agent: str, created_by: str, caller: Principal | None = None, *, agent_version: int = 0
     ) -> SessionRecord:
-        return await self.sessions.create(agent, created_by, caller)
+        return await self.sessions.create(agent, created_by, caller, agent_version=agent_version)
+
+    async def update_session(
+        self, session_id: str, caller: Principal | None = None, *, title: str | None = None,
+        agent_version: int | None = None,
+    ) -> SessionRecord:
+        return await self.sessions.update(session_id, caller, title=title,
+                                          agent_version=agent_version)
+
+    async def rebind_session(
+        self, session_id: str, agent_version: int, caller: Principal | None = None
+    ) -> SessionRecord:
+        return await self.sessions.rebind(session_id, agent_version, caller)
 
     async def get_or_create_session(
         self, agent: str, created_by: str, caller: Principal | None = None

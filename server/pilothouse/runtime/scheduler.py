@@ -217,7 +217,8 @@ class RunScheduler:
         reused with other content (IDEMPOTENCY_KEY_REUSED). NOT_FOUND:
         unknown session or agent. FAILED_PRECONDITION: the session is
         closed, or busy and the policy is REJECT (ErrorInfo metadata
-        `active_run_id`). UNAVAILABLE: the server is draining or the store
+        `active_run_id`), its agent was replaced (AGENT_REPLACED) or removed
+        from the agents file (AGENT_REMOVED). UNAVAILABLE: the server is draining or the store
         is down. PERMISSION_DENIED (AGENT_NOT_ALLOWED): the agent is not
         for `caller`. A RemoteRun when the session is busy on another
         replica and the policy is not REJECT (the caller forwards the
@@ -238,8 +239,10 @@ class RunScheduler:
         if options.agent == record.agent:
             options = dataclasses.replace(options, agent="")
         # A guest turn runs another agent on this session (see Agent.host).
-        agent = (await self.agents.get(options.agent or record.agent, "options.agent")
-                 if options.agent else await self.agents.get(record.agent))
+        # The session's own agent: its bound uid and pinned version (see
+        # AgentRegistry.for_session).
+        agent = (await self.agents.runnable(options.agent, "options.agent")
+                 if options.agent else await self.agents.for_session(record))
         agent = agent.with_overrides(options.model_overrides)
         self.agents.check_tools(agent.config)
         self.agents.check_model(agent.config)
@@ -314,7 +317,7 @@ class RunScheduler:
                         raise _key_reused(session_id, same.id, idempotency_key)
                     return same, False
             current = self.table.active(session_id)
-            queue = self.table.queues[session_id]
+            queue = self.table.queued(session_id)
             busiest = self.table.busiest(session_id)
             if busiest is not None:
                 policy = options.if_active
@@ -365,10 +368,8 @@ class RunScheduler:
         except BaseException:
             self.table.journals.pop(run.id, None)
             raise
-        queue = self.table.queues[session_id]
-        queue.append(run)
+        position = self.table.enqueue(run)
         self.table.admit(run)
-        position = len(queue) + (1 if self.table.active(session_id) else 0) - 1
         run.log.append(RunQueued(position))
         self.executor.start_task(run, agent, journal, predecessor=after)
         return run

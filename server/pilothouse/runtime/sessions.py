@@ -4,6 +4,7 @@ memory cache of recently used histories."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 import weakref
@@ -28,6 +29,11 @@ from pilothouse.runtime.store import jsonl
 from pilothouse.runtime.store.base import SessionRecord, SessionState, SessionStore
 
 _Version = tuple[float, int]
+
+log = logging.getLogger(__name__)
+
+#: The longest title UpdateSession takes.
+MAX_TITLE_CHARS = 200
 
 
 class SessionLocks:
@@ -104,15 +110,58 @@ class Sessions:
     # --- records ---------------------------------------------------------------
 
     async def create(
-        self, agent: str, created_by: str, caller: Principal | None = None
+        self, agent: str, created_by: str, caller: Principal | None = None, *, agent_version: int = 0
     ) -> SessionRecord:
-        """Open a new session owned by `caller` (see `owner_for`). NOT_FOUND
-        for an unknown agent."""
+        """Open a new session owned by `caller` (see `owner_for`), bound to
+        the agent as it is now and pinned to `agent_version` (0: none).
+        NOT_FOUND for an unknown agent or version; FAILED_PRECONDITION
+        (AGENT_REMOVED) for an agent removed from the agents file."""
         created_by = owner_for(caller, created_by)
-        await self.agents.get(agent, "agent")
+        bound = await self.agents.runnable(agent, "agent")
+        if agent_version < 0:
+            raise InvalidArgumentError.field("agent_version", "must not be negative")
+        if agent_version:
+            await self.agents.get(agent, "agent", version=agent_version)
         now = time.time()
-        record = SessionRecord(uuid.uuid4().hex, agent, created_by, now, now)
+        record = SessionRecord(uuid.uuid4().hex, agent, created_by, now, now,
+                               agent_uid=bound.uid, agent_version=agent_version)
         await self.store.create(record)
+        return record
+
+    async def update(
+        self, session_id: str, caller: Principal | None = None, *, title: str | None = None,
+        agent_version: int | None = None,
+    ) -> SessionRecord:
+        """Set the session's title and/or pin `agent_version` of its agent
+        (0: follow the latest); None leaves a field as it is. NOT_FOUND for
+        an unknown session (or another principal's) or version;
+        FAILED_PRECONDITION AGENT_REPLACED when its agent was replaced."""
+        record = await self.get(session_id, caller)
+        if title is not None and len(title) > MAX_TITLE_CHARS:
+            raise InvalidArgumentError.field("session.title",
+                                             f"at most {MAX_TITLE_CHARS} characters")
+        if agent_version is not None:
+            uid, version = await self.agents.binding(record, agent_version)
+            record = await self.store.bind_session(session_id, record.agent_uid or uid, version,
+                                                   time.time())
+        if title is not None:
+            record = await self.store.set_title(session_id, title, time.time())
+        return record
+
+    async def rebind(
+        self, session_id: str, agent_version: int, caller: Principal | None = None
+    ) -> SessionRecord:
+        """Bind the session to its agent as registered now (after it was
+        deleted and created again), pinned to `agent_version` (0: none).
+        PERMISSION_DENIED for a caller that is no admin; NOT_FOUND for an
+        unknown session, agent or version."""
+        if caller is not None and not caller.is_admin:
+            raise PermissionDeniedError("rebinding a session needs the admin role",
+                                        reason="ADMIN_REQUIRED")
+        record = await self.get(session_id, caller)
+        agent = await self.agents.get(record.agent, version=agent_version)
+        record = await self.store.bind_session(session_id, agent.uid, agent_version, time.time())
+        log.info("session %s rebound to agent %s (%s)", session_id, record.agent, agent.uid)
         return record
 
     async def get_or_create(
@@ -260,9 +309,13 @@ class Sessions:
             content,
             new_id=uuid.uuid4().hex,
             now=time.time(),
-            check_agent=lambda agent: self.agents.get(agent, "content"),
+            check_agent=self._bound_uid,
             created_by=None if caller is None or caller.is_admin else caller.id,
         )
+
+    async def _bound_uid(self, agent: str) -> str:
+        """The uid an imported session of `agent` is bound to."""
+        return (await self.agents.get(agent, "content")).uid
 
     # --- the history cache -------------------------------------------------------
 

@@ -113,7 +113,7 @@ class Takeover:
         run, journal = self.executor.revive(record)
         agent = self.agents.build(record.agent_config, version=record.agent_version)
         ahead = self.table.busiest(run.session_id)
-        self.table.queues[run.session_id].append(run)
+        self.table.enqueue(run)
         self.table.admit(run)
         self.executor.start_task(run, agent, journal, predecessor=ahead)
 

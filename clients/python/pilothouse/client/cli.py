@@ -4,6 +4,8 @@
     pilothouse chat --agent assistant "What is 17 * 23?"
     pilothouse chat --agent assistant --json "What time is it?"
     pilothouse agents list
+    pilothouse agents versions assistant             # every version, newest first
+    pilothouse agents get assistant --version 1
     pilothouse sessions list --agent assistant
     pilothouse sessions messages SESSION_ID
     pilothouse attach SESSION_ID --after 12      # re-attach to a run
@@ -107,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     agents_cmd.add_parser("list")
     show = agents_cmd.add_parser("get")
     show.add_argument("name")
+    show.add_argument("--version", type=int, default=0, help="a version (default: the latest)")
+    versions = agents_cmd.add_parser("versions", help="an agent's versions, newest first")
+    versions.add_argument("name")
 
     sessions = commands.add_parser("sessions", help="list sessions or read one's history")
     sessions_cmd = sessions.add_subparsers(dest="sessions_command", required=True)
@@ -296,8 +301,13 @@ async def _run(args: argparse.Namespace) -> int:
                 for agent in await client.list_agents():
                     tools = ", ".join(agent.config.tools) or "no tools"
                     print(f"{agent.config.name}\t{agent.config.model}\t{tools}")
+            elif args.agents_command == "versions":
+                for agent in await client.list_agent_versions(args.name):
+                    made = agent.update_time.ToDatetime().isoformat(timespec="seconds")
+                    print(f"v{agent.version}\t{made}Z\t{agent.source}\t"
+                          f"{agent.config.model or 'default model'}")
             else:
-                _print_json(await client.get_agent(args.name))
+                _print_json(await client.get_agent(args.name, args.version))
             return 0
         if args.sessions_command == "close":
             _print_json(await client.close_session(args.session_id))

@@ -7,16 +7,21 @@ the `PilothouseError` subclass of their status code.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
 from pilothouse.client.connection import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, ClientTls, open_channel
-from pilothouse.client.errors import PilothouseError, PilothouseRpcError, error_from_rpc
+from pilothouse.client.errors import (
+    PilothouseError,
+    PilothouseRpcError,
+    error_from_rpc,
+    translating as _translate,
+)
 from pilothouse.client.events import Event, event_from_proto
 from pilothouse.client.run import DEFAULT_MAX_REATTACH, RunHandle, decision
+from pilothouse.client.versions import AgentVersions
 from pilothouse.v1 import (
     agent_pb2,
     agent_service_pb2 as agents_pb,
@@ -49,17 +54,6 @@ __all__ = [
     "SteerStream",
     "decision",
 ]
-
-
-def _translate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from exc
-
-    return wrapper
 
 
 class SteerStream:
@@ -121,7 +115,7 @@ async def _events(call: _EventCall) -> AsyncIterator[event_pb2.AgentEvent]:
         call.cancel()
 
 
-class PilothouseClient:
+class PilothouseClient(AgentVersions):
     """Client of one Pilothouse runtime. Pass `target` ("host:port") or an
     existing `channel`. Unary calls use `timeout` seconds unless told
     otherwise; errors raise the `PilothouseError` subclass of their status
@@ -221,8 +215,11 @@ class PilothouseClient:
         return reply.agent
 
     @_translate
-    async def get_agent(self, name: str) -> agent_pb2.Agent:
-        reply = await self.agents.GetAgent(agents_pb.GetAgentRequest(name=name), timeout=self.timeout)
+    async def get_agent(self, name: str, version: int = 0) -> agent_pb2.Agent:
+        """Agent `name`: its latest version, or `version`."""
+        reply = await self.agents.GetAgent(
+            agents_pb.GetAgentRequest(name=name, version=version), timeout=self.timeout
+        )
         return reply.agent
 
     @_translate
@@ -243,9 +240,15 @@ class PilothouseClient:
     # --- Sessions ---------------------------------------------------------
 
     @_translate
-    async def create_session(self, agent: str, created_by: str = "") -> session_pb2.Session:
+    async def create_session(
+        self, agent: str, created_by: str = "", agent_version: int = 0
+    ) -> session_pb2.Session:
+        """A new session of `agent`, pinned to `agent_version` (0: each run
+        uses the agent's latest version)."""
         reply = await self.sessions.CreateSession(
-            sessions_pb.CreateSessionRequest(agent=agent, created_by=created_by),
+            sessions_pb.CreateSessionRequest(
+                agent=agent, created_by=created_by, agent_version=agent_version
+            ),
             timeout=self.timeout,
         )
         return reply.session

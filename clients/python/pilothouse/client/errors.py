@@ -13,7 +13,9 @@ each carrying the server's rich error details (`google.rpc.Status` in the
 
 from __future__ import annotations
 
-from typing import NamedTuple, cast
+import functools
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, ParamSpec, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -40,7 +42,25 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "error_from_rpc",
+    "translating",
 ]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def translating(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """`method` raising the `PilothouseError` of its code for a failed
+    call instead of `grpc.aio.AioRpcError`."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    return wrapper
 
 
 class FieldViolation(NamedTuple):

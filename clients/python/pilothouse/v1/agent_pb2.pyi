@@ -81,6 +81,36 @@ APPROVAL_POLICY_ALWAYS: ApprovalPolicy.ValueType  # 2
 """Every tool call needs approval."""
 Global___ApprovalPolicy: _TypeAlias = ApprovalPolicy  # noqa: Y015
 
+class _AgentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    """Not used."""
+    AGENT_STATE_ACTIVE: _AgentState.ValueType  # 1
+    """The agent takes new runs."""
+    AGENT_STATE_REMOVED: _AgentState.ValueType  # 2
+    """The agent was removed from the agents file: new runs and sessions fail
+    with FAILED_PRECONDITION (AGENT_REMOVED), runs already started finish.
+    It is active again when the file names it again.
+    """
+
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
+    """Whether an agent takes new runs."""
+
+AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+"""Not used."""
+AGENT_STATE_ACTIVE: AgentState.ValueType  # 1
+"""The agent takes new runs."""
+AGENT_STATE_REMOVED: AgentState.ValueType  # 2
+"""The agent was removed from the agents file: new runs and sessions fail
+with FAILED_PRECONDITION (AGENT_REMOVED), runs already started finish.
+It is active again when the file names it again.
+"""
+Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
 @_typing.final
 class AgentConfig(_message.Message):
     """AgentConfig is the immutable definition an agent is built from."""
@@ -397,14 +427,28 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     source: _builtins.str
-    """Where the agent comes from: "file" (the agents file loaded at start-up)
-    or "api" (CreateAgent).
+    """Where the agent comes from: "file" (the agents file, watched while the
+    server runs) or "api" (CreateAgent).
     """
     version: _builtins.int
     """Version in the registry every replica shares: 1 when registered, one
-    more each time the agents file changes its config.
+    more each time UpdateAgent or the agents file changes its config.
     """
+    uid: _builtins.str
+    """Server-made id of this agent: it stays across versions and changes
+    when the agent is deleted and created again under the same name (or
+    the agents file takes over a name CreateAgent registered). Sessions
+    are bound to it.
+    """
+    creator: _builtins.str
+    """The principal that registered the agent ("" for the agents file)."""
+    state: Global___AgentState.ValueType
+    """Whether the agent takes new runs."""
     @_builtins.property
     def config(self) -> Global___AgentConfig:
         """The agent's configuration, with defaults applied."""
@@ -417,6 +461,10 @@ class Agent(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent was registered."""
 
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When this version was made (the registration for version 1)."""
+
     def __init__(
         self,
         *,
@@ -425,10 +473,14 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         source: _builtins.str = ...,
         version: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        uid: _builtins.str = ...,
+        creator: _builtins.str = ...,
+        state: Global___AgentState.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "source", b"source", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "creator", b"creator", "source", b"source", "state", b"state", "tools", b"tools", "uid", b"uid", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

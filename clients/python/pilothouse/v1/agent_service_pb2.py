@@ -22,32 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from pilothouse.v1 import agent_pb2 as pilothouse_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!pilothouse/v1/agent_service.proto\x12\rpilothouse.v1\x1a\x19pilothouse/v1/agent.proto\"@\n\x12\x43reateAgentRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.AgentConfig\":\n\x13\x43reateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\xda\x02\n\x0c\x41gentService\x12T\n\x0b\x43reateAgent\x12!.pilothouse.v1.CreateAgentRequest\x1a\".pilothouse.v1.CreateAgentResponse\x12K\n\x08GetAgent\x12\x1e.pilothouse.v1.GetAgentRequest\x1a\x1f.pilothouse.v1.GetAgentResponse\x12Q\n\nListAgents\x12 .pilothouse.v1.ListAgentsRequest\x1a!.pilothouse.v1.ListAgentsResponse\x12T\n\x0b\x44\x65leteAgent\x12!.pilothouse.v1.DeleteAgentRequest\x1a\".pilothouse.v1.DeleteAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!pilothouse/v1/agent_service.proto\x12\rpilothouse.v1\x1a google/protobuf/field_mask.proto\x1a\x19pilothouse/v1/agent.proto\"@\n\x12\x43reateAgentRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.AgentConfig\":\n\x13\x43reateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"0\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x12UpdateAgentRequest\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x13UpdateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"O\n\x18ListAgentVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x19ListAgentVersionsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\x98\x04\n\x0c\x41gentService\x12T\n\x0b\x43reateAgent\x12!.pilothouse.v1.CreateAgentRequest\x1a\".pilothouse.v1.CreateAgentResponse\x12K\n\x08GetAgent\x12\x1e.pilothouse.v1.GetAgentRequest\x1a\x1f.pilothouse.v1.GetAgentResponse\x12Q\n\nListAgents\x12 .pilothouse.v1.ListAgentsRequest\x1a!.pilothouse.v1.ListAgentsResponse\x12T\n\x0bUpdateAgent\x12!.pilothouse.v1.UpdateAgentRequest\x1a\".pilothouse.v1.UpdateAgentResponse\x12\x66\n\x11ListAgentVersions\x12\'.pilothouse.v1.ListAgentVersionsRequest\x1a(.pilothouse.v1.ListAgentVersionsResponse\x12T\n\x0b\x44\x65leteAgent\x12!.pilothouse.v1.DeleteAgentRequest\x1a\".pilothouse.v1.DeleteAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.agent_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEAGENTREQUEST']._serialized_start=79
-  _globals['_CREATEAGENTREQUEST']._serialized_end=143
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=145
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=203
-  _globals['_GETAGENTREQUEST']._serialized_start=205
-  _globals['_GETAGENTREQUEST']._serialized_end=236
-  _globals['_GETAGENTRESPONSE']._serialized_start=238
-  _globals['_GETAGENTRESPONSE']._serialized_end=293
-  _globals['_LISTAGENTSREQUEST']._serialized_start=295
-  _globals['_LISTAGENTSREQUEST']._serialized_end=353
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=355
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=438
-  _globals['_DELETEAGENTREQUEST']._serialized_start=440
-  _globals['_DELETEAGENTREQUEST']._serialized_end=474
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=476
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=497
-  _globals['_AGENTSERVICE']._serialized_start=500
-  _globals['_AGENTSERVICE']._serialized_end=846
+  _globals['_CREATEAGENTREQUEST']._serialized_start=113
+  _globals['_CREATEAGENTREQUEST']._serialized_end=177
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=179
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=237
+  _globals['_GETAGENTREQUEST']._serialized_start=239
+  _globals['_GETAGENTREQUEST']._serialized_end=287
+  _globals['_GETAGENTRESPONSE']._serialized_start=289
+  _globals['_GETAGENTRESPONSE']._serialized_end=344
+  _globals['_LISTAGENTSREQUEST']._serialized_start=346
+  _globals['_LISTAGENTSREQUEST']._serialized_end=404
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=406
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=489
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=491
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=597
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=599
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=657
+  _globals['_LISTAGENTVERSIONSREQUEST']._serialized_start=659
+  _globals['_LISTAGENTVERSIONSREQUEST']._serialized_end=738
+  _globals['_LISTAGENTVERSIONSRESPONSE']._serialized_start=740
+  _globals['_LISTAGENTVERSIONSRESPONSE']._serialized_end=830
+  _globals['_DELETEAGENTREQUEST']._serialized_start=832
+  _globals['_DELETEAGENTREQUEST']._serialized_end=866
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=868
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=889
+  _globals['_AGENTSERVICE']._serialized_start=892
+  _globals['_AGENTSERVICE']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

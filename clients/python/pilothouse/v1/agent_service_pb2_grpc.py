@@ -26,10 +26,12 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel):
@@ -53,6 +55,16 @@ class AgentServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateAgent = channel.unary_unary(
+                '/pilothouse.v1.AgentService/UpdateAgent',
+                request_serializer=pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgentVersions = channel.unary_unary(
+                '/pilothouse.v1.AgentService/ListAgentVersions',
+                request_serializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsResponse.FromString,
+                _registered_method=True)
         self.DeleteAgent = channel.unary_unary(
                 '/pilothouse.v1.AgentService/DeleteAgent',
                 request_serializer=pilothouse_dot_v1_dot_agent__service__pb2.DeleteAgentRequest.SerializeToString,
@@ -61,38 +73,72 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     def CreateAgent(self, request, context):
-        """Registers an agent. ALREADY_EXISTS if the name is taken,
-        INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION if a tool it
-        names is offered by no ToolExecutor.
+        """Registers an agent as version 1. ALREADY_EXISTS (AGENT_EXISTS) if the
+        name is taken, by whoever registered it (also by the agents file, and
+        for an agent removed from it); INVALID_ARGUMENT for a bad config,
+        FAILED_PRECONDITION if a tool it names is offered by no ToolExecutor.
+        An agent deleted and created again is a new agent (a new `uid`): the
+        old one's sessions refuse new runs with FAILED_PRECONDITION
+        (AGENT_REPLACED) until an admin rebinds them (RebindSession).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Returns one agent. NOT_FOUND if unknown.
+        """Returns one agent: its latest version, or the `version` asked for.
+        NOT_FOUND if unknown (AGENT_NOT_FOUND) or without that version
+        (AGENT_VERSION_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAgents(self, request, context):
-        """Lists agents in alphabetical order of name.
+        """Lists agents (their latest versions) in alphabetical order of name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAgent(self, request, context):
+        """Changes an agent's config (AIP-134): the fields `update_mask` names
+        are taken from `agent`, the others kept, and the result is stored as a
+        new version (the same version when nothing changed). Runs already
+        started keep their version; unpinned sessions use the new one from
+        their next run. NOT_FOUND if unknown; INVALID_ARGUMENT (ErrorInfo
+        reason INVALID_UPDATE_MASK, BadRequest on `update_mask`) for a path
+        that is not a mutable field of the config, and for a bad result;
+        FAILED_PRECONDITION (AGENT_FROM_FILE) for an agent of the agents file
+        (edit the file instead) and as CreateAgent for tools and models;
+        ABORTED (AGENT_VERSION_CONFLICT) when another update came first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentVersions(self, request, context):
+        """Lists an agent's versions, newest first (AIP-158 paging). NOT_FOUND if
+        the agent is unknown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAgent(self, request, context):
-        """Removes an agent. NOT_FOUND if unknown. Its sessions stay readable; new
-        runs on them fail with NOT_FOUND.
+        """Removes an agent and its versions. NOT_FOUND if unknown. Its sessions
+        stay readable; new runs on them fail with NOT_FOUND, and with
+        FAILED_PRECONDITION (AGENT_REPLACED) once an agent of the same name is
+        created again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +162,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsResponse.SerializeToString,
             ),
+            'UpdateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAgent,
+                    request_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentResponse.SerializeToString,
+            ),
+            'ListAgentVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentVersions,
+                    request_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsResponse.SerializeToString,
+            ),
             'DeleteAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAgent,
                     request_deserializer=pilothouse_dot_v1_dot_agent__service__pb2.DeleteAgentRequest.FromString,
@@ -130,10 +186,12 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     @staticmethod
@@ -207,6 +265,60 @@ class AgentService:
             '/pilothouse.v1.AgentService/ListAgents',
             pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsRequest.SerializeToString,
             pilothouse_dot_v1_dot_agent__service__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.AgentService/UpdateAgent',
+            pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentRequest.SerializeToString,
+            pilothouse_dot_v1_dot_agent__service__pb2.UpdateAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.AgentService/ListAgentVersions',
+            pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsRequest.SerializeToString,
+            pilothouse_dot_v1_dot_agent__service__pb2.ListAgentVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

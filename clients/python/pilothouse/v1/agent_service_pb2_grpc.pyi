@@ -27,10 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     @_typing.overload
@@ -38,47 +40,101 @@ class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     CreateAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.CreateAgentRequest, _agent_service_pb2.CreateAgentResponse]
-    """Registers an agent. ALREADY_EXISTS if the name is taken,
-    INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION if a tool it
-    names is offered by no ToolExecutor.
+    """Registers an agent as version 1. ALREADY_EXISTS (AGENT_EXISTS) if the
+    name is taken, by whoever registered it (also by the agents file, and
+    for an agent removed from it); INVALID_ARGUMENT for a bad config,
+    FAILED_PRECONDITION if a tool it names is offered by no ToolExecutor.
+    An agent deleted and created again is a new agent (a new `uid`): the
+    old one's sessions refuse new runs with FAILED_PRECONDITION
+    (AGENT_REPLACED) until an admin rebinds them (RebindSession).
     """
     GetAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetAgentRequest, _agent_service_pb2.GetAgentResponse]
-    """Returns one agent. NOT_FOUND if unknown."""
+    """Returns one agent: its latest version, or the `version` asked for.
+    NOT_FOUND if unknown (AGENT_NOT_FOUND) or without that version
+    (AGENT_VERSION_NOT_FOUND).
+    """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentsRequest, _agent_service_pb2.ListAgentsResponse]
-    """Lists agents in alphabetical order of name."""
+    """Lists agents (their latest versions) in alphabetical order of name."""
+    UpdateAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.UpdateAgentRequest, _agent_service_pb2.UpdateAgentResponse]
+    """Changes an agent's config (AIP-134): the fields `update_mask` names
+    are taken from `agent`, the others kept, and the result is stored as a
+    new version (the same version when nothing changed). Runs already
+    started keep their version; unpinned sessions use the new one from
+    their next run. NOT_FOUND if unknown; INVALID_ARGUMENT (ErrorInfo
+    reason INVALID_UPDATE_MASK, BadRequest on `update_mask`) for a path
+    that is not a mutable field of the config, and for a bad result;
+    FAILED_PRECONDITION (AGENT_FROM_FILE) for an agent of the agents file
+    (edit the file instead) and as CreateAgent for tools and models;
+    ABORTED (AGENT_VERSION_CONFLICT) when another update came first.
+    """
+    ListAgentVersions: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentVersionsRequest, _agent_service_pb2.ListAgentVersionsResponse]
+    """Lists an agent's versions, newest first (AIP-158 paging). NOT_FOUND if
+    the agent is unknown.
+    """
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.DeleteAgentRequest, _agent_service_pb2.DeleteAgentResponse]
-    """Removes an agent. NOT_FOUND if unknown. Its sessions stay readable; new
-    runs on them fail with NOT_FOUND.
+    """Removes an agent and its versions. NOT_FOUND if unknown. Its sessions
+    stay readable; new runs on them fail with NOT_FOUND, and with
+    FAILED_PRECONDITION (AGENT_REPLACED) once an agent of the same name is
+    created again.
     """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.CreateAgentRequest, _agent_service_pb2.CreateAgentResponse]  # type: ignore[assignment]
-    """Registers an agent. ALREADY_EXISTS if the name is taken,
-    INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION if a tool it
-    names is offered by no ToolExecutor.
+    """Registers an agent as version 1. ALREADY_EXISTS (AGENT_EXISTS) if the
+    name is taken, by whoever registered it (also by the agents file, and
+    for an agent removed from it); INVALID_ARGUMENT for a bad config,
+    FAILED_PRECONDITION if a tool it names is offered by no ToolExecutor.
+    An agent deleted and created again is a new agent (a new `uid`): the
+    old one's sessions refuse new runs with FAILED_PRECONDITION
+    (AGENT_REPLACED) until an admin rebinds them (RebindSession).
     """
     GetAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetAgentRequest, _agent_service_pb2.GetAgentResponse]  # type: ignore[assignment]
-    """Returns one agent. NOT_FOUND if unknown."""
+    """Returns one agent: its latest version, or the `version` asked for.
+    NOT_FOUND if unknown (AGENT_NOT_FOUND) or without that version
+    (AGENT_VERSION_NOT_FOUND).
+    """
     ListAgents: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentsRequest, _agent_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
-    """Lists agents in alphabetical order of name."""
+    """Lists agents (their latest versions) in alphabetical order of name."""
+    UpdateAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.UpdateAgentRequest, _agent_service_pb2.UpdateAgentResponse]  # type: ignore[assignment]
+    """Changes an agent's config (AIP-134): the fields `update_mask` names
+    are taken from `agent`, the others kept, and the result is stored as a
+    new version (the same version when nothing changed). Runs already
+    started keep their version; unpinned sessions use the new one from
+    their next run. NOT_FOUND if unknown; INVALID_ARGUMENT (ErrorInfo
+    reason INVALID_UPDATE_MASK, BadRequest on `update_mask`) for a path
+    that is not a mutable field of the config, and for a bad result;
+    FAILED_PRECONDITION (AGENT_FROM_FILE) for an agent of the agents file
+    (edit the file instead) and as CreateAgent for tools and models;
+    ABORTED (AGENT_VERSION_CONFLICT) when another update came first.
+    """
+    ListAgentVersions: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentVersionsRequest, _agent_service_pb2.ListAgentVersionsResponse]  # type: ignore[assignment]
+    """Lists an agent's versions, newest first (AIP-158 paging). NOT_FOUND if
+    the agent is unknown.
+    """
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.DeleteAgentRequest, _agent_service_pb2.DeleteAgentResponse]  # type: ignore[assignment]
-    """Removes an agent. NOT_FOUND if unknown. Its sessions stay readable; new
-    runs on them fail with NOT_FOUND.
+    """Removes an agent and its versions. NOT_FOUND if unknown. Its sessions
+    stay readable; new runs on them fail with NOT_FOUND, and with
+    FAILED_PRECONDITION (AGENT_REPLACED) once an agent of the same name is
+    created again.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AgentService registers and lists agents. The registry lives in the session
-    store, so every replica on the store sees the same agents. Agents are
-    immutable: to change one, delete it and create it again (an agent from the
-    agents file gets a new version when the file changes its config).
+    """AgentService registers, updates and lists agents. The registry lives in
+    the session store, so every replica on the store sees the same agents.
+    Each version of an agent is immutable and kept: UpdateAgent (and a change
+    of the agents file) adds a new version, a run keeps the version it
+    started with, and a session may pin one. Agent writes (Create, Update,
+    Delete) need the admin role (PERMISSION_DENIED otherwise).
     """
 
     @_abc_1.abstractmethod
@@ -87,9 +143,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.CreateAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.CreateAgentResponse, _abc.Awaitable[_agent_service_pb2.CreateAgentResponse]]:
-        """Registers an agent. ALREADY_EXISTS if the name is taken,
-        INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION if a tool it
-        names is offered by no ToolExecutor.
+        """Registers an agent as version 1. ALREADY_EXISTS (AGENT_EXISTS) if the
+        name is taken, by whoever registered it (also by the agents file, and
+        for an agent removed from it); INVALID_ARGUMENT for a bad config,
+        FAILED_PRECONDITION if a tool it names is offered by no ToolExecutor.
+        An agent deleted and created again is a new agent (a new `uid`): the
+        old one's sessions refuse new runs with FAILED_PRECONDITION
+        (AGENT_REPLACED) until an admin rebinds them (RebindSession).
         """
 
     @_abc_1.abstractmethod
@@ -98,7 +158,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.GetAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.GetAgentResponse, _abc.Awaitable[_agent_service_pb2.GetAgentResponse]]:
-        """Returns one agent. NOT_FOUND if unknown."""
+        """Returns one agent: its latest version, or the `version` asked for.
+        NOT_FOUND if unknown (AGENT_NOT_FOUND) or without that version
+        (AGENT_VERSION_NOT_FOUND).
+        """
 
     @_abc_1.abstractmethod
     def ListAgents(
@@ -106,7 +169,35 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.ListAgentsResponse, _abc.Awaitable[_agent_service_pb2.ListAgentsResponse]]:
-        """Lists agents in alphabetical order of name."""
+        """Lists agents (their latest versions) in alphabetical order of name."""
+
+    @_abc_1.abstractmethod
+    def UpdateAgent(
+        self,
+        request: _agent_service_pb2.UpdateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.UpdateAgentResponse, _abc.Awaitable[_agent_service_pb2.UpdateAgentResponse]]:
+        """Changes an agent's config (AIP-134): the fields `update_mask` names
+        are taken from `agent`, the others kept, and the result is stored as a
+        new version (the same version when nothing changed). Runs already
+        started keep their version; unpinned sessions use the new one from
+        their next run. NOT_FOUND if unknown; INVALID_ARGUMENT (ErrorInfo
+        reason INVALID_UPDATE_MASK, BadRequest on `update_mask`) for a path
+        that is not a mutable field of the config, and for a bad result;
+        FAILED_PRECONDITION (AGENT_FROM_FILE) for an agent of the agents file
+        (edit the file instead) and as CreateAgent for tools and models;
+        ABORTED (AGENT_VERSION_CONFLICT) when another update came first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAgentVersions(
+        self,
+        request: _agent_service_pb2.ListAgentVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ListAgentVersionsResponse, _abc.Awaitable[_agent_service_pb2.ListAgentVersionsResponse]]:
+        """Lists an agent's versions, newest first (AIP-158 paging). NOT_FOUND if
+        the agent is unknown.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAgent(
@@ -114,8 +205,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.DeleteAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.DeleteAgentResponse, _abc.Awaitable[_agent_service_pb2.DeleteAgentResponse]]:
-        """Removes an agent. NOT_FOUND if unknown. Its sessions stay readable; new
-        runs on them fail with NOT_FOUND.
+        """Removes an agent and its versions. NOT_FOUND if unknown. Its sessions
+        stay readable; new runs on them fail with NOT_FOUND, and with
+        FAILED_PRECONDITION (AGENT_REPLACED) once an agent of the same name is
+        created again.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

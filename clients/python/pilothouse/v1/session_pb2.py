@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pilothouse.v1 import event_pb2 as pilothouse_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/session.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pilothouse/v1/event.proto\"\xc9\x03\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x08 \x01(\x04\x12)\n\x06uptime\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ractive_run_id\x18\n \x01(\t\x12\x1d\n\x15\x61lways_approved_tools\x18\x0b \x03(\t\x12\x13\n\x0blast_run_id\x18\x0c \x01(\t\x12\x37\n\x14last_run_stop_reason\x18\r \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12,\n\x0elast_run_usage\x18\x0e \x01(\x0b\x32\x14.pilothouse.v1.Usage*_\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/session.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pilothouse/v1/event.proto\"\xf3\x03\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x08 \x01(\x04\x12)\n\x06uptime\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ractive_run_id\x18\n \x01(\t\x12\x1d\n\x15\x61lways_approved_tools\x18\x0b \x03(\t\x12\x13\n\x0blast_run_id\x18\x0c \x01(\t\x12\x37\n\x14last_run_stop_reason\x18\r \x01(\x0e\x32\x19.pilothouse.v1.StopReason\x12,\n\x0elast_run_usage\x18\x0e \x01(\x0b\x32\x14.pilothouse.v1.Usage\x12\x15\n\ragent_version\x18\x0f \x01(\r\x12\x11\n\tagent_uid\x18\x10 \x01(\t*_\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONSTATE']._serialized_start=598
-  _globals['_SESSIONSTATE']._serialized_end=693
+  _globals['_SESSIONSTATE']._serialized_start=640
+  _globals['_SESSIONSTATE']._serialized_end=735
   _globals['_SESSION']._serialized_start=139
-  _globals['_SESSION']._serialized_end=596
+  _globals['_SESSION']._serialized_end=638
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,8 @@ class Session(_message.Message):
     LAST_RUN_ID_FIELD_NUMBER: _builtins.int
     LAST_RUN_STOP_REASON_FIELD_NUMBER: _builtins.int
     LAST_RUN_USAGE_FIELD_NUMBER: _builtins.int
+    AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    AGENT_UID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     agent: _builtins.str
@@ -86,6 +88,17 @@ class Session(_message.Message):
     """Id of the last run that ended."""
     last_run_stop_reason: _event_pb2.StopReason.ValueType
     """How it ended; STOP_REASON_INTERRUPTED when the server died during it."""
+    agent_version: _builtins.int
+    """The agent version the session's runs use: 0 (not pinned) for the
+    agent's latest version at each run's start. Set by CreateSession,
+    UpdateSession or RebindSession.
+    """
+    agent_uid: _builtins.str
+    """The `Agent.uid` the session is bound to (output only). When the agent
+    was deleted and created again, the uid differs and new runs fail with
+    FAILED_PRECONDITION (AGENT_REPLACED) until an admin rebinds the
+    session (RebindSession).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the session was created."""
@@ -123,10 +136,12 @@ class Session(_message.Message):
         last_run_id: _builtins.str = ...,
         last_run_stop_reason: _event_pb2.StopReason.ValueType = ...,
         last_run_usage: _event_pb2.Usage | None = ...,
+        agent_version: _builtins.int = ...,
+        agent_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_run_usage", b"last_run_usage", "update_time", b"update_time", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_run_id", b"active_run_id", "agent", b"agent", "always_approved_tools", b"always_approved_tools", "create_time", b"create_time", "created_by", b"created_by", "id", b"id", "last_run_id", b"last_run_id", "last_run_stop_reason", b"last_run_stop_reason", "last_run_usage", b"last_run_usage", "message_count", b"message_count", "state", b"state", "title", b"title", "update_time", b"update_time", "uptime", b"uptime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_run_id", b"active_run_id", "agent", b"agent", "agent_uid", b"agent_uid", "agent_version", b"agent_version", "always_approved_tools", b"always_approved_tools", "create_time", b"create_time", "created_by", b"created_by", "id", b"id", "last_run_id", b"last_run_id", "last_run_stop_reason", b"last_run_stop_reason", "last_run_usage", b"last_run_usage", "message_count", b"message_count", "state", b"state", "title", b"title", "update_time", b"update_time", "uptime", b"uptime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

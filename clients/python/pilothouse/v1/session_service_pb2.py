@@ -22,68 +22,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pilothouse.v1 import message_pb2 as pilothouse_dot_v1_dot_message__pb2
 from pilothouse.v1 import session_pb2 as pilothouse_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pilothouse/v1/session_service.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/message.proto\x1a\x1bpilothouse/v1/session.proto\"9\n\x14\x43reateSessionRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\"@\n\x15\x43reateSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\">\n\x19GetOrCreateSessionRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\"V\n\x1aGetOrCreateSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x12GetSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"\x8b\x01\n\x13ListSessionsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\"Y\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x14\x43loseSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"f\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cnewest_first\x18\x04 \x01(\x08\"Y\n\x14ListMessagesResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"+\n\x15\x43ompactSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"R\n\x16\x43ompactSessionResponse\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.pilothouse.v1.Session\">\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"A\n\x15\x45xportSessionResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14ImportSessionRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"@\n\x15ImportSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"\x9c\x01\n\x15SearchSessionsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"f\n\x16SearchSessionsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".pilothouse.v1.SessionSearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x13SessionSearchResult\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\x12\r\n\x05score\x18\x02 \x01(\x01\x12,\n\x07matches\x18\x03 \x03(\x0b\x32\x1b.pilothouse.v1.MessageMatch\"\xb5\x01\n\x0cMessageMatch\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12,\n\nhighlights\x18\x04 \x03(\x0b\x32\x18.pilothouse.v1.TextRange\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\tTextRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\x32\x87\x08\n\x0eSessionService\x12Z\n\rCreateSession\x12#.pilothouse.v1.CreateSessionRequest\x1a$.pilothouse.v1.CreateSessionResponse\x12i\n\x12GetOrCreateSession\x12(.pilothouse.v1.GetOrCreateSessionRequest\x1a).pilothouse.v1.GetOrCreateSessionResponse\x12Q\n\nGetSession\x12 .pilothouse.v1.GetSessionRequest\x1a!.pilothouse.v1.GetSessionResponse\x12W\n\x0cListSessions\x12\".pilothouse.v1.ListSessionsRequest\x1a#.pilothouse.v1.ListSessionsResponse\x12W\n\x0c\x43loseSession\x12\".pilothouse.v1.CloseSessionRequest\x1a#.pilothouse.v1.CloseSessionResponse\x12W\n\x0cListMessages\x12\".pilothouse.v1.ListMessagesRequest\x1a#.pilothouse.v1.ListMessagesResponse\x12Z\n\rDeleteSession\x12#.pilothouse.v1.DeleteSessionRequest\x1a$.pilothouse.v1.DeleteSessionResponse\x12]\n\x0e\x43ompactSession\x12$.pilothouse.v1.CompactSessionRequest\x1a%.pilothouse.v1.CompactSessionResponse\x12Z\n\rExportSession\x12#.pilothouse.v1.ExportSessionRequest\x1a$.pilothouse.v1.ExportSessionResponse\x12Z\n\rImportSession\x12#.pilothouse.v1.ImportSessionRequest\x1a$.pilothouse.v1.ImportSessionResponse\x12]\n\x0eSearchSessions\x12$.pilothouse.v1.SearchSessionsRequest\x1a%.pilothouse.v1.SearchSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pilothouse/v1/session_service.proto\x12\rpilothouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/message.proto\x1a\x1bpilothouse/v1/session.proto\"P\n\x14\x43reateSessionRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\r\"@\n\x15\x43reateSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"p\n\x14UpdateSessionRequest\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x15UpdateSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"A\n\x14RebindSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\r\"@\n\x15RebindSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\">\n\x19GetOrCreateSessionRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\"V\n\x1aGetOrCreateSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x12GetSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"\x8b\x01\n\x13ListSessionsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\"Y\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x14\x43loseSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"f\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cnewest_first\x18\x04 \x01(\x08\"Y\n\x14ListMessagesResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"+\n\x15\x43ompactSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"R\n\x16\x43ompactSessionResponse\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.pilothouse.v1.Session\">\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"A\n\x15\x45xportSessionResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14ImportSessionRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"@\n\x15ImportSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\"\x9c\x01\n\x15SearchSessionsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.pilothouse.v1.SessionState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"f\n\x16SearchSessionsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".pilothouse.v1.SessionSearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x13SessionSearchResult\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Session\x12\r\n\x05score\x18\x02 \x01(\x01\x12,\n\x07matches\x18\x03 \x03(\x0b\x32\x1b.pilothouse.v1.MessageMatch\"\xb5\x01\n\x0cMessageMatch\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12,\n\nhighlights\x18\x04 \x03(\x0b\x32\x18.pilothouse.v1.TextRange\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\tTextRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\x32\xbf\t\n\x0eSessionService\x12Z\n\rCreateSession\x12#.pilothouse.v1.CreateSessionRequest\x1a$.pilothouse.v1.CreateSessionResponse\x12i\n\x12GetOrCreateSession\x12(.pilothouse.v1.GetOrCreateSessionRequest\x1a).pilothouse.v1.GetOrCreateSessionResponse\x12Q\n\nGetSession\x12 .pilothouse.v1.GetSessionRequest\x1a!.pilothouse.v1.GetSessionResponse\x12W\n\x0cListSessions\x12\".pilothouse.v1.ListSessionsRequest\x1a#.pilothouse.v1.ListSessionsResponse\x12W\n\x0c\x43loseSession\x12\".pilothouse.v1.CloseSessionRequest\x1a#.pilothouse.v1.CloseSessionResponse\x12Z\n\rUpdateSession\x12#.pilothouse.v1.UpdateSessionRequest\x1a$.pilothouse.v1.UpdateSessionResponse\x12Z\n\rRebindSession\x12#.pilothouse.v1.RebindSessionRequest\x1a$.pilothouse.v1.RebindSessionResponse\x12W\n\x0cListMessages\x12\".pilothouse.v1.ListMessagesRequest\x1a#.pilothouse.v1.ListMessagesResponse\x12Z\n\rDeleteSession\x12#.pilothouse.v1.DeleteSessionRequest\x1a$.pilothouse.v1.DeleteSessionResponse\x12]\n\x0e\x43ompactSession\x12$.pilothouse.v1.CompactSessionRequest\x1a%.pilothouse.v1.CompactSessionResponse\x12Z\n\rExportSession\x12#.pilothouse.v1.ExportSessionRequest\x1a$.pilothouse.v1.ExportSessionResponse\x12Z\n\rImportSession\x12#.pilothouse.v1.ImportSessionRequest\x1a$.pilothouse.v1.ImportSessionResponse\x12]\n\x0eSearchSessions\x12$.pilothouse.v1.SearchSessionsRequest\x1a%.pilothouse.v1.SearchSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.session_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATESESSIONREQUEST']._serialized_start=145
-  _globals['_CREATESESSIONREQUEST']._serialized_end=202
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=204
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=268
-  _globals['_GETORCREATESESSIONREQUEST']._serialized_start=270
-  _globals['_GETORCREATESESSIONREQUEST']._serialized_end=332
-  _globals['_GETORCREATESESSIONRESPONSE']._serialized_start=334
-  _globals['_GETORCREATESESSIONRESPONSE']._serialized_end=420
-  _globals['_GETSESSIONREQUEST']._serialized_start=422
-  _globals['_GETSESSIONREQUEST']._serialized_end=461
-  _globals['_GETSESSIONRESPONSE']._serialized_start=463
-  _globals['_GETSESSIONRESPONSE']._serialized_end=524
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=527
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=666
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=668
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=757
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=759
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=800
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=802
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=865
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=867
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=969
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=971
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1060
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1062
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1104
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=1106
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=1129
-  _globals['_COMPACTSESSIONREQUEST']._serialized_start=1131
-  _globals['_COMPACTSESSIONREQUEST']._serialized_end=1174
-  _globals['_COMPACTSESSIONRESPONSE']._serialized_start=1176
-  _globals['_COMPACTSESSIONRESPONSE']._serialized_end=1258
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1260
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1322
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1324
-  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1389
-  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1391
-  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1430
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1432
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1496
-  _globals['_SEARCHSESSIONSREQUEST']._serialized_start=1499
-  _globals['_SEARCHSESSIONSREQUEST']._serialized_end=1655
-  _globals['_SEARCHSESSIONSRESPONSE']._serialized_start=1657
-  _globals['_SEARCHSESSIONSRESPONSE']._serialized_end=1759
-  _globals['_SESSIONSEARCHRESULT']._serialized_start=1761
-  _globals['_SESSIONSEARCHRESULT']._serialized_end=1884
-  _globals['_MESSAGEMATCH']._serialized_start=1887
-  _globals['_MESSAGEMATCH']._serialized_end=2068
-  _globals['_TEXTRANGE']._serialized_start=2070
-  _globals['_TEXTRANGE']._serialized_end=2109
-  _globals['_SESSIONSERVICE']._serialized_start=2112
-  _globals['_SESSIONSERVICE']._serialized_end=3143
+  _globals['_CREATESESSIONREQUEST']._serialized_start=179
+  _globals['_CREATESESSIONREQUEST']._serialized_end=259
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=261
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=325
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=327
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=439
+  _globals['_UPDATESESSIONRESPONSE']._serialized_start=441
+  _globals['_UPDATESESSIONRESPONSE']._serialized_end=505
+  _globals['_REBINDSESSIONREQUEST']._serialized_start=507
+  _globals['_REBINDSESSIONREQUEST']._serialized_end=572
+  _globals['_REBINDSESSIONRESPONSE']._serialized_start=574
+  _globals['_REBINDSESSIONRESPONSE']._serialized_end=638
+  _globals['_GETORCREATESESSIONREQUEST']._serialized_start=640
+  _globals['_GETORCREATESESSIONREQUEST']._serialized_end=702
+  _globals['_GETORCREATESESSIONRESPONSE']._serialized_start=704
+  _globals['_GETORCREATESESSIONRESPONSE']._serialized_end=790
+  _globals['_GETSESSIONREQUEST']._serialized_start=792
+  _globals['_GETSESSIONREQUEST']._serialized_end=831
+  _globals['_GETSESSIONRESPONSE']._serialized_start=833
+  _globals['_GETSESSIONRESPONSE']._serialized_end=894
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=897
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1036
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1038
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1127
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1129
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1170
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1172
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1235
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1237
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1339
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1341
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1430
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1432
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1474
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1476
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1499
+  _globals['_COMPACTSESSIONREQUEST']._serialized_start=1501
+  _globals['_COMPACTSESSIONREQUEST']._serialized_end=1544
+  _globals['_COMPACTSESSIONRESPONSE']._serialized_start=1546
+  _globals['_COMPACTSESSIONRESPONSE']._serialized_end=1628
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1630
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1692
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_start=1694
+  _globals['_EXPORTSESSIONRESPONSE']._serialized_end=1759
+  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1761
+  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1800
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1802
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1866
+  _globals['_SEARCHSESSIONSREQUEST']._serialized_start=1869
+  _globals['_SEARCHSESSIONSREQUEST']._serialized_end=2025
+  _globals['_SEARCHSESSIONSRESPONSE']._serialized_start=2027
+  _globals['_SEARCHSESSIONSRESPONSE']._serialized_end=2129
+  _globals['_SESSIONSEARCHRESULT']._serialized_start=2131
+  _globals['_SESSIONSEARCHRESULT']._serialized_end=2254
+  _globals['_MESSAGEMATCH']._serialized_start=2257
+  _globals['_MESSAGEMATCH']._serialized_end=2438
+  _globals['_TEXTRANGE']._serialized_start=2440
+  _globals['_TEXTRANGE']._serialized_end=2479
+  _globals['_SESSIONSERVICE']._serialized_start=2482
+  _globals['_SESSIONSERVICE']._serialized_end=3697
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,16 @@ class SessionServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_session__service__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.UpdateSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/UpdateSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
+                _registered_method=True)
+        self.RebindSession = channel.unary_unary(
+                '/pilothouse.v1.SessionService/RebindSession',
+                request_serializer=pilothouse_dot_v1_dot_session__service__pb2.RebindSessionRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_session__service__pb2.RebindSessionResponse.FromString,
+                _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/pilothouse.v1.SessionService/ListMessages',
                 request_serializer=pilothouse_dot_v1_dot_session__service__pb2.ListMessagesRequest.SerializeToString,
@@ -97,7 +107,10 @@ class SessionServiceServicer:
     """
 
     def CreateSession(self, request, context):
-        """Opens a new session. NOT_FOUND if the agent is unknown.
+        """Opens a new session, bound to the agent as it is now (its `uid`).
+        NOT_FOUND if the agent is unknown, or has no `agent_version` asked for
+        (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REMOVED) for an
+        agent removed from the agents file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +143,31 @@ class SessionServiceServicer:
         """Closes a session: its history stays readable, new runs fail with
         FAILED_PRECONDITION. Closing a closed session is OK. FAILED_PRECONDITION
         while a run is active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSession(self, request, context):
+        """Changes a session (AIP-134): the fields `update_mask` names are taken
+        from `session`: "agent_version" (pin a version of the session's agent,
+        0 to follow the latest) and "title"; "*" means both, an empty mask the
+        ones that are set. INVALID_ARGUMENT (INVALID_UPDATE_MASK) for any other
+        path; NOT_FOUND for an unknown session or version
+        (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REPLACED) when
+        the session's agent was replaced (RebindSession first). A run already
+        started keeps its version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebindSession(self, request, context):
+        """Binds a session to its agent as the registry has it now, after the
+        agent was deleted and created again (sessions of a replaced agent
+        refuse new runs until then), pinned to `agent_version` (0: the
+        latest). Admins only (PERMISSION_DENIED otherwise). NOT_FOUND for an
+        unknown session, agent or version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +250,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.CloseSessionRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_session__service__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionResponse.SerializeToString,
+            ),
+            'RebindSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebindSession,
+                    request_deserializer=pilothouse_dot_v1_dot_session__service__pb2.RebindSessionRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_session__service__pb2.RebindSessionResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
@@ -380,6 +428,60 @@ class SessionService:
             '/pilothouse.v1.SessionService/CloseSession',
             pilothouse_dot_v1_dot_session__service__pb2.CloseSessionRequest.SerializeToString,
             pilothouse_dot_v1_dot_session__service__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/UpdateSession',
+            pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebindSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.SessionService/RebindSession',
+            pilothouse_dot_v1_dot_session__service__pb2.RebindSessionRequest.SerializeToString,
+            pilothouse_dot_v1_dot_session__service__pb2.RebindSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,11 @@ class SessionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
     CreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _session_service_pb2.CreateSessionResponse]
-    """Opens a new session. NOT_FOUND if the agent is unknown."""
+    """Opens a new session, bound to the agent as it is now (its `uid`).
+    NOT_FOUND if the agent is unknown, or has no `agent_version` asked for
+    (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REMOVED) for an
+    agent removed from the agents file.
+    """
     GetOrCreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetOrCreateSessionRequest, _session_service_pb2.GetOrCreateSessionResponse]
     """Returns the open session of (agent, created_by), opening one if there is
     none. NOT_FOUND if the agent is
@@ -48,6 +52,23 @@ class SessionServiceStub:
     """Closes a session: its history stays readable, new runs fail with
     FAILED_PRECONDITION. Closing a closed session is OK. FAILED_PRECONDITION
     while a run is active.
+    """
+    UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]
+    """Changes a session (AIP-134): the fields `update_mask` names are taken
+    from `session`: "agent_version" (pin a version of the session's agent,
+    0 to follow the latest) and "title"; "*" means both, an empty mask the
+    ones that are set. INVALID_ARGUMENT (INVALID_UPDATE_MASK) for any other
+    path; NOT_FOUND for an unknown session or version
+    (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REPLACED) when
+    the session's agent was replaced (RebindSession first). A run already
+    started keeps its version.
+    """
+    RebindSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.RebindSessionRequest, _session_service_pb2.RebindSessionResponse]
+    """Binds a session to its agent as the registry has it now, after the
+    agent was deleted and created again (sessions of a replaced agent
+    refuse new runs until then), pinned to `agent_version` (0: the
+    latest). Admins only (PERMISSION_DENIED otherwise). NOT_FOUND for an
+    unknown session, agent or version.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListMessagesRequest, _session_service_pb2.ListMessagesResponse]
     """Reads a session's history, oldest first (or newest first)."""
@@ -81,7 +102,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _session_service_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """Opens a new session. NOT_FOUND if the agent is unknown."""
+    """Opens a new session, bound to the agent as it is now (its `uid`).
+    NOT_FOUND if the agent is unknown, or has no `agent_version` asked for
+    (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REMOVED) for an
+    agent removed from the agents file.
+    """
     GetOrCreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetOrCreateSessionRequest, _session_service_pb2.GetOrCreateSessionResponse]  # type: ignore[assignment]
     """Returns the open session of (agent, created_by), opening one if there is
     none. NOT_FOUND if the agent is
@@ -95,6 +120,23 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Closes a session: its history stays readable, new runs fail with
     FAILED_PRECONDITION. Closing a closed session is OK. FAILED_PRECONDITION
     while a run is active.
+    """
+    UpdateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
+    """Changes a session (AIP-134): the fields `update_mask` names are taken
+    from `session`: "agent_version" (pin a version of the session's agent,
+    0 to follow the latest) and "title"; "*" means both, an empty mask the
+    ones that are set. INVALID_ARGUMENT (INVALID_UPDATE_MASK) for any other
+    path; NOT_FOUND for an unknown session or version
+    (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REPLACED) when
+    the session's agent was replaced (RebindSession first). A run already
+    started keeps its version.
+    """
+    RebindSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.RebindSessionRequest, _session_service_pb2.RebindSessionResponse]  # type: ignore[assignment]
+    """Binds a session to its agent as the registry has it now, after the
+    agent was deleted and created again (sessions of a replaced agent
+    refuse new runs until then), pinned to `agent_version` (0: the
+    latest). Admins only (PERMISSION_DENIED otherwise). NOT_FOUND for an
+    unknown session, agent or version.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListMessagesRequest, _session_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Reads a session's history, oldest first (or newest first)."""
@@ -131,7 +173,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.CreateSessionResponse, _abc.Awaitable[_session_service_pb2.CreateSessionResponse]]:
-        """Opens a new session. NOT_FOUND if the agent is unknown."""
+        """Opens a new session, bound to the agent as it is now (its `uid`).
+        NOT_FOUND if the agent is unknown, or has no `agent_version` asked for
+        (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REMOVED) for an
+        agent removed from the agents file.
+        """
 
     @_abc_1.abstractmethod
     def GetOrCreateSession(
@@ -169,6 +215,35 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Closes a session: its history stays readable, new runs fail with
         FAILED_PRECONDITION. Closing a closed session is OK. FAILED_PRECONDITION
         while a run is active.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSession(
+        self,
+        request: _session_service_pb2.UpdateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.UpdateSessionResponse, _abc.Awaitable[_session_service_pb2.UpdateSessionResponse]]:
+        """Changes a session (AIP-134): the fields `update_mask` names are taken
+        from `session`: "agent_version" (pin a version of the session's agent,
+        0 to follow the latest) and "title"; "*" means both, an empty mask the
+        ones that are set. INVALID_ARGUMENT (INVALID_UPDATE_MASK) for any other
+        path; NOT_FOUND for an unknown session or version
+        (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REPLACED) when
+        the session's agent was replaced (RebindSession first). A run already
+        started keeps its version.
+        """
+
+    @_abc_1.abstractmethod
+    def RebindSession(
+        self,
+        request: _session_service_pb2.RebindSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.RebindSessionResponse, _abc.Awaitable[_session_service_pb2.RebindSessionResponse]]:
+        """Binds a session to its agent as the registry has it now, after the
+        agent was deleted and created again (sessions of a replaced agent
+        refuse new runs until then), pinned to `agent_version` (0: the
+        latest). Admins only (PERMISSION_DENIED otherwise). NOT_FOUND for an
+        unknown session, agent or version.
         """
 
     @_abc_1.abstractmethod

@@ -62,6 +62,9 @@ from pilothouse.runtime.tools import ToolSpec
 
 log = logging.getLogger(__name__)
 
+#: Events that only keep the connection alive: not progress for the idle timeout.
+_KEEPALIVE = frozenset({"ping"})
+
 #: `anthropic-version` header value.
 ANTHROPIC_VERSION = "2023-06-01"
 #: `max_tokens` when the agent sets none (the API requires one), on top of
@@ -368,10 +371,8 @@ async def decode_stream(
         )
     state = _StreamState(answer_tool=answer_tool)
     try:
-        async for batch in EventStream(body, body.event_idle_s):
+        async for batch in EventStream(body, body.event_idle_s, keepalive=_KEEPALIVE):
             for event, data in batch:
-                if event == "ping":
-                    continue
                 payload = _decode(provider, data)
                 kind = payload.get("type")
                 if event == "error" or kind == "error":

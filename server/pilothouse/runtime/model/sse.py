@@ -123,17 +123,23 @@ class EventStream:
     """The events of a body, one batch per chunk read (one step per network
     read, not per event); ends after the body has ended and the last events
     are flushed. An iterator object rather than a generator, so that
-    stopping early leaves the body open (the caller may drain it)."""
+    stopping early leaves the body open (the caller may drain it).
 
-    __slots__ = ("_ended", "_idle_s", "_parser", "_source")
+    Events named in `keepalive` (Anthropic's `ping`) are dropped: like
+    comments, they do not count as progress against `idle_s`."""
 
-    def __init__(self, source: TextSource, idle_s: float | None = None) -> None:
+    __slots__ = ("_ended", "_idle_s", "_keepalive", "_parser", "_source")
+
+    def __init__(
+        self, source: TextSource, idle_s: float | None = None, keepalive: frozenset[str] = frozenset()
+    ) -> None:
         self._source = source
         self._parser = SSEParser()
         self._ended = False
         #: Longest wait for an event while text arrives that holds none
-        #: (keep-alive comments for ever): then httpx.ReadTimeout.
+        #: (keep-alive comments or pings for ever): then httpx.ReadTimeout.
         self._idle_s = idle_s
+        self._keepalive = keepalive
 
     def __aiter__(self) -> EventStream:
         return self
@@ -144,13 +150,15 @@ class EventStream:
         since = clock()
         while not self._ended:
             if self._idle_s is not None and clock() - since > self._idle_s:
-                raise httpx.ReadTimeout(f"no event for {self._idle_s:g}s, only comments")
+                raise httpx.ReadTimeout(f"no event for {self._idle_s:g}s, only keep-alives")
             text = await self._source.read()
             if text is None:
                 self._ended = True
                 events = parser.flush()
             else:
                 events = parser.feed(text)
+            if events and self._keepalive:
+                events = [e for e in events if e[0] not in self._keepalive]
             if events:
                 return events
         raise StopAsyncIteration

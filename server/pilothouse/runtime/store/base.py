@@ -81,6 +81,11 @@ class SessionRecord:
     last_run_id: str = ""
     last_run_stop_reason: str = ""
     last_run_usage: Usage = field(default_factory=Usage)
+    #: The `AgentRecord.uid` the session is bound to ("": a session from
+    #: before bindings, which runs whatever agent has its name).
+    agent_uid: str = ""
+    #: The pinned agent version; 0 for the latest.
+    agent_version: int = 0
 
 
 @dataclass(slots=True)
@@ -94,9 +99,14 @@ class CompactMarker:
 
 @dataclass(slots=True)
 class AgentRecord:
-    """A registered agent as stored: `config` is the AgentConfig as given
-    (JSON-compatible dict), `source` "file" or "api", `version` counts from 1
-    and goes up each time the config is replaced by a different one."""
+    """A registered agent (one version of it) as stored: `config` is the
+    AgentConfig as given (JSON-compatible dict), `source` "file" or "api",
+    `version` counts from 1 and goes up each time the config is replaced by
+    a different one; `created_at` is when the agent was registered,
+    `updated_at` when this version was made (Unix seconds). `uid` names the
+    agent across its versions (new when the name is registered anew),
+    `created_by` the principal that registered it, `removed` that the agent
+    left the agents file (it takes no new runs)."""
 
     name: str
     config: dict[str, Any]
@@ -104,6 +114,9 @@ class AgentRecord:
     version: int
     created_at: float
     updated_at: float
+    uid: str = ""
+    created_by: str = ""
+    removed: bool = False
 
 
 #: One line of a stored transcript.
@@ -231,7 +244,60 @@ class SessionMatch:
     matches: builtins.list[MessageMatch]
 
 
-class SessionStore(HookStateStore, Protocol):
+class AgentStore(Protocol):
+    """The agent registry, shared by every replica on the store (see
+    `agent_store` for each backend's). Every version is kept until the
+    agent is deleted."""
+
+    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
+        """Store an agent and return it as stored, its version kept. Without
+        `replace`, AlreadyExistsError (AGENT_EXISTS) when the name is taken
+        (`record.uid`, `created_by` are the new agent's); with it, an
+        existing agent takes the new config and source, its version going up
+        by one unless both are unchanged, and is no longer `removed`; its
+        uid and creator change only with the source. `record.version` is
+        ignored."""
+        ...
+
+    async def update_agent(
+        self, name: str, config: dict[str, Any], *, expected_version: int, now: float
+    ) -> AgentRecord | None:
+        """A new version of agent `name` with `config` (none when it is
+        unchanged), kept; the agent as stored, or None when unknown.
+        AbortedError (AGENT_VERSION_CONFLICT) when its version is no longer
+        `expected_version`."""
+        ...
+
+    async def set_agent_removed(self, name: str, removed: bool) -> bool:
+        """Mark an agent removed (or not); False if there is none."""
+        ...
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        """The agent's latest version, or None."""
+        ...
+
+    async def get_agent_version(self, name: str, version: int) -> AgentRecord | None:
+        """One version of an agent (its `updated_at` when the version was
+        made), or None."""
+        ...
+
+    async def list_agent_versions(
+        self, name: str, *, before: int, limit: int
+    ) -> builtins.list[AgentRecord]:
+        """Up to `limit` versions of an agent below `before` (0: no bound),
+        newest first."""
+        ...
+
+    async def list_agents(self) -> builtins.list[AgentRecord]:
+        """Every agent, in alphabetical order of name."""
+        ...
+
+    async def delete_agent(self, name: str) -> bool:
+        """Remove an agent and its versions; False if there was none."""
+        ...
+
+
+class SessionStore(HookStateStore, AgentStore, Protocol):
     """Where sessions (and the agent registry) live.
 
     Every method raises `pilothouse.errors.UnavailableError` when the store
@@ -482,21 +548,10 @@ class SessionStore(HookStateStore, Protocol):
         AlreadyExistsError (SESSION_EXISTS) for a taken id."""
         ...
 
-    # --- The agent registry, shared by every replica on the store --------
-
-    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
-        """Store an agent and return it as stored. Without `replace`,
-        AlreadyExistsError (AGENT_EXISTS) when the name is taken; with it, an
-        existing agent takes the new config and source, its version going up
-        by one unless both are unchanged. `record.version` is ignored."""
+    async def bind_session(
+        self, session_id: str, agent_uid: str, agent_version: int, now: float
+    ) -> SessionRecord:
+        """Bind the session to an agent's uid and pin `agent_version` (0:
+        the latest)."""
         ...
 
-    async def get_agent(self, name: str) -> AgentRecord | None: ...
-
-    async def list_agents(self) -> builtins.list[AgentRecord]:
-        """Every agent, in alphabetical order of name."""
-        ...
-
-    async def delete_agent(self, name: str) -> bool:
-        """Remove an agent; False if there was none."""
-        ...

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 from pilothouse.runtime.messages import Message, ReasoningBlock, Role, ToolCall, Usage
 from pilothouse.runtime.store.base import (
-    AgentRecord,
     Checkpoint,
     CompactMarker,
     SessionRecord,
@@ -281,7 +280,8 @@ def encode_tools(tools: list[str]) -> str:
 #: The `sessions` columns that make a `SessionRecord`, in field order.
 RECORD_COLUMNS = (
     "id, agent, created_by, created_at, updated_at, title, state, message_count, uptime_s, "
-    "always_approved_tools, active_run_id, last_run_id, last_run_stop_reason, last_run_usage"
+    "always_approved_tools, active_run_id, last_run_id, last_run_stop_reason, last_run_usage, "
+    "agent_uid, agent_version"
 )
 
 
@@ -304,6 +304,8 @@ def record_from_row(row: Any) -> SessionRecord:
         row[11],
         row[12],
         decode_usage(row[13]),
+        row[14],
+        int(row[15]),
     )
 
 
@@ -324,6 +326,8 @@ def record_params(record: SessionRecord) -> tuple[Any, ...]:
         record.last_run_id,
         record.last_run_stop_reason,
         encode_usage(record.last_run_usage),
+        record.agent_uid,
+        record.agent_version,
     )
 
 
@@ -333,10 +337,3 @@ def record_params(record: SessionRecord) -> tuple[Any, ...]:
 def agent_config_text(config: dict[str, Any]) -> str:
     """Canonical JSON of an agent config: equal configs give equal text."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def agent_from_row(row: Any) -> AgentRecord:
-    """An `AgentRecord` from a (name, config, source, version, created_at,
-    updated_at) row."""
-    name, config, source, version, created_at, updated_at = tuple(row)
-    return AgentRecord(name, json.loads(config), source, int(version), created_at, updated_at)

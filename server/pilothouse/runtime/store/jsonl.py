@@ -436,7 +436,9 @@ async def import_jsonl(
     session `new_id` with the same transcript, in one store transaction.
 
     `check_agent(meta.agent)` runs before anything is written (the runtime
-    raises NotFoundError there for an unknown agent). Raises
+    raises NotFoundError there for an unknown agent); when it returns (or
+    its awaitable gives) a string, that is the `agent_uid` the new session
+    is bound to. Raises
     InvalidArgumentError for a bad file (nothing written), AlreadyExistsError
     if `new_id` is taken (durable stores), UnavailableError from the store.
     `created_by`, when given, replaces the file's (an import belongs to the
@@ -446,8 +448,10 @@ async def import_jsonl(
     if check_agent is not None:
         checked = check_agent(meta.agent)
         if inspect.isawaitable(checked):
-            await checked
+            checked = await checked
     record = record_from_meta(meta, items, new_id=new_id, now=now)
+    if check_agent is not None and isinstance(checked, str):
+        record.agent_uid = checked
     if created_by is not None:
         record.created_by = created_by
     await store.import_session(record, items)

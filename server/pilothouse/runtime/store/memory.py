@@ -10,7 +10,6 @@ from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 from pilothouse.errors import (
-    agent_exists,
     lease_lost,
     run_active,
     run_exists,
@@ -19,6 +18,7 @@ from pilothouse.errors import (
     session_not_found,
 )
 from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.store.agent_store import MemoryAgents
 from pilothouse.runtime.store.base import (
     INTERRUPTED,
     AgentRecord,
@@ -45,7 +45,7 @@ def _copy_item(item: TranscriptItem) -> TranscriptItem:
     return item.copy() if isinstance(item, Message) else dataclasses.replace(item)
 
 
-class MemorySessionStore(MemoryHookState, MemoryFeed):
+class MemorySessionStore(MemoryAgents, MemoryHookState, MemoryFeed):
     """Records and transcripts in dicts; every read returns copies."""
 
     def __init__(self) -> None:
@@ -457,40 +457,6 @@ class MemorySessionStore(MemoryHookState, MemoryFeed):
         self._records[record.id] = self._copy(record)
         self._items[record.id] = [_copy_item(i) for i in items]
         self._records[record.id].message_count = len(visible_history(items))
-
-    # --- Agents -----------------------------------------------------------
-
-    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
-        current = self._agents.get(record.name)
-        if current is None:
-            stored = dataclasses.replace(record, config=copy.deepcopy(record.config), version=1)
-        elif not replace:
-            raise agent_exists(record.name)
-        elif current.config == record.config and current.source == record.source:
-            stored = current
-        else:
-            stored = dataclasses.replace(
-                current,
-                config=copy.deepcopy(record.config),
-                source=record.source,
-                version=current.version + 1,
-                updated_at=record.updated_at,
-            )
-        self._agents[record.name] = stored
-        return dataclasses.replace(stored, config=copy.deepcopy(stored.config))
-
-    async def get_agent(self, name: str) -> AgentRecord | None:
-        record = self._agents.get(name)
-        return dataclasses.replace(record, config=copy.deepcopy(record.config)) if record else None
-
-    async def list_agents(self) -> builtins.list[AgentRecord]:
-        return [
-            dataclasses.replace(r, config=copy.deepcopy(r.config))
-            for _, r in sorted(self._agents.items())
-        ]
-
-    async def delete_agent(self, name: str) -> bool:
-        return self._agents.pop(name, None) is not None
 
 
 _T = TypeVar("_T", bound=Message | CompactMarker)

@@ -75,6 +75,21 @@ counter in the new one-row table `event_feed`, bumped by every transaction
 that stores events; PostgreSQL: `pg_current_xact_id()`, the column's
 default), 0 for the events stored before; and the index
 `run_events_by_feed` on (feed_tx, run_id, sequence), the feed order.
+
+Version 9 keeps every version of an agent and binds sessions to agents:
+
+- `agents` gains `uid` (a random id made when the agent is registered; it
+  stays across versions and changes when the name is registered anew),
+  `created_by` (the principal that registered it, "" for the agents file)
+  and `removed` (1 while the agent is out of the agents file: no new runs).
+- `agent_versions`: (name, version) primary key, `config` (canonical JSON,
+  as `agents.config`), `source`, `created_by` and `created_at` (when the
+  version was made). The agents registered before get their current
+  version only; their earlier configs were not kept.
+- `sessions` gains `agent_uid` (the `agents.uid` the session is bound to,
+  set for the existing sessions of existing agents; "" for a session whose
+  agent was gone: it runs whatever agent has the name, as before) and
+  `agent_version` (the pinned version, 0 for the latest).
 """
 
 from __future__ import annotations
@@ -415,21 +430,57 @@ MIGRATIONS = (
     ),
 )
 
-#: Upsert of an agent (both backends): a replaced agent's version goes up
-#: only when its config or source changed. `config` is canonical JSON text
-#: (sorted keys), so equal configs compare equal.
-UPSERT_AGENT = (
-    "INSERT INTO agents (name, config, source, version, created_at, updated_at)"
-    " VALUES ({p1}, {p2}, {p3}, 1, {p4}, {p4})"
-    " ON CONFLICT (name) DO UPDATE SET config = excluded.config, source = excluded.source,"
-    " version = agents.version + 1, updated_at = excluded.updated_at"
-    " WHERE agents.config <> excluded.config OR agents.source <> excluded.source"
+# Version 9: every version of an agent is kept, and sessions are bound to
+# an agent (its uid) and may pin a version.
+MIGRATIONS = (
+    *MIGRATIONS,
+    Migration(
+        9,
+        "agent versions and session bindings",
+        sqlite=(
+            "ALTER TABLE agents ADD COLUMN uid TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE agents ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE agents ADD COLUMN removed INTEGER NOT NULL DEFAULT 0",
+            "UPDATE agents SET uid = lower(hex(randomblob(16)))",
+            """CREATE TABLE agent_versions (
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                config TEXT NOT NULL,
+                source TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (name, version)
+            ) WITHOUT ROWID""",
+            "INSERT INTO agent_versions (name, version, config, source, created_by, created_at)"
+            " SELECT name, version, config, source, '', updated_at FROM agents",
+            "ALTER TABLE sessions ADD COLUMN agent_uid TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN agent_version INTEGER NOT NULL DEFAULT 0",
+            "UPDATE sessions SET agent_uid = COALESCE("
+            "(SELECT uid FROM agents WHERE agents.name = sessions.agent), '')",
+        ),
+        postgres=(
+            "ALTER TABLE agents ADD COLUMN uid TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE agents ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE agents ADD COLUMN removed SMALLINT NOT NULL DEFAULT 0",
+            "UPDATE agents SET uid = md5(random()::text || clock_timestamp()::text || name)",
+            """CREATE TABLE agent_versions (
+                name TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                config TEXT NOT NULL,
+                source TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (name, version)
+            )""",
+            "INSERT INTO agent_versions (name, version, config, source, created_by, created_at)"
+            " SELECT name, version, config, source, '', updated_at FROM agents",
+            "ALTER TABLE sessions ADD COLUMN agent_uid TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN agent_version BIGINT NOT NULL DEFAULT 0",
+            "UPDATE sessions SET agent_uid = COALESCE("
+            "(SELECT uid FROM agents WHERE agents.name = sessions.agent), '')",
+        ),
+    ),
 )
-INSERT_AGENT = (
-    "INSERT INTO agents (name, config, source, version, created_at, updated_at)"
-    " VALUES ({p1}, {p2}, {p3}, 1, {p4}, {p4})"
-)
-SELECT_AGENT = "SELECT name, config, source, version, created_at, updated_at FROM agents"
 
 #: Every migration, in version order.
 MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from pilothouse.errors import UnavailableError, agent_exists, session_not_found
+from pilothouse.errors import UnavailableError, session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store import postgres_search
+from pilothouse.runtime.store.agent_store import PostgresAgents
 from pilothouse.runtime.store.base import (
-    AgentRecord,
     CompactMarker,
     SessionRecord,
     SessionState,
@@ -43,8 +43,6 @@ from pilothouse.runtime.store.base import (
 from pilothouse.runtime.store.codec import (
     ITEM_COLUMNS,
     RECORD_COLUMNS,
-    agent_config_text,
-    agent_from_row,
     decode_item,
     decode_rows,
     decode_visible,
@@ -56,11 +54,8 @@ from pilothouse.runtime.store.common import session_exists, visible_history
 from pilothouse.runtime.store.feed import PostgresFeed
 from pilothouse.runtime.store.hook_state import PostgresHookState, session_scope
 from pilothouse.runtime.store.migrations import (
-    INSERT_AGENT,
     LATEST_VERSION,
     SCHEMA_MIGRATIONS_TABLE,
-    SELECT_AGENT,
-    UPSERT_AGENT,
     pending,
 )
 from pilothouse.runtime.store.postgres_runs import (
@@ -91,7 +86,7 @@ _STORED_SIZE = (
 )
 _T = TypeVar("_T")
 _INSERT_COLUMNS = RECORD_COLUMNS
-_INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb"
+_INSERT_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb, $15, $16"
 
 
 _COMPACT = f"""
@@ -110,12 +105,12 @@ SELECT * FROM s
 _IMPORT = f"""
 WITH s AS (
     INSERT INTO sessions ({_INSERT_COLUMNS}, next_seq, history_seq)
-    VALUES ({_INSERT_VALUES}, $15, $16)
+    VALUES ({_INSERT_VALUES}, $17, $18)
     RETURNING id
 ), items AS (
     INSERT INTO transcript_items (session_id, seq, {ITEMS})
     SELECT s.id, t.ord - 1, {T_ITEMS}
-    FROM s, {unnest_items(17)}
+    FROM s, {unnest_items(19)}
 )
 SELECT id FROM s
 """
@@ -143,7 +138,7 @@ def _redacted(dsn: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
-class PostgresSessionStore(PostgresRuns, PostgresHookState, PostgresFeed):
+class PostgresSessionStore(PostgresRuns, PostgresAgents, PostgresHookState, PostgresFeed):
     """Sessions in the PostgreSQL database at `dsn` (a libpq URL,
     `postgresql://user:pass@host:port/db`), through a pool of `min_size` to
     `max_size` connections.
@@ -477,35 +472,3 @@ class PostgresSessionStore(PostgresRuns, PostgresHookState, PostgresFeed):
             await self._fetch(_IMPORT, *params, len(items), history_seq, *item_arrays(items))
         except asyncpg.UniqueViolationError as exc:
             raise session_exists(record.id) from exc
-
-    # --- agents -----------------------------------------------------------
-
-    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
-        sql = (UPSERT_AGENT if replace else INSERT_AGENT).format(p1="$1", p2="$2", p3="$3", p4="$4")
-        pool = self._get_pool()
-        with self._errors():
-            conn = await pool.acquire(timeout=self._timeout)
-            try:
-                async with conn.transaction():
-                    try:
-                        await conn.execute(
-                            sql, record.name, agent_config_text(record.config), record.source,
-                            record.updated_at,
-                        )
-                    except asyncpg.UniqueViolationError as exc:
-                        raise agent_exists(record.name) from exc
-                    rows = await conn.fetch(f"{SELECT_AGENT} WHERE name = $1", record.name)
-            finally:
-                await pool.release(conn)
-        return agent_from_row(rows[0])
-
-    async def get_agent(self, name: str) -> AgentRecord | None:
-        rows = await self._fetch(f"{SELECT_AGENT} WHERE name = $1", name)
-        return agent_from_row(rows[0]) if rows else None
-
-    async def list_agents(self) -> builtins.list[AgentRecord]:
-        return [agent_from_row(r) for r in await self._fetch(f"{SELECT_AGENT} ORDER BY name")]
-
-    async def delete_agent(self, name: str) -> bool:
-        rows = await self._fetch("DELETE FROM agents WHERE name = $1 RETURNING name", name)
-        return bool(rows)

@@ -11,11 +11,11 @@ import builtins
 import sqlite3
 from typing import Any
 
-from pilothouse.errors import agent_exists, session_not_found
+from pilothouse.errors import session_not_found
 from pilothouse.runtime.messages import Message
 from pilothouse.runtime.store import sqlite_search
+from pilothouse.runtime.store.agent_store import SqliteAgents
 from pilothouse.runtime.store.base import (
-    AgentRecord,
     CompactMarker,
     SessionRecord,
     SessionState,
@@ -24,8 +24,6 @@ from pilothouse.runtime.store.base import (
 from pilothouse.runtime.store.codec import (
     ITEM_COLUMNS,
     RECORD_COLUMNS,
-    agent_config_text,
-    agent_from_row,
     decode_item,
     decode_rows,
     decode_visible,
@@ -41,7 +39,6 @@ from pilothouse.runtime.store.hook_state import (
     SqliteHookState,
     session_scope,
 )
-from pilothouse.runtime.store.migrations import INSERT_AGENT, SELECT_AGENT, UPSERT_AGENT
 from pilothouse.runtime.store.sqlite_base import PAGE_SIZE
 from pilothouse.runtime.store.sqlite_runs import INSERT_ITEM, SqliteRuns
 
@@ -52,7 +49,7 @@ _RETURNING = f"RETURNING {RECORD_COLUMNS}"
 _ITEM_COLUMNS = ", ".join(f"i.{column}" for column in ITEM_COLUMNS)
 
 
-class SqliteSessionStore(SqliteRuns, SqliteHookState, SqliteFeed):
+class SqliteSessionStore(SqliteRuns, SqliteAgents, SqliteHookState, SqliteFeed):
     """Sessions in the SQLite file at `path` (created if missing; its
     directory must exist).
 
@@ -70,7 +67,7 @@ class SqliteSessionStore(SqliteRuns, SqliteHookState, SqliteFeed):
         (reason SESSION_EXISTS) if its id is taken."""
         try:
             await self._write(
-                f"INSERT INTO sessions ({RECORD_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO sessions ({RECORD_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 record_params(record),
             )
         except sqlite3.IntegrityError as exc:
@@ -262,7 +259,7 @@ class SqliteSessionStore(SqliteRuns, SqliteHookState, SqliteFeed):
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 f"INSERT INTO sessions ({RECORD_COLUMNS}, next_seq, history_seq) "
-                f"VALUES ({', '.join('?' * 16)})",
+                f"VALUES ({', '.join('?' * 18)})",
                 (*params, len(items), history_seq),
             )
             conn.executemany(INSERT_ITEM, rows)
@@ -271,33 +268,6 @@ class SqliteSessionStore(SqliteRuns, SqliteHookState, SqliteFeed):
             await self._transaction(insert)
         except sqlite3.IntegrityError as exc:
             raise session_exists(record.id) from exc
-
-    # --- agents -----------------------------------------------------------
-
-    async def put_agent(self, record: AgentRecord, *, replace: bool) -> AgentRecord:
-        params = (record.name, agent_config_text(record.config), record.source, record.updated_at)
-        sql = (UPSERT_AGENT if replace else INSERT_AGENT).format(p1="?1", p2="?2", p3="?3", p4="?4")
-
-        def put(conn: sqlite3.Connection) -> Any:
-            try:
-                conn.execute(sql, params)
-            except sqlite3.IntegrityError as exc:
-                raise agent_exists(record.name) from exc
-            return conn.execute(f"{SELECT_AGENT} WHERE name = ?", (record.name,)).fetchone()
-
-        return agent_from_row(await self._transaction(put))
-
-    async def get_agent(self, name: str) -> AgentRecord | None:
-        rows = await self._read(f"{SELECT_AGENT} WHERE name = ?", (name,))
-        return agent_from_row(rows[0]) if rows else None
-
-    async def list_agents(self) -> builtins.list[AgentRecord]:
-        return [agent_from_row(r) for r in await self._read(f"{SELECT_AGENT} ORDER BY name", ())]
-
-    async def delete_agent(self, name: str) -> bool:
-        rows = await self._write("DELETE FROM agents WHERE name = ? RETURNING name", (name,))
-        return bool(rows)
-
 
 
 def _filters(agent: str, created_by: str, state: SessionState | None) -> tuple[str, builtins.list[Any]]:

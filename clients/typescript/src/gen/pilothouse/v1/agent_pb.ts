@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/agent.proto.
  */
 export const file_pilothouse_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIs0FCgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBBIYCgt0ZW1wZXJhdHVyZRgNIAEoAUgAiAEBEhIKBXRvcF9wGA4gASgBSAGIAQESEgoKbWF4X3Rva2VucxgPIAEoDRIWCg5zdG9wX3NlcXVlbmNlcxgQIAMoCRIgChNwYXJhbGxlbF90b29sX2NhbGxzGBEgASgISAKIAQESOAoQcmVhc29uaW5nX2VmZm9ydBgSIAEoDjIeLnBpbG90aG91c2UudjEuUmVhc29uaW5nRWZmb3J0EhYKDmZhbGxiYWNrX21vZGVsGBMgASgJEhwKFHJlc3BvbnNlX2pzb25fc2NoZW1hGCggASgJEhEKCWRlbGVnYXRlcxgyIAMoCRI3ChByZW1vdGVfZGVsZWdhdGVzGDMgAygLMh0ucGlsb3Rob3VzZS52MS5SZW1vdGVEZWxlZ2F0ZRIaChJhbGxvd2VkX3ByaW5jaXBhbHMYPCADKAkSFQoNYWxsb3dlZF9yb2xlcxg9IAMoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIksKDlJlbW90ZURlbGVnYXRlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfY2FyZF91cmwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkizgIKDk1vZGVsT3ZlcnJpZGVzEg0KBW1vZGVsGAEgASgJEhMKC3Rvb2xfY2hvaWNlGAIgASgJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESEgoFdG9wX3AYBCABKAFIAYgBARIXCgptYXhfdG9rZW5zGAUgASgNSAKIAQESFgoOc3RvcF9zZXF1ZW5jZXMYBiADKAkSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgHIAEoCEgDiAEBEjgKEHJlYXNvbmluZ19lZmZvcnQYCCABKA4yHi5waWxvdGhvdXNlLnYxLlJlYXNvbmluZ0VmZm9ydBIcChRyZXNwb25zZV9qc29uX3NjaGVtYRgoIAEoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQg0KC19tYXhfdG9rZW5zQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqkBCgVBZ2VudBIqCgZjb25maWcYASABKAsyGi5waWxvdGhvdXNlLnYxLkFnZW50Q29uZmlnEiIKBXRvb2xzGAIgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBCABKAkSDwoHdmVyc2lvbhgFIAEoDSqgAQoPUmVhc29uaW5nRWZmb3J0EiAKHFJFQVNPTklOR19FRkZPUlRfVU5TUEVDSUZJRUQQABIZChVSRUFTT05JTkdfRUZGT1JUX05PTkUQARIYChRSRUFTT05JTkdfRUZGT1JUX0xPVxACEhsKF1JFQVNPTklOR19FRkZPUlRfTUVESVVNEAMSGQoVUkVBU09OSU5HX0VGRk9SVF9ISUdIEAQqaAoOQXBwcm92YWxQb2xpY3kSHwobQVBQUk9WQUxfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVQVBQUk9WQUxfUE9MSUNZX05FVkVSEAESGgoWQVBQUk9WQUxfUE9MSUNZX0FMV0FZUxACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
+  fileDesc("ChlwaWxvdGhvdXNlL3YxL2FnZW50LnByb3RvEg1waWxvdGhvdXNlLnYxIs0FCgtBZ2VudENvbmZpZxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSDQoFdG9vbHMYBSADKAkSFgoObWF4X2l0ZXJhdGlvbnMYBiABKA0SEwoLdG9vbF9jaG9pY2UYByABKAkSEAoIdGhpbmtpbmcYCCABKAgSGQoRY29tcGFjdF90aHJlc2hvbGQYCSABKAQSNgoPYXBwcm92YWxfcG9saWN5GAogASgOMh0ucGlsb3Rob3VzZS52MS5BcHByb3ZhbFBvbGljeRIfChdhcHByb3ZhbF9yZXF1aXJlZF90b29scxgLIAMoCRIWCg5jb250ZXh0X3dpbmRvdxgMIAEoBBIYCgt0ZW1wZXJhdHVyZRgNIAEoAUgAiAEBEhIKBXRvcF9wGA4gASgBSAGIAQESEgoKbWF4X3Rva2VucxgPIAEoDRIWCg5zdG9wX3NlcXVlbmNlcxgQIAMoCRIgChNwYXJhbGxlbF90b29sX2NhbGxzGBEgASgISAKIAQESOAoQcmVhc29uaW5nX2VmZm9ydBgSIAEoDjIeLnBpbG90aG91c2UudjEuUmVhc29uaW5nRWZmb3J0EhYKDmZhbGxiYWNrX21vZGVsGBMgASgJEhwKFHJlc3BvbnNlX2pzb25fc2NoZW1hGCggASgJEhEKCWRlbGVnYXRlcxgyIAMoCRI3ChByZW1vdGVfZGVsZWdhdGVzGDMgAygLMh0ucGlsb3Rob3VzZS52MS5SZW1vdGVEZWxlZ2F0ZRIaChJhbGxvd2VkX3ByaW5jaXBhbHMYPCADKAkSFQoNYWxsb3dlZF9yb2xlcxg9IAMoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIksKDlJlbW90ZURlbGVnYXRlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfY2FyZF91cmwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkizgIKDk1vZGVsT3ZlcnJpZGVzEg0KBW1vZGVsGAEgASgJEhMKC3Rvb2xfY2hvaWNlGAIgASgJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESEgoFdG9wX3AYBCABKAFIAYgBARIXCgptYXhfdG9rZW5zGAUgASgNSAKIAQESFgoOc3RvcF9zZXF1ZW5jZXMYBiADKAkSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgHIAEoCEgDiAEBEjgKEHJlYXNvbmluZ19lZmZvcnQYCCABKA4yHi5waWxvdGhvdXNlLnYxLlJlYXNvbmluZ0VmZm9ydBIcChRyZXNwb25zZV9qc29uX3NjaGVtYRgoIAEoCUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQg0KC19tYXhfdG9rZW5zQhYKFF9wYXJhbGxlbF90b29sX2NhbGxzIqICCgVBZ2VudBIqCgZjb25maWcYASABKAsyGi5waWxvdGhvdXNlLnYxLkFnZW50Q29uZmlnEiIKBXRvb2xzGAIgAygLMhMucGlsb3Rob3VzZS52MS5Ub29sEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBCABKAkSDwoHdmVyc2lvbhgFIAEoDRIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdWlkGAcgASgJEg8KB2NyZWF0b3IYCCABKAkSKAoFc3RhdGUYCSABKA4yGS5waWxvdGhvdXNlLnYxLkFnZW50U3RhdGUqoAEKD1JlYXNvbmluZ0VmZm9ydBIgChxSRUFTT05JTkdfRUZGT1JUX1VOU1BFQ0lGSUVEEAASGQoVUkVBU09OSU5HX0VGRk9SVF9OT05FEAESGAoUUkVBU09OSU5HX0VGRk9SVF9MT1cQAhIbChdSRUFTT05JTkdfRUZGT1JUX01FRElVTRADEhkKFVJFQVNPTklOR19FRkZPUlRfSElHSBAEKmgKDkFwcHJvdmFsUG9saWN5Eh8KG0FQUFJPVkFMX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFUFQUFJPVkFMX1BPTElDWV9ORVZFUhABEhoKFkFQUFJPVkFMX1BPTElDWV9BTFdBWVMQAipaCgpBZ2VudFN0YXRlEhsKF0FHRU5UX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSQUdFTlRfU1RBVEVfQUNUSVZFEAESFwoTQUdFTlRfU1RBVEVfUkVNT1ZFRBACYgZwcm90bzM", [file_google_protobuf_timestamp, file_pilothouse_v1_tool]);
 
 /**
  * AgentConfig is the immutable definition an agent is built from.
@@ -378,8 +378,8 @@ export type Agent = Message<"pilothouse.v1.Agent"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * Where the agent comes from: "file" (the agents file loaded at start-up)
-   * or "api" (CreateAgent).
+   * Where the agent comes from: "file" (the agents file, watched while the
+   * server runs) or "api" (CreateAgent).
    *
    * @generated from field: string source = 4;
    */
@@ -387,11 +387,42 @@ export type Agent = Message<"pilothouse.v1.Agent"> & {
 
   /**
    * Version in the registry every replica shares: 1 when registered, one
-   * more each time the agents file changes its config.
+   * more each time UpdateAgent or the agents file changes its config.
    *
    * @generated from field: uint32 version = 5;
    */
   version: number;
+
+  /**
+   * When this version was made (the registration for version 1).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 6;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * Server-made id of this agent: it stays across versions and changes
+   * when the agent is deleted and created again under the same name (or
+   * the agents file takes over a name CreateAgent registered). Sessions
+   * are bound to it.
+   *
+   * @generated from field: string uid = 7;
+   */
+  uid: string;
+
+  /**
+   * The principal that registered the agent ("" for the agents file).
+   *
+   * @generated from field: string creator = 8;
+   */
+  creator: string;
+
+  /**
+   * Whether the agent takes new runs.
+   *
+   * @generated from field: pilothouse.v1.AgentState state = 9;
+   */
+  state: AgentState;
 };
 
 /**
@@ -483,4 +514,40 @@ export enum ApprovalPolicy {
  */
 export const ApprovalPolicySchema: GenEnum<ApprovalPolicy> = /*@__PURE__*/
   enumDesc(file_pilothouse_v1_agent, 1);
+
+/**
+ * Whether an agent takes new runs.
+ *
+ * @generated from enum pilothouse.v1.AgentState
+ */
+export enum AgentState {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: AGENT_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The agent takes new runs.
+   *
+   * @generated from enum value: AGENT_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * The agent was removed from the agents file: new runs and sessions fail
+   * with FAILED_PRECONDITION (AGENT_REMOVED), runs already started finish.
+   * It is active again when the file names it again.
+   *
+   * @generated from enum value: AGENT_STATE_REMOVED = 2;
+   */
+  REMOVED = 2,
+}
+
+/**
+ * Describes the enum pilothouse.v1.AgentState.
+ */
+export const AgentStateSchema: GenEnum<AgentState> = /*@__PURE__*/
+  enumDesc(file_pilothouse_v1_agent, 2);
 

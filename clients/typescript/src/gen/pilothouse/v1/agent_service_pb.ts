@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Agent, AgentConfig } from "./agent_pb.js";
 import { file_pilothouse_v1_agent } from "./agent_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/agent_service.proto.
  */
 export const file_pilothouse_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwaWxvdGhvdXNlL3YxL2FnZW50X3NlcnZpY2UucHJvdG8SDXBpbG90aG91c2UudjEiQAoSQ3JlYXRlQWdlbnRSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIaLnBpbG90aG91c2UudjEuQWdlbnRDb25maWciOgoTQ3JlYXRlQWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULnBpbG90aG91c2UudjEuQWdlbnQiHwoPR2V0QWdlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoQR2V0QWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULnBpbG90aG91c2UudjEuQWdlbnQiOgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUwoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULnBpbG90aG91c2UudjEuQWdlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEkRlbGV0ZUFnZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIhUKE0RlbGV0ZUFnZW50UmVzcG9uc2Uy2gIKDEFnZW50U2VydmljZRJUCgtDcmVhdGVBZ2VudBIhLnBpbG90aG91c2UudjEuQ3JlYXRlQWdlbnRSZXF1ZXN0GiIucGlsb3Rob3VzZS52MS5DcmVhdGVBZ2VudFJlc3BvbnNlEksKCEdldEFnZW50Eh4ucGlsb3Rob3VzZS52MS5HZXRBZ2VudFJlcXVlc3QaHy5waWxvdGhvdXNlLnYxLkdldEFnZW50UmVzcG9uc2USUQoKTGlzdEFnZW50cxIgLnBpbG90aG91c2UudjEuTGlzdEFnZW50c1JlcXVlc3QaIS5waWxvdGhvdXNlLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJUCgtEZWxldGVBZ2VudBIhLnBpbG90aG91c2UudjEuRGVsZXRlQWdlbnRSZXF1ZXN0GiIucGlsb3Rob3VzZS52MS5EZWxldGVBZ2VudFJlc3BvbnNlYgZwcm90bzM", [file_pilothouse_v1_agent]);
+  fileDesc("CiFwaWxvdGhvdXNlL3YxL2FnZW50X3NlcnZpY2UucHJvdG8SDXBpbG90aG91c2UudjEiQAoSQ3JlYXRlQWdlbnRSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIaLnBpbG90aG91c2UudjEuQWdlbnRDb25maWciOgoTQ3JlYXRlQWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULnBpbG90aG91c2UudjEuQWdlbnQiMAoPR2V0QWdlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoDSI3ChBHZXRBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQucGlsb3Rob3VzZS52MS5BZ2VudCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJTChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQucGlsb3Rob3VzZS52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiagoSVXBkYXRlQWdlbnRSZXF1ZXN0EiMKBWFnZW50GAEgASgLMhQucGlsb3Rob3VzZS52MS5BZ2VudBIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siOgoTVXBkYXRlQWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULnBpbG90aG91c2UudjEuQWdlbnQiTwoYTGlzdEFnZW50VmVyc2lvbnNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWgoZTGlzdEFnZW50VmVyc2lvbnNSZXNwb25zZRIkCgZhZ2VudHMYASADKAsyFC5waWxvdGhvdXNlLnYxLkFnZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChJEZWxldGVBZ2VudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIVChNEZWxldGVBZ2VudFJlc3BvbnNlMpgECgxBZ2VudFNlcnZpY2USVAoLQ3JlYXRlQWdlbnQSIS5waWxvdGhvdXNlLnYxLkNyZWF0ZUFnZW50UmVxdWVzdBoiLnBpbG90aG91c2UudjEuQ3JlYXRlQWdlbnRSZXNwb25zZRJLCghHZXRBZ2VudBIeLnBpbG90aG91c2UudjEuR2V0QWdlbnRSZXF1ZXN0Gh8ucGlsb3Rob3VzZS52MS5HZXRBZ2VudFJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5waWxvdGhvdXNlLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEucGlsb3Rob3VzZS52MS5MaXN0QWdlbnRzUmVzcG9uc2USVAoLVXBkYXRlQWdlbnQSIS5waWxvdGhvdXNlLnYxLlVwZGF0ZUFnZW50UmVxdWVzdBoiLnBpbG90aG91c2UudjEuVXBkYXRlQWdlbnRSZXNwb25zZRJmChFMaXN0QWdlbnRWZXJzaW9ucxInLnBpbG90aG91c2UudjEuTGlzdEFnZW50VmVyc2lvbnNSZXF1ZXN0GigucGlsb3Rob3VzZS52MS5MaXN0QWdlbnRWZXJzaW9uc1Jlc3BvbnNlElQKC0RlbGV0ZUFnZW50EiEucGlsb3Rob3VzZS52MS5EZWxldGVBZ2VudFJlcXVlc3QaIi5waWxvdGhvdXNlLnYxLkRlbGV0ZUFnZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_field_mask, file_pilothouse_v1_agent]);
 
 /**
  * Request of CreateAgent.
@@ -68,6 +70,13 @@ export type GetAgentRequest = Message<"pilothouse.v1.GetAgentRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * The version to return; 0 means the latest.
+   *
+   * @generated from field: uint32 version = 2;
+   */
+  version: number;
 };
 
 /**
@@ -156,6 +165,124 @@ export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PUR
   messageDesc(file_pilothouse_v1_agent_service, 5);
 
 /**
+ * Request of UpdateAgent.
+ *
+ * @generated from message pilothouse.v1.UpdateAgentRequest
+ */
+export type UpdateAgentRequest = Message<"pilothouse.v1.UpdateAgentRequest"> & {
+  /**
+   * The agent to change, by `agent.config.name`, with the new values of
+   * the fields `update_mask` names. Its other fields are ignored.
+   *
+   * @generated from field: pilothouse.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+
+  /**
+   * Paths relative to `agent`: "config" or "*" (the whole config: unset
+   * fields take their defaults), or "config.<field>" for one field of
+   * AgentConfig (not "config.name", which identifies the agent). Empty:
+   * every field of `agent.config` that is set (non-default).
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.UpdateAgentRequest.
+ * Use `create(UpdateAgentRequestSchema)` to create a new message.
+ */
+export const UpdateAgentRequestSchema: GenMessage<UpdateAgentRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent_service, 6);
+
+/**
+ * Response of UpdateAgent.
+ *
+ * @generated from message pilothouse.v1.UpdateAgentResponse
+ */
+export type UpdateAgentResponse = Message<"pilothouse.v1.UpdateAgentResponse"> & {
+  /**
+   * The agent's new latest version.
+   *
+   * @generated from field: pilothouse.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.UpdateAgentResponse.
+ * Use `create(UpdateAgentResponseSchema)` to create a new message.
+ */
+export const UpdateAgentResponseSchema: GenMessage<UpdateAgentResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent_service, 7);
+
+/**
+ * Request of ListAgentVersions.
+ *
+ * @generated from message pilothouse.v1.ListAgentVersionsRequest
+ */
+export type ListAgentVersionsRequest = Message<"pilothouse.v1.ListAgentVersionsRequest"> & {
+  /**
+   * The agent's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Maximum versions to return: 0 means 50, above 1000 is clamped to 1000,
+   * negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call with the same name, or empty for
+   * the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.ListAgentVersionsRequest.
+ * Use `create(ListAgentVersionsRequestSchema)` to create a new message.
+ */
+export const ListAgentVersionsRequestSchema: GenMessage<ListAgentVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent_service, 8);
+
+/**
+ * Response of ListAgentVersions.
+ *
+ * @generated from message pilothouse.v1.ListAgentVersionsResponse
+ */
+export type ListAgentVersionsResponse = Message<"pilothouse.v1.ListAgentVersionsResponse"> & {
+  /**
+   * The agent's versions, newest first, each with the config it had.
+   *
+   * @generated from field: repeated pilothouse.v1.Agent agents = 1;
+   */
+  agents: Agent[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pilothouse.v1.ListAgentVersionsResponse.
+ * Use `create(ListAgentVersionsResponseSchema)` to create a new message.
+ */
+export const ListAgentVersionsResponseSchema: GenMessage<ListAgentVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_agent_service, 9);
+
+/**
  * Request of DeleteAgent.
  *
  * @generated from message pilothouse.v1.DeleteAgentRequest
@@ -174,7 +301,7 @@ export type DeleteAgentRequest = Message<"pilothouse.v1.DeleteAgentRequest"> & {
  * Use `create(DeleteAgentRequestSchema)` to create a new message.
  */
 export const DeleteAgentRequestSchema: GenMessage<DeleteAgentRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_agent_service, 6);
+  messageDesc(file_pilothouse_v1_agent_service, 10);
 
 /**
  * Response of DeleteAgent.
@@ -189,21 +316,27 @@ export type DeleteAgentResponse = Message<"pilothouse.v1.DeleteAgentResponse"> &
  * Use `create(DeleteAgentResponseSchema)` to create a new message.
  */
 export const DeleteAgentResponseSchema: GenMessage<DeleteAgentResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_agent_service, 7);
+  messageDesc(file_pilothouse_v1_agent_service, 11);
 
 /**
- * AgentService registers and lists agents. The registry lives in the session
- * store, so every replica on the store sees the same agents. Agents are
- * immutable: to change one, delete it and create it again (an agent from the
- * agents file gets a new version when the file changes its config).
+ * AgentService registers, updates and lists agents. The registry lives in
+ * the session store, so every replica on the store sees the same agents.
+ * Each version of an agent is immutable and kept: UpdateAgent (and a change
+ * of the agents file) adds a new version, a run keeps the version it
+ * started with, and a session may pin one. Agent writes (Create, Update,
+ * Delete) need the admin role (PERMISSION_DENIED otherwise).
  *
  * @generated from service pilothouse.v1.AgentService
  */
 export const AgentService: GenService<{
   /**
-   * Registers an agent. ALREADY_EXISTS if the name is taken,
-   * INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION if a tool it
-   * names is offered by no ToolExecutor.
+   * Registers an agent as version 1. ALREADY_EXISTS (AGENT_EXISTS) if the
+   * name is taken, by whoever registered it (also by the agents file, and
+   * for an agent removed from it); INVALID_ARGUMENT for a bad config,
+   * FAILED_PRECONDITION if a tool it names is offered by no ToolExecutor.
+   * An agent deleted and created again is a new agent (a new `uid`): the
+   * old one's sessions refuse new runs with FAILED_PRECONDITION
+   * (AGENT_REPLACED) until an admin rebinds them (RebindSession).
    *
    * @generated from rpc pilothouse.v1.AgentService.CreateAgent
    */
@@ -213,7 +346,9 @@ export const AgentService: GenService<{
     output: typeof CreateAgentResponseSchema;
   },
   /**
-   * Returns one agent. NOT_FOUND if unknown.
+   * Returns one agent: its latest version, or the `version` asked for.
+   * NOT_FOUND if unknown (AGENT_NOT_FOUND) or without that version
+   * (AGENT_VERSION_NOT_FOUND).
    *
    * @generated from rpc pilothouse.v1.AgentService.GetAgent
    */
@@ -223,7 +358,7 @@ export const AgentService: GenService<{
     output: typeof GetAgentResponseSchema;
   },
   /**
-   * Lists agents in alphabetical order of name.
+   * Lists agents (their latest versions) in alphabetical order of name.
    *
    * @generated from rpc pilothouse.v1.AgentService.ListAgents
    */
@@ -233,8 +368,40 @@ export const AgentService: GenService<{
     output: typeof ListAgentsResponseSchema;
   },
   /**
-   * Removes an agent. NOT_FOUND if unknown. Its sessions stay readable; new
-   * runs on them fail with NOT_FOUND.
+   * Changes an agent's config (AIP-134): the fields `update_mask` names
+   * are taken from `agent`, the others kept, and the result is stored as a
+   * new version (the same version when nothing changed). Runs already
+   * started keep their version; unpinned sessions use the new one from
+   * their next run. NOT_FOUND if unknown; INVALID_ARGUMENT (ErrorInfo
+   * reason INVALID_UPDATE_MASK, BadRequest on `update_mask`) for a path
+   * that is not a mutable field of the config, and for a bad result;
+   * FAILED_PRECONDITION (AGENT_FROM_FILE) for an agent of the agents file
+   * (edit the file instead) and as CreateAgent for tools and models;
+   * ABORTED (AGENT_VERSION_CONFLICT) when another update came first.
+   *
+   * @generated from rpc pilothouse.v1.AgentService.UpdateAgent
+   */
+  updateAgent: {
+    methodKind: "unary";
+    input: typeof UpdateAgentRequestSchema;
+    output: typeof UpdateAgentResponseSchema;
+  },
+  /**
+   * Lists an agent's versions, newest first (AIP-158 paging). NOT_FOUND if
+   * the agent is unknown.
+   *
+   * @generated from rpc pilothouse.v1.AgentService.ListAgentVersions
+   */
+  listAgentVersions: {
+    methodKind: "unary";
+    input: typeof ListAgentVersionsRequestSchema;
+    output: typeof ListAgentVersionsResponseSchema;
+  },
+  /**
+   * Removes an agent and its versions. NOT_FOUND if unknown. Its sessions
+   * stay readable; new runs on them fail with NOT_FOUND, and with
+   * FAILED_PRECONDITION (AGENT_REPLACED) once an agent of the same name is
+   * created again.
    *
    * @generated from rpc pilothouse.v1.AgentService.DeleteAgent
    */

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/session.proto.
  */
 export const file_pilothouse_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("ChtwaWxvdGhvdXNlL3YxL3Nlc3Npb24ucHJvdG8SDXBpbG90aG91c2UudjEiyQMKB1Nlc3Npb24SCgoCaWQYASABKAkSDQoFYWdlbnQYAiABKAkSEgoKY3JlYXRlZF9ieRgDIAEoCRINCgV0aXRsZRgEIAEoCRIqCgVzdGF0ZRgFIAEoDjIbLnBpbG90aG91c2UudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNbWVzc2FnZV9jb3VudBgIIAEoBBIpCgZ1cHRpbWUYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNYWN0aXZlX3J1bl9pZBgKIAEoCRIdChVhbHdheXNfYXBwcm92ZWRfdG9vbHMYCyADKAkSEwoLbGFzdF9ydW5faWQYDCABKAkSNwoUbGFzdF9ydW5fc3RvcF9yZWFzb24YDSABKA4yGS5waWxvdGhvdXNlLnYxLlN0b3BSZWFzb24SLAoObGFzdF9ydW5fdXNhZ2UYDiABKAsyFC5waWxvdGhvdXNlLnYxLlVzYWdlKl8KDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSU0VTU0lPTl9TVEFURV9PUEVOEAESGAoUU0VTU0lPTl9TVEFURV9DTE9TRUQQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_pilothouse_v1_event]);
+  fileDesc("ChtwaWxvdGhvdXNlL3YxL3Nlc3Npb24ucHJvdG8SDXBpbG90aG91c2UudjEi8wMKB1Nlc3Npb24SCgoCaWQYASABKAkSDQoFYWdlbnQYAiABKAkSEgoKY3JlYXRlZF9ieRgDIAEoCRINCgV0aXRsZRgEIAEoCRIqCgVzdGF0ZRgFIAEoDjIbLnBpbG90aG91c2UudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNbWVzc2FnZV9jb3VudBgIIAEoBBIpCgZ1cHRpbWUYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNYWN0aXZlX3J1bl9pZBgKIAEoCRIdChVhbHdheXNfYXBwcm92ZWRfdG9vbHMYCyADKAkSEwoLbGFzdF9ydW5faWQYDCABKAkSNwoUbGFzdF9ydW5fc3RvcF9yZWFzb24YDSABKA4yGS5waWxvdGhvdXNlLnYxLlN0b3BSZWFzb24SLAoObGFzdF9ydW5fdXNhZ2UYDiABKAsyFC5waWxvdGhvdXNlLnYxLlVzYWdlEhUKDWFnZW50X3ZlcnNpb24YDyABKA0SEQoJYWdlbnRfdWlkGBAgASgJKl8KDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSU0VTU0lPTl9TVEFURV9PUEVOEAESGAoUU0VTU0lPTl9TVEFURV9DTE9TRUQQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_pilothouse_v1_event]);
 
 /**
  * Session is a conversation between one identity and one agent.
@@ -119,6 +119,25 @@ export type Session = Message<"pilothouse.v1.Session"> & {
    * @generated from field: pilothouse.v1.Usage last_run_usage = 14;
    */
   lastRunUsage?: Usage | undefined;
+
+  /**
+   * The agent version the session's runs use: 0 (not pinned) for the
+   * agent's latest version at each run's start. Set by CreateSession,
+   * UpdateSession or RebindSession.
+   *
+   * @generated from field: uint32 agent_version = 15;
+   */
+  agentVersion: number;
+
+  /**
+   * The `Agent.uid` the session is bound to (output only). When the agent
+   * was deleted and created again, the uid differs and new runs fail with
+   * FAILED_PRECONDITION (AGENT_REPLACED) until an admin rebinds the
+   * session (RebindSession).
+   *
+   * @generated from field: string agent_uid = 16;
+   */
+  agentUid: string;
 };
 
 /**

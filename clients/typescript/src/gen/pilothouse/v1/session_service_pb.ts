@@ -4,8 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message as Message$1, Role } from "./message_pb.js";
 import { file_pilothouse_v1_message } from "./message_pb.js";
 import type { Session, SessionState } from "./session_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pilothouse/v1/session_service.proto.
  */
 export const file_pilothouse_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNwaWxvdGhvdXNlL3YxL3Nlc3Npb25fc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSI5ChRDcmVhdGVTZXNzaW9uUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJIkAKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KGUdldE9yQ3JlYXRlU2Vzc2lvblJlcXVlc3QSDQoFYWdlbnQYASABKAkSEgoKY3JlYXRlZF9ieRgCIAEoCSJWChpHZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uEg8KB2NyZWF0ZWQYAiABKAgiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChJHZXRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKLAQoTTGlzdFNlc3Npb25zUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEioKBXN0YXRlGAUgASgOMhsucGlsb3Rob3VzZS52MS5TZXNzaW9uU3RhdGUiWQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKAoIc2Vzc2lvbnMYASADKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIikKE0Nsb3NlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChRDbG9zZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uImYKE0xpc3RNZXNzYWdlc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgiWQoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKAoIbWVzc2FnZXMYASADKAsyFi5waWxvdGhvdXNlLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIisKFUNvbXBhY3RTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIlIKFkNvbXBhY3RTZXNzaW9uUmVzcG9uc2USDwoHc3VtbWFyeRgBIAEoCRInCgdzZXNzaW9uGAIgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KFEV4cG9ydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEgoKcGFnZV90b2tlbhgCIAEoCSJBChVFeHBvcnRTZXNzaW9uUmVzcG9uc2USDwoHY29udGVudBgBIAEoDBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoUSW1wb3J0U2Vzc2lvblJlcXVlc3QSDwoHY29udGVudBgBIAEoDCJAChVJbXBvcnRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKcAQoVU2VhcmNoU2Vzc2lvbnNSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEg0KBWFnZW50GAIgASgJEhIKCmNyZWF0ZWRfYnkYAyABKAkSKgoFc3RhdGUYBCABKA4yGy5waWxvdGhvdXNlLnYxLlNlc3Npb25TdGF0ZRIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJmChZTZWFyY2hTZXNzaW9uc1Jlc3BvbnNlEjMKB3Jlc3VsdHMYASADKAsyIi5waWxvdGhvdXNlLnYxLlNlc3Npb25TZWFyY2hSZXN1bHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInsKE1Nlc3Npb25TZWFyY2hSZXN1bHQSJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbhINCgVzY29yZRgCIAEoARIsCgdtYXRjaGVzGAMgAygLMhsucGlsb3Rob3VzZS52MS5NZXNzYWdlTWF0Y2gitQEKDE1lc3NhZ2VNYXRjaBISCgptZXNzYWdlX2lkGAEgASgJEiEKBHJvbGUYAiABKA4yEy5waWxvdGhvdXNlLnYxLlJvbGUSDwoHc25pcHBldBgDIAEoCRIsCgpoaWdobGlnaHRzGAQgAygLMhgucGlsb3Rob3VzZS52MS5UZXh0UmFuZ2USLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKCVRleHRSYW5nZRINCgVzdGFydBgBIAEoBRILCgNlbmQYAiABKAUyhwgKDlNlc3Npb25TZXJ2aWNlEloKDUNyZWF0ZVNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USaQoSR2V0T3JDcmVhdGVTZXNzaW9uEigucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXF1ZXN0GikucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRJRCgpHZXRTZXNzaW9uEiAucGlsb3Rob3VzZS52MS5HZXRTZXNzaW9uUmVxdWVzdBohLnBpbG90aG91c2UudjEuR2V0U2Vzc2lvblJlc3BvbnNlElcKDExpc3RTZXNzaW9ucxIiLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBojLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USVwoMQ2xvc2VTZXNzaW9uEiIucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXNwb25zZRJXCgxMaXN0TWVzc2FnZXMSIi5waWxvdGhvdXNlLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaIy5waWxvdGhvdXNlLnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlEloKDURlbGV0ZVNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USXQoOQ29tcGFjdFNlc3Npb24SJC5waWxvdGhvdXNlLnYxLkNvbXBhY3RTZXNzaW9uUmVxdWVzdBolLnBpbG90aG91c2UudjEuQ29tcGFjdFNlc3Npb25SZXNwb25zZRJaCg1FeHBvcnRTZXNzaW9uEiMucGlsb3Rob3VzZS52MS5FeHBvcnRTZXNzaW9uUmVxdWVzdBokLnBpbG90aG91c2UudjEuRXhwb3J0U2Vzc2lvblJlc3BvbnNlEloKDUltcG9ydFNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkltcG9ydFNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5JbXBvcnRTZXNzaW9uUmVzcG9uc2USXQoOU2VhcmNoU2Vzc2lvbnMSJC5waWxvdGhvdXNlLnYxLlNlYXJjaFNlc3Npb25zUmVxdWVzdBolLnBpbG90aG91c2UudjEuU2VhcmNoU2Vzc2lvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_pilothouse_v1_message, file_pilothouse_v1_session]);
+  fileDesc("CiNwaWxvdGhvdXNlL3YxL3Nlc3Npb25fc2VydmljZS5wcm90bxINcGlsb3Rob3VzZS52MSJQChRDcmVhdGVTZXNzaW9uUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEhUKDWFnZW50X3ZlcnNpb24YAyABKA0iQAoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24icAoUVXBkYXRlU2Vzc2lvblJlcXVlc3QSJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siQAoVVXBkYXRlU2Vzc2lvblJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24iQQoUUmViaW5kU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAIgASgNIkAKFVJlYmluZFNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KGUdldE9yQ3JlYXRlU2Vzc2lvblJlcXVlc3QSDQoFYWdlbnQYASABKAkSEgoKY3JlYXRlZF9ieRgCIAEoCSJWChpHZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uEg8KB2NyZWF0ZWQYAiABKAgiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChJHZXRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKLAQoTTGlzdFNlc3Npb25zUmVxdWVzdBINCgVhZ2VudBgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEioKBXN0YXRlGAUgASgOMhsucGlsb3Rob3VzZS52MS5TZXNzaW9uU3RhdGUiWQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKAoIc2Vzc2lvbnMYASADKAsyFi5waWxvdGhvdXNlLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIikKE0Nsb3NlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChRDbG9zZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uImYKE0xpc3RNZXNzYWdlc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgiWQoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKAoIbWVzc2FnZXMYASADKAsyFi5waWxvdGhvdXNlLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIisKFUNvbXBhY3RTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIlIKFkNvbXBhY3RTZXNzaW9uUmVzcG9uc2USDwoHc3VtbWFyeRgBIAEoCRInCgdzZXNzaW9uGAIgASgLMhYucGlsb3Rob3VzZS52MS5TZXNzaW9uIj4KFEV4cG9ydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEgoKcGFnZV90b2tlbhgCIAEoCSJBChVFeHBvcnRTZXNzaW9uUmVzcG9uc2USDwoHY29udGVudBgBIAEoDBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoUSW1wb3J0U2Vzc2lvblJlcXVlc3QSDwoHY29udGVudBgBIAEoDCJAChVJbXBvcnRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbiKcAQoVU2VhcmNoU2Vzc2lvbnNSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEg0KBWFnZW50GAIgASgJEhIKCmNyZWF0ZWRfYnkYAyABKAkSKgoFc3RhdGUYBCABKA4yGy5waWxvdGhvdXNlLnYxLlNlc3Npb25TdGF0ZRIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJmChZTZWFyY2hTZXNzaW9uc1Jlc3BvbnNlEjMKB3Jlc3VsdHMYASADKAsyIi5waWxvdGhvdXNlLnYxLlNlc3Npb25TZWFyY2hSZXN1bHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInsKE1Nlc3Npb25TZWFyY2hSZXN1bHQSJwoHc2Vzc2lvbhgBIAEoCzIWLnBpbG90aG91c2UudjEuU2Vzc2lvbhINCgVzY29yZRgCIAEoARIsCgdtYXRjaGVzGAMgAygLMhsucGlsb3Rob3VzZS52MS5NZXNzYWdlTWF0Y2gitQEKDE1lc3NhZ2VNYXRjaBISCgptZXNzYWdlX2lkGAEgASgJEiEKBHJvbGUYAiABKA4yEy5waWxvdGhvdXNlLnYxLlJvbGUSDwoHc25pcHBldBgDIAEoCRIsCgpoaWdobGlnaHRzGAQgAygLMhgucGlsb3Rob3VzZS52MS5UZXh0UmFuZ2USLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKCVRleHRSYW5nZRINCgVzdGFydBgBIAEoBRILCgNlbmQYAiABKAUyvwkKDlNlc3Npb25TZXJ2aWNlEloKDUNyZWF0ZVNlc3Npb24SIy5waWxvdGhvdXNlLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USaQoSR2V0T3JDcmVhdGVTZXNzaW9uEigucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXF1ZXN0GikucGlsb3Rob3VzZS52MS5HZXRPckNyZWF0ZVNlc3Npb25SZXNwb25zZRJRCgpHZXRTZXNzaW9uEiAucGlsb3Rob3VzZS52MS5HZXRTZXNzaW9uUmVxdWVzdBohLnBpbG90aG91c2UudjEuR2V0U2Vzc2lvblJlc3BvbnNlElcKDExpc3RTZXNzaW9ucxIiLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBojLnBpbG90aG91c2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USVwoMQ2xvc2VTZXNzaW9uEiIucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5DbG9zZVNlc3Npb25SZXNwb25zZRJaCg1VcGRhdGVTZXNzaW9uEiMucGlsb3Rob3VzZS52MS5VcGRhdGVTZXNzaW9uUmVxdWVzdBokLnBpbG90aG91c2UudjEuVXBkYXRlU2Vzc2lvblJlc3BvbnNlEloKDVJlYmluZFNlc3Npb24SIy5waWxvdGhvdXNlLnYxLlJlYmluZFNlc3Npb25SZXF1ZXN0GiQucGlsb3Rob3VzZS52MS5SZWJpbmRTZXNzaW9uUmVzcG9uc2USVwoMTGlzdE1lc3NhZ2VzEiIucGlsb3Rob3VzZS52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0GiMucGlsb3Rob3VzZS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJaCg1EZWxldGVTZXNzaW9uEiMucGlsb3Rob3VzZS52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBokLnBpbG90aG91c2UudjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlEl0KDkNvbXBhY3RTZXNzaW9uEiQucGlsb3Rob3VzZS52MS5Db21wYWN0U2Vzc2lvblJlcXVlc3QaJS5waWxvdGhvdXNlLnYxLkNvbXBhY3RTZXNzaW9uUmVzcG9uc2USWgoNRXhwb3J0U2Vzc2lvbhIjLnBpbG90aG91c2UudjEuRXhwb3J0U2Vzc2lvblJlcXVlc3QaJC5waWxvdGhvdXNlLnYxLkV4cG9ydFNlc3Npb25SZXNwb25zZRJaCg1JbXBvcnRTZXNzaW9uEiMucGlsb3Rob3VzZS52MS5JbXBvcnRTZXNzaW9uUmVxdWVzdBokLnBpbG90aG91c2UudjEuSW1wb3J0U2Vzc2lvblJlc3BvbnNlEl0KDlNlYXJjaFNlc3Npb25zEiQucGlsb3Rob3VzZS52MS5TZWFyY2hTZXNzaW9uc1JlcXVlc3QaJS5waWxvdGhvdXNlLnYxLlNlYXJjaFNlc3Npb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_pilothouse_v1_message, file_pilothouse_v1_session]);
 
 /**
  * Request of CreateSession.
@@ -37,6 +37,14 @@ export type CreateSessionRequest = Message<"pilothouse.v1.CreateSessionRequest">
    * @generated from field: string created_by = 2;
    */
   createdBy: string;
+
+  /**
+   * Pin this version of the agent (see `Session.agent_version`); 0: the
+   * latest version at each run.
+   *
+   * @generated from field: uint32 agent_version = 3;
+   */
+  agentVersion: number;
 };
 
 /**
@@ -68,6 +76,105 @@ export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*
   messageDesc(file_pilothouse_v1_session_service, 1);
 
 /**
+ * Request of UpdateSession.
+ *
+ * @generated from message pilothouse.v1.UpdateSessionRequest
+ */
+export type UpdateSessionRequest = Message<"pilothouse.v1.UpdateSessionRequest"> & {
+  /**
+   * The session to change, by `session.id`, with the new values of the
+   * fields `update_mask` names. Its other fields are ignored.
+   *
+   * @generated from field: pilothouse.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * "agent_version", "title", "*" (both), or empty (the ones set).
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.UpdateSessionRequest.
+ * Use `create(UpdateSessionRequestSchema)` to create a new message.
+ */
+export const UpdateSessionRequestSchema: GenMessage<UpdateSessionRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 2);
+
+/**
+ * Response of UpdateSession.
+ *
+ * @generated from message pilothouse.v1.UpdateSessionResponse
+ */
+export type UpdateSessionResponse = Message<"pilothouse.v1.UpdateSessionResponse"> & {
+  /**
+   * The session as changed.
+   *
+   * @generated from field: pilothouse.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.UpdateSessionResponse.
+ * Use `create(UpdateSessionResponseSchema)` to create a new message.
+ */
+export const UpdateSessionResponseSchema: GenMessage<UpdateSessionResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 3);
+
+/**
+ * Request of RebindSession.
+ *
+ * @generated from message pilothouse.v1.RebindSessionRequest
+ */
+export type RebindSessionRequest = Message<"pilothouse.v1.RebindSessionRequest"> & {
+  /**
+   * The session's id.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The version of the (new) agent to pin; 0: the latest at each run.
+   *
+   * @generated from field: uint32 agent_version = 2;
+   */
+  agentVersion: number;
+};
+
+/**
+ * Describes the message pilothouse.v1.RebindSessionRequest.
+ * Use `create(RebindSessionRequestSchema)` to create a new message.
+ */
+export const RebindSessionRequestSchema: GenMessage<RebindSessionRequest> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 4);
+
+/**
+ * Response of RebindSession.
+ *
+ * @generated from message pilothouse.v1.RebindSessionResponse
+ */
+export type RebindSessionResponse = Message<"pilothouse.v1.RebindSessionResponse"> & {
+  /**
+   * The session, bound to the agent's current `uid`.
+   *
+   * @generated from field: pilothouse.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message pilothouse.v1.RebindSessionResponse.
+ * Use `create(RebindSessionResponseSchema)` to create a new message.
+ */
+export const RebindSessionResponseSchema: GenMessage<RebindSessionResponse> = /*@__PURE__*/
+  messageDesc(file_pilothouse_v1_session_service, 5);
+
+/**
  * Request of GetOrCreateSession.
  *
  * @generated from message pilothouse.v1.GetOrCreateSessionRequest
@@ -93,7 +200,7 @@ export type GetOrCreateSessionRequest = Message<"pilothouse.v1.GetOrCreateSessio
  * Use `create(GetOrCreateSessionRequestSchema)` to create a new message.
  */
 export const GetOrCreateSessionRequestSchema: GenMessage<GetOrCreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 2);
+  messageDesc(file_pilothouse_v1_session_service, 6);
 
 /**
  * Response of GetOrCreateSession.
@@ -121,7 +228,7 @@ export type GetOrCreateSessionResponse = Message<"pilothouse.v1.GetOrCreateSessi
  * Use `create(GetOrCreateSessionResponseSchema)` to create a new message.
  */
 export const GetOrCreateSessionResponseSchema: GenMessage<GetOrCreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 3);
+  messageDesc(file_pilothouse_v1_session_service, 7);
 
 /**
  * Request of GetSession.
@@ -142,7 +249,7 @@ export type GetSessionRequest = Message<"pilothouse.v1.GetSessionRequest"> & {
  * Use `create(GetSessionRequestSchema)` to create a new message.
  */
 export const GetSessionRequestSchema: GenMessage<GetSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 4);
+  messageDesc(file_pilothouse_v1_session_service, 8);
 
 /**
  * Response of GetSession.
@@ -163,7 +270,7 @@ export type GetSessionResponse = Message<"pilothouse.v1.GetSessionResponse"> & {
  * Use `create(GetSessionResponseSchema)` to create a new message.
  */
 export const GetSessionResponseSchema: GenMessage<GetSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 5);
+  messageDesc(file_pilothouse_v1_session_service, 9);
 
 /**
  * Request of ListSessions.
@@ -213,7 +320,7 @@ export type ListSessionsRequest = Message<"pilothouse.v1.ListSessionsRequest"> &
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 6);
+  messageDesc(file_pilothouse_v1_session_service, 10);
 
 /**
  * Response of ListSessions.
@@ -241,7 +348,7 @@ export type ListSessionsResponse = Message<"pilothouse.v1.ListSessionsResponse">
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 7);
+  messageDesc(file_pilothouse_v1_session_service, 11);
 
 /**
  * Request of CloseSession.
@@ -262,7 +369,7 @@ export type CloseSessionRequest = Message<"pilothouse.v1.CloseSessionRequest"> &
  * Use `create(CloseSessionRequestSchema)` to create a new message.
  */
 export const CloseSessionRequestSchema: GenMessage<CloseSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 8);
+  messageDesc(file_pilothouse_v1_session_service, 12);
 
 /**
  * Response of CloseSession.
@@ -283,7 +390,7 @@ export type CloseSessionResponse = Message<"pilothouse.v1.CloseSessionResponse">
  * Use `create(CloseSessionResponseSchema)` to create a new message.
  */
 export const CloseSessionResponseSchema: GenMessage<CloseSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 9);
+  messageDesc(file_pilothouse_v1_session_service, 13);
 
 /**
  * Request of ListMessages.
@@ -326,7 +433,7 @@ export type ListMessagesRequest = Message<"pilothouse.v1.ListMessagesRequest"> &
  * Use `create(ListMessagesRequestSchema)` to create a new message.
  */
 export const ListMessagesRequestSchema: GenMessage<ListMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 10);
+  messageDesc(file_pilothouse_v1_session_service, 14);
 
 /**
  * Response of ListMessages.
@@ -354,7 +461,7 @@ export type ListMessagesResponse = Message<"pilothouse.v1.ListMessagesResponse">
  * Use `create(ListMessagesResponseSchema)` to create a new message.
  */
 export const ListMessagesResponseSchema: GenMessage<ListMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 11);
+  messageDesc(file_pilothouse_v1_session_service, 15);
 
 /**
  * Request of DeleteSession.
@@ -375,7 +482,7 @@ export type DeleteSessionRequest = Message<"pilothouse.v1.DeleteSessionRequest">
  * Use `create(DeleteSessionRequestSchema)` to create a new message.
  */
 export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 12);
+  messageDesc(file_pilothouse_v1_session_service, 16);
 
 /**
  * Response of DeleteSession.
@@ -390,7 +497,7 @@ export type DeleteSessionResponse = Message<"pilothouse.v1.DeleteSessionResponse
  * Use `create(DeleteSessionResponseSchema)` to create a new message.
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 13);
+  messageDesc(file_pilothouse_v1_session_service, 17);
 
 /**
  * Request of CompactSession.
@@ -411,7 +518,7 @@ export type CompactSessionRequest = Message<"pilothouse.v1.CompactSessionRequest
  * Use `create(CompactSessionRequestSchema)` to create a new message.
  */
 export const CompactSessionRequestSchema: GenMessage<CompactSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 14);
+  messageDesc(file_pilothouse_v1_session_service, 18);
 
 /**
  * Response of CompactSession.
@@ -439,7 +546,7 @@ export type CompactSessionResponse = Message<"pilothouse.v1.CompactSessionRespon
  * Use `create(CompactSessionResponseSchema)` to create a new message.
  */
 export const CompactSessionResponseSchema: GenMessage<CompactSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 15);
+  messageDesc(file_pilothouse_v1_session_service, 19);
 
 /**
  * Request of ExportSession.
@@ -468,7 +575,7 @@ export type ExportSessionRequest = Message<"pilothouse.v1.ExportSessionRequest">
  * Use `create(ExportSessionRequestSchema)` to create a new message.
  */
 export const ExportSessionRequestSchema: GenMessage<ExportSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 16);
+  messageDesc(file_pilothouse_v1_session_service, 20);
 
 /**
  * Response of ExportSession. A long session comes in pages of a few MiB
@@ -497,7 +604,7 @@ export type ExportSessionResponse = Message<"pilothouse.v1.ExportSessionResponse
  * Use `create(ExportSessionResponseSchema)` to create a new message.
  */
 export const ExportSessionResponseSchema: GenMessage<ExportSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 17);
+  messageDesc(file_pilothouse_v1_session_service, 21);
 
 /**
  * Request of ImportSession.
@@ -518,7 +625,7 @@ export type ImportSessionRequest = Message<"pilothouse.v1.ImportSessionRequest">
  * Use `create(ImportSessionRequestSchema)` to create a new message.
  */
 export const ImportSessionRequestSchema: GenMessage<ImportSessionRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 18);
+  messageDesc(file_pilothouse_v1_session_service, 22);
 
 /**
  * Response of ImportSession.
@@ -539,7 +646,7 @@ export type ImportSessionResponse = Message<"pilothouse.v1.ImportSessionResponse
  * Use `create(ImportSessionResponseSchema)` to create a new message.
  */
 export const ImportSessionResponseSchema: GenMessage<ImportSessionResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 19);
+  messageDesc(file_pilothouse_v1_session_service, 23);
 
 /**
  * Request of SearchSessions.
@@ -600,7 +707,7 @@ export type SearchSessionsRequest = Message<"pilothouse.v1.SearchSessionsRequest
  * Use `create(SearchSessionsRequestSchema)` to create a new message.
  */
 export const SearchSessionsRequestSchema: GenMessage<SearchSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 20);
+  messageDesc(file_pilothouse_v1_session_service, 24);
 
 /**
  * Response of SearchSessions.
@@ -629,7 +736,7 @@ export type SearchSessionsResponse = Message<"pilothouse.v1.SearchSessionsRespon
  * Use `create(SearchSessionsResponseSchema)` to create a new message.
  */
 export const SearchSessionsResponseSchema: GenMessage<SearchSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 21);
+  messageDesc(file_pilothouse_v1_session_service, 25);
 
 /**
  * A session found by SearchSessions.
@@ -665,7 +772,7 @@ export type SessionSearchResult = Message<"pilothouse.v1.SessionSearchResult"> &
  * Use `create(SessionSearchResultSchema)` to create a new message.
  */
 export const SessionSearchResultSchema: GenMessage<SessionSearchResult> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 22);
+  messageDesc(file_pilothouse_v1_session_service, 26);
 
 /**
  * A message that matches a search.
@@ -717,7 +824,7 @@ export type MessageMatch = Message<"pilothouse.v1.MessageMatch"> & {
  * Use `create(MessageMatchSchema)` to create a new message.
  */
 export const MessageMatchSchema: GenMessage<MessageMatch> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 23);
+  messageDesc(file_pilothouse_v1_session_service, 27);
 
 /**
  * A range of a text, in Unicode code points from its start: `start`
@@ -746,7 +853,7 @@ export type TextRange = Message<"pilothouse.v1.TextRange"> & {
  * Use `create(TextRangeSchema)` to create a new message.
  */
 export const TextRangeSchema: GenMessage<TextRange> = /*@__PURE__*/
-  messageDesc(file_pilothouse_v1_session_service, 24);
+  messageDesc(file_pilothouse_v1_session_service, 28);
 
 /**
  * SessionService opens, lists and closes sessions and reads their history.
@@ -755,7 +862,10 @@ export const TextRangeSchema: GenMessage<TextRange> = /*@__PURE__*/
  */
 export const SessionService: GenService<{
   /**
-   * Opens a new session. NOT_FOUND if the agent is unknown.
+   * Opens a new session, bound to the agent as it is now (its `uid`).
+   * NOT_FOUND if the agent is unknown, or has no `agent_version` asked for
+   * (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REMOVED) for an
+   * agent removed from the agents file.
    *
    * @generated from rpc pilothouse.v1.SessionService.CreateSession
    */
@@ -807,6 +917,37 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof CloseSessionRequestSchema;
     output: typeof CloseSessionResponseSchema;
+  },
+  /**
+   * Changes a session (AIP-134): the fields `update_mask` names are taken
+   * from `session`: "agent_version" (pin a version of the session's agent,
+   * 0 to follow the latest) and "title"; "*" means both, an empty mask the
+   * ones that are set. INVALID_ARGUMENT (INVALID_UPDATE_MASK) for any other
+   * path; NOT_FOUND for an unknown session or version
+   * (AGENT_VERSION_NOT_FOUND); FAILED_PRECONDITION (AGENT_REPLACED) when
+   * the session's agent was replaced (RebindSession first). A run already
+   * started keeps its version.
+   *
+   * @generated from rpc pilothouse.v1.SessionService.UpdateSession
+   */
+  updateSession: {
+    methodKind: "unary";
+    input: typeof UpdateSessionRequestSchema;
+    output: typeof UpdateSessionResponseSchema;
+  },
+  /**
+   * Binds a session to its agent as the registry has it now, after the
+   * agent was deleted and created again (sessions of a replaced agent
+   * refuse new runs until then), pinned to `agent_version` (0: the
+   * latest). Admins only (PERMISSION_DENIED otherwise). NOT_FOUND for an
+   * unknown session, agent or version.
+   *
+   * @generated from rpc pilothouse.v1.SessionService.RebindSession
+   */
+  rebindSession: {
+    methodKind: "unary";
+    input: typeof RebindSessionRequestSchema;
+    output: typeof RebindSessionResponseSchema;
   },
   /**
    * Reads a session's history, oldest first (or newest first).
