@@ -16,12 +16,17 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import grpc
 import workload as w
 from procs import Proc
 from stats import summary
 from turn import EXPECTED_ANSWER, CpuMeter, create_sessions
 
-from pilothouse.client import PilothouseClient
+from pilothouse.client import CHANNEL_OPTIONS, PilothouseClient
+
+#: Client connections to each address in the concurrency levels (many
+#: clients, as in production; one connection would reach one worker only).
+CONNECTIONS = 8
 
 
 @dataclass
@@ -58,14 +63,30 @@ async def _one_turn(client: PilothouseClient, session_id: str) -> tuple[float, f
     return first, started, time.perf_counter() - start
 
 
+def _connections(stack: contextlib.AsyncExitStack, address: str, count: int) -> list[PilothouseClient]:
+    """`count` clients of `address`, each on its own TCP connection (grpc
+    would otherwise share one between the channels of a process): the
+    kernel spreads connections, not calls, over the workers of one port."""
+    clients = []
+    for _ in range(count):
+        channel = grpc.aio.insecure_channel(
+            address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        )
+        stack.push_async_callback(channel.close)
+        clients.append(PilothouseClient(channel=channel))
+    return clients
+
+
 async def measure_level(
-    addresses: list[str], runtimes: list[Proc], others: list[Proc], runs: int, timeout_s: float
+    addresses: list[str], runtimes: list[Proc], others: list[Proc], runs: int, timeout_s: float,
+    connections: int = CONNECTIONS,
 ) -> Level:
     """`runs` simultaneous turns spread evenly over the runtimes at
-    `addresses` (replicas sharing a store), one client channel each."""
+    `addresses` (replicas sharing a store) and over `connections` client
+    connections to each."""
     level = Level(runs)
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(PilothouseClient(a)) for a in addresses]
+        clients = [c for a in addresses for c in _connections(stack, a, connections)]
         share = -(-runs // len(clients))
         work = [
             (client, session)
@@ -108,8 +129,9 @@ async def measure_rate(
     result is the number started."""
     count = max(int(rate * seconds), 1)
     level = Level(count)
-    async with PilothouseClient(address) as client:
-        sessions = await create_sessions(client, w.AGENT_DELAY, count)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = _connections(stack, address, CONNECTIONS)
+        sessions = await create_sessions(clients[0], w.AGENT_DELAY, count)
         meter = CpuMeter(procs)
         meter.start()
         start = time.perf_counter()
@@ -118,6 +140,7 @@ async def measure_rate(
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            client = clients[index % len(clients)]
             tasks.append(asyncio.create_task(_one_turn(client, session)))
         done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         level.wall_s = time.perf_counter() - start
@@ -148,15 +171,14 @@ async def soak(address: str, runtime: Proc, marks: list[int], in_flight: int = 8
             while done < mark:
                 batch = min(in_flight * 25, mark - done)
                 sessions = await create_sessions(client, w.AGENT_TURN, batch)
-                queue = list(sessions)
-
-                async def worker() -> None:
+                async def worker(queue: list[str]) -> None:
                     while queue:
                         session = queue.pop()
                         async for _ in client.stream_to(session, w.USER_MESSAGE, timeout=w.RUN_DEADLINE_S):
                             pass
 
-                await asyncio.gather(*(worker() for _ in range(in_flight)))
+                queue = list(sessions)
+                await asyncio.gather(*(worker(queue) for _ in range(in_flight)))
                 done += batch
             await asyncio.sleep(1.0)
             rss[str(mark)] = runtime.rss_kb() / 1024

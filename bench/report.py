@@ -280,7 +280,7 @@ def soak_table(soak: dict[str, Any]) -> list[str]:
         return ["Not run (`--only`)."]
     out = ["| tool-call turns run | runtime RSS MB |", "|---:|---:|"]
     out += [f"| {int(n):,} | {mb:.1f} |" for n, mb in soak["rss_mb"].items()]
-    return out + ["", f"{soak['seconds']:.0f} s in all, 8 turns in flight, a new session each."]
+    return [*out, "", f"{soak['seconds']:.0f} s in all, 8 turns in flight, a new session each."]
 
 
 def profile_section(name: str, profile: dict[str, Any]) -> list[str]:

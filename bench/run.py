@@ -74,7 +74,7 @@ class Config:
     #: The open-loop rate of the first-event latency target, turns/s, and its length, s.
     rate: float = 75.0
     rate_seconds: float = 10.0
-    soak_marks: tuple[int, ...] = (1_000, 10_000)
+    soak_marks: tuple[int, ...] = (1_000, 2_500, 5_000, 10_000)
     token_delay_ms: float = 5.0
     idle_sessions: int = 10_000
     active_streams: int = 500
@@ -87,7 +87,7 @@ class Config:
 QUICK = Config(
     turns=60, warmup=5, seconds=10.0, peer_turns=40, relay_runs=3, levels=(100, 500),
     idle_sessions=2_000, active_streams=100, store_appends=100, store_loads=3, profile_turns=60,
-    rate_seconds=4.0, soak_marks=(200, 2_000),
+    rate_seconds=4.0, soak_marks=(200, 1_000, 2_000),
 )
 
 
