@@ -8,6 +8,7 @@ for a while (later reads of their events come from the store).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from pilothouse.runtime.journal import RunJournal
 from pilothouse.runtime.runs import Run, StoredRun
 
 log = logging.getLogger("pilothouse.runtime.scheduler")
+
+_EMPTY = contextvars.Context()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +131,10 @@ class RunTable:
         `time.monotonic()` start): memory retention, idleness, observers and
         the run's log line."""
         loop = asyncio.get_running_loop()
-        # The timer holds the id only: a run evicted below is freed at once.
-        loop.call_later(self.event_retention_s, self._forget_run_id, run.id)
+        # The timer holds the id only, and an empty context (the current one
+        # holds the RPC's spans for as long as the timer waits): a run
+        # evicted below is freed at once.
+        loop.call_later(self.event_retention_s, self._forget_run_id, run.id, context=_EMPTY)
         self._finished[run.id] = run
         while len(self._finished) > self.finished_runs_kept:
             _, oldest = self._finished.popitem(last=False)
