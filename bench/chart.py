@@ -44,6 +44,7 @@ def write(results: dict[str, Any], path: Path) -> str:
     axes[1].set_title("Throughput")
     axes[1].set_xlabel("simultaneous runs")
     axes[1].set_ylabel("turns/s")
+    axes[1].set_ylim(bottom=0)
     axes[2].set_title("Time to first event, p99")
     axes[2].set_xlabel("simultaneous runs")
     axes[2].set_ylabel("ms")

@@ -165,7 +165,7 @@ def _verdict(met: bool | None, tie: bool = False) -> str:
     if met is None:
         return "-"
     if tie:
-        return "**tie**"
+        return "**tie** (so not met)"
     return "**yes**" if met else "**no**"
 
 
@@ -221,7 +221,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         if durable and memory and _median(durable) and _median(memory):
             share = (_median(durable) or 0) / (_median(memory) or 1)
             line(f"relay with the durable event log ≥ {TARGET_DURABLE_RELAY:.0%} of in-memory (issue 9)",
-                 f"{share:.0%} ({_median(durable):,.0f} vs {_median(memory):,.0f} events/s)",
+                 f"{share:.1%} ({_median(durable):,.0f} vs {_median(memory):,.0f} events/s)",
                  share >= TARGET_DURABLE_RELAY)
     memory_row = _find(rows, "pilothouse", store="memory")
     if primary and memory_row and p_med and _median(memory_row):
