@@ -208,6 +208,17 @@ async def test_a_session_pins_a_version(served, fake_model) -> None:
 # --- no silent takeover ----------------------------------------------------------
 
 
+async def test_compacting_a_pinned_session_uses_its_version(served, fake_model) -> None:
+    name = await new_agent(served, model="model-one")
+    await served.update_agent(name, model="model-two")
+    pinned = await served.create_session(name, "pinner", agent_version=1)
+    fake_model.responder.push(text_reply("an answer"), text_reply("a summary"))
+    await served.send_to(pinned.id, "hello")
+    reply = await served.compact_session(pinned.id)
+    assert reply.summary == "a summary"
+    assert [r["model"] for r in fake_model.requests] == ["model-one", "model-one"]
+
+
 async def test_an_agent_created_again_does_not_take_over_old_sessions(served, fake_model) -> None:
     name = await new_agent(served, system_prompt="the old prompt")
     old = await served.create_session(name, "veteran")

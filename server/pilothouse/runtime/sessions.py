@@ -262,9 +262,10 @@ class Sessions:
     ) -> tuple[str, SessionRecord]:
         """Summarise the history with the agent's model and store a compact
         marker. FAILED_PRECONDITION while a run is active or for an empty
-        history; UNAVAILABLE when the model fails."""
+        history, or when the session's agent was replaced (AGENT_REPLACED);
+        UNAVAILABLE when the model fails."""
         record = await self.get(session_id, caller)
-        agent = await self.agents.get(record.agent)
+        agent = await self.agents.for_session(record)  # its pinned version, if any
         async with self.locks(session_id):
             self.check_idle(record)
             history = await self.history(record)
