@@ -139,6 +139,10 @@ async def test_update_masks_follow_aip_134(served) -> None:
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TOOL_NOT_AVAILABLE")
     error = await failure(served.update_agent("no-such-agent", system_prompt="x"))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
+    for bad in ("x" * 10_000, "é" * 100, "-leading"):  # the fault suite's: NOT_FOUND before
+        error = await failure(served.update_agent(bad, system_prompt="x"))
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, bad[:10]
+        assert [v.field for v in error.field_violations] == ["agent.config.name"]
     assert [v.version for v in await served.list_agent_versions(name)] == [4, 3, 2, 1]
 
 
