@@ -244,6 +244,10 @@ async def test_an_agent_created_again_does_not_take_over_old_sessions(served, fa
     error = await failure(served.update_session(old.id, agent_version=1))
     assert error.reason == "AGENT_REPLACED"
     assert len(await served.list_messages(old.id)) == 2  # nothing was appended
+    # GetOrCreateSession does not hand out the replaced agent's session.
+    got = await served.get_or_create_session(name, "veteran")
+    assert got.id != old.id and got.agent_uid == again.uid
+    assert (await served.get_or_create_session(name, "veteran")).id == got.id
 
     fresh = await served.create_session(name, "newcomer")
     fake_model.responder.push(text_reply("new answer"))

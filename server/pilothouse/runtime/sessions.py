@@ -168,12 +168,14 @@ class Sessions:
         self, agent: str, created_by: str, caller: Principal | None = None
     ) -> tuple[SessionRecord, bool]:
         """The open session of (agent, created_by), or a new one; the bool
-        says whether it was created."""
+        says whether it was created. A session of an agent deleted and
+        created again under that name is not reused (its runs would fail
+        with AGENT_REPLACED): a new one is made."""
         created_by = owner_for(caller, created_by)
-        await self.agents.get(agent, "agent")
+        current = await self.agents.get(agent, "agent")
         async with self._identity_lock:
             existing = await self.store.find_open(agent, created_by)
-            if existing is not None:
+            if existing is not None and existing.agent_uid in ("", current.uid):
                 return existing, False
             return await self.create(agent, created_by), True
 
