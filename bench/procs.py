@@ -36,12 +36,28 @@ def read_status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of `pid`, and theirs (the workers of
+    `pilothouse-server --workers`)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    found += [int(child), *descendants(int(child))]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name may hold spaces: fields are counted after its ')'.
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time of a process (all its threads) and of its
+    live descendants, seconds."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{each}/stat") as stat:
+            # The command name may hold spaces: fields are counted after its ')'.
+            fields = stat.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 @dataclass
@@ -60,17 +76,29 @@ class Proc:
         return self.popen.pid
 
     def rss_kb(self) -> int:
-        return read_status_kb(self.pid, "VmRSS")
+        """Resident memory of the process and its descendants (workers)."""
+        total = 0
+        for each in [self.pid, *descendants(self.pid)]:
+            with contextlib.suppress(OSError, KeyError):
+                total += read_status_kb(each, "VmRSS")
+        return total
 
     def peak_rss_kb(self) -> int:
-        return read_status_kb(self.pid, "VmHWM")
+        """Peak resident memory (VmHWM) of the process and its descendants."""
+        total = 0
+        for each in [self.pid, *descendants(self.pid)]:
+            with contextlib.suppress(OSError, KeyError):
+                total += read_status_kb(each, "VmHWM")
+        return total
 
     def reset_peak_rss(self) -> bool:
-        """Reset VmHWM to the current RSS (Linux `clear_refs` 5); false when
-        the kernel refuses, in which case the peak is the lifetime peak."""
+        """Reset VmHWM to the current RSS (Linux `clear_refs` 5) of the
+        process and its descendants; false when the kernel refuses, in which
+        case the peak is the lifetime peak."""
         try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as refs:
-                refs.write("5")
+            for each in [self.pid, *descendants(self.pid)]:
+                with open(f"/proc/{each}/clear_refs", "w") as refs:
+                    refs.write("5")
         except OSError:
             return False
         return True

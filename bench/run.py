@@ -37,6 +37,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import analysis  # noqa: E402  (the bench's modules live beside this script)
+import chart  # noqa: E402
 import concurrency  # noqa: E402
 import envs  # noqa: E402
 import memory  # noqa: E402
@@ -66,8 +67,14 @@ class Config:
     seconds: float = 25.0
     peer_turns: int = 200
     relay_runs: int = 7
-    levels: tuple[int, ...] = (100, 500, 2000)
+    levels: tuple[int, ...] = (100, 500, 1000)
     level_timeout_s: float = 180.0
+    #: Workers of the multi-worker rows (`pilothouse-server --workers N`).
+    workers: int = 2
+    #: The open-loop rate of the first-event latency target, turns/s, and its length, s.
+    rate: float = 75.0
+    rate_seconds: float = 10.0
+    soak_marks: tuple[int, ...] = (1_000, 2_500, 5_000, 10_000)
     token_delay_ms: float = 5.0
     idle_sessions: int = 10_000
     active_streams: int = 500
@@ -80,15 +87,20 @@ class Config:
 QUICK = Config(
     turns=60, warmup=5, seconds=10.0, peer_turns=40, relay_runs=3, levels=(100, 500),
     idle_sessions=2_000, active_streams=100, store_appends=100, store_loads=3, profile_turns=60,
+    rate_seconds=4.0, soak_marks=(200, 1_000, 2_000),
 )
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running the runtime in scenario 1 (and 2)."""
+    """One way of running the runtime in scenario 1 (and 2): its event
+    loop, store, and PILOTHOUSE_* settings over the bench's."""
 
+    name: str
     loop: str
     store: str
+    settings: tuple[tuple[str, str], ...] = ()
+    note: str = ""
     primary: bool = False
     relay: bool = False
 
@@ -100,9 +112,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument(
         "--only", nargs="*", default=[],
-        choices=["turn", "relay", "concurrency", "memory", "store"], help="run only these scenarios",
+        choices=["turn", "relay", "concurrency", "memory", "store", "soak"],
+        help="run only these scenarios",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON",
+        help="only render the report and chart again from a results file of an earlier run",
+    )
     return parser.parse_args()
 
 
@@ -129,11 +146,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def row(measured: turn.Measured, role: str, **extra: Any) -> dict[str, Any]:
-    """A table row from a measurement, as JSON-able data."""
+def row(
+    measured: turn.Measured, role: str, blocks: list[turn.Measured] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A table row from a measurement, as JSON-able data; with `blocks`
+    (the rounds it was measured in), their medians and spread (the largest
+    minus the smallest), against which differences are judged."""
     data = asdict(measured)
     samples = data.pop("samples_ms")
-    return {**data, "role": role, "summary": summary(samples), **extra}
+    medians = [summary(b.samples_ms)["median"] for b in blocks or [] if b.samples_ms]
+    spread = max(medians) - min(medians) if len(medians) > 1 else 0.0
+    return {**data, "role": role, "summary": summary(samples), "block_medians": medians,
+            "spread": spread, **extra}
 
 
 class Bench:
@@ -160,8 +184,11 @@ class Bench:
         path = self.paths.work / f"sessions-{len(self.stopping)}-{time.monotonic_ns()}.db"
         return f"sqlite:///{path}"
 
-    def runtime(self, loop: str, store_kind: str, name: str) -> Runtime:
-        rt = start_runtime(self.paths, self.model, loop, self.store_url(store_kind), name)
+    def runtime(
+        self, loop: str, store_kind: str, name: str, *, workers: int = 0, **settings: str
+    ) -> Runtime:
+        url = store_kind if "://" in store_kind else self.store_url(store_kind)
+        rt = start_runtime(self.paths, self.model, loop, url, name, workers=workers, **settings)
         self.stopping.append(rt)
         return rt
 
@@ -187,9 +214,10 @@ def scenario_turn(
     base_url = model.extra["base_url"]
     runtimes = {}
     for variant in variants:
-        label = f"{variant.loop}-{variant.store}"
-        print(f"[bench] starting runtime {label}", flush=True)
-        runtimes[variant] = bench.runtime(variant.loop, variant.store, f"runtime-{label}")
+        print(f"[bench] starting runtime {variant.name}", flush=True)
+        runtimes[variant] = bench.runtime(
+            variant.loop, variant.store, f"runtime-{variant.name}", **dict(variant.settings)
+        )
     blocks: dict[str, list[turn.Measured]] = {}
     per_round = max(cfg.turns // ROUNDS, 1)
     peer_turns = max(cfg.peer_turns // ROUNDS, 1)
@@ -203,7 +231,7 @@ def scenario_turn(
                     rt.address, variant.loop, [rt.runtime, rt.tools, model], per_round, cfg.warmup, seconds
                 )
             )
-            blocks.setdefault(f"{variant.loop}-{variant.store}", []).append(measured)
+            blocks.setdefault(variant.name, []).append(measured)
         # The recorded request bodies come from the runtime's turns above.
         blocks.setdefault("baseline", []).append(
             bench.arun(turn.measure_httpx(base_url, bench.client_loop, model, per_round, cfg.warmup, seconds))
@@ -220,15 +248,17 @@ def scenario_turn(
                 )
     for rt in runtimes.values():
         rt.stop()
-    rows = [
-        row(turn.merge(blocks[f"{v.loop}-{v.store}"]), "pilothouse", store=v.store, primary=v.primary)
-        for v in variants
-    ]
-    rows.append(row(turn.merge(blocks["baseline"]), "baseline"))
-    rows.append(row(turn.merge(blocks["raw"]), "model"))
+    rows = []
+    for v in variants:
+        merged = turn.merge(blocks[v.name])
+        merged.note = v.note
+        rows.append(row(merged, "pilothouse", blocks[v.name], store=v.store, primary=v.primary,
+                        variant=v.name))
+    rows.append(row(turn.merge(blocks["baseline"]), "baseline", blocks["baseline"]))
+    rows.append(row(turn.merge(blocks["raw"]), "model", blocks["raw"]))
     for peer, status in peers.items():
         if status.ok:
-            rows.append(row(turn.merge(blocks[peer]), "peer"))
+            rows.append(row(turn.merge(blocks[peer]), "peer", blocks[peer]))
         else:
             rows.append(row(turn.Measured(f"peer: {peer}", "uvloop", error=status.detail), "peer"))
     return rows
@@ -239,9 +269,11 @@ def scenario_relay(bench: Bench, variants: list[Variant]) -> list[dict[str, Any]
     model = bench.model
     rows: list[dict[str, Any]] = []
     for variant in (v for v in variants if v.relay):
-        label = f"{variant.loop}-{variant.store}"
+        label = variant.name
         print(f"[bench] token relay, runtime {label}", flush=True)
-        rt = bench.runtime(variant.loop, variant.store, f"runtime-relay-{label}")
+        rt = bench.runtime(
+            variant.loop, variant.store, f"runtime-relay-{label}", **dict(variant.settings)
+        )
         raw = start_listening(
             f"rawgrpc-{variant.loop}",
             [sys.executable, str(BENCH / "rawgrpc.py"), "--loop", variant.loop],
@@ -256,33 +288,96 @@ def scenario_relay(bench: Bench, variants: list[Variant]) -> list[dict[str, Any]
             raw.stop()
             rt.stop()
         events = int(runtime_row.note.split()[0])
-        rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store))
+        rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store,
+                        variant=label))
         rows.append(row(baseline_row, "baseline", pair=label, events=events))
     source = bench.arun(relay.measure_model_source(model.extra["base_url"], model.loop, model, cfg.relay_runs))
     rows.append(row(source, "model", events=RELAY_EVENTS))
     return rows
 
 
-def scenario_concurrency(bench: Bench, variant: Variant) -> list[dict[str, Any]]:
-    levels = []
-    rt = bench.runtime(variant.loop, variant.store, "runtime-concurrency")
-    try:
-        for runs in bench.config.levels:
-            print(f"[bench] {runs} simultaneous runs", flush=True)
-            level = bench.arun(
-                concurrency.measure_level(
-                    rt.address, rt.runtime, [rt.tools, bench.model], runs, bench.config.level_timeout_s
+def scenario_concurrency(bench: Bench) -> list[dict[str, Any]]:
+    """The levels of simultaneous runs on one worker and on N workers
+    (SQLite file), the largest level on two replicas sharing PostgreSQL,
+    and the open-loop rate on N workers."""
+    cfg = bench.config
+    levels: list[dict[str, Any]] = []
+    configs: list[tuple[str, dict[str, Any]]] = [
+        ("1 worker, sqlite", {"workers": 0}),
+        (f"{cfg.workers} workers, sqlite", {"workers": cfg.workers}),
+    ]
+    for config, options in configs:
+        rt = bench.runtime("uvloop", "sqlite", f"runtime-concurrency-{options['workers']}", **options)
+        try:
+            for runs in cfg.levels:
+                print(f"[bench] {runs} simultaneous runs, {config}", flush=True)
+                level = bench.arun(
+                    concurrency.measure_level(
+                        [rt.address], [rt.runtime], [rt.tools, bench.model], runs, cfg.level_timeout_s
+                    )
                 )
-            )
-            levels.append({**asdict(level), "loop": variant.loop, "store": variant.store})
+                levels.append({**asdict(level), "config": config, "workers": options["workers"] or 1,
+                               "loop": "uvloop", "store": "sqlite"})
+            if options["workers"]:
+                print(f"[bench] {cfg.rate:g} turns/s open-loop, {config}", flush=True)
+                level = bench.arun(concurrency.measure_rate(
+                    rt.address, [rt.runtime, rt.tools, bench.model], cfg.rate, cfg.rate_seconds,
+                    cfg.level_timeout_s,
+                ))
+                levels.append({**asdict(level), "config": f"{config}, {cfg.rate:g} turns/s open-loop",
+                               "workers": options["workers"], "rate": cfg.rate, "loop": "uvloop",
+                               "store": "sqlite"})
+        finally:
+            rt.stop()
+    levels += _replicas_on_postgres(bench, max(cfg.levels))
+    return levels
+
+
+def _replicas_on_postgres(bench: Bench, runs: int) -> list[dict[str, Any]]:
+    """`runs` simultaneous runs spread over two replicas (separate
+    processes) sharing one PostgreSQL database."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.pg import start_pg_server
+    except ImportError as exc:
+        return [{"config": "2 replicas, postgresql", "runs": runs, "error": str(exc)}]
+    pg = start_pg_server()
+    if pg is None:
+        return [{"config": "2 replicas, postgresql", "runs": runs, "error": "PostgreSQL binaries not found"}]
+    replicas: list[Runtime] = []
+    try:
+        dsn = bench.arun(pg.new_database())
+        for index in range(2):
+            replicas.append(bench.runtime("uvloop", dsn, f"runtime-replica-{index}"))
+        print(f"[bench] {runs} simultaneous runs, 2 replicas on PostgreSQL", flush=True)
+        level = bench.arun(concurrency.measure_level(
+            [r.address for r in replicas], [r.runtime for r in replicas],
+            [*(r.tools for r in replicas), bench.model], runs, bench.config.level_timeout_s,
+        ))
+        return [{**asdict(level), "config": "2 replicas, postgresql", "workers": 2, "loop": "uvloop",
+                 "store": "postgresql"}]
+    finally:
+        for replica in replicas:
+            replica.stop()
+        pg.stop()
+
+
+def scenario_soak(bench: Bench) -> dict[str, Any]:
+    """RSS of a runtime after each of `soak_marks` tool-call turns."""
+    marks = list(bench.config.soak_marks)
+    print(f"[bench] soak: {marks[-1]:,} runs", flush=True)
+    rt = bench.runtime("uvloop", "sqlite", "runtime-soak")
+    try:
+        started = time.monotonic()
+        rss = bench.arun(concurrency.soak(rt.address, rt.runtime, marks))
+        return {"rss_mb": rss, "seconds": time.monotonic() - started}
     finally:
         rt.stop()
-    return levels
 
 
 def scenario_memory(bench: Bench) -> dict[str, Any]:
     print("[bench] memory", flush=True)
-    rt = bench.runtime("asyncio", "memory", "runtime-memory")
+    rt = bench.runtime("uvloop", "memory", "runtime-memory")
     try:
         result = bench.arun(
             memory.measure_memory(
@@ -310,7 +405,7 @@ def profile_runtime(bench: Bench, variant: Variant) -> dict[str, dict[str, Any]]
     if py_spy is None or not py_spy.exists():
         return {"tool-call turns": {"error": "py-spy is not installed"}}
     print("[bench] profiling the runtime with py-spy", flush=True)
-    rt = bench.runtime(variant.loop, variant.store, "runtime-profile")
+    rt = bench.runtime(variant.loop, variant.store, "runtime-profile", **dict(variant.settings))
     cfg = bench.config
     profiles: dict[str, dict[str, Any]] = {}
     try:
@@ -376,8 +471,32 @@ def _profile_data(profile: Profile, what: str, cpu_us_per_event: float | None = 
     return data
 
 
+def write_report(results: dict[str, Any], output: Path) -> str:
+    """The chart, the JSON and the Markdown report beside each other."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(_json(results))
+    try:
+        results["chart"] = chart.write(results, output.with_suffix(".png"))
+    except Exception as exc:  # a chart must not lose the figures
+        results["chart"] = f"not drawn: {type(exc).__name__}: {exc}"
+    output.with_suffix(".json").write_text(_json(results))
+    markdown = report.render(results)
+    output.write_text(markdown)
+    return markdown
+
+
 def main() -> None:
     args = parse_args()
+    if args.render:
+        import json
+
+        sys.path.insert(0, str(envs.DEPS))
+        results = json.loads(args.render.read_text())
+        results["analysis"] = analysis.analyse(results)
+        results["suggestions"] = analysis.suggestions(results)
+        write_report(results, args.output)
+        print(f"[bench] written to {args.output}", flush=True)
+        return
     config = QUICK if args.quick else Config()
     started = time.monotonic()
     deps = envs.ensure_deps()
@@ -391,12 +510,21 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     paths = Paths(WORK, envs.DEPS if deps.ok else None)
     client_loop = "uvloop" if deps.ok else "asyncio"
-    loops = ["asyncio", "uvloop"] if deps.ok else ["asyncio"]
-    variants = [Variant("asyncio", "sqlite", primary=True, relay=True)]
-    if "uvloop" in loops:
-        variants.append(Variant("uvloop", "sqlite", relay=True))
-    variants.append(Variant("asyncio", "memory"))
-    only = set(args.only) or {"turn", "relay", "concurrency", "memory", "store"}
+    loop = client_loop  # every side on the same loop: client, model server, runtime, peers
+    titles_off = (("PILOTHOUSE_GENERATE_TITLES", "false"),)
+    variants = [
+        Variant(f"{loop}-sqlite", loop, "sqlite", titles_off, primary=True, relay=True),
+        Variant(f"{loop}-memory", loop, "memory", titles_off, note="not durable", relay=True),
+        Variant(f"{loop}-sqlite-nocache", loop, "sqlite",
+                (*titles_off, ("PILOTHOUSE_SESSION_CACHE_SIZE", "0")),
+                note="history read from SQLite each turn (no session cache)"),
+        Variant(f"{loop}-sqlite-defaults", loop, "sqlite", (("PILOTHOUSE_GENERATE_TITLES", "true"),),
+                note="default settings: a title generated per new session"),
+    ]
+    if loop == "uvloop":
+        variants.append(Variant("asyncio-sqlite", "asyncio", "sqlite", titles_off,
+                                note="runtime and ToolExecutor on asyncio"))
+    only = set(args.only) or {"turn", "relay", "concurrency", "memory", "store", "soak"}
 
     bench = Bench(config, paths, client_loop)
     results: dict[str, Any] = {
@@ -417,11 +545,13 @@ def main() -> None:
         if "relay" in only:
             results["relay"] = scenario_relay(bench, variants)
         if "concurrency" in only:
-            results["concurrency"] = scenario_concurrency(bench, variants[0])
+            results["concurrency"] = scenario_concurrency(bench)
         if "memory" in only:
             results["memory"] = scenario_memory(bench)
         if "store" in only:
             results["store"] = scenario_store(bench)
+        if "soak" in only:
+            results["soak"] = scenario_soak(bench)
         if not args.no_profile:
             results["profiles"] = profile_runtime(bench, variants[0])
     finally:
@@ -429,9 +559,7 @@ def main() -> None:
     results["duration_s"] = time.monotonic() - started
     results["analysis"] = analysis.analyse(results)
     results["suggestions"] = analysis.suggestions(results)
-    args.output.with_suffix(".json").write_text(_json(results))
-    markdown = report.render(results)
-    args.output.write_text(markdown)
+    markdown = write_report(results, args.output)
     print(markdown)
     print(f"[bench] written to {args.output} and {args.output.with_suffix('.json')}", flush=True)
 

@@ -29,11 +29,9 @@ def start_model_server(paths: Paths, loop: str, token_delay_ms: float, name: str
     return proc
 
 
-def _server_argv(loop: str, which: str, module: str) -> list[str]:
-    if loop == "asyncio":
-        # Exactly the production entry point.
-        return [sys.executable, "-m", module]
-    return [sys.executable, str(BENCH / "serve.py"), loop, which]
+def _server_argv(module: str, *args: str) -> list[str]:
+    # Exactly the production entry point; the loop is PILOTHOUSE_EVENT_LOOP.
+    return [sys.executable, "-m", module, *args]
 
 
 @dataclass
@@ -54,20 +52,25 @@ class Runtime:
 
 
 def start_runtime(
-    paths: Paths, model: Proc, loop: str, store_url: str, name: str = "runtime"
+    paths: Paths, model: Proc, loop: str, store_url: str, name: str = "runtime",
+    *, workers: int = 0, **settings: str,
 ) -> Runtime:
-    """The ToolExecutor, then the runtime pointed at it and at `model`,
-    storing sessions in `store_url`. Title generation is off: it is one
-    extra model call per new session, and the bench opens a new session
-    for every turn only to keep the history (and so the request) constant."""
+    """The ToolExecutor, then the runtime pointed at it and at `model`, storing sessions in
+    `store_url`, both on the event loop `loop` (PILOTHOUSE_EVENT_LOOP).
+    Title generation is off unless `settings` (more PILOTHOUSE_*
+    variables) say otherwise: it is one extra model call per new session,
+    and the bench opens a new session for every turn only to keep the
+    history (and so the request) constant. `workers` > 0 runs
+    `pilothouse-server --workers N`."""
     agents_file = paths.work / "agents.toml"
     agents_file.write_text(w.agents_toml())
     tools_port = free_port()
     tools_env = bench_env(
         paths.deps, PILOTHOUSE_TOOLS_LISTEN_ADDRESS=f"127.0.0.1:{tools_port}"
     )
+    tools_env["PILOTHOUSE_EVENT_LOOP"] = loop
     tools = start_grpc(
-        f"{name}-tools", _server_argv(loop, "tools", "pilothouse.toolexecutor.main"), tools_env,
+        f"{name}-tools", _server_argv("pilothouse.toolexecutor.main"), tools_env,
         paths.work, loop, tools_port,
     )
     port = free_port()
@@ -84,11 +87,12 @@ def start_runtime(
         # The Prometheus endpoint stays on, as by default, on a port of its own
         # (the default one may be taken by another runtime on this machine).
         PILOTHOUSE_METRICS_PORT=str(free_port()),
+        PILOTHOUSE_EVENT_LOOP=loop,
     )
+    env.update(settings)
+    argv = _server_argv("pilothouse.app.main", *(["--workers", str(workers)] if workers else []))
     try:
-        runtime = start_grpc(
-            name, _server_argv(loop, "runtime", "pilothouse.app.main"), env, paths.work, loop, port
-        )
+        runtime = start_grpc(name, argv, env, paths.work, loop, port)
     except BaseException:
         tools.stop()
         raise

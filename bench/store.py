@@ -39,6 +39,8 @@ STORE_MODULES = {
 class StoreResult:
     store: str
     append_us: dict[str, float] = field(default_factory=dict)
+    #: One checkpoint (a round's messages, events and run record), µs.
+    checkpoint_us: dict[str, float] = field(default_factory=dict)
     load_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
     error: str | None = None
@@ -58,8 +60,20 @@ def turn_events(run_id: str) -> list[StoredEvent]:
     ]  # fmt: skip
 
 
-async def durable_turn(store: Any, session_id: str, run_id: str, messages: list[Message]) -> None:
-    """One tool-call turn through the store, as the runtime writes it."""
+async def _timed(samples: list[float], work: Awaitable[Any]) -> None:
+    start = time.perf_counter()
+    await work
+    samples.append((time.perf_counter() - start) * 1e6)
+
+
+async def durable_turn(
+    store: Any, session_id: str, run_id: str, messages: list[Message],
+    checkpoints: list[float] | None = None,
+) -> None:
+    """One tool-call turn through the store, as the runtime writes it; the
+    time of each of its three checkpoints (one per round, and the state
+    between them) is appended to `checkpoints`, in µs."""
+    timings = checkpoints if checkpoints is not None else []
     question, call, result, answer = messages
     events = turn_events(run_id)
     now = time.time()
@@ -68,17 +82,17 @@ async def durable_turn(store: Any, session_id: str, run_id: str, messages: list[
                        owner="127.0.0.1:50051")  # fmt: skip
     await store.begin_run(session_id, run_id, lease_s=30.0, now=now, messages=[question],
                           new_run=record, events=events[:1])  # fmt: skip
-    await store.checkpoint(session_id, run_id, Checkpoint(
+    await _timed(timings, store.checkpoint(session_id, run_id, Checkpoint(
         now=now, messages=[call, result], events=events[1:6],
-        run=RunUpdate(iterations=1, usage=Usage(40, 16, 56))))  # fmt: skip
+        run=RunUpdate(iterations=1, usage=Usage(40, 16, 56)))))  # fmt: skip
     await store.append_events(events[6:16])  # the answer streams: batched
-    await store.checkpoint(session_id, run_id, Checkpoint(
-        now=now, events=events[16:20], run=RunUpdate(state={"round": 2, "pending": []})))  # fmt: skip
+    await _timed(timings, store.checkpoint(session_id, run_id, Checkpoint(
+        now=now, events=events[16:20], run=RunUpdate(state={"round": 2, "pending": []}))))  # fmt: skip
     await store.append_events(events[20:-3])
-    await store.checkpoint(session_id, run_id, Checkpoint(
+    await _timed(timings, store.checkpoint(session_id, run_id, Checkpoint(
         now=time.time(), messages=[answer], events=events[-3:], final=True, uptime_s=0.01,
         run=RunUpdate(status=RunStatus.FINISHED, stop_reason="text_response", iterations=2,
-                      usage=Usage(64, 32, 96), ended_at=time.time())))  # fmt: skip
+                      usage=Usage(64, 32, 96), ended_at=time.time()))))  # fmt: skip
 
 
 def turn_messages() -> list[Message]:
@@ -113,15 +127,17 @@ async def measure_store(
         session_id = await _new_session(store)
         messages = turn_messages()
         samples: list[float] = []
+        checkpoints: list[float] = []
         deadline = time.monotonic() + seconds
         for _ in range(appends):
             if time.monotonic() > deadline:
                 break
             run_id = uuid.uuid4().hex
             start = time.perf_counter()
-            await durable_turn(store, session_id, run_id, messages)
+            await durable_turn(store, session_id, run_id, messages, checkpoints)
             samples.append((time.perf_counter() - start) * 1e6)
         result.append_us = summary(samples)
+        result.checkpoint_us = summary(checkpoints)
 
         now = time.time()
         record = SessionRecord(uuid.uuid4().hex, w.AGENT_TURN, "bench", now, now)

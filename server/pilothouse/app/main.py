@@ -6,12 +6,15 @@ new runs are refused with UNAVAILABLE, active runs get
 A second signal, or the end of the grace, cancels what still runs (stop
 reason CANCELLED, history valid). The process then exits 0 (2 for bad
 settings, 1 when it cannot start).
+
+`--workers N` (or PILOTHOUSE_WORKERS; `--workers` alone or `auto`: the
+CPUs this process may use) runs N runtime processes sharing the port
+(`pilothouse.app.workers`); signals reach every worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -19,13 +22,15 @@ from pathlib import Path
 
 import pydantic
 
-from pilothouse.app.settings import load_settings
+from pilothouse.app.settings import Settings, load_settings
 from pilothouse.app.startup import (
     SERVICE_NAME,
     StandInModelStarter,
     StartupError,
     start_app,
 )
+from pilothouse.app.workers import WorkerRole, run_supervisor, worker_count
+from pilothouse.ops import eventloop
 from pilothouse.ops.logs import configure_logging
 from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider
 from pilothouse.rpc.serving import StopSignals
@@ -45,7 +50,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-format", choices=["text", "json"], help="log lines (else PILOTHOUSE_LOG_FORMAT, text)"
     )
+    parser.add_argument(
+        "--workers", nargs="?", const="auto", metavar="N",
+        help="runtime processes sharing the port (alone: the CPUs this process may use; "
+        "else PILOTHOUSE_WORKERS, 1); they need a shared store (SQLite file or PostgreSQL)",
+    )
     return parser.parse_args(argv)
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The arguments a worker gets from the supervisor's command line (its
+    addresses come in the environment instead)."""
+    passed: list[str] = []
+    for flag, value in (
+        ("--config", args.config), ("--agents-file", args.agents_file),
+        ("--log-level", args.log_level), ("--log-format", args.log_format),
+    ):
+        if value is not None:
+            passed += [flag, str(value)]
+    return passed
 
 
 def scripted_model_starter() -> StandInModelStarter | None:
@@ -59,8 +82,9 @@ def scripted_model_starter() -> StandInModelStarter | None:
     return start_scripted_model
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    overrides = {}
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings, or None (logged) when they are bad."""
+    overrides: dict[str, object] = {}
     if args.listen:
         overrides["listen_address"] = args.listen
     if args.agents_file:
@@ -69,12 +93,16 @@ async def _serve(args: argparse.Namespace) -> int:
         overrides["log_level"] = args.log_level
     if args.log_format:
         overrides["log_format"] = args.log_format
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     try:
-        settings = load_settings(args.config, **overrides)
+        return load_settings(args.config, **overrides)
     except (pydantic.ValidationError, FileNotFoundError) as exc:
         log.error("bad settings: %s", exc)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
+        return None
+
+
+async def _serve(settings: Settings, worker: WorkerRole | None) -> int:
     signals = StopSignals().install()
     configure_tracing(SERVICE_NAME)
     try:
@@ -85,10 +113,12 @@ async def _serve(args: argparse.Namespace) -> int:
                 "the scripted test model is not installed (pip install 'pilothouse[testmodel]')"
             )
             return 1
-        app = await start_app(settings, stand_in_model=stand_in)
+        app = await start_app(settings, stand_in_model=stand_in, worker=worker)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    if worker is not None:
+        worker.ready()
     await signals.stop.wait()
     log.info(
         "shutting down: health NOT_SERVING, new runs refused; active runs get up to %gs",
@@ -108,7 +138,18 @@ def main(argv: list[str] | None = None) -> None:
         args.log_level or os.environ.get("PILOTHOUSE_LOG_LEVEL", "INFO"),
         args.log_format or os.environ.get("PILOTHOUSE_LOG_FORMAT", "text"),
     )
-    sys.exit(asyncio.run(_serve(args)))
+    settings = _settings(args)
+    if settings is None:
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_format)
+    worker = WorkerRole.from_env()
+    if worker is None and (args.workers is not None or settings.workers != 1):
+        sys.exit(run_supervisor(settings, worker_count(settings.workers), _worker_args(args)))
+    try:
+        sys.exit(eventloop.run(_serve(settings, worker), settings.event_loop))
+    except ValueError as exc:  # the loop asked for is not installed
+        log.error("bad settings: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ class Settings(ServerProcessSettings):
         description="host:port other replicas reach this one at (default: the listen address, "
         "with this host's name when it listens on every interface)",
     )
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="runtime processes sharing the listen port (auto: the CPUs this process may "
+        "use, from its CPU affinity and cgroup quota); more than 1 needs a shared store",
+    )
     model_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
     )

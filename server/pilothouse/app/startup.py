@@ -23,6 +23,7 @@ from pilothouse.app.models import ProviderConfigError, build_router
 from pilothouse.app.plugins import PluginError, load_hooks
 from pilothouse.app.security import Security, SecurityError, prepare_security
 from pilothouse.app.settings import TEST_MODEL_NAME, Settings
+from pilothouse.app.workers import WorkerRole, join_host_port, split_host_port
 from pilothouse.auth.audit import audit
 from pilothouse.errors import PilothouseError
 from pilothouse.handlers.agents import AgentService
@@ -30,7 +31,9 @@ from pilothouse.handlers.events import EventService
 from pilothouse.handlers.limits import RUNTIME_REQUEST_RULES
 from pilothouse.handlers.runs import RunService
 from pilothouse.handlers.sessions import SessionService
+from pilothouse.ops import eventloop
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
+from pilothouse.ops.sockets import share_ports
 from pilothouse.ops.telemetry import (
     add_span_processor,
     configure_tracing,
@@ -226,7 +229,10 @@ async def open_session_store(settings: Settings) -> SessionStore:
 
 
 async def start_app(
-    settings: Settings, *, stand_in_model: StandInModelStarter | None = None
+    settings: Settings,
+    *,
+    stand_in_model: StandInModelStarter | None = None,
+    worker: WorkerRole | None = None,
 ) -> App:
     """Start everything `settings` describe. Raises StartupError with the
     cause when the agents file is bad, the address cannot be bound, or no
@@ -237,10 +243,16 @@ async def start_app(
     executor answering, an agents file naming a tool none offers is a
     StartupError.
 
+    As a `worker` of `pilothouse-server --workers`, the public ports are
+    shared with the other workers (SO_REUSEPORT) and the worker's own port
+    is served too and advertised (`advertised_address`).
+
     Tracing is configured from the environment unless a tracer provider is
     installed already (`telemetry.configure_tracing`); the metrics derived
     from spans are recorded by a span processor added to it."""
     configure_tracing(SERVICE_NAME)
+    if worker is not None:
+        share_ports()
     metrics = await start_metrics(
         resource_for(SERVICE_NAME), host=settings.metrics_host, port=settings.metrics_port
     )
@@ -375,14 +387,17 @@ async def start_app(
             tls=settings.server_tls,
             health_address=settings.health_listen_address,
             request_rules=RUNTIME_REQUEST_RULES,
+            reuse_port=worker is not None,
+            extra_addresses=[worker.address] if worker is not None else [],
         )
+        own_port = server.extra_ports[0] if worker is not None else server.port
         if web_plan is not None:
             try:
-                web = await web_plan.start(server.port)
+                web = await web_plan.start(own_port)
             except BaseException:
                 await server.stop(0)
                 raise
-        runtime.address = advertised_address(settings, server.port)
+        runtime.address = advertised_address(settings, own_port, worker)
         if a2a is not None:
             await start_a2a(a2a, settings, runtime.address)
         await runtime.start()  # takes over runs left by a crash or a drain
@@ -423,10 +438,10 @@ async def start_app(
         message = exc.message if isinstance(exc, PilothouseError) else str(exc)
         raise StartupError(message) from exc
     log.info(
-        "pilothouse-server listening on port %d with %s, authentication %s (other replicas "
-        "reach it at %s)%s",
+        "pilothouse-server listening on port %d with %s, authentication %s, on %s (other "
+        "replicas reach it at %s)%s",
         server.port, "TLS" if server.tls else "plaintext", ",".join(settings.auth),
-        runtime.address,
+        eventloop.running(), runtime.address,
         f"; health also on plaintext port {server.health_port}" if server.health_port else "",
     )
     if web is not None:
@@ -496,12 +511,15 @@ async def start_a2a(a2a: A2AGateway, settings: Settings, grpc_address: str) -> N
              a2a.public_url, "; gRPC binding on the runtime's port" if settings.a2a_grpc else "")
 
 
-def advertised_address(settings: Settings, port: int) -> str:
+def advertised_address(settings: Settings, port: int, worker: WorkerRole | None = None) -> str:
     """How other replicas reach this one: PILOTHOUSE_ADVERTISE_ADDRESS, else
     the listen host (this host's name when it listens on every interface)
-    with the bound port."""
-    if settings.advertise_address:
+    with the bound port. A worker advertises its own port (`port`), with
+    the host of PILOTHOUSE_ADVERTISE_ADDRESS when that is set."""
+    if settings.advertise_address and worker is None:
         return settings.advertise_address
+    if settings.advertise_address:
+        return join_host_port(split_host_port(settings.advertise_address)[0], port)
     host = settings.listen_address.rsplit(":", 1)[0]
     if host in ("", "0.0.0.0", "[::]", "::"):
         host = socket.gethostname()

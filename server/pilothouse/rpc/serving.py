@@ -17,8 +17,10 @@ and gives in-flight ones `grace` seconds before cancelling them. A second
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,11 +69,19 @@ MAX_PENDING_REQUESTS = 10_000
 
 
 def server_options(
-    keepalive: Keepalive | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    keepalive: Keepalive | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    reuse_port: bool = False,
 ) -> list[tuple[str, Any]]:
-    """gRPC core options for a server with `keepalive` and message limits."""
+    """gRPC core options for a server with `keepalive` and message limits.
+    grpcio sets SO_REUSEPORT on its listening sockets unless told not to,
+    so two servers on one port would silently share it; without
+    `reuse_port` (only `pilothouse-server --workers` shares a port) binding
+    a port in use fails."""
     k = keepalive or Keepalive()
     options: list[tuple[str, Any]] = [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.keepalive_time_ms", int(k.time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(k.timeout_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(k.min_ping_interval_s * 1000)),
@@ -180,6 +190,8 @@ class RunningServer:
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
     tls: bool = False
+    #: The bound ports of `start_server`'s `extra_addresses`, in order.
+    extra_ports: list[int] = field(default_factory=list)
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report `service` ("" for the whole server) SERVING or
@@ -218,6 +230,8 @@ async def start_server(
     tls: ServerTls | None = None,
     health_address: str = "",
     request_rules: RequestRules | None = None,
+    reuse_port: bool = False,
+    extra_addresses: Sequence[str] = (),
 ) -> RunningServer:
     """Build, bind and start a server on `address` ("host:port"; port 0
     picks a free one). With `tracing`, the OpenTelemetry server interceptor
@@ -227,9 +241,14 @@ async def start_server(
     (mutual TLS with a client CA). With `health_address`, a second,
     plaintext server there serves only the health service. A request that
     cannot be decoded, or that breaks `request_rules`, is INVALID_ARGUMENT
-    before its handler runs (`pilothouse.rpc.decoding`). Raises
-    RuntimeError if an address cannot be bound, TlsFileError (a ValueError)
-    if the TLS files cannot be loaded."""
+    before its handler runs (`pilothouse.rpc.decoding`). With `reuse_port`
+    the ports are bound with SO_REUSEPORT, shared with other processes that
+    do the same (the workers of `pilothouse-server --workers`); without it a
+    port in use is an error. `extra_addresses` are further ports serving
+    the same services (a worker's own internal port); their bound ports are
+    `RunningServer.extra_ports`. Raises RuntimeError naming the address and
+    the cause if an address cannot be bound, TlsFileError (a ValueError) if
+    the TLS files cannot be loaded."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         chain.append(tracing_server_interceptor(tracer_provider))
@@ -238,7 +257,8 @@ async def start_server(
     # decoded before any handler code runs.
     chain.append(RequestDecoding(request_rules))
     server = grpc.aio.server(
-        interceptors=chain, options=server_options(keepalive, max_message_bytes)
+        interceptors=chain,
+        options=server_options(keepalive, max_message_bytes, reuse_port=reuse_port),
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -246,15 +266,12 @@ async def start_server(
         service.add_to_server(service.servicer, server)
     names = [s.full_name for s in services]
     enable_reflection([*names, HEALTH_SERVICE_NAME], server)
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, tls.credentials())
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
+    credentials = tls.credentials() if tls is not None else None
+    port = _add_port(server, address, credentials)
+    extra_ports = [_add_port(server, extra, credentials) for extra in extra_addresses]
     health_server, health_port = None, 0
     if health_address:
-        health_server, health_port = _health_only_server(health, health_address)
+        health_server, health_port = _health_only_server(health, health_address, reuse_port)
     await server.start()
     if health_server is not None:
         await health_server.start()
@@ -263,20 +280,56 @@ async def start_server(
     return RunningServer(
         server, health, port, names,
         health_server=health_server, health_port=health_port, tls=tls is not None,
+        extra_ports=extra_ports,
     )
 
 
+def _add_port(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None,
+    what: str = "",
+) -> int:
+    """Bind `address` on `server`; the bound port. RuntimeError naming the
+    address and, when the OS tells it, the cause (grpcio only says "Failed
+    to bind")."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}{what}: {_bind_cause(address)}")
+    return port
+
+
+def _bind_cause(address: str) -> str:
+    """Why `address` cannot be bound, found by binding it with a plain
+    socket (no SO_REUSEPORT)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "the address is already in use (is another server listening there?)"
+        return exc.strerror or str(exc)
+    except ValueError:
+        return "not a host:port address"
+    return "the address cannot be bound"
+
+
 def _health_only_server(
-    health: health_aio.HealthServicer, address: str
+    health: health_aio.HealthServicer, address: str, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """A plaintext server on `address` serving nothing but `health` (no
     reflection, no interceptors). Raises RuntimeError if it cannot bind."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address} (health port)")
-    return server, port
+    return server, _add_port(server, address, None, " (health port)")
 
 
 class StopSignals:

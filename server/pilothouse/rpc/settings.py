@@ -48,6 +48,9 @@ class ServerProcessSettings(AuthSettings):
     tls_client_auth: Literal["required", "optional"] = Field(
         "required", description="with a client CA: a client certificate is required"
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="auto (uvloop where it is installed), uvloop or asyncio"
+    )
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
     log_level: str = Field("INFO", description="root log level")
 

@@ -48,6 +48,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from pilothouse.auth import build_chain, check_exposure
+from pilothouse.ops import eventloop
 from pilothouse.ops.logs import configure_logging
 from pilothouse.ops.metrics import start_metrics
 from pilothouse.ops.telemetry import configure_tracing, installed_tracer_provider, resource_for
@@ -253,7 +254,14 @@ def main(argv: Sequence[str] | None = None, registry: ToolRegistry | None = None
     except ConfigError as exc:
         log.error("bad config: %s", exc)
         return 2
-    return asyncio.run(serve(settings, default_registry if registry is None else registry, config))
+    try:
+        return eventloop.run(
+            serve(settings, default_registry if registry is None else registry, config),
+            settings.event_loop,
+        )
+    except ValueError as exc:  # the loop asked for is not installed
+        log.error("bad settings: %s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from pilothouse.runtime.model.aiohttp_transport import AiohttpTransport
 from pilothouse.runtime.model.base import ChatChunk, FailureCause, ModelError
 from pilothouse.runtime.model.body import Body, Guard, Watchdog
 from pilothouse.runtime.model.errors import describe_error_body, status_cause
@@ -84,7 +85,7 @@ class ProviderHTTP:
                 max_connections=max_connections,
                 max_keepalive_connections=max_keepalive_connections,
             ),
-            transport=transport,
+            transport=transport or AiohttpTransport(max_connections=max_connections),
         )
         self._drains: set[asyncio.Task[None]] = set()
 
