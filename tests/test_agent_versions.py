@@ -139,6 +139,10 @@ async def test_update_masks_follow_aip_134(served) -> None:
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TOOL_NOT_AVAILABLE")
     error = await failure(served.update_agent("no-such-agent", system_prompt="x"))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
+    for bad in ("x" * 10_000, "é" * 100, "-leading"):  # the fault suite's: NOT_FOUND before
+        error = await failure(served.update_agent(bad, system_prompt="x"))
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, bad[:10]
+        assert [v.field for v in error.field_violations] == ["agent.config.name"]
     assert [v.version for v in await served.list_agent_versions(name)] == [4, 3, 2, 1]
 
 
@@ -208,6 +212,17 @@ async def test_a_session_pins_a_version(served, fake_model) -> None:
 # --- no silent takeover ----------------------------------------------------------
 
 
+async def test_compacting_a_pinned_session_uses_its_version(served, fake_model) -> None:
+    name = await new_agent(served, model="model-one")
+    await served.update_agent(name, model="model-two")
+    pinned = await served.create_session(name, "pinner", agent_version=1)
+    fake_model.responder.push(text_reply("an answer"), text_reply("a summary"))
+    await served.send_to(pinned.id, "hello")
+    reply = await served.compact_session(pinned.id)
+    assert reply.summary == "a summary"
+    assert [r["model"] for r in fake_model.requests] == ["model-one", "model-one"]
+
+
 async def test_an_agent_created_again_does_not_take_over_old_sessions(served, fake_model) -> None:
     name = await new_agent(served, system_prompt="the old prompt")
     old = await served.create_session(name, "veteran")
@@ -229,6 +244,10 @@ async def test_an_agent_created_again_does_not_take_over_old_sessions(served, fa
     error = await failure(served.update_session(old.id, agent_version=1))
     assert error.reason == "AGENT_REPLACED"
     assert len(await served.list_messages(old.id)) == 2  # nothing was appended
+    # GetOrCreateSession does not hand out the replaced agent's session.
+    got = await served.get_or_create_session(name, "veteran")
+    assert got.id != old.id and got.agent_uid == again.uid
+    assert (await served.get_or_create_session(name, "veteran")).id == got.id
 
     fresh = await served.create_session(name, "newcomer")
     fake_model.responder.push(text_reply("new answer"))

@@ -303,3 +303,21 @@ async def test_run_and_token_limits(fake_model, tool_server):
             assert json_format.MessageToDict(child).get("parentRunId") == events[0].run_id
     finally:
         await app.stop(0)
+
+
+async def test_a_pinned_session_delegates_as_its_agent_version_says(client, fake_model, make_agent):
+    researcher = await make_agent(("text_stats",), description="Counts words.")
+    other = await make_agent(description="Something else.")
+    lead = await make_agent(delegates=[researcher])
+    await client.update_agent(lead, delegates=[other])  # version 2 no longer names the researcher
+    session = await client.create_session(lead, "ann", agent_version=1)
+    fake_model.responder.push(
+        tool_calls_reply([delegate("d1", researcher, "Say hi.")]),
+        text_reply("hi"),
+        text_reply("The researcher said hi."),
+    )
+    events = await collect(client.stream_to(session.id, "Ask the researcher."))
+    forwarded = progress(events, "d1")
+    assert forwarded and {f.agent for f in forwarded} == {researcher}
+    assert forwarded[-1].event.done.final_response == "hi"
+    assert events[-1].done.final_response == "The researcher said hi."

@@ -8,7 +8,7 @@ to the handlers, which know whether a field is required."""
 from __future__ import annotations
 
 from pilothouse.rpc.decoding import RequestRules, max_bytes
-from pilothouse.runtime.agent import NAME_PATTERN
+from pilothouse.runtime.agent import NAME_PATTERN, NAME_RULE
 
 #: Session and run ids are 32 hex digits; this leaves room for other forms.
 MAX_ID_BYTES = 128
@@ -20,7 +20,7 @@ MAX_PRINCIPAL_BYTES = 256
 def _agent_name(value: str) -> str | None:
     if NAME_PATTERN.match(value):
         return None
-    return "must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter"
+    return NAME_RULE
 
 
 RUNTIME_REQUEST_RULES = RequestRules(

@@ -29,6 +29,8 @@ from pilothouse.runtime.tools import ToolSpec
 DEFAULT_MAX_ITERATIONS = 16
 MAX_MAX_ITERATIONS = 256
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+#: What an agent name that breaks `NAME_PATTERN` is told.
+NAME_RULE = "must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter"
 TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 #: The most stop sequences an agent may set (OpenAI accepts 4, Anthropic more).
 MAX_STOP_SEQUENCES = 16
@@ -58,9 +60,7 @@ class RemoteDelegate(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
-            raise ValueError(
-                "must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter"
-            )
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("agent_card_url")
@@ -141,9 +141,7 @@ class AgentConfig(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
-            raise ValueError(
-                "must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter"
-            )
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("max_iterations")

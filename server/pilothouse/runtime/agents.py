@@ -24,7 +24,7 @@ from pilothouse.errors import (
     agent_not_found,
     agent_version_not_found,
 )
-from pilothouse.runtime.agent import Agent, AgentConfig
+from pilothouse.runtime.agent import NAME_PATTERN, NAME_RULE, Agent, AgentConfig
 from pilothouse.runtime.delegation import check_delegation, delegate_spec
 from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
@@ -41,6 +41,13 @@ def require(value: str, field: str) -> None:
     """INVALID_ARGUMENT when `value` is empty."""
     if not value:
         raise InvalidArgumentError.field(field, "must not be empty")
+
+
+def require_name(value: str, field: str) -> None:
+    """INVALID_ARGUMENT when `value` is empty or no agent name."""
+    require(value, field)
+    if not NAME_PATTERN.match(value):
+        raise InvalidArgumentError.field(field, NAME_RULE)
 
 
 class AgentRegistry:
@@ -247,8 +254,8 @@ class AgentRegistry:
     async def stored(self, name: str, field: str = "name") -> tuple[AgentConfig, int]:
         """The latest version's config as registered (the default model not
         filled in) and its version: what an update starts from. NOT_FOUND
-        if unknown."""
-        require(name, field)
+        if unknown; INVALID_ARGUMENT for a name that is no agent name."""
+        require_name(name, field)
         record = await self.store.get_agent(name)
         if record is None:
             raise agent_not_found(name)

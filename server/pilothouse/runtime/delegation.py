@@ -209,10 +209,11 @@ class Delegations:
     ) -> ToolOutcome:
         if call.name != DELEGATE:
             return await self.inner.dispatch(call, context, answer)
+        # The delegating agent as the run has it (its version, not the latest).
         agent = self.runtime.agents.cached(context.agent)
-        if agent is None:
+        if agent is None or (context.agent_version and agent.version != context.agent_version):
             try:
-                agent = await self.runtime.agents.get(context.agent)
+                agent = await self.runtime.agents.get(context.agent, version=context.agent_version)
             except PilothouseError as exc:
                 return ToolOutcome(error=f"cannot delegate: {exc.message}")
         config = agent.config

@@ -153,7 +153,7 @@ async def run_agent(
             agent=agent,
             dispatcher=dispatcher,
             tool_context=ToolContext(agent.name, sender, ctx.session_id, ctx.run_id,
-                                     ctx.principal, ctx.principal_roles),
+                                     ctx.principal, ctx.principal_roles, agent.version),
             control=control,
             journal=ctx.journal,
             decision_timeout_s=ctx.decision_timeout_s,

@@ -168,12 +168,14 @@ class Sessions:
         self, agent: str, created_by: str, caller: Principal | None = None
     ) -> tuple[SessionRecord, bool]:
         """The open session of (agent, created_by), or a new one; the bool
-        says whether it was created."""
+        says whether it was created. A session of an agent deleted and
+        created again under that name is not reused (its runs would fail
+        with AGENT_REPLACED): a new one is made."""
         created_by = owner_for(caller, created_by)
-        await self.agents.get(agent, "agent")
+        current = await self.agents.get(agent, "agent")
         async with self._identity_lock:
             existing = await self.store.find_open(agent, created_by)
-            if existing is not None:
+            if existing is not None and existing.agent_uid in ("", current.uid):
                 return existing, False
             return await self.create(agent, created_by), True
 
@@ -262,9 +264,10 @@ class Sessions:
     ) -> tuple[str, SessionRecord]:
         """Summarise the history with the agent's model and store a compact
         marker. FAILED_PRECONDITION while a run is active or for an empty
-        history; UNAVAILABLE when the model fails."""
+        history, or when the session's agent was replaced (AGENT_REPLACED);
+        UNAVAILABLE when the model fails."""
         record = await self.get(session_id, caller)
-        agent = await self.agents.get(record.agent)
+        agent = await self.agents.for_session(record)  # its pinned version, if any
         async with self.locks(session_id):
             self.check_idle(record)
             history = await self.history(record)

@@ -55,6 +55,8 @@ class ToolContext:
     principal: str = ""
     #: The principal's roles, sent to the ToolExecutor with each call.
     principal_roles: tuple[str, ...] = ()
+    #: The version of `agent` the run is on (0: unknown, the latest).
+    agent_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
