@@ -98,13 +98,7 @@ async def measure_level(
         meter.start()
         start = time.perf_counter()
         tasks = [asyncio.create_task(_one_turn(client, s)) for client, s in work]
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        level.wall_s = time.perf_counter() - start
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-            level.errors.append(f"{len(pending)} runs did not finish in {timeout_s:g}s")
+        done = await _finish(tasks, timeout_s, level, start)
         results = []
         for task in done:
             if task.exception() is not None:
@@ -142,13 +136,7 @@ async def measure_rate(
                 await asyncio.sleep(delay)
             client = clients[index % len(clients)]
             tasks.append(asyncio.create_task(_one_turn(client, session)))
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        level.wall_s = time.perf_counter() - start
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-            level.errors.append(f"{len(pending)} runs did not finish in {timeout_s:g}s")
+        done = await _finish(tasks, timeout_s, level, start)
         results = [t.result() for t in done if t.exception() is None]
         level.errors += [repr(t.exception()) for t in done if t.exception() is not None][:3]
         level.cpu_ms = meter.stop(max(len(results), 1))
@@ -183,3 +171,16 @@ async def soak(address: str, runtime: Proc, marks: list[int], in_flight: int = 8
             await asyncio.sleep(1.0)
             rss[str(mark)] = runtime.rss_kb() / 1024
     return rss
+
+
+async def _finish(tasks: list, timeout_s: float, level, start: float) -> set:
+    """Wait for the turns up to `timeout_s`, cancel what is left (an error of
+    the level), set the level's wall time; the finished tasks."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    level.wall_s = time.perf_counter() - start
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+        level.errors.append(f"{len(pending)} runs did not finish in {timeout_s:g}s")
+    return done
