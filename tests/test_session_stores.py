@@ -737,7 +737,7 @@ async def test_replacing_an_agent_versions_it_only_when_it_changed(store: Sessio
 
 async def test_agents_are_shared_by_every_store_on_the_storage(durable: Backend) -> None:
     one, two = await durable.open(), await durable.open()
-    await one.put_agent(agent("shared", model="m"), replace=False)
-    assert (await two.get_agent("shared")).config == {"name": "shared", "model": "m"}
-    assert await two.delete_agent("shared")
-    assert await one.get_agent("shared") is None
+    await one.put_agent(agent("common", model="m"), replace=False)
+    assert (await two.get_agent("common")).config == {"name": "common", "model": "m"}
+    assert await two.delete_agent("common")
+    assert await one.get_agent("common") is None

@@ -225,10 +225,10 @@ async def test_a_replica_sees_the_runs_of_the_other(fake_model, tool_server, pg_
             PilothouseClient(f"127.0.0.1:{a.port}") as on_a,
             PilothouseClient(f"127.0.0.1:{b.port}") as on_b,
         ):
-            await on_a.create_agent("shared", system_prompt="Hi.")
-            watcher = Follower(on_b, agents=["shared"], **heartbeats())
+            await on_a.create_agent("common", system_prompt="Hi.")
+            watcher = Follower(on_b, agents=["common"], **heartbeats())
             await watcher.ready()
-            session = await on_a.create_session("shared", "me")
+            session = await on_a.create_session("common", "me")
             fake_model.responder.push(text_reply("Made on replica A."))
             reply = await on_a.send_to(session.id, "Hello", timeout=30)
             await watcher.until_done(reply.run_id)
