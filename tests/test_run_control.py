@@ -257,10 +257,15 @@ async def test_reattach_with_steer_and_without_run_id(app, client, fake_model, s
     before, _ = await first(stream, "text_delta")
     await stream.aclose()
 
-    steer = await client.steer_attach(session_id, after_sequence=before[-1].sequence)
+    # Attached from one event back, so the first event (a replay) shows
+    # the attach is established before the run is let go to finish.
+    steer = await client.steer_attach(session_id, after_sequence=before[-1].sequence - 1)
+    events = aiter(steer)
+    replayed = await anext(events)
     release.set()
-    after = [e async for e in steer]
+    after = [e async for e in events]
 
+    assert replayed.sequence == before[-1].sequence
     assert after[0].sequence == before[-1].sequence + 1
     assert after[-1].done.final_response == "Attached."
 

@@ -68,7 +68,7 @@ class SqliteSessionStore(SqliteRuns, SqliteAgents, SqliteHookState, SqliteFeed):
         try:
             await self._write(
                 f"INSERT INTO sessions ({RECORD_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                record_params(record),
+                record_params(record), inline=True,
             )
         except sqlite3.IntegrityError as exc:
             raise session_exists(record.id) from exc
@@ -217,7 +217,8 @@ class SqliteSessionStore(SqliteRuns, SqliteAgents, SqliteHookState, SqliteFeed):
         self, session_id: str, assignments: str, params: tuple[Any, ...]
     ) -> SessionRecord:
         rows = await self._write(
-            f"UPDATE sessions SET {assignments} WHERE id = ? {_RETURNING}", (*params, session_id)
+            f"UPDATE sessions SET {assignments} WHERE id = ? {_RETURNING}", (*params, session_id),
+            inline=True,
         )
         if not rows:
             raise session_not_found(session_id)

@@ -176,7 +176,7 @@ class SqliteRuns(SqliteBase):
                 raise run_exists(run_session, record.id)
             conn.execute(_INSERT_RUN, params)
 
-        await self._transaction(insert)
+        await self._transaction(insert, inline=True)
 
     async def begin_run(
         self,
@@ -238,7 +238,7 @@ class SqliteRuns(SqliteBase):
                 _insert_events(conn, event_rows)
             return session
 
-        return record_from_row(await self._transaction(begin))
+        return record_from_row(await self._transaction(begin, inline=True))
 
     async def renew_run(
         self, session_id: str, run_id: str, *, lease_s: float, now: float, owner: str = ""
@@ -246,7 +246,7 @@ class SqliteRuns(SqliteBase):
         rows = await self._write(
             "UPDATE sessions SET lease_until = ? WHERE id = ? AND active_run_id = ? "
             "AND (? = '' OR EXISTS (SELECT 1 FROM runs WHERE id = ? AND owner = ?)) RETURNING 1",
-            (now + lease_s, session_id, run_id, owner, run_id, owner),
+            (now + lease_s, session_id, run_id, owner, run_id, owner), inline=True,
         )
         if rows:
             return True
@@ -288,7 +288,7 @@ class SqliteRuns(SqliteBase):
                 conn.execute(_UPDATE_RUN, run_update)
             return row
 
-        return record_from_row(await self._transaction(write))
+        return record_from_row(await self._transaction(write, inline=True))
 
     async def claim_runs(
         self, owner: str, *, now: float, lease_s: float, stale_owner: str = ""
@@ -339,7 +339,7 @@ class SqliteRuns(SqliteBase):
     async def append_events(self, events: Sequence[StoredEvent]) -> None:
         if events:
             rows = [event_params(e) for e in events]
-            await self._transaction(lambda conn: _insert_events(conn, rows))
+            await self._transaction(lambda conn: _insert_events(conn, rows), inline=True)
 
     async def list_events(self, run_id: str, after_sequence: int, limit: int) -> list[StoredEvent]:
         rows = await self._read(
@@ -435,7 +435,7 @@ class SqliteRuns(SqliteBase):
                 _insert_events(conn, event_rows)
             return True
 
-        return await self._transaction(end)
+        return await self._transaction(end, inline=True)
 
 
 #: Runs whose events one `prune_events` transaction deletes.
