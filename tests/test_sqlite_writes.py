@@ -21,17 +21,20 @@ async def test_a_write_that_finds_the_file_locked_waits_in_the_thread_not_on_the
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "sessions.db"
-    store = SqliteSessionStore(path)
+    store = SqliteSessionStore(path, busy_timeout_s=3.0)
     await store.open()
     try:
         other = sqlite3.connect(path, isolation_level=None)  # another process's writer
         other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         create = asyncio.create_task(store.create(record("s1")))
-        ticks = 0
         for _ in range(20):  # the loop keeps running while the write waits
             await asyncio.sleep(0.01)
-            ticks += 1
-        assert ticks == 20 and not create.done()
+        # A wait for the lock on the loop's thread would have held these
+        # sleeps for the whole busy timeout (3 s).
+        assert loop.time() - started < 1.5
+        assert not create.done()
         other.execute("COMMIT")
         other.close()
         await asyncio.wait_for(create, 5)

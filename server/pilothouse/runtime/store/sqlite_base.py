@@ -296,6 +296,8 @@ class SqliteBase:
             if mode.lower() != "wal":
                 log.warning("sqlite store %s: journal mode is %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
+            # The busy timeout above covers opening beside another process;
+            # from here on only thread jobs wait for a lock (see `_call`).
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
