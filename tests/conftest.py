@@ -42,6 +42,18 @@ GATES: dict[str, asyncio.Event] = {}
 CANCELLED_GATES: list[str] = []
 
 
+class ObservedGate(asyncio.Event):
+    """A gate (put in `GATES`) that says when a tool call starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def wait(self) -> bool:
+        self.entered.set()
+        return await super().wait()
+
+
 def gate(name: str) -> asyncio.Event:
     return GATES.setdefault(name, asyncio.Event())
 

@@ -91,18 +91,18 @@ async def start_server_process(model_server, tool_server, tmp_path: Path, **env:
     address = f"127.0.0.1:{free_port()}"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pilothouse.app.main",
-        env=clean_env(
-            PILOTHOUSE_LISTEN_ADDRESS=address,
-            PILOTHOUSE_MODEL_BASE_URL=model_server.base_url,
-            PILOTHOUSE_MODEL="fake-model",
-            PILOTHOUSE_TOOL_EXECUTORS=tool_server.address,
-            PILOTHOUSE_STORE_URL=f"sqlite:///{tmp_path / 'sessions.db'}",
-            PILOTHOUSE_DATA_DIR=str(tmp_path),
-            PILOTHOUSE_METRICS_PORT="0",
-            PILOTHOUSE_GENERATE_TITLES="false",
-            PILOTHOUSE_LOG_FORMAT="json",
+        env=clean_env(**{
+            "PILOTHOUSE_LISTEN_ADDRESS": address,
+            "PILOTHOUSE_MODEL_BASE_URL": model_server.base_url,
+            "PILOTHOUSE_MODEL": "fake-model",
+            "PILOTHOUSE_TOOL_EXECUTORS": tool_server.address,
+            "PILOTHOUSE_STORE_URL": f"sqlite:///{tmp_path / 'sessions.db'}",
+            "PILOTHOUSE_DATA_DIR": str(tmp_path),
+            "PILOTHOUSE_METRICS_PORT": "0",
+            "PILOTHOUSE_GENERATE_TITLES": "false",
+            "PILOTHOUSE_LOG_FORMAT": "json",
             **env,
-        ),
+        }),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -142,8 +142,10 @@ async def stored_history(tmp_path: Path, session_id: str):
 async def test_sigterm_drains_an_active_run_then_exits_zero(
     model_server, tool_server, fake_model, tmp_path
 ):
+    # Spans exported (to stdout) so that the run has trace ids of its own to log.
     server = await start_server_process(
-        model_server, tool_server, tmp_path, PILOTHOUSE_SHUTDOWN_GRACE="60"
+        model_server, tool_server, tmp_path, PILOTHOUSE_SHUTDOWN_GRACE="60",
+        OTEL_TRACES_EXPORTER="console",
     )
     release = asyncio.Event()
     try:

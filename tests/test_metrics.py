@@ -26,7 +26,7 @@ from pilothouse.v1 import (
     tool_executor_service_pb2 as tools_pb,
     tool_executor_service_pb2_grpc as tools_grpc,
 )
-from tests.conftest import app_settings, collect
+from tests.conftest import GATES, ObservedGate, app_settings, collect
 
 AGENT = "metered"
 MODEL = "metrics-model"
@@ -90,7 +90,7 @@ async def until(stream, kind: str) -> list[event_pb2.AgentEvent]:
 
 async def test_prometheus_scrape_after_a_conversation(metered_app, fake_model):
     async with PilothouseClient(f"127.0.0.1:{metered_app.port}") as client:
-        await client.create_agent(AGENT, tools=("calculate", "fail"), model=MODEL)
+        await client.create_agent(AGENT, tools=("calculate", "fail", "wait_for_gate"), model=MODEL)
         session_id = (await client.create_session(AGENT, "meter")).id
 
         # Run 1: two tool calls (one fails), then the answer.
@@ -134,12 +134,25 @@ async def test_prometheus_scrape_after_a_conversation(metered_app, fake_model):
         assert events[-1].done.stop_reason == event_pb2.STOP_REASON_CANCELLED
         release.set()
 
-    # Run spans end just after `done`: wait for the third one to be counted.
+        # Run 4: cancelled while its tool call runs.
+        observed = GATES["metrics-cancel"] = ObservedGate()
+        fake_model.responder.push(
+            tool_calls_reply([("c4", "wait_for_gate", json.dumps({"name": "metrics-cancel"}))])
+        )
+        stream = client.stream_to(session_id, "Fourth")
+        events = await until(stream, "tool_calls_begin")
+        await asyncio.wait_for(observed.entered.wait(), 10)  # the executor runs the tool
+        await client.cancel(session_id, events[0].run_id, "stop waiting")
+        events += await collect(stream)
+        assert events[-1].done.stop_reason == event_pb2.STOP_REASON_CANCELLED
+        observed.set()
+
+    # Runs are counted just after `done`: wait for the last one.
     async def runs_counted() -> float:
         return (await scrape(metered_app)).value("pilothouse_run_duration_seconds_count", gen_ai_agent_name=AGENT)
 
     async with asyncio.timeout(10):
-        while await runs_counted() < 3:  # noqa: ASYNC110 - bounded poll of an HTTP endpoint
+        while await runs_counted() < 4:  # noqa: ASYNC110 - bounded poll of an HTTP endpoint
             await asyncio.sleep(0.01)
     m = await scrape(metered_app)
 
@@ -147,8 +160,8 @@ async def test_prometheus_scrape_after_a_conversation(metered_app, fake_model):
     assert m.value("pilothouse_run_duration_seconds_count", gen_ai_agent_name=AGENT,
                    pilothouse_run_stop_reason="text_response") == 2
     assert m.value("pilothouse_run_duration_seconds_count", gen_ai_agent_name=AGENT,
-                   pilothouse_run_stop_reason="cancelled") == 1
-    assert m.value("pilothouse_run_cancellations_total", gen_ai_agent_name=AGENT) == 1
+                   pilothouse_run_stop_reason="cancelled") == 2
+    assert m.value("pilothouse_run_cancellations_total", gen_ai_agent_name=AGENT) == 2
     assert m.value("pilothouse_run_steering_messages_total", gen_ai_agent_name=AGENT) == 1
 
     # Tool calls by tool and outcome.
@@ -156,23 +169,25 @@ async def test_prometheus_scrape_after_a_conversation(metered_app, fake_model):
                    pilothouse_tool_outcome="ok") == 2
     assert m.value("pilothouse_tool_duration_seconds_count", gen_ai_tool_name="fail",
                    pilothouse_tool_outcome="error") == 1
+    assert m.value("pilothouse_tool_duration_seconds_count", gen_ai_tool_name="wait_for_gate",
+                   pilothouse_tool_outcome="cancelled") == 1
 
     # GenAI client metrics: rounds, tokens by type, time to first chunk.
     model = {"gen_ai_request_model": MODEL, "gen_ai_operation_name": "chat"}
     rounds = m.labels("gen_ai_client_operation_duration_seconds_count")
-    assert m.value("gen_ai_client_operation_duration_seconds_count", **model) == 5
+    assert m.value("gen_ai_client_operation_duration_seconds_count", **model) == 6
     assert m.value("gen_ai_client_operation_duration_seconds_count", **model,
                    error_type="cancelled") == 1
     assert {r.get("gen_ai_provider_name") for r in rounds if r.get("gen_ai_request_model") == MODEL} == {"openai"}
     assert m.value("gen_ai_client_token_usage_count", **model, gen_ai_token_type="input") == 4
     assert m.value("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="input") == 11 + 20 + 5 + 9
     assert m.value("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="output") == 7 + 3 + 2 + 1
-    assert m.value("gen_ai_client_operation_time_to_first_chunk_seconds_count", **model) == 5
+    assert m.value("gen_ai_client_operation_time_to_first_chunk_seconds_count", **model) == 6
 
     # Events sent on this server's streams, by type.
-    assert m.value("pilothouse_events_sent_total", rpc_method="StreamTo", pilothouse_event_type="done") == 3
+    assert m.value("pilothouse_events_sent_total", rpc_method="StreamTo", pilothouse_event_type="done") == 4
     assert m.value("pilothouse_events_sent_total", rpc_method="StreamTo",
-                   pilothouse_event_type="tool_result") == 3
+                   pilothouse_event_type="tool_result") == 4  # the cancelled call's result too
     assert m.value("pilothouse_events_sent_total", rpc_method="StreamTo",
                    pilothouse_event_type="user_steered") == 1
 

@@ -10,21 +10,25 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client.parser import text_string_to_metric_families
 
 from pilothouse.app.startup import start_app
 from pilothouse.client import PilothouseClient
 from pilothouse.ops import logs, telemetry
 from pilothouse.testmodel import text_reply, tool_calls_reply
-from tests.conftest import CANCELLED_GATES, GATES, app_settings, collect, wait_until
+from tests.conftest import CANCELLED_GATES, GATES, ObservedGate, app_settings, collect, wait_until
+from tests.test_drain import clean_env, free_port, start_server_process
 
 STREAM_TO = "/pilothouse.v1.RunService/StreamTo"
 EXECUTE_TOOL = "/pilothouse.v1.ToolExecutorService/ExecuteTool"
@@ -173,22 +177,10 @@ async def test_a_failed_tool_call_is_an_error_span(client, exporter, fake_model,
     assert "boom" in tool.status.description
 
 
-class _ObservedGate(asyncio.Event):
-    """A gate that says when the tool has started waiting on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = asyncio.Event()
-
-    async def wait(self) -> bool:
-        self.entered.set()
-        return await super().wait()
-
-
 async def test_cancelling_a_run_cancels_the_traced_tool_rpc(client, exporter, fake_model, make_agent):
     agent = await make_agent(("wait_for_gate",))
     session_id = (await client.create_session(agent, "tracer")).id
-    observed = GATES["trace-cancel"] = _ObservedGate()
+    observed = GATES["trace-cancel"] = ObservedGate()
     fake_model.responder.push(
         tool_calls_reply([("call_w", "wait_for_gate", json.dumps({"name": "trace-cancel"}))])
     )
@@ -310,23 +302,84 @@ def test_exporters_follow_the_standard_variables(monkeypatch):
     assert telemetry.resource_for("pilothouse-server").attributes["service.name"] == "my-runtime"
 
 
-def test_unsampled_spans_are_recorded_but_not_exported():
-    seen: list[str] = []
+def test_nothing_to_export_installs_no_tracer_provider():
+    """Each case in a fresh process (the global provider is set once)."""
+    probe = (
+        "from pilothouse.ops import telemetry\n"
+        "provider = telemetry.configure_tracing('probe')\n"
+        "print(type(provider).__name__, type(telemetry.installed_tracer_provider()).__name__)\n"
+    )
 
-    class Recorder(SpanProcessor):
-        def on_end(self, span: ReadableSpan) -> None:
-            seen.append(span.name)
+    def run(**env: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe], env=clean_env(**env),
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.strip()
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=telemetry.RecordingSampler(ALWAYS_OFF))
-    provider.add_span_processor(Recorder())
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    assert run() == "NoneType NoneType"
+    assert run(OTEL_TRACES_EXPORTER="none") == "NoneType NoneType"
+    assert run(OTEL_TRACES_EXPORTER="console") == "TracerProvider TracerProvider"
 
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with provider.get_tracer("t").start_as_current_span("work") as span:
-        assert span.is_recording() and not span.get_span_context().trace_flags.sampled
-    assert seen == ["work"]
-    assert exporter.get_finished_spans() == ()
+
+async def test_a_runtime_exporting_nothing_passes_the_trace_on_and_counts_every_run(
+    exporter, fake_model, tool_server, tmp_path
+):
+    """A runtime process with no exporter records no spans, yet the caller's
+    trace context still reaches the ToolExecutor (here in this process,
+    exporting), and its metrics count the run, rounds and tool call."""
+    metrics_port = free_port()
+    server = await start_server_process(fake_model, tool_server, tmp_path,
+                                        PILOTHOUSE_METRICS_PORT=str(metrics_port),
+                                        PILOTHOUSE_METRICS_HOST="127.0.0.1")
+    try:
+        async with PilothouseClient(
+            server.address, interceptors=telemetry.tracing_client_interceptors()
+        ) as client:
+            await client.create_agent("untraced", tools=("calculate",), model="quiet-model")
+            session_id = (await client.create_session("untraced")).id
+            fake_model.responder.push(
+                tool_calls_reply([("call_1", "calculate", json.dumps({"expression": "6*7"}))]),
+                text_reply("It is 42."),
+            )
+            with trace.get_tracer("test-client").start_as_current_span("client request") as root:
+                events = await collect(client.stream_to(session_id, "What is 6*7?"))
+        assert events[-1].done.final_response == "It is 42."
+        trace_id = root.get_span_context().trace_id
+        await wait_until(lambda: any(s.kind is SpanKind.SERVER and s.name == EXECUTE_TOOL
+                                     for s in spans_of(exporter, trace_id)))
+        spans = spans_of(exporter, trace_id)
+        client_call = one(spans, STREAM_TO, SpanKind.CLIENT)
+        executor = one(spans, EXECUTE_TOOL, SpanKind.SERVER)
+        # The runtime's spans were no-ops carrying the caller's context: the
+        # executor's span hangs under the client's call, in the same trace.
+        assert parent_of(executor) == client_call.context.span_id
+        assert {s.name for s in spans} == {"client request", STREAM_TO, EXECUTE_TOOL}
+        traceparent = events[0].run_started.traceparent
+        assert traceparent.split("-")[1:3] == [f"{trace_id:032x}", f"{client_call.context.span_id:016x}"]
+
+        async with httpx.AsyncClient() as http:
+            async def scrape() -> str:
+                return (await http.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)).text
+
+            async def counted() -> bool:
+                return "pilothouse_run_duration_seconds_count" in await scrape()
+
+            await wait_until(counted)
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(await scrape()) for s in family.samples
+            }
+
+        def total(name: str, **labels: str) -> float:
+            return sum(v for (n, ls), v in samples.items()
+                       if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+        assert total("pilothouse_run_duration_seconds_count", gen_ai_agent_name="untraced",
+                     pilothouse_run_stop_reason="text_response") == 1
+        assert total("gen_ai_client_operation_duration_seconds_count", gen_ai_request_model="quiet-model") == 2
+        assert total("pilothouse_tool_duration_seconds_count", gen_ai_tool_name="calculate",
+                     pilothouse_tool_outcome="ok") == 1
+    finally:
+        await server.close()
 
 
 def test_json_log_lines_carry_the_trace_context():

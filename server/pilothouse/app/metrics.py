@@ -2,12 +2,13 @@
 pipeline (`pilothouse.ops.metrics`: Prometheus scraping and, when
 configured, OTLP).
 
-Most runtime metrics are derived from the spans the runtime already makes
-(`RuntimeMetrics.span_processor`): one place measures, traces and metrics
-agree, and the runtime stays free of metric code. Unsampled spans are
-recorded too (see `telemetry.RecordingSampler`), so sampling does not skew
-the numbers. Gauges read the runtime's state when collected; events sent
-are counted by a server interceptor.
+The runtime reports each model round, tool call, approval decision and run
+as it ends, through the `RunMetrics` interface it owns
+(`pilothouse.runtime.runmetrics`), which `RuntimeMetrics` implements here:
+the runtime stays free of OpenTelemetry metric code, the metrics count every
+run whatever the trace sampling, and no span has to be recorded for them
+(with nothing exporting traces, none is). Gauges read the runtime's state
+when collected; events sent are counted by a server interceptor.
 
 Names (Prometheus spelling in brackets; histograms add `_bucket`, `_sum`,
 `_count`, counters `_total`):
@@ -33,24 +34,18 @@ Names (Prometheus spelling in brackets; histograms add `_bucket`, `_sum`,
 from __future__ import annotations
 
 import inspect
-import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
-from opentelemetry.trace import SpanKind, StatusCode
 
 from pilothouse.ops.metrics import DURATION_BUCKETS, ERROR_TYPE, TOOL_OUTCOME, histogram
+from pilothouse.runtime.events import StopReason
+from pilothouse.runtime.runmetrics import ModelRound
 
-log = logging.getLogger(__name__)
-
-RUNTIME_SCOPE = "pilothouse.runtime"
 #: The GenAI semantic conventions' advice for operation durations.
 GENAI_DURATION_BUCKETS = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -68,14 +63,19 @@ STOP_REASON = "pilothouse.run.stop_reason"
 EVENT_TYPE = "pilothouse.event.type"
 RPC_METHOD = "rpc.method"
 DEPENDENCY = "pilothouse.dependency"
+VERDICT = "pilothouse.verdict"
+_CHAT = gen_ai.GenAiOperationNameValues.CHAT.value
+_INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
+_OUTPUT = gen_ai.GenAiTokenTypeValues.COMPLETION.value  # "output"
 
 
 # --- Runtime metrics -------------------------------------------------------
 
 
 class RuntimeMetrics:
-    """The runtime's instruments. Feed them with `span_processor()` (added
-    to the tracer provider), `observe(runtime)` and `event_interceptor()`."""
+    """The runtime's instruments. Runs feed them as the `RunMetrics` of the
+    `Runtime` (`metrics=`); `observe(...)` registers the gauges and
+    `event_interceptor()` counts the events streamed to clients."""
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
@@ -119,7 +119,6 @@ class RuntimeMetrics:
             "pilothouse.tool.approval_decisions", unit="{decision}",
             description="Decisions on tool calls that needed approval, by verdict.",
         )
-        self._processor = SpanMetricsProcessor(self)
 
     # Gauges over live state ------------------------------------------------
 
@@ -155,123 +154,41 @@ class RuntimeMetrics:
             description="1 when the dependency answered its last health check, else 0.",
         )
 
-    def span_processor(self) -> SpanMetricsProcessor:
-        return self._processor
-
     def event_interceptor(self) -> EventCountingInterceptor:
         return EventCountingInterceptor(self.events_sent.add)
 
-    def close(self) -> None:
-        """Stop deriving metrics from spans (the processor stays attached
-        to the tracer provider, which cannot remove it)."""
-        self._processor.enabled = False
+    # RunMetrics (pilothouse.runtime.runmetrics) -----------------------------
 
+    def model_round(self, round_: ModelRound) -> None:
+        labels = {gen_ai.GEN_AI_OPERATION_NAME: _CHAT, gen_ai.GEN_AI_PROVIDER_NAME: round_.provider,
+                  gen_ai.GEN_AI_REQUEST_MODEL: round_.request_model}
+        if round_.response_model:
+            labels[gen_ai.GEN_AI_RESPONSE_MODEL] = round_.response_model
+        outcome = labels if round_.error_type is None else {**labels, ERROR_TYPE: round_.error_type}
+        self.operation_duration.record(round_.seconds, outcome)
+        if round_.usage is not None:
+            self.token_usage.record(round_.usage.prompt_tokens, {**labels, gen_ai.GEN_AI_TOKEN_TYPE: _INPUT})
+            self.token_usage.record(round_.usage.completion_tokens,
+                                    {**labels, gen_ai.GEN_AI_TOKEN_TYPE: _OUTPUT})
+        if round_.time_to_first_chunk_s is not None:
+            self.time_to_first_chunk.record(round_.time_to_first_chunk_s, labels)
 
-class SpanMetricsProcessor(SpanProcessor):
-    """Records `RuntimeMetrics` from the runtime's finished spans:
-    `invoke_agent` (runs), `chat` (model rounds) and `execute_tool`."""
+    def tool_call(self, tool: str, outcome: str, seconds: float) -> None:
+        self.tool_duration.record(seconds, {gen_ai.GEN_AI_TOOL_NAME: tool, TOOL_OUTCOME: outcome})
 
-    def __init__(self, metrics: RuntimeMetrics) -> None:
-        self.metrics = metrics
-        self.enabled = True
-        # Spans whose ExecuteTool RPC was cancelled (CLIENT span children
-        # end before their parent): their execute_tool span is "cancelled".
-        self._cancelled_parents: OrderedDict[int, None] = OrderedDict()
+    def approval_decided(self, tool: str, verdict: str) -> None:
+        self.approvals.add(1, {gen_ai.GEN_AI_TOOL_NAME: tool, VERDICT: verdict})
 
-    def on_end(self, span: ReadableSpan) -> None:
-        if not self.enabled:
-            return
-        try:
-            self._record(span)
-        except Exception:  # metrics must never break a run
-            log.exception("recording metrics from span %s failed", span.name)
+    def run_ended(self, agent: str, stop_reason: str, seconds: float) -> None:
+        self.run_duration.record(seconds, {gen_ai.GEN_AI_AGENT_NAME: agent, STOP_REASON: stop_reason})
+        if stop_reason == StopReason.CANCELLED.value:
+            self.cancellations.add(1, {gen_ai.GEN_AI_AGENT_NAME: agent})
 
-    def _record(self, span: ReadableSpan) -> None:
-        attrs = span.attributes or {}
-        if span.kind is SpanKind.CLIENT and attrs.get(RPC_GRPC_STATUS_CODE) == (
-            grpc.StatusCode.CANCELLED.value[0]
-        ):
-            if span.parent is not None:
-                self._cancelled_parents[span.parent.span_id] = None
-                while len(self._cancelled_parents) > 1024:
-                    self._cancelled_parents.popitem(last=False)
-            return
-        scope = span.instrumentation_scope
-        if scope is None or scope.name != RUNTIME_SCOPE:
-            return
-        if span.start_time is None or span.end_time is None:
-            return
-        seconds = (span.end_time - span.start_time) / 1e9
-        operation = attrs.get(gen_ai.GEN_AI_OPERATION_NAME)
-        events = [e.name for e in span.events]
-        if operation == gen_ai.GenAiOperationNameValues.CHAT.value:
-            self._chat(span, attrs, seconds, events)
-        elif operation == gen_ai.GenAiOperationNameValues.EXECUTE_TOOL.value:
-            self._tool(span, attrs, seconds)
-        elif operation == gen_ai.GenAiOperationNameValues.INVOKE_AGENT.value:
-            self._run(attrs, seconds, events)
+    def steered(self, agent: str) -> None:
+        self.steering.add(1, {gen_ai.GEN_AI_AGENT_NAME: agent})
 
-    def _chat(self, span: ReadableSpan, attrs, seconds: float, events: list[str]) -> None:
-        m = self.metrics
-        labels = {
-            key: attrs[key]
-            for key in (
-                gen_ai.GEN_AI_OPERATION_NAME,
-                gen_ai.GEN_AI_PROVIDER_NAME,
-                gen_ai.GEN_AI_REQUEST_MODEL,
-                gen_ai.GEN_AI_RESPONSE_MODEL,
-            )
-            if key in attrs
-        }
-        outcome = dict(labels)
-        if "cancelled" in events:
-            outcome[ERROR_TYPE] = "cancelled"
-        elif span.status.status_code is StatusCode.ERROR:
-            outcome[ERROR_TYPE] = "ModelError"
-        m.operation_duration.record(seconds, outcome)
-        for key, kind in (
-            (gen_ai.GEN_AI_USAGE_INPUT_TOKENS, gen_ai.GenAiTokenTypeValues.INPUT.value),
-            (gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
-        ):
-            if key in attrs:
-                m.token_usage.record(int(attrs[key]), {**labels, gen_ai.GEN_AI_TOKEN_TYPE: kind})
-        ttfc = attrs.get(gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK)
-        if ttfc is None and "pilothouse.time_to_first_chunk_ms" in attrs:
-            ttfc = float(attrs["pilothouse.time_to_first_chunk_ms"]) / 1000
-        if ttfc is not None:
-            m.time_to_first_chunk.record(float(ttfc), labels)
-
-    def _tool(self, span: ReadableSpan, attrs, seconds: float) -> None:
-        m = self.metrics
-        name = attrs.get(gen_ai.GEN_AI_TOOL_NAME, "")
-        if span.context.span_id in self._cancelled_parents:
-            del self._cancelled_parents[span.context.span_id]
-            outcome = "cancelled"
-        elif any(e.name == "cancelled" for e in span.events):
-            outcome = "cancelled"
-        elif span.status.status_code is StatusCode.ERROR:
-            outcome = "error"
-        else:
-            outcome = "ok"
-        m.tool_duration.record(seconds, {gen_ai.GEN_AI_TOOL_NAME: name, TOOL_OUTCOME: outcome})
-        for event in span.events:
-            if event.name == "approval_decided":
-                verdict = (event.attributes or {}).get("pilothouse.verdict", "")
-                m.approvals.add(1, {gen_ai.GEN_AI_TOOL_NAME: name, "pilothouse.verdict": verdict})
-
-    def _run(self, attrs, seconds: float, events: list[str]) -> None:
-        m = self.metrics
-        agent = {gen_ai.GEN_AI_AGENT_NAME: attrs.get(gen_ai.GEN_AI_AGENT_NAME, "")}
-        stop = attrs.get(STOP_REASON) or ("cancelled" if "cancelled" in events else "unknown")
-        m.run_duration.record(seconds, {**agent, STOP_REASON: stop})
-        if stop == "cancelled":
-            m.cancellations.add(1, agent)
-        steered = events.count("user_steered")
-        if steered:
-            m.steering.add(steered, agent)
-        compacted = events.count("compacted")
-        if compacted:
-            m.compactions.add(compacted, agent)
+    def compacted(self, agent: str) -> None:
+        self.compactions.add(1, {gen_ai.GEN_AI_AGENT_NAME: agent})
 
 
 # --- Events sent -----------------------------------------------------------

@@ -35,7 +35,6 @@ from pilothouse.ops import eventloop
 from pilothouse.ops.metrics import MetricsPipeline, start_metrics
 from pilothouse.ops.sockets import share_ports
 from pilothouse.ops.telemetry import (
-    add_span_processor,
     configure_tracing,
     resource_for,
     tracing_client_interceptors,
@@ -187,8 +186,6 @@ class App:
         await self.model.aclose()
         if self.test_model_server is not None:
             await self.test_model_server.stop()
-        if self.runtime_metrics is not None:
-            self.runtime_metrics.close()
         if self.metrics is not None:
             await self.metrics.shutdown()
         return finished
@@ -248,8 +245,8 @@ async def start_app(
     is served too and advertised (`advertised_address`).
 
     Tracing is configured from the environment unless a tracer provider is
-    installed already (`telemetry.configure_tracing`); the metrics derived
-    from spans are recorded by a span processor added to it."""
+    installed already (`telemetry.configure_tracing`); runs report their
+    metrics to `RuntimeMetrics` directly, whether or not spans are made."""
     configure_tracing(SERVICE_NAME)
     if worker is not None:
         share_ports()
@@ -257,7 +254,6 @@ async def start_app(
         resource_for(SERVICE_NAME), host=settings.metrics_host, port=settings.metrics_port
     )
     runtime_metrics = RuntimeMetrics(metrics.meter())
-    add_span_processor(runtime_metrics.span_processor())
     test_model_server = None
     tools: ToolExecutorClient | None = None
     model: ModelRouter | None = None
@@ -339,6 +335,7 @@ async def start_app(
                 subscription_buffer=settings.subscription_buffer,
             ),
             hooks=hooks,
+            metrics=runtime_metrics,
         )
         tools.watch(settings.tool_rediscovery_interval)
         if settings.approval_exempt_tools:
@@ -431,7 +428,6 @@ async def start_app(
             await model.aclose()
         if test_model_server is not None:
             await test_model_server.stop()
-        runtime_metrics.close()
         await metrics.shutdown()
         if isinstance(exc, StartupError):
             raise

@@ -10,9 +10,9 @@ Environment (read here and by the SDK):
   gRPC exporter (read by the exporter).
 - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`: the resource.
 - `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`: the sampler (read by
-  the SDK). Unsampled spans are still *recorded* (not exported), so the
-  metrics derived from spans (`pilothouse.app.metrics`) count every run,
-  model round and tool call whatever the sampling rate.
+  the SDK). Metrics do not come from spans (`pilothouse.app.metrics`), so
+  they count every run, model round and tool call whatever the sampling
+  rate, and with no exporter at all no SDK tracer provider is installed.
 
 Context propagation uses opentelemetry-instrumentation-grpc's aio
 interceptors: the server interceptor makes a caller's `traceparent` the
@@ -25,12 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.instrumentation.grpc import (
     aio_client_interceptors,
     aio_server_interceptor,
@@ -45,44 +44,13 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import Status, StatusCode
 
 log = logging.getLogger(__name__)
 
 #: gRPC services whose calls are not traced: probes and tooling, not work.
 UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
-
-
-class RecordingSampler(Sampler):
-    """Samples like `inner`, but records what `inner` drops (RECORD_ONLY
-    instead of DROP): span processors see every span, exporters only the
-    sampled ones, and the sampled flag propagated downstream is unchanged."""
-
-    def __init__(self, inner: Sampler) -> None:
-        self.inner = inner
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        result = self.inner.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-        if result.decision is Decision.DROP:
-            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
-        return result
-
-    def get_description(self) -> str:
-        return f"RecordingSampler{{{self.inner.get_description()}}}"
 
 
 def exporters_from_env() -> list[SpanExporter]:
@@ -131,15 +99,20 @@ def configure_tracing(
     *,
     provider: TracerProvider | None = None,
     exporter: SpanExporter | None = None,
-) -> TracerProvider:
+) -> TracerProvider | None:
     """Install the global tracer provider (once per process) and return it.
 
     Without `provider`, one is built from the environment (resource,
-    sampler, exporters; see the module docstring). `provider` injects one
-    instead (tests); `exporter` is added to it with a SimpleSpanProcessor
-    (e.g. an InMemorySpanExporter). When an SDK provider is already
-    installed, that one is kept and returned (with `exporter` added): the
-    global provider can be set only once per process."""
+    sampler, exporters; see the module docstring), but only when the
+    environment names an exporter: with nothing to export to, no SDK
+    provider is installed and spans cost next to nothing (OpenTelemetry's
+    no-op tracer still carries an incoming trace context through to
+    outgoing calls and log lines); None is returned then. `provider`
+    injects one instead (tests); `exporter` is added to it with a
+    SimpleSpanProcessor (e.g. an InMemorySpanExporter). When an SDK
+    provider is already installed, that one is kept and returned (with
+    `exporter` added): the global provider can be set only once per
+    process."""
     installed = installed_tracer_provider()
     if installed is not None:
         if provider is not None and provider is not installed:
@@ -148,10 +121,11 @@ def configure_tracing(
             installed.add_span_processor(SimpleSpanProcessor(exporter))
         return installed
     if provider is None:
-        resource = resource_for(default_service_name)
-        env_sampler = TracerProvider(resource=resource, shutdown_on_exit=False).sampler
-        provider = TracerProvider(resource=resource, sampler=RecordingSampler(env_sampler))
-        for span_exporter in exporters_from_env():
+        exporters = exporters_from_env()
+        if not exporters and exporter is None:
+            return None
+        provider = TracerProvider(resource=resource_for(default_service_name))
+        for span_exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(span_exporter))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))

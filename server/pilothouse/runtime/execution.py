@@ -37,6 +37,7 @@ from pilothouse.runtime.limits import RuntimeLimits
 from pilothouse.runtime.loop import LoopContext, Resume, run_agent
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.model.base import ChatModel
+from pilothouse.runtime.runmetrics import NO_METRICS, RunMetrics
 from pilothouse.runtime.runs import EventLog, Run, stored_events_loader
 from pilothouse.runtime.runtable import RunTable
 from pilothouse.runtime.sessions import SessionLocks, Sessions
@@ -80,6 +81,8 @@ class RunExecutor:
         self.address = ""
         #: The hook plugins (see `pilothouse.runtime.hooks`).
         self.hooks: HookChain = NO_HOOKS
+        #: Where runs report their measurements (see `pilothouse.runtime.runmetrics`).
+        self.metrics: RunMetrics = NO_METRICS
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
@@ -233,7 +236,8 @@ class RunExecutor:
                           decision_timeout_s=self.limits.decision_timeout_s,
                           stream_retries=self.limits.stream_retries,
                           max_output_chars=self.limits.max_output_chars,
-                          principal=journal.principal, principal_roles=journal.roles)
+                          principal=journal.principal, principal_roles=journal.roles,
+                          metrics=self.metrics)
         ctx.remember_approval = lambda tool: self._remember_approval(run.session_id, tool)
         done: Done | None = None
         with spans.agent_span(agent.name, agent.config.model, run.session_id, run.id) as span:
@@ -342,6 +346,7 @@ class RunExecutor:
             if session is not None and history is not None:
                 self.sessions.remember(session, history)
             run.finish(recorded)
+            self.metrics.run_ended(agent.name, response.stop_reason.value, time.monotonic() - started)
             if (session is not None and history is not None and self.limits.generate_titles
                     and wants_title(session, history)):
                 self.spawn(generate_title(self.model, self.store, session, history, agent.config.model),

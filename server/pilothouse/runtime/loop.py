@@ -159,6 +159,7 @@ async def run_agent(
             decision_timeout_s=ctx.decision_timeout_s,
             remember_approval=ctx.remember_approval,
             hooks=ctx.hooks,
+            metrics=ctx.metrics,
         )
 
     async def complete(state: RoundState, phase: ToolPhaseContext) -> AsyncIterator[Event]:
@@ -218,6 +219,7 @@ async def run_agent(
             history.append(message)
             steered.append(message)
             spans.event("user_steered", {"pilothouse.sender": sender})
+            ctx.metrics.steered(agent.name)
             yield UserSteered(content, sender)
         if steered:
             await ctx.journal.steered(steered)
@@ -335,6 +337,7 @@ async def run_agent(
                     history[:] = [Message.user(summary)]
                     await ctx.journal.compacted(summary)
                     spans.event("compacted")
+                    ctx.metrics.compacted(agent.name)
                     yield Compacted(summary)
             continue
 

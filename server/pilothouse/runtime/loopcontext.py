@@ -12,6 +12,7 @@ from pilothouse.runtime.control import RunControl
 from pilothouse.runtime.events import AgentStep
 from pilothouse.runtime.hookchain import RunHooks
 from pilothouse.runtime.messages import Message, Usage
+from pilothouse.runtime.runmetrics import NO_METRICS, RunMetrics
 from pilothouse.runtime.toolphase import DEFAULT_DECISION_TIMEOUT_S, RoundState, ToolJournal
 
 #: Retries of a model round whose stream failed after it began.
@@ -70,7 +71,8 @@ class LoopContext:
     """The run the loop works for. `remember_approval(tool)` persists an
     "approve always"; `stream_retries` bounds retries of a failed model
     stream; `usage` is the run's total so far (read by the caller when the
-    run ends abnormally); `hooks` are the hook plugins bound to the run."""
+    run ends abnormally); `hooks` are the hook plugins bound to the run;
+    `metrics` receives its measurements."""
 
     session_id: str
     run_id: str
@@ -85,3 +87,4 @@ class LoopContext:
     principal_roles: tuple[str, ...] = ()
     usage: Usage = field(default_factory=Usage)
     hooks: RunHooks | None = None
+    metrics: RunMetrics = NO_METRICS

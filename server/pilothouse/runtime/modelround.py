@@ -32,6 +32,7 @@ from pilothouse.runtime.loopcontext import DEFAULT_MAX_OUTPUT_CHARS, LoopContext
 from pilothouse.runtime.messages import Message, Usage
 from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest, ModelError
 from pilothouse.runtime.model.builder import MessageBuilder
+from pilothouse.runtime.runmetrics import ROUND_CANCELLED, ROUND_FAILED, ModelRound
 from pilothouse.runtime.toolphase import on_stop
 
 
@@ -95,18 +96,27 @@ async def model_round(
         state.truncated = False
         state.finish_reason = state.response_model = state.refusal = ""
         state.started_at = time.perf_counter()
+        ended = False
         with spans.chat_span(model.provider_name, model_name, ctx.session_id) as span:
-            async for event in _stream_round(model, request, builder, state, ctx.control,
-                                             ctx.max_output_chars):
-                yield event
+            try:
+                async for event in _stream_round(model, request, builder, state, ctx.control,
+                                                 ctx.max_output_chars):
+                    yield event
+                ended = True
+            finally:
+                ttfc = None if state.first_chunk_at is None else state.first_chunk_at - state.started_at
+                ctx.metrics.model_round(ModelRound(
+                    model.provider_name, model_name, state.response_model,
+                    time.perf_counter() - state.started_at, state.usage, ttfc,
+                    ROUND_CANCELLED if state.stopped or not ended
+                    else ROUND_FAILED if state.error is not None else None,
+                ))
             spans.end_chat_span(
                 span,
                 response_model=state.response_model,
                 finish_reason=state.finish_reason,
                 usage=state.usage,
-                time_to_first_chunk_s=(
-                    None if state.first_chunk_at is None else state.first_chunk_at - state.started_at
-                ),
+                time_to_first_chunk_s=ttfc,
                 stopped=state.stopped,
                 error=state.error,
             )

@@ -32,6 +32,7 @@ from pilothouse.runtime.hookchain import NO_HOOKS, HookChain
 from pilothouse.runtime.limits import ResumePolicy, RuntimeLimits, check_content
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.paging import decode_token, encode_token, page_size
+from pilothouse.runtime.runmetrics import NO_METRICS, RunMetrics
 from pilothouse.runtime.runs import Run, StoredRun
 from pilothouse.runtime.runtable import RemoteRun, RunLocation
 from pilothouse.runtime.scheduler import RunScheduler
@@ -71,6 +72,7 @@ class Runtime:
         store: SessionStore,
         limits: RuntimeLimits | None = None,
         hooks: HookChain | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         if ASK_USER.name not in tools:
             tools.register(ASK_USER)
@@ -102,6 +104,8 @@ class Runtime:
         #: The hook plugins, called by the registry and the scheduler.
         self.hooks = hooks or NO_HOOKS
         self.agents.hooks = self.scheduler.hooks = self.hooks
+        #: Where runs report their measurements (`pilothouse.app.metrics` in the server).
+        self.scheduler.executor.metrics = metrics or NO_METRICS
         self.scheduler.on_run_end.append(self.delegation.run_ended)
         # Every run's events, for SubscribeEvents; this replica's writes wake it.
         self.feed = EventFeed(

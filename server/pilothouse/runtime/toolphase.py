@@ -57,6 +57,7 @@ from pilothouse.runtime.events import (
 from pilothouse.runtime.hookchain import RunHooks
 from pilothouse.runtime.hooks import HookError
 from pilothouse.runtime.messages import Message, ToolCall, Usage
+from pilothouse.runtime.runmetrics import NO_METRICS, RunMetrics
 from pilothouse.runtime.tools import (
     ASK_USER,
     ToolAnswer,
@@ -152,6 +153,7 @@ class ToolPhaseContext:
     remember_approval: Callable[[str], Awaitable[None]] | None = None
     resumed: bool = False
     hooks: RunHooks | None = None
+    metrics: RunMetrics = NO_METRICS
 
 
 class _Stop:
@@ -359,22 +361,31 @@ class _Phase:
         call_state = self.state.calls[index]
         call = call_state.call
         start = time.perf_counter()
-        with spans.tool_span(call.name, call.id, self.ctx.tool_context.session_id) as span:
-            output, error = await self._drive(call_state)
-            spans.end_tool_span(span, error)
-            duration_ms = int((time.perf_counter() - start) * 1000)
-            if error is not None:
-                result = ToolResult(call.id, call.name, error=error, duration_ms=duration_ms)
-            else:
-                result = ToolResult(call.id, call.name, output=output or "", duration_ms=duration_ms)
-            # --- hooks: after_tool_call, before the result is journalled ---
-            if self.ctx.hooks is not None and self.ctx.hooks.has("after_tool_call"):
-                try:
-                    result = await self.ctx.hooks.after_tool_call(call, result)
-                except HookError as exc:
-                    self.ctx.control.request_stop(StopReason.ERROR, exc.message)
-                    return ToolResult(call.id, call.name, error=f"{exc.message}; the result was withheld",
-                                      duration_ms=duration_ms)
+        outcome = "cancelled"  # unless the call comes to an end
+        try:
+            with spans.tool_span(call.name, call.id, self.ctx.tool_context.session_id) as span:
+                output, error = await self._drive(call_state)
+                spans.end_tool_span(span, error)
+                outcome = "ok" if error is None else "error"
+                duration_ms = int((time.perf_counter() - start) * 1000)
+                if error is not None:
+                    result = ToolResult(call.id, call.name, error=error, duration_ms=duration_ms)
+                else:
+                    result = ToolResult(call.id, call.name, output=output or "", duration_ms=duration_ms)
+                # --- hooks: after_tool_call, before the result is journalled ---
+                if self.ctx.hooks is not None and self.ctx.hooks.has("after_tool_call"):
+                    try:
+                        result = await self.ctx.hooks.after_tool_call(call, result)
+                    except HookError as exc:
+                        self.ctx.control.request_stop(StopReason.ERROR, exc.message)
+                        return ToolResult(call.id, call.name,
+                                          error=f"{exc.message}; the result was withheld",
+                                          duration_ms=duration_ms)
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.ctx.metrics.tool_call(call.name, outcome, time.perf_counter() - start)
         return result
 
     async def _drive(self, call_state: CallState) -> tuple[str | None, str | None]:
@@ -434,6 +445,7 @@ class _Phase:
             decision = Decision(request.request_id, Verdict.DENY, f"no decision within {self._timeout():g}s")
             self.queue.put_nowait(DecisionApplied(request.request_id, decision))
         spans.event("approval_decided", {"pilothouse.verdict": decision.verdict.value})
+        self.ctx.metrics.approval_decided(call.name, decision.verdict.value)
         if decision.verdict is Verdict.APPROVE_ALWAYS:
             self.ctx.control.approved_tools.add(call.name)
             if self.ctx.remember_approval is not None:
