@@ -11,26 +11,44 @@ that already turn bad JSON into a clear error handle this one too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 #: Deepest nesting of arrays and objects accepted (no real document comes
 #: close; a thousand levels break the parser).
 MAX_DEPTH = 100
 
 
+_NOT_PARSED = object()
+
+
 class JsonTooDeep(ValueError):
     """The document nests arrays/objects deeper than allowed."""
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, exact_integers: bool = True) -> Any:
     """`json.loads(text)`; raises `json.JSONDecodeError` for bad JSON and
-    `JsonTooDeep` (both ValueError) for nesting deeper than `max_depth`."""
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    `JsonTooDeep` (both ValueError) for nesting deeper than `max_depth`.
+
+    With `exact_integers` False, parsed with orjson in about a third of the
+    time, at one cost: an integer past 64 bits comes back as a float. That
+    suits the providers' stream chunks, whose numbers are counts and
+    timestamps (tool arguments travel inside them as strings). What orjson
+    refuses and the json module accepts (NaN, Infinity, lone surrogates)
+    is parsed by the json module either way."""
+    value: Any = _NOT_PARSED
+    if not exact_integers:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = orjson.loads(text)
+    if value is _NOT_PARSED:
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
     # Nesting never exceeds the number of opening brackets (those inside
     # strings included), counted in C: most documents, every streamed
     # model chunk among them, are cleared without walking the value.

@@ -18,6 +18,8 @@ import typing
 from functools import cache
 from typing import Any
 
+import orjson
+
 from pilothouse.runtime import events as ev
 from pilothouse.runtime.events import Event, RunEvent
 from pilothouse.runtime.store.base import StoredEvent
@@ -51,7 +53,17 @@ KINDS: dict[type, str] = {
 }
 CLASSES: dict[str, type] = {kind: cls for cls, kind in KINDS.items()}
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _dumps(data: Any) -> str:
+    """Compact JSON text of `data`: orjson's (a tenth of the json module's
+    time per event), or the json module's for what orjson cannot write
+    (integers past 64 bits, keys that are not strings)."""
+    try:
+        return orjson.dumps(data).decode()
+    except TypeError:
+        return _json_dumps(data)
 
 
 class EventDecodeError(ValueError):

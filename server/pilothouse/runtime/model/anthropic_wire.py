@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from pilothouse import jsontext
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.model.base import (
     FINISH_CONTENT_FILTER,
@@ -404,7 +405,7 @@ async def decode_stream(
 
 def _decode(provider: str, data: str) -> dict[str, Any]:
     try:
-        payload = json.loads(data)
+        payload = jsontext.loads(data, exact_integers=False)  # numbers: counts and times
     except ValueError as exc:
         raise ModelError(f"{provider} sent a malformed stream event: {clip(data)!r}") from exc
     if not isinstance(payload, dict):

@@ -272,7 +272,7 @@ async def decode_stream(body: Body) -> AsyncGenerator[ChatChunk, None]:
 
 def _decode(provider: str, data: str) -> dict[str, Any]:
     try:
-        payload = jsontext.loads(data)
+        payload = jsontext.loads(data, exact_integers=False)  # numbers: counts and times
     except ValueError as exc:
         raise ModelError(f"{provider} sent a malformed stream chunk: {clip(data)!r}") from exc
     if not isinstance(payload, dict):
