@@ -530,10 +530,8 @@ def response_to_proto(
     return out
 
 
-# A payload may be a message or a dict of its fields: the `AgentEvent`
-# constructor builds a dict in place, where a message would be built and
-# then copied, so the events a stream sends most (deltas, segment
-# boundaries) are dicts.
+# A payload is a message (copied into the event) or a dict of its fields:
+# the segment boundaries are empty dicts, only marked present.
 _EVENT_FIELDS: dict[type, Callable[[Any], tuple[str, Any]]] = {
     ev.RunStarted: lambda e: (
         "run_started",
@@ -623,12 +621,30 @@ _EVENT_FIELDS[ev.DelegationProgress] = lambda e: ("delegation", _delegation_to_p
 
 
 def event_to_proto(recorded: ev.RunEvent) -> event_pb2.AgentEvent:
-    name, payload = _EVENT_FIELDS[type(recorded.event)](recorded.event)
-    event = event_pb2.AgentEvent(
-        session_id=recorded.session_id,
-        run_id=recorded.run_id,
-        sequence=recorded.sequence,
-        **{name: payload},
-    )
-    _set_timestamp(event.time, recorded.time)
+    event = event_pb2.AgentEvent()
+    fill_event(event, recorded)
     return event
+
+
+def fill_event(target: event_pb2.AgentEvent, recorded: ev.RunEvent) -> None:
+    """Set the empty `target` to `recorded`, in place: a response's `event`
+    field is filled where it lies, instead of building an `AgentEvent` and
+    copying it in (every streamed event goes through here)."""
+    target.session_id = recorded.session_id
+    target.run_id = recorded.run_id
+    target.sequence = recorded.sequence
+    _set_timestamp(target.time, recorded.time)
+    event = recorded.event
+    cls = type(event)
+    if cls is ev.TextDelta:  # most of what streams
+        target.text_delta.text = event.text  # type: ignore[union-attr]
+        return
+    name, payload = _EVENT_FIELDS[cls](event)
+    field = getattr(target, name)
+    if isinstance(payload, dict):
+        if payload:
+            field.MergeFrom(type(field)(**payload))
+        else:
+            field.SetInParent()
+    else:
+        field.CopyFrom(payload)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -33,6 +33,8 @@ from pilothouse.v1 import (
 )
 
 Context = grpc.aio.ServicerContext
+#: A streaming response that carries one event.
+R = TypeVar("R", runs_pb.StreamToResponse, runs_pb.AttachResponse)
 #: Longest idempotency key, in characters.
 MAX_IDEMPOTENCY_KEY = 128
 
@@ -122,14 +124,18 @@ class RunService(runs_grpc.RunServiceServicer):
             yield convert.event_to_proto(recorded)
 
     async def _events(
-        self, context: Context, where: RunLocation, after: int, heartbeat_s: float
-    ) -> AsyncIterator[event_pb2.AgentEvent]:
+        self, context: Context, where: RunLocation, after: int, heartbeat_s: float,
+        response: type[R],
+    ) -> AsyncIterator[R]:
+        """The run's events as `response` messages (their `event` field set)."""
         if isinstance(where, RemoteRun):
             async for event in self._remote_events(context, where, after, heartbeat_s):
-                yield event
+                yield response(event=event)
             return
         async for recorded in where.events(after, heartbeat_s):
-            yield convert.event_to_proto(recorded)
+            message = response()
+            convert.fill_event(message.event, recorded)
+            yield message
 
     # --- RPCs ------------------------------------------------------------------
 
@@ -166,8 +172,9 @@ class RunService(runs_grpc.RunServiceServicer):
         heartbeat = self._heartbeat(request.options.heartbeat_interval, "options.heartbeat_interval")
         completed = False
         try:
-            async for event in self._events(context, where, 0, heartbeat):
-                yield runs_pb.StreamToResponse(event=event)
+            async for response in self._events(context, where, 0, heartbeat,
+                                               runs_pb.StreamToResponse):
+                yield response
             completed = True
         finally:
             if not completed:
@@ -181,8 +188,9 @@ class RunService(runs_grpc.RunServiceServicer):
         heartbeat = self._heartbeat(request.heartbeat_interval, "heartbeat_interval")
         if not isinstance(where, RemoteRun):
             where.check_position(request.after_sequence)
-        async for event in self._events(context, where, request.after_sequence, heartbeat):
-            yield runs_pb.AttachResponse(event=event)
+        async for response in self._events(context, where, request.after_sequence, heartbeat,
+                                           runs_pb.AttachResponse):
+            yield response
 
     @handle_errors
     async def Steer(

@@ -30,18 +30,10 @@ from pilothouse.runtime.events import (
 from pilothouse.runtime.hooks import HookError, Stop
 from pilothouse.runtime.loopcontext import DEFAULT_MAX_OUTPUT_CHARS, LoopContext
 from pilothouse.runtime.messages import Message, Usage
-from pilothouse.runtime.model.base import ChatChunk, ChatModel, ChatRequest, ModelError
+from pilothouse.runtime.model.base import ChatModel, ChatRequest, ModelError
 from pilothouse.runtime.model.builder import MessageBuilder
 from pilothouse.runtime.runmetrics import ROUND_CANCELLED, ROUND_FAILED, ModelRound
 from pilothouse.runtime.toolphase import on_stop
-
-
-class _Stop:
-    """Sentinel put on internal queues when a stop is requested."""
-
-
-_STOP = _Stop()
-_END = object()
 
 
 @dataclass(slots=True)
@@ -141,22 +133,6 @@ async def model_round(
         yield RoundRetried(retries, cause, failure.message, model_name)
 
 
-async def _pump(stream: AsyncIterator[ChatChunk], queue: asyncio.Queue[object]) -> None:
-    """Read the model stream into `queue`, ending with _END or the error."""
-    try:
-        async for chunk in stream:
-            queue.put_nowait(chunk)
-        queue.put_nowait(_END)
-    except ModelError as exc:
-        queue.put_nowait(exc)
-    except Exception as exc:  # a provider bug must not kill the run silently
-        queue.put_nowait(ModelError(f"model call failed: {type(exc).__name__}: {exc}"))
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 async def _stream_round(
     model: ChatModel,
     request: ChatRequest,
@@ -165,28 +141,55 @@ async def _stream_round(
     control: RunControl,
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
 ) -> AsyncIterator[Event]:
-    """Events of one model stream. The stream is read by a pump task so a
-    stop request can close it at once (the HTTP response is closed); past
-    `max_output_chars` characters of output the stream is closed too (`truncated`)."""
+    """Events of one model stream, read in the run's own task (no hand-off
+    per chunk). A stop request closes the stream at once: while the task
+    waits for the next chunk, the stop cancels that wait (and only that
+    wait: the cancellation is taken back, as `asyncio.timeout` does, unless
+    someone else cancelled the task too); past `max_output_chars`
+    characters of output the stream is closed too (`truncated`)."""
     output = 0
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(model.stream(request), queue))
-    remove_waker = on_stop(control, lambda: queue.put_nowait(_STOP))
+    task = asyncio.current_task()
+    assert task is not None
+    stream = aiter(model.stream(request))
+    reading = stop_requested = cancelled_by_stop = False
+
+    def wake() -> None:
+        nonlocal stop_requested, cancelled_by_stop
+        stop_requested = True
+        if reading and not cancelled_by_stop:
+            cancelled_by_stop = True
+            task.cancel()
+
+    remove_waker = on_stop(control, wake)
     open_segment: type[TextStart] | type[ThinkingStart] | None = None
     begin_sent = False
     try:
         while True:
-            item = await queue.get()
-            if item is _END:
-                break
-            if item is _STOP:
+            if stop_requested:
                 state.stopped = True
                 break
-            if isinstance(item, ModelError):
-                state.error = item.message
-                state.failure = item
+            reading = True
+            failure: ModelError | None = None
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
                 break
-            chunk: ChatChunk = item  # type: ignore[assignment]
+            except asyncio.CancelledError:
+                if not cancelled_by_stop or task.cancelling() > 1:
+                    raise  # cancelled by someone else (too)
+            except ModelError as exc:
+                failure = exc
+            except Exception as exc:  # a provider bug must not kill the run silently
+                failure = ModelError(f"model call failed: {type(exc).__name__}: {exc}")
+            finally:
+                reading = False
+            if cancelled_by_stop:  # however the stream ended, the stop did it
+                task.uncancel()
+                state.stopped = True
+                break
+            if failure is not None:
+                state.error, state.failure = failure.message, failure
+                break
             if state.first_chunk_at is None:
                 state.first_chunk_at = time.perf_counter()
             output += len(chunk.content or "") + len(chunk.reasoning or "") + sum(
@@ -225,9 +228,9 @@ async def _stream_round(
                     yield ToolCallsBegin(calls)
     finally:
         remove_waker()
-        if not pump.done():
-            pump.cancel()
-        await asyncio.gather(pump, return_exceptions=True)
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()  # closes the HTTP response of a stream left early
     if open_segment is TextStart:
         yield TextEnd()
     elif open_segment is ThinkingStart:
