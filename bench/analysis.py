@@ -164,31 +164,31 @@ def suggestions(results: dict[str, Any]) -> list[str]:
     suggestions that have been applied: sniffio installed, events counted
     once per stream, no metric exemplars, event-log wake-ups only for waiting
     subscribers, grpc core's pending-call queue raised to 10,000, the memory
-    store without deepcopy.)"""
+    store without deepcopy, uvloop, the aiohttp transport, inline SQLite
+    writes, metrics without spans, orjson per chunk and per logged event, the
+    model stream read without a pump task.)"""
     profiles = results.get("profiles", {})
     turn = profiles.get("tool-call turns", {})
     levels = results.get("concurrency", [])
     cancelled = sum(sum("CANCELLED" in e for e in lv.get("errors", [])) for lv in levels)
     out = [
-        "- **Telemetry recorded for the metrics** (`ops/telemetry.py`, `app/metrics.py`): "
-        f"OpenTelemetry's own code is {_area(turn, 'OpenTelemetry') + _area(turn, 'metrics'):.0f} % of "
-        "the runtime's CPU in tool-call turns (samples charged to their innermost frame). Spans are recorded even with no exporter because the Prometheus metrics "
-        "are derived from them. Skipping the gRPC server interceptor for untraced calls while "
-        "nothing exports was measured and gave nothing measurable (14.42 vs 14.42 ms CPU a turn over "
-        "six alternating blocks); counting the metrics directly in the runtime, so that unexported "
-        "spans can be no-ops, is the remaining OpenTelemetry lever.",
-        "- **The HTTP client** (`runtime/model/http.py`): httpx + httpcore + anyio are "
-        f"{_finding(turn, '… of which httpx'):.0f} % of a turn's runtime CPU for two requests. "
-        "aiohttp (already the test model's dependency) is the candidate; not compared yet.",
+        "- **OpenTelemetry** (`ops/telemetry.py`): with no exporter configured the runtime installs "
+        "no SDK tracer provider and counts its metrics directly (`runtime/runmetrics.py`), so its "
+        f"spans are no-ops; what is left ({_area(turn, 'OpenTelemetry') + _area(turn, 'metrics'):.0f} % "
+        "of the runtime's CPU in tool-call turns, innermost frames) is the gRPC instrumentation's "
+        "interceptors, which carry a caller's trace context through to the ToolExecutor.",
+        "- **The HTTP client** (`runtime/model/http.py`, `aiohttp_transport.py`): "
+        f"{_finding(turn, '… of which httpx'):.0f} % of a turn's runtime CPU for two requests, "
+        "already over aiohttp; httpcore used directly (no httpx) is what is left to compare.",
         "- **The store per turn** (`runtime/store/`, `runtime/journal.py`): "
-        f"{_finding(turn, 'session store'):.0f} % of the runtime's CPU (the durable and the memory "
-        "rows of the turn table differ by the same): one write transaction per checkpoint, each a "
-        "hop to the writer thread and back.",
-        "- **Per-event sends** (`handlers/runs.py`): `StreamTo` converts and sends one message per "
-        "event; when a subscriber lags, merging the backlog of text deltas into one `text_delta` "
-        "would cut messages by the backlog.",
-        "- **JSON per chunk**: orjson decodes a chunk in 0.9 µs against json's 3.3 µs, about 80 µs "
-        "of a turn's 15 ms: not adopted.",
+        f"{_finding(turn, 'session store'):.0f} % of the runtime's CPU: five checkpoints and the "
+        "batched event log per turn, committed on the loop's thread; reads still hop through "
+        "aiosqlite's thread.",
+        "- **Per-event sends** (`handlers/runs.py`): one gRPC message per event, as the API "
+        "promises (every event once, in order); merging a lagging subscriber's backlog of text "
+        "deltas would need an opt-in request field.",
+        "- **The event loop's hand-offs** per event (gRPC write completions, task steps): the "
+        "remaining half of the runtime's CPU, charged to `Runner.run` without native frames.",
     ]
     if cancelled:
         out.append(
