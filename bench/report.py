@@ -82,7 +82,7 @@ def relay_table(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         s = row["summary"]
         base = _median(_find(rows, "baseline", pair=row.get("pair")))
-        share = f"{s['median'] / base * 100:.0f} %" if base and row["role"] == "pilothouse" else ""
+        share = f"{s['median'] / base * 100:.0f} %" if base and row["role"] in ("pilothouse", "merged") else ""
         events = max(row.get("events", 1), 1)
         cpu = {k: v * 1000 / events for k, v in row["cpu_ms"].items()}
         out.append(
@@ -357,7 +357,9 @@ def render(results: dict[str, Any]) -> str:
         "grpc.aio server-streaming method in its own process sending the same number of messages of the "
         "same size (a real text-delta `StreamToResponse`), each built for its event (its own "
         "`AgentEvent`, sequence and time) as the runtime must, decoded by the client the same way. "
-        "Runtime and baseline runs alternate; the `memory` pair is the relay without the durable event log.",
+        "Runtime and baseline runs alternate; the `memory` pair is the relay without the durable event log. "
+        "The `merge_deltas` rows are the same runs with that stream option: the deltas waiting when the "
+        "server writes go as one message (rates count the run's events, the note the messages received).",
         "",
         *relay_table(results.get("relay", [])),
         "",

@@ -281,7 +281,7 @@ def scenario_relay(bench: Bench, variants: list[Variant]) -> list[dict[str, Any]
         )
         bench.stopping.append(raw)
         try:
-            runtime_row, baseline_row = bench.arun(
+            runtime_row, baseline_row, merged_row = bench.arun(
                 relay.measure_pair(rt.address, [rt.runtime, model], raw, variant.loop, cfg.relay_runs)
             )
         finally:
@@ -291,6 +291,8 @@ def scenario_relay(bench: Bench, variants: list[Variant]) -> list[dict[str, Any]
         rows.append(row(runtime_row, "pilothouse", pair=label, events=events, store=variant.store,
                         variant=label))
         rows.append(row(baseline_row, "baseline", pair=label, events=events))
+        rows.append(row(merged_row, "merged", pair=label, events=events, store=variant.store,
+                        variant=label))
     source = bench.arun(relay.measure_model_source(model.extra["base_url"], model.loop, model, cfg.relay_runs))
     rows.append(row(source, "model", events=RELAY_EVENTS))
     return rows

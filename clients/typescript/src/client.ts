@@ -277,7 +277,7 @@ export class PilothouseClient {
     content: string,
     options: RunCallOptions & StreamOptions = {},
   ): RunStream {
-    const runOptions = withHeartbeat(options.options, options.heartbeatIntervalMs);
+    const runOptions = withStreamSettings(options.options, options);
     const stream: RunStream = new RunStream({
       sessionId,
       resumable: false,
@@ -333,6 +333,7 @@ export class PilothouseClient {
           options.heartbeatIntervalMs === undefined
             ? undefined
             : durationFromMs(options.heartbeatIntervalMs),
+        mergeDeltas: options.mergeDeltas ?? false,
       },
       streamCall(options),
     );
@@ -347,7 +348,7 @@ export class PilothouseClient {
     content: string,
     options: RunCallOptions & Omit<StreamOptions, "reattach"> = {},
   ): SteerStream {
-    const runOptions = withHeartbeat(options.options, options.heartbeatIntervalMs);
+    const runOptions = withStreamSettings(options.options, options);
     return new SteerStream({
       first: {
         action: {
@@ -377,6 +378,7 @@ export class PilothouseClient {
               options.heartbeatIntervalMs === undefined
                 ? undefined
                 : durationFromMs(options.heartbeatIntervalMs),
+            mergeDeltas: options.mergeDeltas ?? false,
           },
         },
       },
@@ -437,14 +439,16 @@ function streamCall(options: StreamOptions): CallOptions {
   return { signal: options.signal, timeoutMs: options.timeoutMs, headers: options.headers };
 }
 
-function withHeartbeat(
-  options: RunOptionsInit | undefined,
-  heartbeatIntervalMs: number | undefined,
-) {
-  if (heartbeatIntervalMs === undefined) {
-    return options;
+/** The run options with this stream's own settings (heartbeat interval, merged deltas) added. */
+function withStreamSettings(options: RunOptionsInit | undefined, stream: StreamOptions) {
+  let out = options;
+  if (stream.heartbeatIntervalMs !== undefined) {
+    out = { ...out, heartbeatInterval: durationFromMs(stream.heartbeatIntervalMs) };
   }
-  return { ...options, heartbeatInterval: durationFromMs(heartbeatIntervalMs) };
+  if (stream.mergeDeltas !== undefined) {
+    out = { ...out, mergeDeltas: stream.mergeDeltas };
+  }
+  return out;
 }
 
 async function allPages<T>(page: (token: string) => Promise<[T[], string]>): Promise<T[]> {

@@ -1,7 +1,8 @@
 /**
  * A run's event stream that survives cut connections.
  *
- * Every event of a run carries a `sequence` (1, 2, 3, ... with no gap), and
+ * Every event of a run carries a `sequence` (1, 2, 3, ... with no gap, but
+ * for the deltas merged with `mergeDeltas`), and
  * `RunService.Attach(session_id, run_id, after_sequence)` replays what came
  * after a sequence, then follows the live run. A RunStream remembers the
  * last sequence it delivered; when its stream fails with a code that means
@@ -74,6 +75,12 @@ export interface StreamOptions {
   readonly heartbeatIntervalMs?: number;
   /** Re-attach settings, or `false` to surface the first cut as an error. */
   readonly reattach?: ReattachOptions | false;
+  /**
+   * Merge the text and thinking deltas that wait while this stream falls
+   * behind into one delta each (their texts joined, the sequence of the
+   * last; `RunOptions.merge_deltas`). Default false: every event on its own.
+   */
+  readonly mergeDeltas?: boolean;
 }
 
 /** Opens one stream of events after `afterSequence`; its items may carry no event. */
@@ -182,7 +189,10 @@ export class RunStream implements AsyncIterable<AgentEvent> {
           if (event.sequence <= this.lastSequence) {
             continue; // already delivered (a re-attach that overlapped)
           }
-          if (this.lastSequence > 0n && event.sequence !== this.lastSequence + 1n) {
+          const merged =
+            this.options.mergeDeltas === true &&
+            (event.event.case === "textDelta" || event.event.case === "thinkingDelta");
+          if (this.lastSequence > 0n && event.sequence !== this.lastSequence + 1n && !merged) {
             throw new PilothouseError(
               new ConnectError(
                 `event ${event.sequence} follows ${this.lastSequence}: events were lost`,

@@ -151,6 +151,27 @@ describe("conversation", () => {
   });
 });
 
+describe("merged deltas", () => {
+  test("attach with mergeDeltas behind a finished run: each text segment as one delta", async () => {
+    const session = await client.createSession("assistant", unique("user"));
+    const reply = await client.sendTo(session.id, "Count the words of this sentence");
+    const every = await drain(client.attach(session.id, { runId: reply.runId })[Symbol.asyncIterator]());
+    const merged = await drain(
+      client.attach(session.id, { runId: reply.runId, mergeDeltas: true })[Symbol.asyncIterator](),
+    );
+    const text = (events: AgentEvent[]) =>
+      ofKind(events, "textDelta")
+        .map((delta) => delta.text)
+        .join("");
+    assertContiguous(every);
+    assert.equal(text(merged), text(every));
+    assert.equal(text(merged), reply.response!.finalResponse);
+    assert.ok(ofKind(merged, "textDelta").length < ofKind(every, "textDelta").length);
+    assert.equal(ofKind(merged, "textDelta").length, ofKind(merged, "textStart").length);
+    assert.equal(merged.at(-1)!.sequence, every.at(-1)!.sequence);
+  });
+});
+
 describe("approvals", () => {
   test("a tool call waits for SubmitDecision, then runs", async () => {
     const sessionId = await approvalSession();

@@ -23,6 +23,7 @@ from pilothouse.errors import InvalidArgumentError, NotFoundError, UnavailableEr
 from pilothouse.handlers import convert
 from pilothouse.rpc.errors import handle_errors
 from pilothouse.runtime.control import DisconnectPolicy, RunOptions
+from pilothouse.runtime.eventlog import merge_deltas_at
 from pilothouse.runtime.events import RunEvent, StopReason
 from pilothouse.runtime.runs import Run, StoredRun
 from pilothouse.runtime.runtime import RemoteRun, RunLocation, Runtime
@@ -99,14 +100,16 @@ class RunService(runs_grpc.RunServiceServicer):
             task.add_done_callback(self._cancellations.discard)
 
     async def _remote_events(
-        self, context: Context, where: RemoteRun, after: int, heartbeat_s: float
+        self, context: Context, where: RemoteRun, after: int, heartbeat_s: float,
+        merge_deltas: bool,
     ) -> AsyncIterator[event_pb2.AgentEvent]:
         """A remote run's events through its owner; from the store when
         the owner does not answer (it is gone: the run waits for a
         takeover, and the store shows its progress)."""
         stub, kwargs = self._peer(context, where)
         request = runs_pb.AttachRequest(
-            session_id=where.session_id, run_id=where.run_id, after_sequence=after
+            session_id=where.session_id, run_id=where.run_id, after_sequence=after,
+            merge_deltas=merge_deltas,
         )
         request.heartbeat_interval.FromNanoseconds(int(heartbeat_s * 1e9))
         sent = after
@@ -125,14 +128,14 @@ class RunService(runs_grpc.RunServiceServicer):
 
     async def _events(
         self, context: Context, where: RunLocation, after: int, heartbeat_s: float,
-        response: type[R],
+        response: type[R], merge_deltas: bool,
     ) -> AsyncIterator[R]:
         """The run's events as `response` messages (their `event` field set)."""
         if isinstance(where, RemoteRun):
-            async for event in self._remote_events(context, where, after, heartbeat_s):
+            async for event in self._remote_events(context, where, after, heartbeat_s, merge_deltas):
                 yield response(event=event)
             return
-        async for recorded in where.events(after, heartbeat_s):
+        async for recorded in where.events(after, heartbeat_s, merge_deltas=merge_deltas):
             message = response()
             convert.fill_event(message.event, recorded)
             yield message
@@ -173,7 +176,8 @@ class RunService(runs_grpc.RunServiceServicer):
         completed = False
         try:
             async for response in self._events(context, where, 0, heartbeat,
-                                               runs_pb.StreamToResponse):
+                                               runs_pb.StreamToResponse,
+                                               request.options.merge_deltas):
                 yield response
             completed = True
         finally:
@@ -189,7 +193,7 @@ class RunService(runs_grpc.RunServiceServicer):
         if not isinstance(where, RemoteRun):
             where.check_position(request.after_sequence)
         async for response in self._events(context, where, request.after_sequence, heartbeat,
-                                           runs_pb.AttachResponse):
+                                           runs_pb.AttachResponse, request.merge_deltas):
             yield response
 
     @handle_errors
@@ -204,12 +208,14 @@ class RunService(runs_grpc.RunServiceServicer):
             after = 0
             heartbeat = self._heartbeat(first.start.options.heartbeat_interval,
                                         "start.options.heartbeat_interval")
+            merge = first.start.options.merge_deltas
         elif kind == "attach":
             assert first is not None
             attach = first.attach
             where = await self.runtime.locate(attach.session_id, attach.run_id, current_principal())
             options, after, owned = RunOptions(), attach.after_sequence, False
             heartbeat = self._heartbeat(attach.heartbeat_interval, "attach.heartbeat_interval")
+            merge = attach.merge_deltas
             if not isinstance(where, RemoteRun):
                 where.check_position(after)
         else:
@@ -226,7 +232,8 @@ class RunService(runs_grpc.RunServiceServicer):
             return
         completed = False
         try:
-            async for event in _merge_commands(self.runtime, where, request_iterator, after, heartbeat):
+            async for event in _merge_commands(self.runtime, where, request_iterator, after,
+                                               heartbeat, merge):
                 yield runs_pb.SteerResponse(event=event)
             completed = True
         finally:
@@ -312,15 +319,17 @@ async def _merge_commands(
     requests: AsyncIterator[runs_pb.SteerRequest],
     after_sequence: int,
     heartbeat_s: float,
+    merge_deltas: bool = False,
 ) -> AsyncIterator[event_pb2.AgentEvent]:
     """The run's events, while later requests (steer, cancel, decision) are
     applied as they arrive. A bad request ends the RPC with its error; the
-    run goes on."""
+    run goes on. With `merge_deltas`, deltas that wait in the queue when the
+    RPC writes are merged (`merge_deltas_at`)."""
     queue: asyncio.Queue[object] = asyncio.Queue()
 
     async def forward() -> None:
         try:
-            async for recorded in run.events(after_sequence, heartbeat_s):
+            async for recorded in run.events(after_sequence, heartbeat_s):  # merged below
                 queue.put_nowait(recorded)
             queue.put_nowait(_END)
         except Exception as exc:  # a handover or expired events: to the RPC
@@ -351,15 +360,32 @@ async def _merge_commands(
             queue.put_nowait(exc)
 
     tasks = [asyncio.create_task(forward()), asyncio.create_task(read())]
+    backlog: list[object] = []
     try:
         while True:
-            item = await queue.get()
+            if not backlog:
+                backlog.append(await queue.get())
+                while merge_deltas and not queue.empty():  # behind the run: take what waits
+                    backlog.append(queue.get_nowait())
+            end = 0
+            while end < len(backlog) and isinstance(backlog[end], RunEvent):
+                end += 1
+            if end:
+                events: list[RunEvent] = backlog[:end]  # type: ignore[assignment]
+                del backlog[:end]
+                index = 0
+                while index < len(events):
+                    if merge_deltas:
+                        event, index = merge_deltas_at(events, index)
+                    else:
+                        event, index = events[index], index + 1
+                    yield convert.event_to_proto(event)
+                continue
+            item = backlog.pop(0)
             if item is _END:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, RunEvent)
-            yield convert.event_to_proto(item)
+            assert isinstance(item, BaseException)
+            raise item
     finally:
         for task in tasks:
             task.cancel()

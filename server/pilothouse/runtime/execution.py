@@ -21,6 +21,7 @@ from pilothouse.runtime import eventcodec, spans
 from pilothouse.runtime.agent import Agent
 from pilothouse.runtime.control import RunOptions
 from pilothouse.runtime.eventcodec import decode_value
+from pilothouse.runtime.eventlog import EventLog
 from pilothouse.runtime.events import (
     AgentResponse,
     AgentStep,
@@ -38,7 +39,7 @@ from pilothouse.runtime.loop import LoopContext, Resume, run_agent
 from pilothouse.runtime.messages import Message, Role, Usage
 from pilothouse.runtime.model.base import ChatModel
 from pilothouse.runtime.runmetrics import NO_METRICS, RunMetrics
-from pilothouse.runtime.runs import EventLog, Run, stored_events_loader
+from pilothouse.runtime.runs import Run, stored_events_loader
 from pilothouse.runtime.runtable import RunTable
 from pilothouse.runtime.sessions import SessionLocks, Sessions
 from pilothouse.runtime.store.base import (

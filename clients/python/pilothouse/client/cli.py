@@ -148,6 +148,8 @@ def _options(args: argparse.Namespace) -> run_service_pb2.RunOptions:
         on_disconnect=run_service_pb2.DisconnectPolicy.Value(
             f"DISCONNECT_POLICY_{args.on_disconnect.upper()}"
         ),
+        # Rendered text reads the same merged; --json prints every event.
+        merge_deltas=not args.json,
     )
     if args.timeout > 0:
         options.timeout.FromNanoseconds(int(args.timeout * 1e9))
@@ -270,7 +272,8 @@ async def _run(args: argparse.Namespace) -> int:
             return await _chat(client, args)
         if args.command == "attach":
             return await _follow(
-                client.attach(args.session_id, args.run, args.after), args.json,
+                client.attach(args.session_id, args.run, args.after, merge_deltas=not args.json),
+                args.json,
                 session_id=args.session_id,
             )
         if args.command == "steer":

@@ -423,11 +423,16 @@ class PilothouseClient(AgentVersions):
         after_sequence: int = 0,
         *,
         timeout: float | None = None,
+        merge_deltas: bool = False,
     ) -> AsyncIterator[event_pb2.AgentEvent]:
-        """A run's events after `after_sequence`, then live ones."""
+        """A run's events after `after_sequence`, then live ones. With
+        `merge_deltas`, text and thinking deltas that wait while this client
+        falls behind arrive merged (sequences then skip; see
+        `RunOptions.merge_deltas`, the same for `stream_to` and `steer`)."""
         call = self.runs.Attach(
             runs_pb.AttachRequest(
-                session_id=session_id, run_id=run_id, after_sequence=after_sequence
+                session_id=session_id, run_id=run_id, after_sequence=after_sequence,
+                merge_deltas=merge_deltas,
             ),
             timeout=timeout,
         )
@@ -463,13 +468,16 @@ class PilothouseClient(AgentVersions):
         after_sequence: int = 0,
         *,
         timeout: float | None = None,
+        merge_deltas: bool = False,
     ) -> SteerStream:
-        """Attach a `Steer` call to a run that is already going."""
+        """Attach a `Steer` call to a run that is already going
+        (`merge_deltas` as for `attach`)."""
         call = self.runs.Steer(timeout=timeout)
         await call.write(
             runs_pb.SteerRequest(
                 attach=runs_pb.AttachRun(
-                    session_id=session_id, run_id=run_id, after_sequence=after_sequence
+                    session_id=session_id, run_id=run_id, after_sequence=after_sequence,
+                    merge_deltas=merge_deltas,
                 )
             )
         )
