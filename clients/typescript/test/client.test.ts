@@ -155,7 +155,9 @@ describe("merged deltas", () => {
   test("attach with mergeDeltas behind a finished run: each text segment as one delta", async () => {
     const session = await client.createSession("assistant", unique("user"));
     const reply = await client.sendTo(session.id, "Count the words of this sentence");
-    const every = await drain(client.attach(session.id, { runId: reply.runId })[Symbol.asyncIterator]());
+    const every = await drain(
+      client.attach(session.id, { runId: reply.runId })[Symbol.asyncIterator](),
+    );
     const merged = await drain(
       client.attach(session.id, { runId: reply.runId, mergeDeltas: true })[Symbol.asyncIterator](),
     );

@@ -284,6 +284,7 @@ class RunOptions(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     DECISION_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MERGE_DELTAS_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     on_disconnect: Global___DisconnectPolicy.ValueType
@@ -294,6 +295,14 @@ class RunOptions(_message.Message):
     """Late steering: FOLLOW_UP (default) or RETURN."""
     token_budget: _builtins.int
     """Total tokens the run may use (STOP_REASON_BUDGET_EXCEEDED); 0: none."""
+    merge_deltas: _builtins.bool
+    """Merge deltas when this stream falls behind: text (or thinking)
+    deltas already waiting when the server writes go as one delta, their
+    texts joined, with the sequence and time of the last. The stream then
+    skips the merged sequence numbers; order, the whole text and resuming
+    after any sequence received are unchanged. Default: every event is sent
+    on its own. A run read back from the store is sent unmerged.
+    """
     agent: _builtins.str
     """A guest turn: this agent answers this one message on the session
     instead of the session's own agent (which stays the session's agent).
@@ -336,12 +345,13 @@ class RunOptions(_message.Message):
         token_budget: _builtins.int = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         decision_timeout: _duration_pb2.Duration | None = ...,
+        merge_deltas: _builtins.bool = ...,
         overrides: _agent_pb2.ModelOverrides | None = ...,
         agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "overrides", b"overrides", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "if_active", b"if_active", "late_steering", b"late_steering", "on_disconnect", b"on_disconnect", "overrides", b"overrides", "timeout", b"timeout", "token_budget", b"token_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "decision_timeout", b"decision_timeout", "heartbeat_interval", b"heartbeat_interval", "if_active", b"if_active", "late_steering", b"late_steering", "merge_deltas", b"merge_deltas", "on_disconnect", b"on_disconnect", "overrides", b"overrides", "timeout", b"timeout", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,12 +561,15 @@ class AttachRun(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    MERGE_DELTAS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     run_id: _builtins.str
     """The run; empty means the session's active run."""
     after_sequence: _builtins.int
     """Send the events after this sequence (0: from the start)."""
+    merge_deltas: _builtins.bool
+    """Merge deltas when this stream falls behind (see RunOptions.merge_deltas)."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Heartbeat interval of this stream; unset: the server's."""
@@ -568,10 +581,11 @@ class AttachRun(_message.Message):
         run_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        merge_deltas: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "heartbeat_interval", b"heartbeat_interval", "run_id", b"run_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "heartbeat_interval", b"heartbeat_interval", "merge_deltas", b"merge_deltas", "run_id", b"run_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -709,12 +723,15 @@ class AttachRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    MERGE_DELTAS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     run_id: _builtins.str
     """The run; empty means the session's active run."""
     after_sequence: _builtins.int
     """Send the events after this sequence (0: from the start)."""
+    merge_deltas: _builtins.bool
+    """Merge deltas when this stream falls behind (see RunOptions.merge_deltas)."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Heartbeat interval of this stream; unset: the server's."""
@@ -726,10 +743,11 @@ class AttachRequest(_message.Message):
         run_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        merge_deltas: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "heartbeat_interval", b"heartbeat_interval", "run_id", b"run_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "heartbeat_interval", b"heartbeat_interval", "merge_deltas", b"merge_deltas", "run_id", b"run_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
