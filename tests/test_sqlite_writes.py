@@ -6,7 +6,9 @@ without holding up the loop, and the WAL is still checkpointed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +19,27 @@ from pilothouse.runtime.store.sqlite import SqliteSessionStore
 from tests.stores import record
 
 
+@contextlib.asynccontextmanager
+async def locked_store(
+    tmp_path: Path, busy_timeout_s: float
+) -> AsyncIterator[tuple[SqliteSessionStore, sqlite3.Connection]]:
+    """An open store, and another connection (another process's writer)
+    holding the file's write lock; the store is closed after."""
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path, busy_timeout_s=busy_timeout_s)
+    await store.open()
+    try:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        yield store, other
+    finally:
+        await store.close()
+
+
 async def test_a_write_that_finds_the_file_locked_waits_in_the_thread_not_on_the_loop(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "sessions.db"
-    store = SqliteSessionStore(path, busy_timeout_s=3.0)
-    await store.open()
-    try:
-        other = sqlite3.connect(path, isolation_level=None)  # another process's writer
-        other.execute("BEGIN IMMEDIATE")
+    async with locked_store(tmp_path, busy_timeout_s=3.0) as (store, other):
         loop = asyncio.get_running_loop()
         started = loop.time()
         create = asyncio.create_task(store.create(record("s1")))
@@ -43,26 +57,17 @@ async def test_a_write_that_finds_the_file_locked_waits_in_the_thread_not_on_the
         # Once the thread is idle again, writes go inline and succeed.
         await store.create(record("s2"))
         assert await store.get("s2") is not None
-    finally:
-        await store.close()
 
 
 async def test_a_write_locked_out_past_the_busy_timeout_is_unavailable_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "sessions.db"
-    store = SqliteSessionStore(path, busy_timeout_s=0.2)
-    await store.open()
-    try:
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
+    async with locked_store(tmp_path, busy_timeout_s=0.2) as (store, other):
         with pytest.raises(UnavailableError, match="locked"):
             await store.create(record("s1"))
         other.execute("ROLLBACK")
         other.close()
         assert await store.get("s1") is None
-    finally:
-        await store.close()
 
 
 async def test_inline_writes_still_checkpoint_the_wal(tmp_path: Path) -> None:

@@ -179,8 +179,6 @@ class EventLog:
                 yield RunEvent(self.session_id, self.run_id, sent, time.time(), Heartbeat())
 
 
-
-
 #: The events `merge_deltas` merges: consecutive ones of the same kind.
 _DELTAS = (TextDelta, ThinkingDelta)
 
